@@ -1,0 +1,98 @@
+"""Compact on-disk storage of many pieces, memory-mapped at training time.
+
+Layout of a prepared dataset folder ``DEST``::
+
+    DEST/<split>/inst.npy     int16   all events of all pieces of the split, concatenated
+    DEST/<split>/pitch.npy    int16
+    DEST/<split>/time.npy     float64 absolute seconds from each piece's start
+    DEST/<split>/vel.npy      int16   0 = note-off
+    DEST/<split>/offsets.npy  int64   piece k is events[offsets[k]:offsets[k+1]]
+    DEST/<split>/pieces.json  one record per piece: source path, content hash, events, seconds
+
+``split`` is ``train``, ``valid`` or ``test``. Only numpy arrays and JSON: nothing is
+unpickled when reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..events import EventArrays
+
+SPLITS = ("train", "valid", "test")
+COLUMNS = ("inst", "pitch", "time", "vel")
+
+
+def write_split(
+    dest: str | os.PathLike, split: str, pieces: Iterable[EventArrays], records: Sequence[dict]
+) -> Path:
+    """Write ``pieces`` (with one metadata record each) as split ``split`` under ``dest``.
+
+    Files are written to temporary names and renamed, so a reader never sees a half
+    written split.
+    """
+    folder = Path(dest) / split
+    folder.mkdir(parents=True, exist_ok=True)
+    pieces = list(pieces)
+    if len(pieces) != len(records):
+        raise ValueError("write_split: one record per piece is required")
+    lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    arrays = {"offsets": offsets}
+    for k, name in enumerate(COLUMNS):
+        dtype = EventArrays.empty()[k].dtype
+        if pieces:
+            arrays[name] = np.concatenate([p[k] for p in pieces]).astype(dtype)
+        else:
+            arrays[name] = np.zeros(0, dtype=dtype)
+    for name, arr in arrays.items():
+        tmp = folder / f".{name}.tmp.npy"
+        np.save(tmp, arr)
+        os.replace(tmp, folder / f"{name}.npy")
+    tmp = folder / ".pieces.tmp.json"
+    tmp.write_text(json.dumps(list(records), indent=0))
+    os.replace(tmp, folder / "pieces.json")
+    return folder
+
+
+class EventStore:
+    """Read-only, memory-mapped view of one split: ``store[k]`` is piece k as EventArrays."""
+
+    def __init__(self, root: str | os.PathLike, split: str = "train"):
+        self.folder = Path(root) / split
+        if not (self.folder / "offsets.npy").exists():
+            raise FileNotFoundError(f"no prepared split {split!r} under {root}")
+        self.offsets = np.load(self.folder / "offsets.npy")
+        self._cols = [np.load(self.folder / f"{c}.npy", mmap_mode="r") for c in COLUMNS]
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def length(self, k: int) -> int:
+        """Number of events of piece k."""
+        return int(self.offsets[k + 1] - self.offsets[k])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __getitem__(self, k: int) -> EventArrays:
+        if not -len(self) <= k < len(self):
+            raise IndexError(k)
+        k %= len(self)
+        lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
+        return EventArrays(*(np.array(c[lo:hi]) for c in self._cols))
+
+    def records(self) -> list[dict]:
+        """The metadata records of the pieces, in order."""
+        return json.loads((self.folder / "pieces.json").read_text())
+
+    @property
+    def num_events(self) -> int:
+        return int(self.offsets[-1])

@@ -1,0 +1,27 @@
+"""Exception types shared by every layer."""
+
+from __future__ import annotations
+
+
+class NotochordError(Exception):
+    """Base class of this package's errors."""
+
+
+class UserError(NotochordError):
+    """A mistake in what the user asked for; the CLI prints it as one line, no traceback."""
+
+
+class MidiError(NotochordError):
+    """A MIDI file that cannot be read or turned into events; the message says why."""
+
+
+class CheckpointError(NotochordError):
+    """A checkpoint that is missing, malformed, or refused as unsafe."""
+
+
+class InputError(NotochordError, ValueError):
+    """Bad arguments to a model or engine call (shape, range, NaN); names the argument."""
+
+
+class NoPossibleEvents(NotochordError):
+    """A set of constraints that no event can satisfy; the message names the conflict."""
