@@ -1,0 +1,273 @@
+"""Preprocessing: folders of MIDI files -> a prepared dataset folder (``notochord-rt prep``).
+
+:func:`prepare` finds every ``.mid``/``.midi``/``.kar`` file (any case) under the sources,
+reads each file once in a worker process, hashes its bytes, ingests it with
+:func:`notochord_rt.midi.ingest.load_midi` and writes:
+
+- ``DEST/train``, ``DEST/valid``, ``DEST/test``: the pieces, with :func:`.store.write_split`
+  (read them with :class:`.store.EventStore`);
+- ``DEST/summary.json`` and ``DEST/report.json`` (see :mod:`.report`);
+- ``DEST/.prep/``: the resume record (see :mod:`.prep_ledger`).
+
+Design points:
+
+- **Splits** are decided by the content hash alone: the first 64 bits of the BLAKE2b hash as
+  a number ``u`` in [0, 1) give ``valid`` if ``u < 0.03``, ``test`` if ``u < 0.05`` (so 3 %
+  valid, 2 % test) and ``train`` otherwise. Adding or removing files never moves others.
+- **Duplicates** (same bytes) are stored once, under the first path in discovery order;
+  the others are reported as duplicates of it.
+- **Output is a function of the inputs**: DEST describes the files found under the
+  sources of this run; the ledger is only a cache, so unchanged files are not read again,
+  known contents are not parsed again, and edited or deleted files do not linger.
+- **Robust**: a worker that crashes or hangs costs only its file, which is reported with
+  category ``crash`` or ``timeout`` (see :mod:`.prep_pool`). Crashes, timeouts and I/O
+  errors are remembered like any other outcome; ``retry_failed=True`` tries them again.
+- **Resumable**: finished files are committed in chunks every ``flush_every`` files or
+  ``flush_seconds`` seconds and when the run stops (Ctrl-C included), so an interrupted run
+  loses at most the files in flight (or the last ``flush_seconds`` if the process is killed).
+- The minimum number of events is applied when the splits are written, so changing it
+  needs no re-parsing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from ..errors import UserError
+from . import prep_worker as pw
+from .prep_ledger import RETRYABLE, Ledger
+from .prep_pool import SupervisedPool, TaskOutcome
+from .report import InstrumentHistogram, PrepSummary, SplitStats, write_report, write_summary
+from .store import SPLITS, write_split
+
+log = logging.getLogger(__name__)
+
+MIDI_SUFFIXES = (".mid", ".midi", ".kar")
+VALID_FRACTION = 0.03
+TEST_FRACTION = 0.02
+DEFAULT_MIN_EVENTS = 64
+DEFAULT_TIMEOUT = 60.0
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: files finished so far out of the files to process this run."""
+
+
+def is_midi_name(name: str) -> bool:
+    return name.lower().endswith(MIDI_SUFFIXES)
+
+
+def discover(sources: Iterable[str | os.PathLike]) -> tuple[list[str], list[str]]:
+    """MIDI files under ``sources`` in a deterministic order, and directories named like one.
+
+    A source may be a folder (searched recursively, sorted) or a single file (taken as it
+    is, whatever its name). A path reached twice is listed once. Raises
+    :class:`UserError` for a source that does not exist.
+    """
+    files: list[str] = []
+    not_files: list[str] = []
+    seen: set[str] = set()
+
+    def add(path: str, into: list[str]) -> None:
+        key = os.path.abspath(path)
+        if key not in seen:
+            seen.add(key)
+            into.append(path)
+
+    for src in sources:
+        src = os.fspath(src)
+        if os.path.isfile(src):
+            add(src, files)
+        elif os.path.isdir(src):
+            for root, dirs, names in os.walk(src):
+                dirs.sort()
+                for d in dirs:
+                    if is_midi_name(d):
+                        add(os.path.join(root, d), not_files)
+                for name in sorted(names):
+                    if is_midi_name(name):
+                        add(os.path.join(root, name), files)
+        elif os.path.lexists(src):
+            add(src, files)  # a broken link or a special file: the worker reports it
+        else:
+            raise UserError(f"no such file or folder: {src}")
+    return files, not_files
+
+
+def split_of(content_hash: str) -> str:
+    """The split of a piece, from its content hash (hex): train, valid or test."""
+    u = int(content_hash[:16], 16) / 2.0**64
+    if u < VALID_FRACTION:
+        return "valid"
+    if u < VALID_FRACTION + TEST_FRACTION:
+        return "test"
+    return "train"
+
+
+def _result_of(outcome: TaskOutcome) -> pw.FileResult:
+    if outcome.kind == "done":
+        return outcome.value
+    path = outcome.task
+    try:
+        st = os.stat(path)
+        size, mtime = st.st_size, st.st_mtime_ns
+    except OSError:
+        size, mtime = 0, 0
+    if outcome.kind == "timeout":
+        reason = f"parsing took too long ({outcome.detail}); the worker was killed"
+        return pw.FileResult(path, size, mtime, pw.TIMEOUT, reason=reason)
+    reason = f"the parser crashed ({outcome.detail})"
+    return pw.FileResult(path, size, mtime, pw.CRASH, reason=reason)
+
+
+def prepare(
+    sources: Sequence[str | os.PathLike],
+    dest: str | os.PathLike,
+    *,
+    jobs: int | None = None,
+    min_events: int = DEFAULT_MIN_EVENTS,
+    limit: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_bytes: int = 64 << 20,
+    max_hours: float = 6.0,
+    retry_failed: bool = False,
+    flush_every: int = 1000,
+    flush_seconds: float = 60.0,
+    progress: Progress | None = None,
+    loader: str | None = None,
+) -> PrepSummary:
+    """Prepare the MIDI files under ``sources`` into the dataset folder ``dest``.
+
+    ``jobs`` worker processes (default: CPU count) each parse one file at a time, with
+    ``timeout`` seconds per file. Files bigger than ``max_bytes`` or longer than
+    ``max_hours`` and pieces with fewer than ``min_events`` events are reported, not
+    stored. ``limit`` keeps only the first that many files found. ``loader`` names another
+    ingest function as ``"module:function"`` (a seam for tests and benchmarks). Returns the
+    summary that is also written to ``dest/summary.json``.
+    """
+    if min_events < 0:
+        raise UserError(f"--min-events must be 0 or more, got {min_events}")
+    if jobs is not None and jobs < 1:
+        raise UserError(f"-j/--jobs must be at least 1, got {jobs}")
+    if limit is not None and limit < 0:
+        raise UserError(f"--limit must be 0 or more, got {limit}")
+    if timeout <= 0:
+        raise UserError(f"the per-file timeout must be positive, got {timeout}")
+    started = time.monotonic()
+    files, not_files = discover(sources)
+    if limit is not None:
+        files = files[:limit]
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"--out {dest} exists and is not a folder")
+    dest.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(dest)
+    try:
+        records: dict[str, dict] = {}
+        todo = []
+        for path in files:
+            try:
+                st = os.stat(path)
+                rec = ledger.lookup(path, st.st_size, st.st_mtime_ns)
+            except OSError:
+                rec = None
+            if rec is not None and not (retry_failed and rec["status"] in RETRYABLE):
+                records[path] = rec
+            else:
+                todo.append(path)
+        log.info("%d files found, %d to process, %d known", len(files), len(todo), len(records))
+        if todo:
+            config = pw.WorkerConfig(frozenset(ledger.by_hash), max_bytes, max_hours * 3600)
+            if loader:
+                config.loader = loader
+            _process(todo, ledger, records, config, jobs or os.cpu_count() or 1, timeout,
+                     flush_every, flush_seconds, progress)
+        summary = _finalize(dest, ledger, files, not_files, records, min_events)
+    finally:
+        ledger.close()
+    summary.processed_now = len(todo)
+    summary.reused = len(files) - len(todo)
+    summary.elapsed_s = time.monotonic() - started
+    write_summary(dest, summary)
+    return summary
+
+
+def _process(todo, ledger, records, config, jobs, timeout, flush_every, flush_seconds, progress):
+    """Run the workers over ``todo``, committing results to the ledger as they come."""
+    if progress:
+        progress(0, len(todo))
+    last_flush = time.monotonic()
+    pool = SupervisedPool(pw.process_file, config, jobs=min(jobs, len(todo)), timeout=timeout)
+    try:
+        for done, outcome in enumerate(pool.run(todo), 1):
+            result = _result_of(outcome)
+            records[result.path] = ledger.add(result)
+            if progress:
+                progress(done, len(todo))
+            now = time.monotonic()
+            if ledger.pending >= flush_every or now - last_flush >= flush_seconds:
+                ledger.flush()
+                last_flush = now
+    finally:
+        pool.close()
+        ledger.flush()
+
+
+def _finalize(dest, ledger, files, not_files, records, min_events) -> PrepSummary:
+    """Apply duplicates and the minimum length, write the splits, report and summary."""
+    skipped: list[dict] = [
+        {"path": d, "category": pw.NOT_A_FILE, "reason": "is a folder, not a MIDI file"}
+        for d in not_files
+    ]
+    chosen: dict[str, list[tuple[str, dict]]] = {s: [] for s in SPLITS}
+    first_of: dict[str, str] = {}
+    duplicates = 0
+    for path in files:
+        rec = records[path]
+        h = rec["hash"]
+        if h and h in first_of:
+            duplicates += 1
+            skipped.append({"path": path, "category": pw.DUPLICATE, "duplicate_of": first_of[h],
+                            "reason": f"same content as {first_of[h]}"})
+            continue
+        if h:
+            first_of[h] = path
+        if rec["status"] != pw.OK:
+            skipped.append({"path": path, "category": rec["status"], "reason": rec["reason"]})
+        elif rec["events"] < min_events:
+            reason = f"{rec['events']} events, fewer than the minimum {min_events}"
+            skipped.append({"path": path, "category": pw.TOO_SHORT, "reason": reason})
+        else:
+            chosen[split_of(h)].append((path, rec))
+    summary = PrepSummary(dest=str(dest), min_events=min_events,
+                          split_fractions={"valid": VALID_FRACTION, "test": TEST_FRACTION})
+    hist = InstrumentHistogram()
+    for split in SPLITS:
+        entries = chosen[split]
+        pieces = ledger.load_pieces([rec["hash"] for _, rec in entries])
+        write_split(
+            dest, split, [pieces[rec["hash"]] for _, rec in entries],
+            [{"path": p, "hash": rec["hash"], "events": rec["events"], "seconds": rec["seconds"]}
+             for p, rec in entries],
+        )
+        stats = SplitStats(len(entries), sum(r["events"] for _, r in entries),
+                           sum(r["seconds"] for _, r in entries) / 3600)
+        summary.splits[split] = stats
+        for _, rec in entries:
+            hist.add({int(k): v for k, v in rec["instruments"].items()})
+    write_report(dest, skipped)
+    summary.files_seen = len(files) + len(not_files)
+    summary.files_ok = sum(s.pieces for s in summary.splits.values())
+    summary.duplicates = duplicates
+    summary.files_skipped = len(skipped) - duplicates
+    categories: dict[str, int] = {}
+    for entry in skipped:
+        categories[entry["category"]] = categories.get(entry["category"], 0) + 1
+    summary.skipped_by_category = dict(sorted(categories.items()))
+    summary.events = sum(s.events for s in summary.splits.values())
+    summary.hours = sum(s.hours for s in summary.splits.values())
+    summary.instruments = hist.as_dict()
+    return summary

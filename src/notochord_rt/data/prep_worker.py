@@ -1,0 +1,165 @@
+"""The per-file work of preprocessing: read once, hash, ingest, sanity-check.
+
+This runs inside the worker processes of :mod:`.prep_pool`. Each file is read once as
+bytes; the content hash is computed from those bytes; and, unless the content is already
+known to the resume ledger, the bytes are handed to :func:`notochord_rt.midi.ingest.load_midi`.
+Every failure becomes a :class:`FileResult` with a category and a readable reason, never an
+exception, so the parent only has to deal with crashes and hangs.
+
+Fault injection (tests only)
+----------------------------
+The environment variable ``NOTOCHORD_RT_PREP_FAULT`` makes a worker misbehave on purpose, so
+that the crash and timeout handling of the pool can be tested honestly (no real MIDI file is
+known to crash or hang symusic). Its value is ``;``-separated ``action=substring`` items;
+when a file's name contains ``substring`` the worker does ``action`` before reading it:
+``crash`` (``os._exit(70)``), ``abort`` (``SIGABRT``, like a C++ ``std::terminate``) or
+``hang`` (sleep for an hour). Unset, it costs one dictionary lookup per file.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import MidiError
+from ..events import EventArrays
+
+FAULT_ENV = "NOTOCHORD_RT_PREP_FAULT"
+
+# Report categories (also used by the parent for crashes, timeouts and directories).
+OK = "ok"
+KNOWN = "known"  # content already in the ledger: not re-ingested
+NOT_A_FILE = "not-a-file"
+UNREADABLE = "unreadable"
+TOO_LARGE = "too-large"
+CORRUPT = "corrupt"
+TOO_LONG = "too-long"
+TOO_SHORT = "too-short"
+DUPLICATE = "duplicate"
+CRASH = "crash"
+TIMEOUT = "timeout"
+
+
+def content_hash(data: bytes) -> str:
+    """Content hash of a file: 128-bit BLAKE2b, hex."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@dataclass
+class WorkerConfig:
+    """What every worker needs to know; sent once when the worker starts."""
+
+    known_hashes: frozenset[str] = frozenset()
+    max_bytes: int = 64 << 20
+    max_seconds: float = 6 * 3600.0
+    loader: str = "notochord_rt.midi.ingest:load_midi"
+    """``module:function`` taking bytes and returning an object with ``.events``."""
+
+
+@dataclass
+class FileResult:
+    """What happened to one file. ``events`` is set only for ``status == OK``."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    status: str
+    hash: str | None = None
+    reason: str = ""
+    events: EventArrays | None = None
+    seconds: float = 0.0
+    instruments: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def num_events(self) -> int:
+        return len(self.events) if self.events is not None else 0
+
+
+@functools.lru_cache(maxsize=4)
+def _loader(spec: str):
+    """The ingest function named by ``spec`` (imported in the worker: symusic is heavy)."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _inject_fault(path: str) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    name = os.path.basename(path)
+    for item in spec.split(";"):
+        action, _, pattern = item.partition("=")
+        if not pattern or pattern not in name:
+            continue
+        if action == "crash":
+            os._exit(70)
+        if action == "abort":
+            os.kill(os.getpid(), signal.SIGABRT)
+        if action == "hang":
+            time.sleep(3600)
+
+
+def note_on_counts(events: EventArrays) -> dict[int, int]:
+    """Number of note-ons of each instrument id in a piece."""
+    ids, counts = np.unique(events.inst[events.vel > 0], return_counts=True)
+    return {int(i): int(c) for i, c in zip(ids, counts)}
+
+
+def check_events(events: EventArrays, max_seconds: float) -> tuple[str, str]:
+    """Status and reason for ingested events that are unusable although they parsed."""
+    if len(events) and not np.isfinite(events.time).all():
+        return CORRUPT, "event times are not finite (division 0 or a broken tempo map?)"
+    if len(events) and (events.time < 0).any():
+        return CORRUPT, "negative event times"
+    if events.duration > max_seconds:
+        hours, limit = events.duration / 3600, max_seconds / 3600
+        return TOO_LONG, f"lasts {hours:.1f} h, more than {limit:g} h (huge delta times?)"
+    return OK, ""
+
+
+def process_file(path: str, config: WorkerConfig) -> FileResult:
+    """Read, hash and ingest one file; every failure is returned as a categorised result."""
+    _inject_fault(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return FileResult(path, 0, 0, UNREADABLE, reason=f"cannot stat: {e.strerror or e}")
+    result = FileResult(path, st.st_size, st.st_mtime_ns, OK)
+    if st.st_size > config.max_bytes:
+        result.status = TOO_LARGE
+        result.reason = f"{st.st_size} bytes, more than the limit of {config.max_bytes}"
+        return result
+    try:
+        with open(path, "rb") as f:
+            data = f.read(config.max_bytes + 1)
+    except OSError as e:
+        result.status, result.reason = UNREADABLE, f"cannot read: {e.strerror or e}"
+        return result
+    result.hash = content_hash(data)
+    if result.hash in config.known_hashes:
+        result.status = KNOWN
+        return result
+    try:
+        events = _loader(config.loader)(data).events
+    except MidiError as e:
+        result.status, result.reason = CORRUPT, str(e) or "unreadable MIDI"
+        return result
+    except MemoryError:
+        result.status, result.reason = TOO_LARGE, "ran out of memory while parsing"
+        return result
+    except Exception as e:  # noqa: BLE001 - a parser bug must not stop the run
+        result.status, result.reason = CORRUPT, f"parser error: {type(e).__name__}: {e}"
+        return result
+    result.status, result.reason = check_events(events, config.max_seconds)
+    if result.status == OK:
+        result.events = events
+        result.seconds = events.duration
+        result.instruments = note_on_counts(events)
+    return result

@@ -1,0 +1,133 @@
+"""The outcome of ``prep``: ``summary.json`` (statistics) and ``report.json`` (skipped files).
+
+``report.json`` is ``{"version": 1, "skipped": [...]}`` with one entry per file that is not
+in the store: ``path``, ``category`` (see below), ``reason`` (a sentence a person can act on)
+and, for duplicates, ``duplicate_of`` (the first path, in discovery order, with that content).
+
+Categories: ``not-a-file`` (e.g. a directory named ``x.mid``), ``unreadable`` (I/O error),
+``too-large`` (file size or memory), ``corrupt`` (does not parse, or parses into unusable
+times), ``too-long`` (longer than the duration limit), ``too-short`` (fewer events than the
+minimum), ``duplicate`` (same bytes as an earlier file), ``crash`` (the parser killed its
+process), ``timeout`` (the parser ran past the per-file time limit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..events import instrument_name
+from .store import SPLITS
+
+REPORT_VERSION = 1
+
+
+@dataclass
+class SplitStats:
+    pieces: int = 0
+    events: int = 0
+    hours: float = 0.0
+
+
+@dataclass
+class PrepSummary:
+    """Statistics of a prepared folder (what ``summary.json`` holds)."""
+
+    dest: str
+    files_seen: int = 0
+    files_ok: int = 0
+    files_skipped: int = 0
+    duplicates: int = 0
+    processed_now: int = 0
+    reused: int = 0
+    events: int = 0
+    hours: float = 0.0
+    skipped_by_category: dict[str, int] = field(default_factory=dict)
+    splits: dict[str, SplitStats] = field(default_factory=dict)
+    instruments: dict[str, dict[str, int]] = field(default_factory=dict)
+    split_fractions: dict[str, float] = field(default_factory=dict)
+    min_events: int = 0
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        """A short human-readable summary (the CLI prints it)."""
+        out = [
+            f"files: {self.files_seen} seen, {self.files_ok} ok, {self.files_skipped} skipped, "
+            f"{self.duplicates} duplicates ({self.processed_now} processed now, "
+            f"{self.reused} reused from earlier runs)",
+            f"events: {self.events:,} ({self.hours:.2f} h of music)",
+        ]
+        out.append(
+            "splits: "
+            + ", ".join(
+                f"{s} {st.pieces} pieces / {st.events:,} events" for s, st in self.splits.items()
+            )
+        )
+        if self.skipped_by_category:
+            cats = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped_by_category.items()))
+            out.append(f"skipped: {cats}")
+        top = list(self.instruments.items())[:5]
+        if top:
+            out.append(
+                "top instruments: " + ", ".join(f"{n} ({v['pieces']})" for n, v in top)
+            )
+        out.append(f"time: {self.elapsed_s:.1f} s")
+        return out
+
+
+class InstrumentHistogram:
+    """Pieces and note-ons per instrument, by name."""
+
+    def __init__(self) -> None:
+        self.pieces: Counter[int] = Counter()
+        self.notes: Counter[int] = Counter()
+
+    def add(self, note_ons: dict[int, int]) -> None:
+        for inst, n in note_ons.items():
+            self.pieces[int(inst)] += 1
+            self.notes[int(inst)] += int(n)
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        """``{name: {"id", "pieces", "notes"}}``, most used first."""
+        order = sorted(self.pieces, key=lambda i: (-self.pieces[i], -self.notes[i], i))
+        return {
+            instrument_name(i): {"id": i, "pieces": self.pieces[i], "notes": self.notes[i]}
+            for i in order
+        }
+
+
+def empty_splits() -> dict[str, SplitStats]:
+    return {s: SplitStats() for s in SPLITS}
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def write_report(dest: str | os.PathLike, skipped: list[dict]) -> Path:
+    path = Path(dest) / "report.json"
+    _write_json(path, {"version": REPORT_VERSION, "skipped": skipped})
+    return path
+
+
+def write_summary(dest: str | os.PathLike, summary: PrepSummary) -> Path:
+    path = Path(dest) / "summary.json"
+    _write_json(path, summary.to_dict())
+    return path
+
+
+def read_report(dest: str | os.PathLike) -> list[dict]:
+    """The skipped-file entries of a prepared folder."""
+    return json.loads((Path(dest) / "report.json").read_text())["skipped"]
+
+
+def read_summary(dest: str | os.PathLike) -> dict:
+    return json.loads((Path(dest) / "summary.json").read_text())
