@@ -89,6 +89,29 @@ class EventStore:
         lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
         return EventArrays(*(np.array(c[lo:hi]) for c in self._cols))
 
+    def window(self, k: int, lo: int, hi: int) -> EventArrays:
+        """Events ``lo:hi`` of piece k (clipped to the piece), read without the rest.
+
+        Lets a random crop of a long piece touch only the events it needs.
+        """
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        start, stop = int(self.offsets[k]), int(self.offsets[k + 1])
+        lo = min(max(int(lo), 0), stop - start) + start
+        hi = min(max(int(hi), 0), stop - start) + start
+        return EventArrays(*(np.array(c[lo:max(lo, hi)]) for c in self._cols))
+
+    def __getstate__(self) -> dict:
+        # Pickle the location, not the memory maps (numpy would copy the whole split):
+        # DataLoader workers started with "spawn"/"forkserver" reopen the files.
+        return {"folder": str(self.folder), "split": self.split}
+
+    def __setstate__(self, state: dict) -> None:
+        self.folder = Path(state["folder"])
+        self.split = state["split"]
+        self.offsets = np.load(self.folder / "offsets.npy")
+        self._cols = [np.load(self.folder / f"{c}.npy", mmap_mode="r") for c in COLUMNS]
+
     def records(self) -> list[dict]:
         """The metadata records of the pieces, in order."""
         return json.loads((self.folder / "pieces.json").read_text())
