@@ -200,7 +200,9 @@ def _process(todo, ledger, records, config, jobs, timeout, flush_every, flush_se
     if progress:
         progress(0, len(todo))
     last_flush = time.monotonic()
-    pool = SupervisedPool(pw.process_file, config, jobs=min(jobs, len(todo)), timeout=timeout)
+    module = config.loader.partition(":")[0]
+    pool = SupervisedPool(pw.process_file, config, jobs=min(jobs, len(todo)), timeout=timeout,
+                          preload=[pw.__name__, module])
     try:
         for done, outcome in enumerate(pool.run(todo), 1):
             result = _result_of(outcome)

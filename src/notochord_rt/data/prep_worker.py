@@ -10,7 +10,9 @@ Fault injection (tests only)
 ----------------------------
 The environment variable ``NOTOCHORD_RT_PREP_FAULT`` makes a worker misbehave on purpose, so
 that the crash and timeout handling of the pool can be tested honestly (no real MIDI file is
-known to crash or hang symusic). Its value is ``;``-separated ``action=substring`` items;
+known to crash or hang symusic). It is read when :class:`WorkerConfig` is made, in the
+process that calls ``prepare`` (workers forked from a fork server would not see later
+changes of their parent's environment). Its value is ``;``-separated ``action=substring`` items;
 when a file's name contains ``substring`` the worker does ``action`` before reading it:
 ``crash`` (``os._exit(70)``), ``abort`` (``SIGABRT``, like a C++ ``std::terminate``) or
 ``hang`` (sleep for an hour). Unset, it costs one dictionary lookup per file.
@@ -61,6 +63,8 @@ class WorkerConfig:
     max_seconds: float = 6 * 3600.0
     loader: str = "notochord_rt.midi.ingest:load_midi"
     """``module:function`` taking bytes and returning an object with ``.events``."""
+    fault: str | None = field(default_factory=lambda: os.environ.get(FAULT_ENV))
+    """The fault-injection spec, read from the environment of the process making the config."""
 
 
 @dataclass
@@ -89,8 +93,7 @@ def _loader(spec: str):
     return getattr(importlib.import_module(module), name)
 
 
-def _inject_fault(path: str) -> None:
-    spec = os.environ.get(FAULT_ENV)
+def _inject_fault(path: str, spec: str | None) -> None:
     if not spec:
         return
     name = os.path.basename(path)
@@ -126,7 +129,7 @@ def check_events(events: EventArrays, max_seconds: float) -> tuple[str, str]:
 
 def process_file(path: str, config: WorkerConfig) -> FileResult:
     """Read, hash and ingest one file; every failure is returned as a categorised result."""
-    _inject_fault(path)
+    _inject_fault(path, config.fault)
     try:
         st = os.stat(path)
     except OSError as e:
