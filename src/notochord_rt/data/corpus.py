@@ -1,0 +1,245 @@
+"""Reproducible training-corpus recipe: rebuild a MIDI corpus from registry packages.
+
+Users of this project have no shared data folder, so ``notochord-rt corpus build DEST``
+regenerates an equivalent corpus from two freely installable sources:
+
+* ``music21`` — every score bundled with the PyPI package ``music21`` written to MIDI
+  by music21's own writer (see :mod:`.corpus_music21`);
+* ``mma`` — one seeded 32-bar song per groove of the Debian package ``mma``
+  (see :mod:`.corpus_mma`).
+
+The build is resumable (files already written are not redone) and records what it did
+in ``DEST/manifest.json``. This module holds the orchestration and the small helpers
+both sources share (time limits, atomic writes, progress).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("music21", "mma")
+MANIFEST = "manifest.json"
+DEFAULT_TIME_LIMIT = 300.0
+
+
+class Progress(Protocol):
+    """What a progress bar must offer (``tqdm`` does): ``update(n)`` and ``close()``."""
+
+    def update(self, n: int = 1) -> Any: ...
+
+    def close(self) -> Any: ...
+
+
+#: Makes a progress bar from a description and a total; the CLI passes a tqdm factory.
+ProgressFactory = Callable[[str, int], Progress]
+
+
+class _NullProgress:
+    def update(self, n: int = 1) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def null_progress(desc: str, total: int) -> Progress:
+    """A progress factory that shows nothing (the library default)."""
+    return _NullProgress()
+
+
+class ScoreTimeout(Exception):
+    """Raised inside a :func:`time_limit` block that ran past its limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`ScoreTimeout` if the block runs longer than ``seconds``.
+
+    Uses ``SIGALRM`` so it interrupts pure-Python work (music21 is pure Python) without
+    threads. Where that is impossible (not the main thread, or no ``setitimer`` on this
+    platform) the block runs without a limit and a debug message says so.
+    """
+    usable = (
+        seconds is not None
+        and seconds > 0
+        and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+    )
+    if not usable:
+        if seconds:
+            log.debug("time limit of %.0f s not enforceable here; running without it", seconds)
+        yield
+        return
+
+    def _expired(signum: int, frame: object) -> None:
+        raise ScoreTimeout(f"ran past the time limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name, so a killed build never
+    leaves a half-written file that a resumed build would take as done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def stride_sample(items: Sequence, limit: int | None) -> list:
+    """``limit`` items spread evenly over ``items`` (all of them when ``limit`` is None).
+
+    Deterministic, and a small sample still covers every part of a sorted list.
+    """
+    items = list(items)
+    if limit is None or limit >= len(items):
+        return items
+    if limit <= 0:
+        return []
+    n = len(items)
+    return [items[(2 * i + 1) * n // (2 * limit)] for i in range(limit)]
+
+
+def parse_sources(text: str) -> list[str]:
+    """Turn ``"music21,mma"`` into a checked list of source names."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise UserError("--sources is empty; choose from " + ",".join(SOURCES))
+    bad = [s for s in names if s not in SOURCES]
+    if bad:
+        raise UserError(
+            f"unknown corpus source(s) {','.join(bad)}; choose from {','.join(SOURCES)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def build(
+    dest: str | os.PathLike,
+    sources: Sequence[str] = SOURCES,
+    *,
+    jobs: int | None = None,
+    limit: int | None = None,
+    mma_variants: int = 1,
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT,
+    mma_binary: str | None = None,
+    mma_lib: str | os.PathLike | None = None,
+    progress: ProgressFactory = null_progress,
+) -> dict:
+    """Build (or resume) the corpus under ``dest`` and return the manifest written there.
+
+    ``limit`` caps each source (music21: that many score files spread over the corpus,
+    and at most that many tunes of an ABC opus; mma: that many grooves). Every
+    requested source is checked for availability before any work starts.
+    """
+    from . import corpus_mma, corpus_music21
+
+    sources = list(dict.fromkeys(sources))
+    for name in sources:
+        if name not in SOURCES:
+            raise UserError(f"unknown corpus source {name!r}; choose from {','.join(SOURCES)}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    if mma_variants < 1:
+        raise UserError(f"--mma-variants must be at least 1, got {mma_variants}")
+    jobs = max(1, jobs or os.cpu_count() or 1)
+
+    # Check every tool first: a missing mma should not surface after half an hour of music21.
+    mma_tool = None
+    if "music21" in sources:
+        corpus_music21.require_music21()
+    if "mma" in sources:
+        mma_tool = corpus_mma.require_mma(mma_binary, mma_lib)
+
+    root = Path(dest)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(root)
+    manifest.update(
+        {
+            "recipe": "notochord-rt corpus build",
+            "notochord_rt": _own_version(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        }
+    )
+    manifest.setdefault("sources", {})
+    for name in sources:
+        start = time.perf_counter()
+        if name == "music21":
+            section = corpus_music21.build_music21(
+                root / "music21",
+                jobs=jobs,
+                limit=limit,
+                time_limit_s=time_limit_s,
+                progress=progress,
+            )
+        else:
+            assert mma_tool is not None
+            section = corpus_mma.build_mma(
+                root / "mma",
+                mma_tool,
+                jobs=jobs,
+                limit=limit,
+                variants=mma_variants,
+                time_limit_s=time_limit_s,
+                progress=progress,
+            )
+        section["seconds"] = round(time.perf_counter() - start, 2)
+        section["jobs"] = jobs
+        section["limit"] = limit
+        manifest["sources"][name] = section
+        write_manifest(root, manifest)
+        log.info(
+            "%s: %d written, %d cached, %d skipped in %.1f s",
+            name,
+            section["written"],
+            section["cached"],
+            len(section["skipped"]),
+            section["seconds"],
+        )
+    return manifest
+
+
+def read_manifest(root: Path) -> dict:
+    """The manifest of an earlier build under ``root`` (an empty dict if there is none)."""
+    path = root / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("ignoring unreadable %s (%s); it will be rewritten", path, e)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_manifest(root: Path, manifest: dict) -> Path:
+    """Write ``manifest`` as ``root/manifest.json`` (atomically)."""
+    path = root / MANIFEST
+    atomic_write_bytes(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    return path
+
+
+def _own_version() -> str:
+    from .. import __version__
+
+    return str(__version__)
