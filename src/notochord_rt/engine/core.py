@@ -68,11 +68,12 @@ class InferenceCore(Protocol):
 def decode_mixture(dist, raw: Tensor) -> Tensor:
     """Decode raw head output ``(3K,)`` with a mixture object into ``(3, K)`` rows.
 
-    ``dist`` is the network's ``time_dist`` / ``vel_dist``; it must offer
-    ``get_params(h) -> (log_pi, loc, s)``.
+    ``dist`` is the network's ``time_dist`` / ``vel_dist``
+    (:class:`~notochord_rt.model.distributions.CensoredLogisticMixture`), whose
+    ``params(raw)`` returns ``(log_pi, loc, sharp)``.
     """
-    log_pi, loc, s = dist.get_params(raw)
-    return torch.stack((log_pi, loc, s))
+    log_pi, loc, sharp = dist.params(raw)
+    return torch.stack((log_pi, loc, sharp))
 
 
 class ModuleCore:
