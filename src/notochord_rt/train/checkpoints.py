@@ -1,0 +1,165 @@
+"""Checkpoint folders of a run, written atomically.
+
+Layout of a run folder ``RUN``::
+
+    RUN/config.json                   the resolved TrainConfig of the run
+    RUN/checkpoints/step-00001000/    one complete checkpoint (model + training state)
+    RUN/checkpoints/latest            name of the newest complete checkpoint
+    RUN/logs/                         TensorBoard event files
+
+A checkpoint is first written into a hidden temporary folder next to its final place,
+flushed to disk, and only then renamed into place (``os.replace`` is atomic); the
+``latest`` pointer is replaced the same way afterwards. A run killed at any moment
+therefore leaves the previous checkpoint valid and ``latest`` pointing at a complete
+folder; a stray ``.tmp-*`` folder is all that a killed write can leave behind, and it
+is ignored and swept on the next write.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+_NAME = re.compile(r"^step-(\d{8,})$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _fsync_path(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms that cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.iterdir():
+        if p.is_file():
+            _fsync_path(p)
+    _fsync_path(folder)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so readers see the old or the new file, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_path(path.parent)
+
+
+def sweep_partial(ckpt_dir: Path) -> None:
+    """Delete temporary folders left behind by killed writes."""
+    if not ckpt_dir.is_dir():
+        return
+    for p in ckpt_dir.iterdir():
+        if p.name.startswith((".tmp-", ".old-")) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in ``ckpt_dir`` as (step, folder), oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = []
+    for p in ckpt_dir.iterdir():
+        m = _NAME.match(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The folder ``latest`` names, else the highest step found, else None."""
+    pointer = ckpt_dir / LATEST
+    if pointer.is_file():
+        candidate = ckpt_dir / pointer.read_text().strip()
+        if _NAME.match(candidate.name) and candidate.is_dir():
+            return candidate
+        log.warning("%s names a missing checkpoint; using the newest folder", pointer)
+    found = list_checkpoints(ckpt_dir)
+    return found[-1][1] if found else None
+
+
+def write_checkpoint(
+    ckpt_dir: Path, step: int, write: Callable[[Path], None], keep: int | None = None
+) -> Path:
+    """Write checkpoint ``step`` by calling ``write(tmp_folder)``, then commit it atomically.
+
+    If ``write`` raises, the temporary folder is removed and nothing else changes.
+    Afterwards only the newest ``keep`` checkpoints are kept (None keeps all).
+    """
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    name = checkpoint_name(step)
+    final = ckpt_dir / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=ckpt_dir))
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        # the same step written again (e.g. at the end of an epoch and of the run)
+        old = Path(tempfile.mkdtemp(prefix=f".old-{name}-", dir=ckpt_dir))
+        os.replace(final, old / name)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_path(ckpt_dir)
+    write_text_atomic(ckpt_dir / LATEST, name + "\n")
+    if keep is not None:
+        prune(ckpt_dir, keep)
+    return final
+
+
+def prune(ckpt_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints (never the one ``latest`` names)."""
+    latest = latest_checkpoint(ckpt_dir)
+    found = list_checkpoints(ckpt_dir)
+    for _, folder in found[: max(0, len(found) - keep)]:
+        if folder != latest:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint folder from a run folder, a ``checkpoints`` folder or the folder itself.
+
+    Raises :class:`CheckpointError` if nothing usable is there.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if p.is_file() or _NAME.match(p.name):
+        return p
+    for ckpt_dir in (p / CHECKPOINTS, p):
+        found = latest_checkpoint(ckpt_dir)
+        if found is not None:
+            return found
+    return p

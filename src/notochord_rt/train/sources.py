@@ -1,0 +1,125 @@
+"""Where the trainer gets its model and its crops: thin adapters to model/ and data/.
+
+Keeping these few calls in one place means the training loop does not care how the
+network is built or saved, or how crops are drawn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import default_collate
+
+from ..data.augment import Augment
+from ..data.dataset import CropDataset
+from ..errors import CheckpointError, InputError, UserError
+from ..model.config import NotochordConfig
+from ..model.network import NotochordNet
+
+MODEL_FILE = "model.safetensors"
+
+
+# -- model ------------------------------------------------------------------------------
+def new_model(overrides: dict[str, Any]) -> NotochordNet:
+    """A freshly initialised network with ``overrides`` of the default hyper-parameters."""
+    names = {f.name for f in dataclasses.fields(NotochordConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise UserError(f"unknown model option(s): {', '.join(unknown)}")
+    values = dict(overrides)
+    for key, value in values.items():
+        if isinstance(value, list):
+            values[key] = tuple(value)
+    try:
+        return NotochordNet(NotochordConfig(**values))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"bad model options: {e}") from None
+
+
+def model_path(path: str | Path) -> Path:
+    """The weights file of a checkpoint folder (or ``path`` itself if it is a file)."""
+    p = Path(path)
+    return p / MODEL_FILE if p.is_dir() else p
+
+
+def load_model(path: str | Path) -> NotochordNet:
+    """Load weights and config from a checkpoint folder, our file or a reference checkpoint."""
+    p = model_path(path)
+    if not p.exists():
+        raise CheckpointError(f"no model weights at {p}")
+    model = NotochordNet.load(p)
+    model.train()
+    return model
+
+
+def save_model(model: NotochordNet, folder: Path) -> None:
+    """Write ``model`` into a checkpoint folder."""
+    model.save(folder / MODEL_FILE)
+
+
+def freeze_rnn(model: NotochordNet) -> int:
+    """Stop gradients to the GRU and its learned initial state; returns how many tensors."""
+    frozen = [*model.rnn.parameters(), model.initial_state]
+    for p in frozen:
+        p.requires_grad_(False)
+    return len(frozen)
+
+
+# -- data -------------------------------------------------------------------------------
+class DrawCrops(CropDataset):
+    """Training crops indexed by ``(draw, piece)``.
+
+    :class:`CropDataset` draws item k's crop and augmentation from ``(seed, epoch, k)``.
+    The trainer's index stream (:class:`~.batches.StepIndexer`) instead names each use of
+    a piece by the pass ``draw`` over the data it belongs to, so a piece used twice in
+    one step (small data sets) still gets two different crops, and the crops of a step
+    depend on nothing but the step, whichever worker loads them.
+    """
+
+    _draw = 0
+
+    def __getitem__(self, key: Any) -> dict[str, torch.Tensor]:
+        if isinstance(key, tuple):
+            self._draw, key = int(key[0]), key[1]
+        return super().__getitem__(key)
+
+    def rng(self, k: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self._draw, int(k), 0x7A1E])
+
+
+def augment_options(overrides: dict[str, Any]) -> Augment:
+    """Training augmentation with ``overrides`` of its defaults (``{"off": true}`` = none)."""
+    values = dict(overrides)
+    if values.pop("off", False):
+        return Augment.none()
+    try:
+        return Augment(**values)
+    except TypeError as e:
+        names = ", ".join(f.name for f in dataclasses.fields(Augment))
+        raise UserError(f"bad augmentation option(s) {sorted(values)}: choose from {names}") \
+            from e
+    except InputError as e:
+        raise UserError(str(e)) from None
+
+
+def open_dataset(root: str, split: str, length: int, aug: dict[str, Any], *,
+                 training: bool, seed: int = 0) -> CropDataset:
+    """Crops of ``length`` events of a prepared split: augmented random crops for
+    training, fixed unaugmented crops otherwise."""
+    if training:
+        ds: CropDataset = DrawCrops(root, split, batch_len=length, mode="train",
+                                    augment=augment_options(aug), seed=seed)
+    else:
+        ds = CropDataset(root, split, batch_len=length, mode="valid", seed=seed)
+    if len(ds) == 0:
+        raise UserError(f"split {split!r} of {root} holds no pieces")
+    return ds
+
+
+def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack items into the ``(B, T)`` batch of docs/architecture.md."""
+    return default_collate(items)
