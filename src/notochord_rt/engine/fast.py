@@ -1,0 +1,394 @@
+"""The fused batch-1 inference core (:class:`FastCore`), in fp32, bf16, fp16 or int8.
+
+Batch-1 Notochord inference is memory-bound: every step streams the GRU weights (44 MB in
+fp32 for the default 17.7 M-parameter model) and every head streams its MLP. The plain
+module path (:class:`~notochord_rt.engine.core.ModuleCore`) adds per-call overhead on top:
+fresh tensors per input, four embedding calls, a general ``nn.GRU`` call, separate
+``Sequential`` layers. :class:`FastCore` does the same math with everything prepared once:
+
+* **Weights packed once** per precision (:mod:`.quant`): transposed fp32 for ``addmm``,
+  oneDNN-packed bf16, FBGEMM-packed fp16, or per-row int8 with dynamic activations.
+* **First GRU layer folded into the embeddings.** The GRU's input map is linear, so
+  ``W_ih (e_i + e_p + e_t + e_v)`` is computed from two precomputed gate tables (one row per
+  instrument / pitch, ``W_ih @ emb``) plus one 256→3H map of the concatenated time and
+  velocity sinusoids (``W_ih @ [P_t | P_v]``). This replaces a 512→3H product with a
+  256→3H one and removes the embedding sum.
+* **Biases folded**: the reset/update gate biases of the input and hidden maps are added
+  once; only the candidate gate keeps its hidden bias inside ``r * (...)`` as GRU requires.
+* **Hand-written GRU cell** on the packed products (one sigmoid for both gates).
+* **Heads** as ``linear → GLU → F.layer_norm`` chains on packed weights; the mixture
+  decoding (bias, log-softmax, clamps, softplus) is fused into the time/velocity heads;
+  the end head is one dot product and a sigmoid.
+
+All public methods follow :class:`~notochord_rt.engine.core.InferenceCore` (batch 1). The
+``*_batch`` methods do the same for ``B`` independent streams at once and are what
+:mod:`.streams` builds on.
+
+When the core is built, the fp32 packing is checked against the module on random inputs,
+so a network whose layout this module misreads is refused (``InputError``) instead of
+silently giving different numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import InputError
+from .quant import PRECISIONS, PackedLinear, available_precisions
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FastCore", "PRECISIONS"]
+
+
+# -- reading a network ------------------------------------------------------------------------
+def _parts(model: nn.Module) -> dict:
+    """The named pieces of a Notochord network, ours (``NotochordNet``) or the reference's."""
+    if hasattr(model, "inst_head"):
+        return dict(
+            inst_emb=model.inst_emb, pitch_emb=model.pitch_emb, time_emb=model.time_emb,
+            vel_emb=model.vel_emb, rnn=model.rnn, initial_state=model.initial_state,
+            h_proj=model.h_proj, heads=(model.inst_head, model.pitch_head, model.time_head,
+                                        model.vel_head),
+            end=model.end_head, time_dist=model.time_dist, vel_dist=model.vel_dist)
+    if hasattr(model, "projections"):  # reference notochord.Notochord (for benchmarks)
+        return dict(
+            inst_emb=model.instrument_emb, pitch_emb=model.pitch_emb, time_emb=model.time_emb,
+            vel_emb=model.vel_emb, rnn=model.rnn.rnn, initial_state=model.initial_state[0],
+            h_proj=model.h_proj, heads=tuple(model.projections), end=model.end_proj,
+            time_dist=model.time_dist, vel_dist=model.vel_dist)
+    raise InputError("model: not a Notochord network (no inst_head / projections)")
+
+
+def _sine_parts(module: nn.Module) -> tuple[Tensor, nn.Linear]:
+    """Frequencies (radians per unit) and projection of a sine embedding module."""
+    lins = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if len(lins) != 1:
+        raise InputError(f"model: sine embedding {type(module).__name__} has {len(lins)} "
+                         "linear layers, expected 1")
+    lin = lins[0]
+    for name in ("freqs", "fs", "frequencies"):
+        f = getattr(module, name, None)
+        if isinstance(f, Tensor):
+            return f.detach().float().reshape(-1), lin
+    bufs = [b for b in module.buffers() if b.ndim == 1 and b.numel() == lin.in_features]
+    if len(bufs) != 1:
+        raise InputError(f"model: cannot find the frequencies of {type(module).__name__}")
+    return bufs[0].detach().float(), lin
+
+
+@dataclass
+class _MlpSpec:
+    layers: list  # (PackedLinear, ln_weight | None, ln_bias | None, eps)
+    final: PackedLinear
+
+
+def _glu_mlp(module: nn.Module, precision: str) -> _MlpSpec:
+    """Pack a GLU-MLP: ``[Linear → GLU → LayerNorm?] * L → Linear`` (dropout ignored)."""
+    mods = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.LayerNorm))]
+    lins = [m for m in mods if isinstance(m, nn.Linear)]
+    norms = [m for m in mods if isinstance(m, nn.LayerNorm)]
+    if norms and len(norms) != len(lins) - 1:
+        raise InputError(f"model: MLP with {len(lins)} linear and {len(norms)} norm layers")
+    layers = []
+    for k, lin in enumerate(lins[:-1]):
+        ln = norms[k] if norms else None
+        layers.append((
+            PackedLinear(lin.weight, lin.bias, precision),
+            None if ln is None else ln.weight.detach().float().clone(),
+            None if ln is None else ln.bias.detach().float().clone(),
+            1e-5 if ln is None else float(ln.eps),
+        ))
+    return _MlpSpec(layers, PackedLinear(lins[-1].weight, lins[-1].bias, precision))
+
+
+def _run_mlp(spec: _MlpSpec, x: Tensor) -> Tensor:
+    for lin, w, b, eps in spec.layers:
+        x = F.glu(lin(x), -1)  # a * sigmoid(b) for the two halves, in one op
+        if w is not None:
+            x = F.layer_norm(x, w.shape, w, b, eps)
+    return spec.final(x)
+
+
+@dataclass
+class _Mixture:
+    bias: Tensor
+    k: int
+    loc_lo: float
+    loc_hi: float
+    sharp_lo: float
+    sharp_hi: float
+
+
+def _mixture(dist: nn.Module) -> _Mixture:
+    k = int(getattr(dist, "n_components", getattr(dist, "n", 0)))
+    lo, hi, res = float(dist.lo), float(dist.hi), float(dist.res)
+    s_lo, s_hi = (float(v) for v in dist.sharp_bounds)
+    return _Mixture(dist.bias.detach().float().clone(), k, lo - 10 * res, hi + 10 * res,
+                    s_lo, s_hi)
+
+
+# -- the core ----------------------------------------------------------------------------
+class FastCore:
+    """Fused :class:`~notochord_rt.engine.core.InferenceCore` on packed weights.
+
+    Args:
+        model: a ``NotochordNet`` (or a reference ``notochord.Notochord``), any weights.
+        precision: ``"fp32"`` (matches the module to ~1e-6), ``"bf16"``, ``"fp16"`` (16-bit
+            weights, fp32 activations) or ``"int8"`` (per-row int8 weights, dynamically
+            quantised activations). See :mod:`.quant`.
+        threads: if not None, ``torch.set_num_threads(threads)`` is called (a process-wide
+            setting). One thread is fastest for batch 1 and avoids the multi-ms tails that
+            intra-op thread hand-offs cause on small machines.
+        check: compare the fp32 packing with the module on random inputs and refuse a
+            network whose layout is not understood.
+
+    The model is only read; the core keeps its own copies of the weights.
+    """
+
+    def __init__(self, model: nn.Module, precision: str = "fp32", threads: int | None = 1,
+                 check: bool = True) -> None:
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision not in available_precisions():
+            raise InputError(f"precision {precision!r} has no kernel in this torch build "
+                             f"(available: {', '.join(available_precisions())})")
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        self.precision = precision
+        with torch.inference_mode(False), torch.no_grad():
+            self._pack(_parts(model), precision)
+            if check:
+                self._check(model)
+
+    # -- packing ----------------------------------------------------------------------------
+    def _pack(self, parts: dict, precision: str) -> None:
+        rnn = parts["rnn"]
+        if not isinstance(rnn, nn.GRU) or rnn.bidirectional or not rnn.bias:
+            raise InputError("model: FastCore needs a unidirectional nn.GRU with biases")
+        H, L = rnn.hidden_size, rnn.num_layers
+        self.hidden, self.layers = H, L
+        self._init = parts["initial_state"].detach().float().reshape(L, 1, H).clone()
+
+        inst_tab = parts["inst_emb"].weight.detach().float()
+        pitch_tab = parts["pitch_emb"].weight.detach().float()
+        f_t, lin_t = _sine_parts(parts["time_emb"])
+        f_v, lin_v = _sine_parts(parts["vel_emb"])
+        self.emb_size = inst_tab.shape[1]
+        # embeddings for conditioning the heads (sampler adds them to the context)
+        self._inst_tab, self._pitch_tab = inst_tab.clone(), pitch_tab.clone()
+        self._f_t, self._f_v = f_t.clone(), f_v.clone()
+        self._pt_wt = lin_t.weight.detach().float().t().contiguous()
+        self._pt_b = lin_t.bias.detach().float().clone()
+        self._pv_wt = lin_v.weight.detach().float().t().contiguous()
+        self._pv_b = lin_v.bias.detach().float().clone()
+        self._n_t = f_t.numel()
+
+        # GRU layer 0 folded into the embeddings
+        w_ih0 = rnn.weight_ih_l0.detach().float()
+        b_ih = [getattr(rnn, f"bias_ih_l{k}").detach().float() for k in range(L)]
+        b_hh = [getattr(rnn, f"bias_hh_l{k}").detach().float() for k in range(L)]
+        self._gate_inst = inst_tab @ w_ih0.t()  # (n_inst, 3H), fp32: only one row is read
+        self._gate_pitch = pitch_tab @ w_ih0.t()
+        sines_w = torch.cat((lin_t.weight.detach().float(), lin_v.weight.detach().float()), 1)
+        emb_bias = lin_t.bias.detach().float() + lin_v.bias.detach().float()
+        folded_b = [self._gate_bias(b_ih[k], b_hh[k], H) for k in range(L)]
+        folded_b[0] = folded_b[0] + w_ih0 @ emb_bias
+        self._in0 = PackedLinear(w_ih0 @ sines_w, folded_b[0], precision)
+        self._f_cat = torch.cat((f_t, f_v))
+        self._phase = torch.zeros(1, self._f_cat.numel())
+        self._in = [None] + [
+            PackedLinear(getattr(rnn, f"weight_ih_l{k}"), folded_b[k], precision)
+            for k in range(1, L)
+        ]
+        hid_b = []
+        for k in range(L):
+            b = torch.zeros(3 * H)
+            b[2 * H:] = b_hh[k][2 * H:]
+            hid_b.append(b)
+        self._hid = [PackedLinear(getattr(rnn, f"weight_hh_l{k}"), hid_b[k], precision)
+                     for k in range(L)]
+
+        self._proj = _glu_mlp(parts["h_proj"], precision)
+        self._heads = dict(zip("iptv", (_glu_mlp(h, precision) for h in parts["heads"])))
+        self._mix = {"t": _mixture(parts["time_dist"]), "v": _mixture(parts["vel_dist"])}
+        end = parts["end"]
+        ew, eb = end.weight.detach().float(), end.bias.detach().float()
+        self._end_w = (ew[1] - ew[0]).contiguous()  # softmax of 2 logits = sigmoid of diff
+        self._end_b = float(eb[1] - eb[0])
+        self._idx_in = torch.zeros(1, dtype=torch.long)
+
+    @staticmethod
+    def _gate_bias(b_ih: Tensor, b_hh: Tensor, H: int) -> Tensor:
+        b = b_ih.clone()
+        b[: 2 * H] += b_hh[: 2 * H]
+        return b
+
+    def _check(self, model: nn.Module) -> None:
+        """Compare an fp32 packing of this layout with ModuleCore-style math on the module."""
+        ref = FastCore.__new__(FastCore)
+        if self.precision == "fp32":
+            ref = self
+        else:
+            ref.precision = "fp32"
+            ref._pack(_parts(model), "fp32")
+        p = _parts(model)
+        gen = torch.Generator().manual_seed(0)
+        with torch.inference_mode():
+            was_training = model.training
+            model.eval()
+            try:
+                state = ref._init + 0.5 * torch.randn(ref._init.shape, generator=gen)
+                args = (3, 64, 0.25, 80.0)
+                x = (p["inst_emb"].weight[args[0]] + p["pitch_emb"].weight[args[1]]
+                     + p["time_emb"](torch.tensor([args[2]])).reshape(-1)
+                     + p["vel_emb"](torch.tensor([args[3]])).reshape(-1))
+                _, want_state = nn.GRU.forward(p["rnn"], x.view(1, 1, -1), state)
+                got_state = ref.feed(state, *args)
+                want_ctx = p["h_proj"](want_state[-1, 0])
+                got_ctx = ref.context(got_state)
+                cx = torch.randn(self.emb_size, generator=gen)
+                want_heads = [h(torch.tanh(cx)) for h in p["heads"]]
+                got_heads = [ref._head_raw(s, cx[None])[0] for s in "iptv"]
+            finally:
+                model.train(was_training)
+        pairs = [("GRU step", got_state, want_state), ("h_proj", got_ctx, want_ctx)]
+        pairs += [(f"head {s}", g, w) for s, g, w in zip("iptv", got_heads, want_heads)]
+        for name, got, want in pairs:
+            err = float((got - want).abs().max())
+            scale = 1.0 + float(want.abs().max())
+            if not math.isfinite(err) or err > 1e-4 * scale:
+                raise InputError(f"model: fused {name} differs from the module by {err:.3g}; "
+                                 "the network layout is not what FastCore expects")
+
+    # -- batched building blocks (B streams) --------------------------------------------------
+    def initial_state_batch(self, n: int) -> Tensor:
+        """``(layers, n, hidden)`` copies of the learned initial state."""
+        return self._init.expand(self.layers, n, self.hidden).clone()
+
+    def feed_batch(self, state: Tensor, inst: Tensor, pitch: Tensor, time: Tensor,
+                   vel: Tensor) -> Tensor:
+        """One step for ``B`` streams: ``state (L, B, H)``, inputs ``(B,)``; returns a new state."""
+        n = inst.shape[0]
+        phase = torch.cat((time.float()[:, None] * self._f_t, vel.float()[:, None] * self._f_v),
+                          1)
+        gi = self._in0(phase.sin_())
+        gi += self._gate_inst.index_select(0, inst)
+        gi += self._gate_pitch.index_select(0, pitch)
+        new = torch.empty(self.layers, n, self.hidden)
+        for k in range(self.layers):
+            if k:
+                gi = self._in[k](new[k - 1])
+            self._cell(gi, self._hid[k](state[k]), state[k], new[k])
+        return new
+
+    def _cell(self, gi: Tensor, gh: Tensor, h: Tensor, out: Tensor) -> None:
+        H = self.hidden
+        rz = gi[:, : 2 * H].add_(gh[:, : 2 * H]).sigmoid_()
+        cand = torch.addcmul(gi[:, 2 * H:], rz[:, :H], gh[:, 2 * H:]).tanh_()
+        # h' = (1 - z) * n + z * h = n + z * (h - n)
+        torch.addcmul(cand, rz[:, H:], torch.sub(h, cand), out=out)
+
+    def context_batch(self, state: Tensor) -> Tensor:
+        """``h_proj`` of the top layer for every stream: ``(B, E)``."""
+        return _run_mlp(self._proj, state[-1])
+
+    def embed_batch(self, sub: str, values: Tensor) -> Tensor:
+        """Input embeddings of ``B`` values of one sub-event: ``(B, E)``."""
+        if sub == "i":
+            return self._inst_tab.index_select(0, values.long())
+        if sub == "p":
+            return self._pitch_tab.index_select(0, values.long())
+        if sub == "t":
+            return torch.addmm(self._pt_b, torch.sin(values.float()[:, None] * self._f_t),
+                               self._pt_wt)
+        if sub == "v":
+            return torch.addmm(self._pv_b, torch.sin(values.float()[:, None] * self._f_v),
+                               self._pv_wt)
+        raise InputError(f"sub must be one of 'i', 'p', 't', 'v', got {sub!r}")
+
+    def _head_raw(self, sub: str, x: Tensor) -> Tensor:
+        return _run_mlp(self._heads[sub], torch.tanh(x))
+
+    def head_batch(self, sub: str, x: Tensor) -> Tensor:
+        """Heads for ``B`` inputs ``(B, E)``: logits ``(B, n)`` or mixtures ``(B, 3, K)``."""
+        raw = self._head_raw(sub, x)
+        mix = self._mix.get(sub)
+        if mix is None:
+            return raw
+        out = raw.add_(mix.bias).view(-1, 3, mix.k)
+        out[:, 0] = torch.log_softmax(out[:, 0], -1)  # cheaper than logsumexp here
+        out[:, 1].clamp_(mix.loc_lo, mix.loc_hi)
+        out[:, 2] = F.softplus(out[:, 2]).clamp_(mix.sharp_lo, mix.sharp_hi)
+        return out
+
+    def end_prob_batch(self, state: Tensor) -> Tensor:
+        """P(end) for every stream: ``(B,)``."""
+        return torch.sigmoid(torch.mv(state[-1], self._end_w) + self._end_b)
+
+    # -- InferenceCore (batch 1) -------------------------------------------------------------
+    def initial_state(self) -> Tensor:
+        """A fresh ``(layers, 1, hidden)`` copy of the learned initial state."""
+        return self._init.clone()
+
+    def feed(self, state: Tensor, inst: int, pitch: int, time: float, vel: float) -> Tensor:
+        """One GRU step on the event's summed embeddings; returns a new state tensor."""
+        with torch.inference_mode():
+            ph = self._phase
+            torch.mul(self._f_cat[: self._n_t], float(time), out=ph[0, : self._n_t])
+            torch.mul(self._f_cat[self._n_t:], float(vel), out=ph[0, self._n_t:])
+            gi = self._in0(ph.sin_())
+            gi += self._gate_inst[int(inst)]
+            gi += self._gate_pitch[int(pitch)]
+            new = torch.empty(self.layers, 1, self.hidden)
+            for k in range(self.layers):
+                if k:
+                    gi = self._in[k](new[k - 1])
+                self._cell(gi, self._hid[k](state[k]), state[k], new[k])
+            return new
+
+    def context(self, state: Tensor) -> Tensor:
+        """``h_proj`` of the top GRU output: ``Tensor[E]``."""
+        with torch.inference_mode():
+            return _run_mlp(self._proj, state[-1]).view(-1)
+
+    def embed(self, sub: str, value: float) -> Tensor:
+        """Embedding of one sub-event value (a fresh tensor): ``Tensor[E]``."""
+        with torch.inference_mode():
+            if sub == "i":
+                return self._inst_tab[int(value)].clone()
+            if sub == "p":
+                return self._pitch_tab[int(value)].clone()
+            if sub == "t":
+                return torch.addmm(self._pt_b, torch.sin(self._f_t * float(value))[None],
+                                   self._pt_wt)[0]
+            if sub == "v":
+                return torch.addmm(self._pv_b, torch.sin(self._f_v * float(value))[None],
+                                   self._pv_wt)[0]
+        raise InputError(f"sub must be one of 'i', 'p', 't', 'v', got {sub!r}")
+
+    def head(self, sub: str, x: Tensor) -> Tensor:
+        """``tanh(x)`` then the head: logits, or the decoded ``(3, K)`` mixture for t/v."""
+        if sub not in self._heads:
+            raise InputError(f"sub must be one of 'i', 'p', 't', 'v', got {sub!r}")
+        with torch.inference_mode():
+            out = self.head_batch(sub, x.view(1, -1))
+            return out[0]
+
+    def end_prob(self, state: Tensor) -> float:
+        """P(the event just fed was the last one)."""
+        with torch.inference_mode():
+            return float(torch.sigmoid(torch.dot(state[-1, 0], self._end_w) + self._end_b))
+
+    def weight_bytes(self) -> int:
+        """Bytes of packed weights streamed for one full event (feed + context + 4 heads)."""
+        lins = [self._in0, *self._in[1:], *self._hid]
+        for spec in (self._proj, *self._heads.values()):
+            lins += [lay[0] for lay in spec.layers] + [spec.final]
+        return sum(lin.weight_bytes() for lin in lins)

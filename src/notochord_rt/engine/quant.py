@@ -1,0 +1,152 @@
+"""Pre-packed linear layers for the fast batch-1 path, in several precisions.
+
+At batch 1 a Notochord step is a chain of matrix-vector products whose cost is the time
+to stream the weights from memory, so the weight format decides the latency. Each
+:class:`PackedLinear` packs its weights once, in the layout the fastest CPU kernel for
+that precision wants, and then only runs that kernel:
+
+``fp32``
+    weights stored transposed (``in × out``) and used through ``addmm`` with a preallocated
+    output; on the development machine (AMD EPYC, AVX-512) this streams the weights about
+    1.4× faster than ``F.linear`` on the ``out × in`` layout.
+``bf16``
+    bfloat16 weights pre-packed for oneDNN (``mkldnn._linear_pointwise``); activations are
+    rounded to bfloat16 on the way in, results come back as float32. Falls back to
+    ``F.linear`` on bfloat16 tensors where oneDNN is not built in.
+``fp16``
+    half-precision weights packed for FBGEMM with float32 activations
+    (``fbgemm_linear_fp16_weight_fp32_activation``): half the bytes of fp32 and no
+    rounding of activations; the fastest of the 16-bit formats on the development CPU.
+``int8``
+    int8 weights, one scale per output row, with dynamically quantised activations
+    (FBGEMM/oneDNN ``quantized::linear_dynamic``): a quarter of the fp32 bytes, so the whole
+    default model (17.7 M parameters) fits in a 32 MB L3 cache.
+
+Which kernels exist depends on how torch was built; :func:`available_precisions` reports
+what works here, and asking for one that does not raises :class:`~notochord_rt.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
+
+
+class PackedLinear:
+    """``y = x @ W.T + b`` for float32 ``x`` of shape ``(B, in)``, returning float32 ``(B, out)``.
+
+    ``weight`` is ``(out, in)`` as in :class:`torch.nn.Linear`; ``bias`` may be None.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        weight = weight.detach().float().contiguous()
+        self.out_features, self.in_features = weight.shape
+        self.precision = precision
+        bias = (
+            torch.zeros(self.out_features)
+            if bias is None
+            else bias.detach().float().reshape(-1).contiguous()
+        )
+        self._bias = bias
+        if precision == "fp32":
+            self._wt = weight.t().contiguous()
+            self._bias2 = bias.unsqueeze(0).contiguous()
+            self._call = self._fp32
+        elif precision == "bf16":
+            self._setup_bf16(weight, bias)
+        elif precision == "fp16":
+            self._packed = torch.fbgemm_pack_gemm_matrix_fp16(weight)
+            self._call = self._fp16
+        else:
+            self._setup_int8(weight)
+
+    # -- setup ------------------------------------------------------------------------
+    def _setup_bf16(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self._wb = weight.to(torch.bfloat16)
+        self._bb = bias.to(torch.bfloat16)
+        self._call = self._bf16_plain
+        if torch.backends.mkldnn.is_available():
+            try:
+                self._wb = torch.ops.mkldnn._reorder_linear_weight(self._wb, 1)
+                self._call = self._bf16_mkldnn
+                self._bf16_mkldnn(torch.zeros(1, self.in_features), None)
+            except (RuntimeError, AttributeError) as e:  # pragma: no cover - build dependent
+                log.info("oneDNN bf16 packing unavailable (%s); using F.linear", e)
+                self._wb = weight.to(torch.bfloat16)
+                self._call = self._bf16_plain
+
+    def _setup_int8(self, weight: torch.Tensor) -> None:
+        scale = (weight.abs().amax(1) / 127.0).clamp_min(1e-12).double()
+        zero = torch.zeros(self.out_features, dtype=torch.long)
+        with warnings.catch_warnings():
+            # torch >= 2.10 flags the quantised-tensor constructors as deprecated; they are
+            # still the only CPU int8 GEMM with dynamic activation quantisation in torch.
+            warnings.simplefilter("ignore")
+            qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
+            self._packed = torch.ops.quantized.linear_prepack(qweight, self._bias)
+        self._call = self._int8
+
+    # -- kernels ----------------------------------------------------------------------
+    def _fp32(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        if out is None:
+            return torch.addmm(self._bias2, x, self._wt)
+        return torch.addmm(self._bias2, x, self._wt, out=out)
+
+    def _bf16_mkldnn(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self._wb, self._bb,
+                                               "none", [], "")
+        return _into(y, out)
+
+    def _bf16_plain(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        return _into(F.linear(x.to(torch.bfloat16), self._wb, self._bb), out)
+
+    def _fp16(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        y = torch.fbgemm_linear_fp16_weight_fp32_activation(x, self._packed, self._bias)
+        return _into(y, out)
+
+    def _int8(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        return _into(torch.ops.quantized.linear_dynamic(x, self._packed, True), out)
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the layer; with ``out`` the result is written there (and returned)."""
+        return self._call(x, out)
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights streamed per call (what batch-1 latency is proportional to)."""
+        per = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}[self.precision]
+        return self.in_features * self.out_features * per
+
+
+def _into(y: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    if y.dtype != torch.float32:
+        y = y.float()
+    if out is None:
+        return y
+    return out.copy_(y)
+
+
+@lru_cache(maxsize=1)
+def available_precisions() -> tuple[str, ...]:
+    """The precisions whose kernels run in this torch build (checked once, on a tiny layer)."""
+    ok = []
+    w, b, x = torch.randn(8, 16), torch.randn(8), torch.randn(1, 16)
+    for p in PRECISIONS:
+        try:
+            y = PackedLinear(w, b, p)(x)
+            if torch.allclose(y, F.linear(x, w, b), atol=0.2, rtol=0.1):
+                ok.append(p)
+        except (RuntimeError, AttributeError, NotImplementedError) as e:
+            log.info("precision %s unavailable: %s", p, e)
+    return tuple(ok)
