@@ -1,0 +1,106 @@
+"""Duration and polyphony: the hard guarantees and the soft penalties (reference §5.4 steps 3-6).
+
+Hard, checked first, for instruments not listed as ``external``:
+
+1. *stuck notes*: a held note whose age is within ``max(min_time, 10 ms)`` of its
+   instrument's ``max_duration`` is released now (the most overdue first). The event is
+   fully fixed: that note-off, at the fixed time if one was given, else ``min_time``.
+2. *over polyphony*: an allowed instrument with more held notes than ``max_polyphony``
+   gets a note-off now (pitch still sampled among its held notes, inside the note-off
+   map when possible).
+3. *under polyphony*: an allowed instrument with fewer than ``min_polyphony`` notes and
+   a free allowed pitch gets a note-on now (pitch and velocity still sampled).
+
+Soft, as penalties (costs from ``Constraints.penalty``): times later than the earliest
+``max_duration`` deadline or than ``max_time``; note-ons of instruments at their maximum;
+note-offs of instruments at their minimum; note-offs of notes younger than their
+``min_duration``. :func:`~notochord_rt.engine.support.stratify` keeps the cheapest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from .constraints import N_I, Constraints, Soft, inst_mask, per_inst
+from .held import HeldNotes
+from .support import MIN_GAP, Atom, Support, stratify
+
+log = logging.getLogger(__name__)
+
+_NO_MD = (np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp), np.zeros(0))
+
+
+def _forced(on: np.ndarray, off: np.ndarray, t0: float, vlo, vhi, user_vel,
+            why: str) -> Support:
+    atom = Atom(on, off, np.array([[t0, t0, 1.0]]))
+    log.debug("forced event: %s", why)
+    return Support([atom], vlo, vhi, user_vel, {}, forced=why)
+
+
+def apply_guards(cons: Constraints, held: HeldNotes, held_m: np.ndarray | None,
+                 on: np.ndarray, off: np.ndarray, pieces: np.ndarray, vlo: np.ndarray,
+                 vhi: np.ndarray, user_vel: np.ndarray, t0: float,
+                 names: list[str]) -> Support:
+    """Apply the guarantees and soft constraints to the hard support; see the module doc."""
+    ext = inst_mask(cons.external) if cons.external else np.zeros(N_I, dtype=bool)
+    time_pens: list[tuple[float, float, str]] = []
+    md_cells = _NO_MD
+    if held.count:
+        ii, pp = held.cells()
+        nonext = ~ext[ii]
+        ages = held.elapsed - held.onset[ii, pp]
+        remaining = per_inst(cons.max_duration, "max_duration", 0)[ii] - ages
+        stuck = nonext & (remaining <= max(float(cons.min_time), MIN_GAP))
+        if stuck.any():
+            k = int(np.argmin(np.where(stuck, remaining, math.inf)))
+            f_off = np.zeros_like(off)
+            f_off[ii[k], pp[k]] = True
+            return _forced(np.zeros_like(on), f_off, t0, vlo, vhi, user_vel,
+                           Soft.MAX_DUR.value)
+        if cons.time is None and nonext.any():
+            deadline = float(remaining[nonext].min())
+            if math.isfinite(deadline):
+                time_pens.append((deadline, cons.penalty_of(Soft.MAX_DUR), Soft.MAX_DUR.value))
+        min_d = per_inst(cons.min_duration, "min_duration", 0)[ii]
+        young = nonext & (min_d - ages > MIN_GAP) & off[ii, pp]
+        if young.any():
+            md_cells = (ii[young], pp[young], (min_d - ages)[young])
+    # -- polyphony -----------------------------------------------------------------------------
+    cand = (on.any(1) | off.any(1)) & ~ext
+    poly = held.poly
+    maxp = per_inst(cons.max_polyphony, "max_polyphony", 0)
+    minp = per_inst(cons.min_polyphony, "min_polyphony", 0)
+    over = cand & (poly > maxp)
+    if over.any():
+        i = int(np.argmax(np.where(over, poly - maxp, -math.inf)))
+        row = off[i] if off[i].any() else held_m[i]  # type: ignore[index]
+        f_off = np.zeros_like(off)
+        f_off[i] = row
+        return _forced(np.zeros_like(on), f_off, t0, vlo, vhi, user_vel,
+                       Soft.MAX_POLY.value)
+    under = cand & (poly < minp) & on.any(1)
+    if under.any():
+        i = int(np.argmax(under))
+        f_on = np.zeros_like(on)
+        f_on[i] = on[i]
+        return _forced(f_on, np.zeros_like(off), t0, vlo, vhi, user_vel, Soft.MIN_POLY.value)
+    pen_on = np.where(cand & (poly >= maxp), cons.penalty_of(Soft.MAX_POLY), 0.0)
+    pen_off = np.where(cand & (poly <= minp), cons.penalty_of(Soft.MIN_POLY), 0.0)
+    if cons.time is None and math.isfinite(float(cons.max_time)):
+        time_pens.append((float(cons.max_time), cons.penalty_of(Soft.MAX_TIME),
+                          Soft.MAX_TIME.value))
+    # -- stratify ------------------------------------------------------------------------------
+    has_on_pen = bool(np.any(pen_on[on.any(1)] > 0))
+    has_off_pen = held.count > 0 and bool(np.any(pen_off[off.any(1)] > 0))
+    if not (time_pens or md_cells[0].size or has_on_pen or has_off_pen):
+        return Support([Atom(on, off, pieces)], vlo, vhi, user_vel, {})
+    atoms, level, broken = stratify(on, off, pieces, pen_on, pen_off, time_pens, md_cells,
+                                    cons.penalty_of(Soft.MIN_DUR))
+    if not atoms:  # cannot happen when the hard support is non-empty; kept as a safeguard
+        raise RuntimeError("stratification lost the whole support")
+    if broken:
+        log.debug("breaking soft constraints %s (cost %g)", ", ".join(broken), level)
+    return Support(atoms, vlo, vhi, user_vel, {}, broken=broken)

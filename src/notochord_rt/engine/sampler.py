@@ -1,0 +1,348 @@
+"""The one inference API: ``Notochord`` = network + stream state + constrained sampler.
+
+>>> model = Notochord(emb_size=16, rnn_hidden=32, rnn_layers=1, mlp_layers=1)
+>>> model.reset(seed=0)
+>>> e = model.sample(Constraints(note_on_map={1: range(60, 72)}))
+>>> model.feed(e.inst, e.pitch, e.time, e.vel)
+
+One instance is one performance stream (not thread-safe). The stream state is the
+recurrent state, the held notes with their onsets, elapsed time, the step counter and
+the random generator; :meth:`get_state` / :meth:`set_state` save and restore all of it
+(the context used for sampling is derived from the recurrent state, so it can never be
+stale — reference bug §8.3).
+
+Guarantees of :meth:`sample` (tested by property tests): no note-on for a sounding
+(inst, pitch) and no note-off for a silent one; a non-external note that reached its
+``max_duration`` is released; an instrument above ``max_polyphony`` gets a note-off;
+soft constraints break in order of cost; an impossible request raises
+``NoPossibleEvents`` naming the constraints; times are finite and >= 0 (no -inf), so
+nothing non-finite reaches the network.
+
+Feeding policy: :meth:`feed` validates its arguments (``InputError`` for a bad type,
+range or NaN). A note-on for a note that already sounds restarts it (onset = now), a
+note-off for a silent note changes no held note; both are fed to the network unchanged
+and logged as warnings — live input does contain such messages, and dropping them would
+desynchronise the model from what was heard. ``strict=True`` raises ``InputError`` for
+them instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import events as ev
+from ..errors import InputError, NoPossibleEvents
+from ..model.network import NotochordNet
+from .constraints import Constraints, check_order
+from .core import InferenceCore, ModuleCore
+from .held import HeldNotes
+from .subevents import draw_sub_event
+from .support import Support, build_support
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_CONSTRAINTS = Constraints()
+
+
+@dataclass
+class SampledEvent:
+    """A sampled event with what the sampler knows about it.
+
+    ``end`` is P(the previously fed event ended the piece). ``*_logp`` is the model's
+    log-probability of the value, conditioned on the sub-events before it in ``order``
+    (censored, discretised for time and velocity); ``None`` where the value was fixed by
+    the constraints rather than sampled. ``broken`` names the soft constraints that had
+    to be broken; ``forced`` names the guarantee that forced this event, if any.
+    ``params`` holds the head outputs when asked for (``return_params``).
+    """
+
+    inst: int
+    pitch: int
+    time: float
+    vel: float
+    end: float = 0.0
+    inst_logp: float | None = None
+    pitch_logp: float | None = None
+    time_logp: float | None = None
+    vel_logp: float | None = None
+    order: str = "vtip"
+    broken: tuple[str, ...] = ()
+    forced: str | None = None
+    params: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def is_note_on(self) -> bool:
+        return self.vel >= ev.NOTE_ON_MIN_VEL
+
+    @property
+    def event(self) -> ev.Event:
+        """As the package's plain :class:`~notochord_rt.events.Event`."""
+        return ev.Event(self.inst, self.pitch, self.time, self.vel)
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{inst, pitch, time, vel, end}`` (splat it into :meth:`Notochord.feed`)."""
+        return {"inst": self.inst, "pitch": self.pitch, "time": self.time, "vel": self.vel,
+                "end": self.end}
+
+
+@dataclass
+class SamplerState:
+    """Everything sampling depends on; from :meth:`Notochord.get_state`."""
+
+    rnn: torch.Tensor
+    held: HeldNotes
+    step: int
+    rng: dict
+
+
+def _make_rng(seed: int | None, generator: Any) -> np.random.Generator | None:
+    if generator is not None:
+        if isinstance(generator, np.random.Generator):
+            return generator
+        if isinstance(generator, torch.Generator):
+            s = int(torch.randint(0, 2**62, (1,), generator=generator))
+            return np.random.default_rng(s)
+        raise InputError(f"generator must be a numpy or torch Generator, got {generator!r}")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise InputError(f"seed must be an int >= 0, got {seed!r}")
+        return np.random.default_rng(int(seed))
+    return None
+
+
+def _check_feed(inst, pitch, time, vel) -> tuple[int, int, float, float]:
+    for name, v in (("inst", inst), ("pitch", pitch)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            if not (isinstance(v, (float, np.floating)) and float(v).is_integer()):
+                raise InputError(f"{name} must be an int, got {v!r}")
+    inst, pitch = int(inst), int(pitch)
+    if not ev.FIRST_MELODIC <= inst <= ev.NUM_INSTRUMENTS:
+        raise InputError(f"inst must be in 1..{ev.NUM_INSTRUMENTS}, got {inst}")
+    if not 0 <= pitch < ev.NUM_PITCHES:
+        raise InputError(f"pitch must be in 0..{ev.NUM_PITCHES - 1}, got {pitch}")
+    try:
+        time, vel = float(time), float(vel)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"time and vel must be numbers, got {time!r}, {vel!r}") from e
+    if not (math.isfinite(time) and time >= 0):
+        raise InputError(f"time must be a finite number of seconds >= 0, got {time!r}")
+    if not (math.isfinite(vel) and 0 <= vel <= ev.VEL_MAX):
+        raise InputError(f"vel must be in [0, {ev.VEL_MAX:g}], got {vel!r}")
+    return inst, pitch, time, vel
+
+
+class Notochord(NotochordNet):
+    """``NotochordNet`` plus the stream state and ``reset/feed/sample/query``.
+
+    Build like the network (``Notochord(config)`` or ``Notochord(emb_size=..., ...)``),
+    or wrap trained weights with :meth:`from_net`. ``seed`` seeds the stream's generator.
+    """
+
+    def __init__(self, config=None, *, seed: int | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self.eval()
+        self._core: InferenceCore | None = None
+        self._held = HeldNotes()
+        self._rng = np.random.default_rng(seed)
+        self._state: torch.Tensor | None = None
+        self._ctx: torch.Tensor | None = None
+        self._ctx_of: torch.Tensor | None = None
+        self.step_count = 0
+
+    @classmethod
+    def from_net(cls, net: NotochordNet, seed: int | None = None) -> Notochord:
+        """A ``Notochord`` with the weights of ``net`` (copied), ready to sample."""
+        model = cls(net.config, seed=seed)
+        model.load_state_dict(net.state_dict())
+        return model.to(net.device)
+
+    # -- core --------------------------------------------------------------------------------
+    @property
+    def core(self) -> InferenceCore:
+        if self._core is None:
+            self._core = ModuleCore(self)
+        return self._core
+
+    def use_core(self, core: InferenceCore | str) -> None:
+        """Select the inference core: an object, ``"module"``, or a precision of the fast core.
+
+        Precisions (``"fp32"``, ``"bf16"``, ``"fp16"``, ``"int8"``) build
+        ``engine.fast.FastCore`` from the current weights. The recurrent state is kept.
+        """
+        if isinstance(core, str):
+            if core == "module":
+                core = ModuleCore(self)
+            else:
+                from .fast import FastCore
+
+                core = FastCore(self, precision=core)
+        elif not isinstance(core, InferenceCore):
+            raise InputError(f"core must implement InferenceCore, got {type(core).__name__}")
+        self._core = core
+        self._ctx_of = None
+
+    # -- stream state ------------------------------------------------------------------------
+    def reset(self, start: bool = True, state: SamplerState | None = None,
+              seed: int | None = None) -> None:
+        """Start a new stream (feeding the start event unless ``start=False``) or restore one.
+
+        ``seed`` re-seeds the stream's random generator.
+        """
+        if seed is not None:
+            self._rng = _make_rng(seed, None)  # type: ignore[assignment]
+        if state is not None:
+            self.set_state(state)
+            return
+        if isinstance(self._core, ModuleCore) and self._core.device != self.device:
+            self._core = None
+        self._held.clear()
+        self.step_count = 0
+        self._state = self.core.initial_state()
+        self._ctx_of = None
+        if start:
+            self._state = self.core.feed(self._state, ev.START_INST, self.config.start_pitch,
+                                         0.0, 0.0)
+
+    def _ensure_started(self) -> None:
+        if self._state is None:
+            self.reset()
+
+    def get_state(self) -> SamplerState:
+        """A snapshot of everything sampling depends on (cheap: the RNN state is immutable)."""
+        self._ensure_started()
+        return SamplerState(self._state, self._held.copy(), self.step_count,  # type: ignore[arg-type]
+                            copy.deepcopy(self._rng.bit_generator.state))
+
+    def set_state(self, state: SamplerState) -> None:
+        """Restore a snapshot from :meth:`get_state` (of a model of the same shape)."""
+        if not isinstance(state, SamplerState):
+            raise InputError(f"state must be a SamplerState from get_state(), got "
+                             f"{type(state).__name__}")
+        want = tuple(self.initial_state.shape)
+        if tuple(state.rnn.shape) != want:
+            raise InputError(f"state.rnn has shape {tuple(state.rnn.shape)}, expected {want}")
+        self._state = state.rnn
+        self._held = state.held.copy()
+        self.step_count = int(state.step)
+        self._rng.bit_generator.state = copy.deepcopy(state.rng)
+        self._ctx_of = None
+
+    @property
+    def held_notes(self) -> dict[tuple[int, int], float]:
+        """``{(inst, pitch): age in seconds}`` of the sounding notes."""
+        return self._held.as_dict()
+
+    def held_map(self) -> dict[int, set[int]]:
+        """``{inst: {pitches}}`` of the sounding notes."""
+        return self._held.held_map()
+
+    @property
+    def current_time(self) -> float:
+        """Seconds fed since the last reset."""
+        return self._held.elapsed
+
+    # -- feeding -------------------------------------------------------------------------------
+    def feed(self, inst: int, pitch: int, time: float, vel: float, *, strict: bool = False,
+             **ignored: Any) -> None:
+        """Advance the stream by one event (see the module doc for the repair policy).
+
+        Extra keyword arguments (``end``, ``step``, ``handle`` ...) are ignored so that the
+        result of ``sample(...).as_dict()`` or ``query(...)`` can be splatted back in.
+        """
+        inst, pitch, time, vel = _check_feed(inst, pitch, time, vel)
+        self._ensure_started()
+        on = vel >= ev.NOTE_ON_MIN_VEL
+        held = self._held.is_held(inst, pitch)
+        if on and held or not (on or held):
+            what = "note-on for a sounding note" if on else "note-off for a silent note"
+            if strict:
+                raise InputError(f"feed: {what} (inst {inst}, pitch {pitch})")
+            log.warning("feed: %s (inst %d, pitch %d); fed as given", what, inst, pitch)
+        self._held.advance(time)
+        if on:
+            self._held.note_on(inst, pitch)
+        else:
+            self._held.note_off(inst, pitch)
+        self._state = self.core.feed(self._state, inst, pitch, min(time, ev.TIME_MAX), vel)
+        self.step_count += 1
+
+    def _context(self) -> torch.Tensor:
+        if self._ctx_of is not self._state:
+            self._ctx = self.core.context(self._state)  # type: ignore[arg-type]
+            self._ctx_of = self._state
+        return self._ctx  # type: ignore[return-value]
+
+    # -- sampling ------------------------------------------------------------------------------
+    def sample(self, constraints: Constraints | None = None, order: str | None = None, *,
+               seed: int | None = None, generator: Any = None, predict_end: bool = True,
+               return_params: bool = False) -> SampledEvent:
+        """Sample the next event under ``constraints`` (does not feed it).
+
+        ``order`` is a permutation of ``"iptv"`` or ``"random"`` (default: the constraints'
+        order, else ``"vtip"``); values fixed by the constraints, or left with a single
+        possibility, are processed first. ``seed`` / ``generator`` make this call
+        reproducible without touching the stream's own generator.
+        """
+        self._ensure_started()
+        if constraints is None:
+            cons = _DEFAULT_CONSTRAINTS
+        elif isinstance(constraints, Constraints):
+            cons = constraints.validate()
+        else:
+            raise InputError(f"constraints must be a Constraints, got {type(constraints).__name__}")
+        rng = _make_rng(seed, generator) or self._rng
+        order = check_order(order or cons.order or "vtip")
+        if order == "random":
+            order = "".join(np.array(list("iptv"))[rng.permutation(4)])
+        sup = build_support(cons, self._held)
+        sup.autoset()
+        return self._sample_support(sup, cons, order, rng, predict_end, return_params)
+
+    def _sample_support(self, sup: Support, cons: Constraints, order: str,
+                        rng: np.random.Generator, predict_end: bool,
+                        return_params: bool) -> SampledEvent:
+        core = self.core
+        ctx = self._context()
+        logp: dict[str, float] = {}
+        params: dict[str, np.ndarray] | None = {} if return_params else None
+        done = ""
+        while len(done) < 4:
+            todo = [m for m in order if m not in done]
+            fixed = [m for m in todo if m in sup.fixed]
+            m = (fixed or todo)[0]
+            if m not in sup.fixed:
+                if not sup.atoms:
+                    raise NoPossibleEvents("no possible event left while sampling")
+                out = core.head(m, ctx).detach().cpu().numpy().astype(np.float64)
+                if params is not None:
+                    params[m] = out
+                value, logp[m] = draw_sub_event(m, out, sup, cons, rng, self.config)
+                sup.fix(m, value)
+                sup.autoset()
+            done += m
+            if len(done) < 4:
+                v = sup.fixed[m]
+                ctx = ctx + core.embed(m, min(v, ev.TIME_MAX) if m == "t" else v)
+        f = sup.fixed
+        end = core.end_prob(self._state) if predict_end else 0.0  # type: ignore[arg-type]
+        return SampledEvent(
+            int(f["i"]), int(f["p"]), float(f["t"]), float(f["v"]), end,
+            logp.get("i"), logp.get("p"), logp.get("t"), logp.get("v"),
+            done, sup.broken, sup.forced, params)
+
+    def query(self, **kw: Any) -> dict[str, Any]:
+        """The reference's keyword ``query`` (see :mod:`.query` for the arguments).
+
+        Unlike the reference it respects held notes (no duplicate note-on, no orphan
+        note-off). Returns ``{inst, pitch, time, vel, end, step[, handle][, *_params]}``.
+        """
+        from .query import run_query
+
+        return run_query(self, kw)
