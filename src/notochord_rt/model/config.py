@@ -1,0 +1,189 @@
+"""Hyper-parameters of the Notochord network, as one JSON-serialisable dataclass.
+
+The defaults are the reference's current constructor defaults (17,744,100 parameters).
+The config travels with every checkpoint (see :mod:`.checkpoint`), so a model can always
+be rebuilt from its file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import events as ev
+
+CONFIG_VERSION = 1
+
+# Names of the reference constructor arguments (kw['model'] in its checkpoints) that map
+# one-to-one onto fields of NotochordConfig.
+_REFERENCE_SAME_NAME = (
+    "emb_size",
+    "rnn_hidden",
+    "rnn_layers",
+    "mlp_layers",
+    "dropout",
+    "norm",
+    "num_pitches",
+    "num_instruments",
+    "time_sines",
+    "vel_sines",
+    "time_components",
+    "time_res",
+    "vel_components",
+)
+
+
+def _pair(value: Any, name: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a pair of numbers, got {value!r}") from e
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"{name} must be finite with lo < hi, got {value!r}")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class NotochordConfig:
+    """Every hyper-parameter of :class:`~notochord_rt.model.network.NotochordNet`.
+
+    Sizes: ``emb_size`` is the embedding width and the hidden width of every GLU-MLP;
+    ``rnn_hidden``/``rnn_layers`` size the GRU; ``mlp_layers`` GLU layers in ``h_proj``
+    and in each head. ``dropout`` is applied between GRU layers and before every GLU
+    layer's linear map. ``norm`` is ``"layer"`` (LayerNorm after each GLU) or ``None``.
+
+    Continuous sub-events: the time and velocity embeddings use ``*_sines`` sinusoids with
+    wavelengths spread over ``*_wavelengths`` (log-spaced for time, linear for velocity).
+    Their likelihoods are censored discretised logistic mixtures with ``*_components``
+    components on ``*_bounds`` with bin width ``*_res`` and sharpness (inverse logistic
+    scale) clamped to ``*_sharp_bounds``.
+    """
+
+    emb_size: int = 512
+    rnn_hidden: int = 1024
+    rnn_layers: int = 2
+    mlp_layers: int = 2
+    dropout: float = 0.1
+    norm: str | None = "layer"
+    num_pitches: int = ev.NUM_PITCHES
+    num_instruments: int = ev.NUM_INSTRUMENTS
+    time_sines: int = 128
+    vel_sines: int = 128
+    time_wavelengths: tuple[float, float] = (1e-3, 30.0)
+    vel_wavelengths: tuple[float, float] = (2.0, 512.0)
+    time_bounds: tuple[float, float] = (ev.TIME_MIN, ev.TIME_MAX)
+    time_components: int = 32
+    time_res: float = ev.TIME_RES
+    time_sharp_bounds: tuple[float, float] = (1e-4, 2e3)
+    vel_bounds: tuple[float, float] = (ev.VEL_MIN, ev.VEL_MAX)
+    vel_components: int = 16
+    vel_res: float = ev.VEL_RES
+    vel_sharp_bounds: tuple[float, float] = (1e-3, 128.0)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Free-form notes (e.g. where a converted model came from); not used by the network."""
+
+    def __post_init__(self) -> None:
+        for name in ("emb_size", "rnn_hidden", "rnn_layers", "num_pitches",
+                     "num_instruments", "time_sines", "vel_sines", "time_components",
+                     "vel_components"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.mlp_layers, bool) or not isinstance(self.mlp_layers, int) \
+                or self.mlp_layers < 0:
+            raise ValueError(f"mlp_layers must be an integer >= 0, got {self.mlp_layers!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.norm not in (None, "layer"):
+            raise ValueError(f"norm must be 'layer' or None, got {self.norm!r}")
+        for name in ("time_res", "vel_res"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        for name in ("time_wavelengths", "vel_wavelengths", "time_bounds", "vel_bounds",
+                     "time_sharp_bounds", "vel_sharp_bounds"):
+            object.__setattr__(self, name, _pair(getattr(self, name), name))
+        if self.time_wavelengths[0] <= 0:
+            raise ValueError("time_wavelengths must be positive (they are log-spaced)")
+        object.__setattr__(self, "dropout", float(self.dropout))
+        object.__setattr__(self, "time_res", float(self.time_res))
+        object.__setattr__(self, "vel_res", float(self.vel_res))
+
+    # -- derived sizes ---------------------------------------------------------------------
+    @property
+    def n_inst_classes(self) -> int:
+        """Instrument vocabulary including the start token 0."""
+        return self.num_instruments + 1
+
+    @property
+    def n_pitch_classes(self) -> int:
+        """Pitch vocabulary including the start token ``num_pitches``."""
+        return self.num_pitches + 1
+
+    @property
+    def start_pitch(self) -> int:
+        return self.num_pitches
+
+    # -- (de)serialisation -----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict, with ``config_version``."""
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        d["config_version"] = CONFIG_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> NotochordConfig:
+        """Inverse of :meth:`to_dict`. Unknown keys are an error (no silent drift)."""
+        d = dict(d)
+        version = d.pop("config_version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ValueError(f"unsupported config_version {version!r} (expected {CONFIG_VERSION})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_reference(cls, hparams: Mapping[str, Any]) -> NotochordConfig:
+        """Config equal to a reference ``Notochord(**hparams)`` (its ``kw['model']``).
+
+        Missing keys take the reference's current defaults, which are ours. Only the GRU
+        backbone is supported; unknown keys are an error.
+        """
+        hp = dict(hparams)
+        kind = hp.pop("kind", "gru")
+        if kind != "gru":
+            raise ValueError(f"only GRU backbones are supported, the checkpoint has {kind!r}")
+        kwargs: dict[str, Any] = {}
+        for name in _REFERENCE_SAME_NAME:
+            if name in hp:
+                kwargs[name] = hp.pop(name)
+        if "time_bounds" in hp:
+            kwargs["time_bounds"] = tuple(hp.pop("time_bounds"))
+        if hp:
+            raise ValueError(f"unknown reference hyper-parameters: {', '.join(sorted(hp))}")
+        if kwargs.get("norm") not in (None, "layer") and "norm" in kwargs:
+            raise ValueError(f"unsupported norm {kwargs['norm']!r}")
+        return cls(**kwargs)
+
+    def to_reference(self) -> dict[str, Any]:
+        """The reference constructor arguments that build the same network.
+
+        Raises ``ValueError`` if this config uses a setting the reference cannot express.
+        """
+        fixed = NotochordConfig()
+        for name in ("time_wavelengths", "vel_wavelengths", "time_sharp_bounds",
+                     "vel_bounds", "vel_res", "vel_sharp_bounds"):
+            if getattr(self, name) != getattr(fixed, name):
+                raise ValueError(f"the reference cannot express {name}={getattr(self, name)}")
+        d = {name: getattr(self, name) for name in _REFERENCE_SAME_NAME}
+        d["time_bounds"] = tuple(self.time_bounds)
+        d["kind"] = "gru"
+        return d
