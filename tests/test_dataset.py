@@ -9,7 +9,7 @@ import torch
 
 from notochord_rt import events as ev
 from notochord_rt.data import augment as aug
-from notochord_rt.data.dataset import CropDataset, cluster_bounds, frame, make_loader
+from notochord_rt.data.dataset import CropDataset, frame, make_loader, read_window
 from notochord_rt.data.store import EventStore, write_split
 from notochord_rt.errors import InputError, UserError
 
@@ -161,12 +161,14 @@ def test_window_augmentation_equals_whole_piece_augmentation(store_root, opts):
                 assert torch.equal(item[key], whole[key]), (k, epoch, key)
 
 
-def test_cluster_bounds_lie_in_wide_gaps(store_root):
+def test_read_window_lie_in_wide_gaps(store_root):
     store = EventStore(store_root, "train")
     t = store[3].time
     for lo, hi in ((0, 5), (30, 41), (50, 70), (len(t) - 3, len(t))):
         for gap in (0.0, 0.002, 0.3):
-            a, b = cluster_bounds(store, 3, lo, hi, gap)
+            a, window = read_window(store, 3, lo, hi, gap)
+            b = a + len(window)
+            assert np.array_equal(window.time, t[a:b])
             assert a <= lo and b >= hi
             assert a == 0 or t[a] - t[a - 1] > gap
             assert b == len(t) or t[b] - t[b - 1] > gap

@@ -152,22 +152,28 @@ def transpose_pitches(inst: np.ndarray, pitch: np.ndarray, limit: int, u: float)
 
 
 def remap_instruments(inst: np.ndarray, draws: Draws, anon_prob: float) -> np.ndarray:
-    """Permute anonymous slots and anonymise some named instruments, consistently per id."""
-    ids, inverse = np.unique(inst, return_inverse=True)
-    dest = ids.copy()
+    """Permute anonymous slots and anonymise some named instruments, consistently per id.
+
+    Works through a 321-entry lookup table, so the cost does not grow with the number of
+    distinct instruments; anonymised named ids take the free slots in permuted order.
+    """
+    present = np.zeros(ev.N_INST_CLASSES, dtype=bool)
+    present[inst] = True
+    table = np.arange(ev.N_INST_CLASSES, dtype=inst.dtype)
     for first, last, named_lo, named_hi, perm in (
         (ev.FIRST_ANON, ev.LAST_ANON, ev.FIRST_MELODIC, ev.LAST_MELODIC, draws.perm_melodic),
         (ev.FIRST_ANON_DRUM, ev.LAST_ANON_DRUM, ev.FIRST_DRUM, ev.LAST_DRUM, draws.perm_drum),
-    ):  # two kinds, not a loop over events
+    ):  # the two kinds, not a loop over events
         slots = first + perm
-        anon = (ids >= first) & (ids <= last)
-        dest[anon] = slots[ids[anon] - first]
-        free = slots[~np.isin(slots, dest[anon])]
-        named = (ids >= named_lo) & (ids <= named_hi)
-        chosen = np.flatnonzero(named & (draws.anon_u[ids] < anon_prob))
+        table[first:last + 1] = slots
+        taken = np.zeros(ev.N_INST_CLASSES, dtype=bool)
+        taken[slots[present[first:last + 1]]] = True
+        free = slots[~taken[slots]]
+        named = slice(named_lo, named_hi + 1)
+        chosen = named_lo + np.flatnonzero(present[named] & (draws.anon_u[named] < anon_prob))
         take = min(len(chosen), len(free))
-        dest[chosen[:take]] = free[:take]
-    return dest[inverse.reshape(-1)]
+        table[chosen[:take]] = free[:take]
+    return table[inst]
 
 
 def note_on_partners(inst: np.ndarray, pitch: np.ndarray, is_on: np.ndarray) -> np.ndarray:

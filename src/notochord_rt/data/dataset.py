@@ -97,8 +97,8 @@ class CropDataset(Dataset):
         start, draws = self.plan(k)
         first = max(start - 1, 0)  # first piece event inside the crop
         stop = min(start + T - 1, n)  # one past the last
-        lo, hi = cluster_bounds(self.store, k, max(first - 1, 0), stop, self.augment.reorder_gap)
-        window = self.store.window(k, lo, hi)
+        gap = self.augment.reorder_gap
+        lo, window = read_window(self.store, k, max(first - 1, 0), stop, gap)
         check_events(window, k, self.store.split)
         if draws is None:
             events = aug.as_augmented(window)
@@ -134,25 +134,27 @@ def frame(events: aug.Augmented, lo: int, n: int, start: int, T: int) -> dict[st
     }
 
 
-def cluster_bounds(store: EventStore, k: int, lo: int, hi: int, gap: float) -> tuple[int, int]:
-    """Widen events ``lo:hi`` of piece k until both edges lie in gaps wider than ``gap``.
+def read_window(store: EventStore, k: int, lo: int, hi: int,
+                gap: float) -> tuple[int, ev.EventArrays]:
+    """Events ``lo:hi`` of piece k, widened until both edges lie in gaps wider than ``gap``.
 
     Events closer than ``gap`` may swap under augmentation; with the edges in wider gaps
-    the window sorts exactly as the same events would within the whole piece.
+    the window sorts exactly as the same events would within the whole piece. Returns the
+    widened start and the events.
     """
     n = store.length(k)
     if hi <= lo:
-        return lo, hi
+        return lo, store.window(k, lo, lo)
     margin = _MARGIN
     while True:
         blo, bhi = max(lo - margin, 0), min(hi + margin, n)
-        t = store.window(k, blo, bhi).time
-        wide = np.flatnonzero(np.diff(t) > gap) + blo + 1  # j such that t[j] - t[j-1] > gap
+        block = store.window(k, blo, bhi)
+        wide = np.flatnonzero(np.diff(block.time) > gap) + blo + 1  # t[j] - t[j-1] > gap
         below, above = wide[wide <= lo], wide[wide >= hi]
         new_lo = int(below[-1]) if len(below) else (0 if blo == 0 else None)
         new_hi = int(above[0]) if len(above) else (n if bhi == n else None)
         if new_lo is not None and new_hi is not None:
-            return new_lo, new_hi
+            return new_lo, ev.EventArrays(*(a[new_lo - blo:new_hi - blo] for a in block))
         margin *= 4
 
 
