@@ -193,9 +193,11 @@ def test_valid_windows_fixed_train_crops_vary_and_seeds_reproduce(store_root):
     assert same(items(valid, 0), items(valid, 5))
 
 
-def test_two_persistent_workers_match_single_process(store_root):
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_two_persistent_workers_match_single_process(store_root, context):
     ds = CropDataset(store_root, "train", batch_len=16, seed=2)
-    loader = make_loader(ds, batch_size=2, shuffle=False, num_workers=2)
+    loader = make_loader(ds, batch_size=2, shuffle=False, num_workers=2,
+                         multiprocessing_context=context)
     for epoch in (0, 1):
         ds.set_epoch(epoch)
         got = list(loader)

@@ -178,12 +178,15 @@ def check_events(piece: ev.EventArrays, k: int, split: str) -> None:
 
 
 def make_loader(dataset: CropDataset, batch_size: int, *, shuffle: bool = True,
-                num_workers: int = 0, drop_last: bool = False, seed: int = 0) -> DataLoader:
+                num_workers: int = 0, drop_last: bool = False, seed: int = 0,
+                multiprocessing_context: str | None = None) -> DataLoader:
     """A DataLoader over ``dataset`` with a seeded shuffle and persistent workers.
 
-    Remember ``dataset.set_epoch(e)`` before each epoch.
+    Remember ``dataset.set_epoch(e)`` before each epoch (workers see it through shared
+    memory, with "fork" and "spawn" alike).
     """
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
                       num_workers=num_workers, persistent_workers=num_workers > 0,
-                      drop_last=drop_last)
+                      drop_last=drop_last,
+                      multiprocessing_context=multiprocessing_context if num_workers else None)
