@@ -54,7 +54,8 @@ class CropDataset(Dataset):
                 store = EventStore(store, split)
             except FileNotFoundError as exc:
                 raise UserError(str(exc)) from exc
-        mode = mode or ("train" if store.split == "train" else store.split)
+        if mode is None:  # the split's natural mode; other split names evaluate like valid
+            mode = store.split if store.split in MODES else "valid"
         if mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         if not isinstance(batch_len, (int, np.integer)) or batch_len < 1:
