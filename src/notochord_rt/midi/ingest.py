@@ -106,12 +106,18 @@ def _read_source(source) -> bytes:
 
 
 # -- from raw notes to events -------------------------------------------------------------
-def load_midi(source: str | os.PathLike | bytes, *, merge: bool = True) -> Ingested:
+def load_midi(
+    source: str | os.PathLike | bytes,
+    *,
+    merge: bool = True,
+    max_note_seconds: float = MAX_NOTE_SECONDS,
+) -> Ingested:
     """Read a Standard MIDI File (path or bytes) into sorted events, parts and stats.
 
     ``merge=False`` keeps every source part separate instead of merging parts of the same
-    instrument. Raises :class:`~notochord_rt.errors.MidiError` (with the reason) for any
-    file that cannot be turned into events. See the module docstring for the rules.
+    instrument; notes longer than ``max_note_seconds`` are clipped to that length.
+    Raises :class:`~notochord_rt.errors.MidiError` (with the reason) for any file that
+    cannot be turned into events. See the module docstring for the rules.
     """
     raw = read_smf(_read_source(source))
     if not len(raw.notes):
@@ -128,9 +134,9 @@ def load_midi(source: str | os.PathLike | bytes, *, merge: bool = True) -> Inges
     to_seconds = _tempo_map(raw, stats)
     start = to_seconds(notes[:, START])
     end = to_seconds(notes[:, END])
-    long_notes = end - start > MAX_NOTE_SECONDS
+    long_notes = end - start > max_note_seconds
     stats["clipped_notes"] = int(long_notes.sum())
-    end = np.where(long_notes, start + MAX_NOTE_SECONDS, end)
+    end = np.where(long_notes, start + max_note_seconds, end)
     if not np.isfinite(end).all():
         raise MidiError("note times are not finite (broken tempo map)")
     duration = float(end.max())
@@ -148,7 +154,7 @@ def load_midi(source: str | os.PathLike | bytes, *, merge: bool = True) -> Inges
     )
     stats["forced_merges"] = forced
     inst = inst_of_part[part_of_note]
-    keep, start, end, truncated, strikes = _repair(inst, notes[:, PITCH], start, end)
+    keep, start, end, truncated, strikes = repair_overlaps(inst, notes[:, PITCH], start, end)
     stats["duplicate_strikes"] = strikes
     stats["zero_length_notes"] = int((end[keep] == start[keep]).sum())
     end = np.where(end == start, np.nextafter(start, np.inf), end)
@@ -346,10 +352,13 @@ def _assign_instruments(keys, sizes, part_of_note, pitch, start, end, merge: boo
     return inst_of_part, merged_into, forced
 
 
-def _repair(inst, pitch, start, end):
-    """End notes where the next note of the same (inst, pitch) starts; drop hidden strikes.
+def repair_overlaps(inst, pitch, start, end):
+    """Make the notes of each (inst, pitch) disjoint, as a player of the events would.
 
-    Returns (keep mask, start, end, truncated mask, number of dropped strikes).
+    A note is ended where the next note of its (inst, pitch) starts, if that is earlier
+    (a repaired note-on); a zero-length note that starts with the next one is dropped
+    (a hidden strike). Works on ticks or seconds. Returns (keep mask, start, new end,
+    truncated mask of kept notes, number of hidden strikes); ``start`` is not changed.
     """
     o = np.lexsort((end, start, pitch, inst))
     same = (inst[o][1:] == inst[o][:-1]) & (pitch[o][1:] == pitch[o][:-1])
