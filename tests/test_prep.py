@@ -25,9 +25,11 @@ from notochord_rt.midi.ingest import load_midi
 
 N_GOOD = 12
 MUST_BE_CORRUPT = (
-    "empty", "truncated_header", "random_bytes", "wrong_header", "format_7",
-    "header_length_zero", "huge_meta_length", "bad_chunk_tag",
+    "empty", "truncated_header", "truncated_half", "random_bytes", "random_after_header",
+    "wrong_header", "format_7", "header_length_zero", "huge_meta_length", "bad_chunk_tag",
+    "type_2", "division_0", "smpte_division", "track_length_too_long",
 )
+MUST_BE_STORED = ("many_tempo_changes", "unending_notes")
 
 
 def make_corpus(root: Path, n_good: int = N_GOOD) -> dict[str, Path]:
@@ -43,6 +45,8 @@ def make_corpus(root: Path, n_good: int = N_GOOD) -> dict[str, Path]:
     shutil.copyfile(paths["good_3"], paths["dup"])
     paths["short"] = good / "short.mid"
     paths["short"].write_bytes(fuzz_midi.valid_song(500, n_notes=5, drums=False))
+    paths["no_notes"] = good / "no_notes.mid"
+    paths["no_notes"].write_bytes(fuzz_midi.smf([fuzz_midi.track([(0, fuzz_midi.tempo(1000))])]))
     (root / "notes.txt").write_text("not a MIDI file, not looked at")
     return paths
 
@@ -99,6 +103,11 @@ def test_fuzz_corpus_every_file_accounted_for(corpus, prepared):
         assert by_path[str(paths[name])]["category"] == pw.CORRUPT, name
     short = by_path[str(paths["short"])]
     assert short["category"] == pw.TOO_SHORT and "fewer than the minimum 64" in short["reason"]
+    assert by_path[str(paths["no_notes"])]["category"] == pw.TOO_SHORT
+    assert by_path[str(paths["huge_deltas"])]["category"] == pw.TOO_LONG
+    for name in MUST_BE_STORED:
+        split, events = in_store[str(paths[name])]
+        assert len(events) == len(load_midi(paths[name].read_bytes()).events) >= 64
     # whatever got through is usable: finite, non-negative, sorted, within the duration limit
     for _split, events in in_store.values():
         assert len(events) >= 64

@@ -183,6 +183,8 @@ def prepare(
             config = pw.WorkerConfig(frozenset(ledger.by_hash), max_bytes, max_hours * 3600)
             if loader:
                 config.loader = loader
+            if logging.getLogger("notochord_rt").getEffectiveLevel() < logging.WARNING:
+                config.log_level = logging.getLogger("notochord_rt").getEffectiveLevel()
             _process(todo, ledger, records, config, jobs or os.cpu_count() or 1, timeout,
                      flush_every, flush_seconds, progress)
         summary = _finalize(dest, ledger, files, not_files, records, min_events)

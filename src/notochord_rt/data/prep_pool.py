@@ -67,17 +67,20 @@ def describe_exit(exitcode: int | None) -> str:
 
 
 class _Worker:
+    """One worker process and the tasks sent to it, oldest (the one it works on) first."""
+
     def __init__(self, ctx, func: Callable, config: Any):
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, args=(child, func, config), daemon=True)
         self.process.start()
         child.close()
-        self.task: Any = None
-        self.started = 0.0
+        self.tasks: deque = deque()
+        self.started = 0.0  # when the oldest task started (as far as the parent knows)
 
     def assign(self, task: Any) -> None:
-        self.task = task
-        self.started = time.monotonic()
+        if not self.tasks:
+            self.started = time.monotonic()
+        self.tasks.append(task)
         self.conn.send(task)
 
     def kill(self) -> None:
@@ -92,9 +95,13 @@ class SupervisedPool:
 
     ``func`` and ``config`` must be picklable (a module-level function and a dataclass).
     Use as a context manager; :meth:`run` yields a :class:`TaskOutcome` per task in
-    completion order. Workers are forked from a fork server where there is one (else
-    spawned); ``preload`` names modules the fork server imports once, so that new workers
-    start fast. The time limit of a task includes the start of a fresh worker.
+    completion order. Each worker holds up to ``prefetch`` tasks so that it never waits
+    for the parent; it works on them in order, so when it dies the oldest is the culprit
+    and the others go back to the queue. Workers are forked from a fork server where there
+    is one (else spawned); ``preload`` names modules the fork server imports once, so that
+    new workers start fast. The time limit of a task includes the start of a fresh worker.
+    As with any ``multiprocessing`` code, a script using this needs the
+    ``if __name__ == "__main__":`` guard.
     """
 
     def __init__(
@@ -104,10 +111,14 @@ class SupervisedPool:
         jobs: int = 1,
         timeout: float = 60.0,
         preload: Sequence[str] = (),
+        prefetch: int = 2,
     ):
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, got {jobs}")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
         self.func, self.config, self.jobs, self.timeout = func, config, jobs, timeout
+        self.prefetch = prefetch
         methods = mp.get_all_start_methods()
         self.ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
         if preload and "forkserver" in methods:
@@ -121,58 +132,57 @@ class SupervisedPool:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _spawn(self) -> _Worker:
-        worker = _Worker(self.ctx, self.func, self.config)
-        self.workers.append(worker)
-        return worker
-
-    def _retire(self, worker: _Worker) -> None:
-        worker.kill()
-        self.workers.remove(worker)
-
     def run(self, tasks: Iterable[Any]) -> Iterator[TaskOutcome]:
         pending = deque(tasks)
-        idle: list[_Worker] = []
-        busy: list[_Worker] = []
-        while pending or busy:
-            while pending and len(busy) < self.jobs:
-                worker = idle.pop() if idle else self._spawn()
-                worker.assign(pending.popleft())
-                busy.append(worker)
-            now = time.monotonic()
+        while pending or any(w.tasks for w in self.workers):
+            while pending and len(self.workers) < self.jobs:
+                self.workers.append(_Worker(self.ctx, self.func, self.config))
+            for worker in self.workers:
+                while pending and len(worker.tasks) < self.prefetch:
+                    worker.assign(pending.popleft())
+            busy = [w for w in self.workers if w.tasks]
             deadline = min(w.started + self.timeout for w in busy)
             handles = [w.conn for w in busy] + [w.process.sentinel for w in busy]
-            ready = set(wait(handles, timeout=max(0.0, deadline - now)))
-            for worker in list(busy):
-                outcome = self._check(worker, ready)
-                if outcome is None:
-                    continue
-                busy.remove(worker)
-                if outcome.kind == "done":
-                    idle.append(worker)
-                else:
-                    self._retire(worker)
-                yield outcome
+            ready = set(wait(handles, timeout=max(0.0, deadline - time.monotonic())))
+            for worker in busy:
+                outcomes, dead = self._collect(worker, ready)
+                if dead:
+                    pending.extendleft(reversed(worker.tasks))  # not started: try elsewhere
+                    worker.tasks.clear()
+                    worker.kill()
+                    self.workers.remove(worker)
+                yield from outcomes
 
-    def _check(self, worker: _Worker, ready: set) -> TaskOutcome | None:
-        """The outcome of ``worker``'s task if it has one now, else None."""
-        task = worker.task
+    def _collect(self, worker: _Worker, ready: set) -> tuple[list[TaskOutcome], bool]:
+        """Outcomes ``worker`` has now, and whether it is dead (or must be killed)."""
+        out: list[TaskOutcome] = []
         if worker.conn in ready or worker.process.sentinel in ready:
+            broken = False
             try:
-                if worker.conn.poll():
+                while worker.tasks and worker.conn.poll():
                     kind, value = worker.conn.recv()
+                    task = worker.tasks.popleft()
+                    worker.started = time.monotonic()
                     if kind == "done":
-                        return TaskOutcome(task, "done", value)
-                    log.warning("worker raised on %r: %s", task, value)
-                    return TaskOutcome(task, "crash", detail=f"worker raised {value}")
+                        out.append(TaskOutcome(task, "done", value))
+                    else:
+                        log.warning("worker raised on %r: %s", task, value)
+                        out.append(TaskOutcome(task, "crash", detail=f"worker raised {value}"))
             except (EOFError, OSError):
-                pass
-            worker.process.join(1)
-            return TaskOutcome(task, "crash", detail=describe_exit(worker.process.exitcode))
+                broken = True
+            if broken or not worker.process.is_alive():
+                worker.process.join(1)
+                if worker.tasks:
+                    task = worker.tasks.popleft()
+                    detail = describe_exit(worker.process.exitcode)
+                    out.append(TaskOutcome(task, "crash", detail=detail))
+                return out, True
         elapsed = time.monotonic() - worker.started
-        if elapsed >= self.timeout:
-            return TaskOutcome(task, "timeout", detail=f"no result after {elapsed:.0f} s")
-        return None
+        if worker.tasks and elapsed >= self.timeout:
+            task = worker.tasks.popleft()
+            out.append(TaskOutcome(task, "timeout", detail=f"no result after {elapsed:.0f} s"))
+            return out, True
+        return out, False
 
     def close(self) -> None:
         """Stop every worker now (tasks in flight are abandoned)."""

@@ -4,7 +4,9 @@ This runs inside the worker processes of :mod:`.prep_pool`. Each file is read on
 bytes; the content hash is computed from those bytes; and, unless the content is already
 known to the resume ledger, the bytes are handed to :func:`notochord_rt.midi.ingest.load_midi`.
 Every failure becomes a :class:`FileResult` with a category and a readable reason, never an
-exception, so the parent only has to deal with crashes and hangs.
+exception, so the parent only has to deal with crashes and hangs. An ingest error is
+``corrupt`` unless its message starts with ``too long`` (category ``too-long``) or
+``no notes`` (``too-short``: the file parsed into no events).
 
 Fault injection (tests only)
 ----------------------------
@@ -23,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import logging
 import os
 import signal
 import time
@@ -65,6 +68,8 @@ class WorkerConfig:
     """``module:function`` taking bytes and returning an object with ``.events``."""
     fault: str | None = field(default_factory=lambda: os.environ.get(FAULT_ENV))
     """The fault-injection spec, read from the environment of the process making the config."""
+    log_level: int = logging.ERROR
+    """Level of this package's loggers in the workers (ingest warns about odd files)."""
 
 
 @dataclass
@@ -91,6 +96,20 @@ def _loader(spec: str):
     """The ingest function named by ``spec`` (imported in the worker: symusic is heavy)."""
     module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def _midi_error_category(message: str) -> str:
+    """Report category of an ingest error: its message starts with the kind of problem."""
+    if message.startswith("too long"):
+        return TOO_LONG
+    if message.startswith("no notes"):
+        return TOO_SHORT  # it parsed, but into no events at all
+    return CORRUPT
+
+
+def _quiet_logging(level: int) -> None:
+    """Per-file warnings of the ingest go to report.json; show them only at ``level``."""
+    logging.getLogger("notochord_rt").setLevel(level)
 
 
 def _inject_fault(path: str, spec: str | None) -> None:
@@ -129,6 +148,7 @@ def check_events(events: EventArrays, max_seconds: float) -> tuple[str, str]:
 
 def process_file(path: str, config: WorkerConfig) -> FileResult:
     """Read, hash and ingest one file; every failure is returned as a categorised result."""
+    _quiet_logging(config.log_level)
     _inject_fault(path, config.fault)
     try:
         st = os.stat(path)
@@ -152,7 +172,7 @@ def process_file(path: str, config: WorkerConfig) -> FileResult:
     try:
         events = _loader(config.loader)(data).events
     except MidiError as e:
-        result.status, result.reason = CORRUPT, str(e) or "unreadable MIDI"
+        result.status, result.reason = _midi_error_category(str(e)), str(e) or "unreadable MIDI"
         return result
     except MemoryError:
         result.status, result.reason = TOO_LARGE, "ran out of memory while parsing"

@@ -1,0 +1,145 @@
+"""Benchmark: our ``prep`` against the reference's preprocessing, one process each.
+
+Takes the same sample of MIDI files (default: up to 300 files of each top-level folder of
+/work/shared/corpus, chosen with a fixed seed) and measures, in one run:
+
+- **ours**: :func:`notochord_rt.data.prep.prepare` with ``jobs=1`` into a fresh folder
+  (everything included: worker start, reading, hashing, ingest, resume chunks, the final
+  splits, report and summary);
+- **ours, in-process**: the per-file work (:func:`prep_worker.process_file`) called in a
+  loop in this process, without the pool or the output files;
+- **reference**: ``notochord.lakh_prep.process((src, dst))`` called in a loop in this
+  process, as its own pool workers do (mido parse, part merging, ``torch.save`` per file).
+
+It prints files/s and events/s of each, the ratio ours / reference, and the machine.
+The goal of the project is a ratio of at least 50 per core.
+
+    python benchmarks/prep.py [--corpus DIR] [--per-folder 300] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def machine() -> str:
+    import symusic
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, symusic {symusic.__version__}")
+
+
+def sample_files(corpus: Path, per_folder: int, seed: int) -> list[str]:
+    from notochord_rt.data.prep import discover
+
+    rng = random.Random(seed)
+    out: list[str] = []
+    folders = sorted(p for p in corpus.iterdir() if p.is_dir()) or [corpus]
+    for folder in folders:
+        files, _ = discover([folder])
+        out += sorted(rng.sample(files, min(per_folder, len(files))))
+    return out
+
+
+def bench_ours(files: list[str], tmp: Path, loader: str | None) -> tuple[float, int, int]:
+    from notochord_rt.data.prep import prepare
+
+    t0 = time.perf_counter()
+    summary = prepare(files, tmp / "ours", jobs=1, loader=loader)
+    return time.perf_counter() - t0, summary.files_ok, summary.events
+
+
+def bench_ours_inprocess(files: list[str], loader: str | None) -> tuple[float, int, int]:
+    from notochord_rt.data import prep_worker as pw
+
+    config = pw.WorkerConfig(fault=None)
+    if loader:
+        config.loader = loader
+    pw.process_file(files[0], config)  # import the ingest module outside the timing
+    t0 = time.perf_counter()
+    ok = events = 0
+    for f in files:
+        r = pw.process_file(f, config)
+        if r.status == pw.OK and r.num_events >= 64:
+            ok += 1
+            events += r.num_events
+    return time.perf_counter() - t0, ok, events
+
+
+def bench_reference(files: list[str], tmp: Path) -> tuple[float, int, int]:
+    import torch
+    from notochord import lakh_prep
+
+    out = tmp / "reference"
+    out.mkdir()
+    jobs = [(Path(f), out / f"{k:06d}.mid") for k, f in enumerate(files)]
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        for job in jobs:
+            try:
+                lakh_prep.process(job)
+            except Exception:  # noqa: BLE001 - the reference crashes on some files
+                pass
+    elapsed = time.perf_counter() - t0
+    saved = sorted(out.glob("*.pkl"))
+    events = sum(len(torch.load(p, weights_only=True)["time"]) for p in saved)
+    return elapsed, len(saved), events
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", default="/work/shared/corpus")
+    parser.add_argument("--per-folder", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loader", default=None, help="ingest function module:function")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    corpus = Path(args.corpus)
+    if not corpus.is_dir():
+        print(f"no corpus folder {corpus}", file=sys.stderr)
+        return 2
+    files = sample_files(corpus, args.per_folder, args.seed)
+    print(f"machine: {machine()}")
+    print(f"files: {len(files)} from {corpus} (up to {args.per_folder} per folder, "
+          f"seed {args.seed})")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rows = {
+            "reference (lakh_prep.process, in-process)": bench_reference(files, tmp),
+            "ours (prepare, jobs=1, all outputs)": bench_ours(files, tmp, args.loader),
+            "ours (process_file, in-process)": bench_ours_inprocess(files, args.loader),
+        }
+    ref_t = rows["reference (lakh_prep.process, in-process)"][0]
+    ref_ev = rows["reference (lakh_prep.process, in-process)"][2]
+    print(f"{'':44s} {'seconds':>8s} {'pieces':>7s} {'events':>10s} {'files/s':>9s} "
+          f"{'events/s':>11s} {'speed-up':>8s}")
+    for name, (t, ok, ev) in rows.items():
+        print(f"{name:44s} {t:8.2f} {ok:7d} {ev:10d} {len(files) / t:9.1f} {ev / t:11.0f} "
+              f"{ref_t / t:7.1f}x")
+    ours_t, _, ours_ev = rows["ours (prepare, jobs=1, all outputs)"]
+    print(f"ratio ours/reference, 1 process each: files/s {ref_t / ours_t:.1f}x, "
+          f"events/s {(ours_ev / ours_t) / (ref_ev / ref_t):.1f}x (goal: >= 50x per core)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
