@@ -67,10 +67,17 @@ class PackedLinear:
         elif precision == "bf16":
             self._setup_bf16(weight, bias)
         elif precision == "fp16":
-            self._packed = torch.fbgemm_pack_gemm_matrix_fp16(weight)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # flagged deprecated in torch >= 2.10
+                self._packed = torch.fbgemm_pack_gemm_matrix_fp16(weight)
             self._call = self._fp16
         else:
             self._setup_int8(weight)
+        if precision in ("fp16", "int8"):
+            # torch warns once per process on the first call of these kernels; do it here
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._call(torch.zeros(1, self.in_features), None)
 
     # -- setup ------------------------------------------------------------------------
     def _setup_bf16(self, weight: torch.Tensor, bias: torch.Tensor) -> None:

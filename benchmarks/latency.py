@@ -1,0 +1,317 @@
+"""Latency of the reference Notochord vs ours (FastCore fp32/bf16/fp16/int8), one thread.
+
+Both run the reference's default 17.7 M-parameter architecture with the *same* random
+weights: the reference package builds ``notochord.Notochord()`` from a seed, the weights are
+saved in the reference's checkpoint format and converted with our loader
+(``NotochordNet.load``). Each scenario runs a generate loop (sample, then feed what was
+sampled) and times every call; we report p50 and p99 in milliseconds.
+
+Scenarios:
+
+``unconstrained``   ``sample()`` with no constraints (reference: ``EventConstraints()``).
+``harmonizer``      fixed instrument, time 0 and velocity 80, 12 allowed pitches; every
+                    sampled note-on is fed and then released (the release is not timed).
+``poly_duration``   one instrument, 36 pitches, ``max_polyphony=3``, ``max_duration=2 s``
+                    (reference with ``min_time=0``, which avoids its -inf time bug).
+
+The reference is timed with ``sample(EventConstraints)`` and with its legacy ``query``
+(harmonizer: ``next_inst/next_time/next_vel/include_pitch``; no polyphony/duration there).
+Then events/s of the batched many-stream engine for 1, 8, 32 and 128 streams.
+
+Run on a quiet machine: ``python benchmarks/latency.py`` (about 3 minutes; ``--quick``
+for a smoke run). ``--json PATH`` also writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore")
+torch.set_num_threads(1)
+
+from notochord_rt.engine.constraints import Constraints  # noqa: E402
+from notochord_rt.engine.quant import available_precisions  # noqa: E402
+from notochord_rt.engine.sampler import Notochord  # noqa: E402
+from notochord_rt.engine.streams import Streams  # noqa: E402
+from notochord_rt.model.network import NotochordNet  # noqa: E402
+
+HARMONY_INST = 1
+HARMONY_PITCHES = list(range(60, 72))
+POLY_PITCHES = list(range(48, 84))
+
+
+# -- machine -----------------------------------------------------------------------------
+def machine_info() -> dict:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "precisions": list(available_precisions()),
+    }
+
+
+def pct(xs: list[float]) -> dict:
+    a = np.asarray(xs) * 1e3
+    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
+            "n": int(a.size)}
+
+
+# -- models ------------------------------------------------------------------------------
+def build_models(seed: int, tmp: Path):
+    from notochord import Notochord as Ref
+
+    torch.manual_seed(seed)
+    ref = Ref().eval()
+    path = tmp / "reference.ckpt"
+    # the reference's checkpoint format: a torch pickle with kw['model'] and model_state
+    torch.save({"kw": {"model": {}}, "model_state": ref.state_dict()}, path)
+    net = NotochordNet.load(path)
+    ref.reset()
+    return ref, net
+
+
+# -- the loops -----------------------------------------------------------------------------
+def _ours_cons(scenario: str) -> Constraints | None:
+    if scenario == "unconstrained":
+        return None
+    if scenario == "harmonizer":
+        return Constraints(note_on_map={HARMONY_INST: HARMONY_PITCHES}, time=0.0, vel=80.0)
+    return Constraints(note_on_map={HARMONY_INST: POLY_PITCHES}, max_polyphony=3,
+                       max_duration=2.0)
+
+
+def _ref_cons(scenario: str):
+    from notochord.event import EventConstraints
+
+    if scenario == "unconstrained":
+        return EventConstraints()
+    if scenario == "harmonizer":
+        return EventConstraints(note_on_map={HARMONY_INST: HARMONY_PITCHES}, time=0.0, vel=80.0)
+    return EventConstraints(note_on_map={HARMONY_INST: POLY_PITCHES}, max_polyphony=3,
+                            max_duration=2.0, min_time=0.0)
+
+
+def _ref_query_kw(scenario: str) -> dict | None:
+    if scenario == "unconstrained":
+        return {}
+    if scenario == "harmonizer":
+        return dict(next_inst=HARMONY_INST, next_time=0.0, next_vel=80.0,
+                    include_pitch=HARMONY_PITCHES)
+    return None
+
+
+def run_loop(sample, feed, release, n: int, warmup: int, reset, reset_every: int = 64):
+    """Time ``sample()`` and ``feed(event)`` in a generate loop; returns three lists (s)."""
+    t_feed, t_sample, t_event = [], [], []
+    gc.collect()
+    for k in range(warmup + n):
+        if k % reset_every == 0:
+            reset()
+        t0 = time.perf_counter()
+        e = sample()
+        t1 = time.perf_counter()
+        feed(e)
+        t2 = time.perf_counter()
+        if release is not None:
+            release(e)
+        if k >= warmup:
+            t_sample.append(t1 - t0)
+            t_feed.append(t2 - t1)
+            t_event.append(t2 - t0)
+    return {"feed": pct(t_feed), "sample": pct(t_sample), "event": pct(t_event)}
+
+
+def bench_reference(ref, scenario: str, api: str, n: int, warmup: int) -> dict | None:
+    sink = io.StringIO()  # the reference prints from inside sample()
+    if api == "sample":
+        cons = _ref_cons(scenario)
+
+        def sample():
+            return ref.sample(cons).as_dict()
+    else:
+        kw = _ref_query_kw(scenario)
+        if kw is None:
+            return None
+
+        def sample():
+            return ref.query(**kw)
+
+    def feed(e):
+        ref.feed(e["inst"], e["pitch"], e["time"], e["vel"])
+
+    release = None
+    if scenario == "harmonizer":
+        def release(e):
+            if e["vel"] > 0:
+                ref.feed(e["inst"], e["pitch"], 0.0, 0.0)
+
+    with contextlib.redirect_stdout(sink), torch.inference_mode():
+        return run_loop(sample, feed, release, n, warmup, ref.reset)
+
+
+def bench_ours(model: Notochord, scenario: str, n: int, warmup: int) -> dict:
+    cons = _ours_cons(scenario)
+
+    def sample():
+        return model.sample(cons)
+
+    def feed(e):
+        model.feed(e.inst, e.pitch, e.time, e.vel)
+
+    release = None
+    if scenario == "harmonizer":
+        def release(e):
+            if e.vel > 0:
+                model.feed(e.inst, e.pitch, 0.0, 0.0)
+
+    return run_loop(sample, feed, release, n, warmup, model.reset)
+
+
+def bench_streams(net: NotochordNet, precision: str, sizes: list[int], events: int) -> dict:
+    out = {}
+    for n in sizes:
+        st = Streams(net, n, precision=precision, seed=0)
+        idx = np.arange(n)
+        steps = max(5, events // n)
+        for _ in range(2):  # warm-up
+            st.feed_events(idx, st.sample())
+        gc.collect()
+        t0 = time.perf_counter()
+        for s in range(steps):
+            if s and s % 64 == 0:
+                st.reset()
+            st.feed_events(idx, st.sample())
+        dt = time.perf_counter() - t0
+        out[n] = {"events_per_s": n * steps / dt, "step_ms": 1e3 * dt / steps}
+    return out
+
+
+# -- report ------------------------------------------------------------------------------
+def _fmt(d: dict | None, key: str) -> str:
+    if d is None:
+        return "      n/a     "
+    return f"{d[key]['p50']:6.2f} / {d[key]['p99']:6.2f}"
+
+
+def report(res: dict) -> None:
+    m = res["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
+          f"({m['cpu_capability']}), {m['threads']} thread, python {m['python']}, "
+          f"load {m['loadavg_start']}")
+    print("latency in ms, p50 / p99 (generate loop: sample, then feed the sampled event)")
+    rows = res["rows"]
+    for scen in res["scenarios"]:
+        print(f"\n[{scen}]")
+        print(f"  {'implementation':22s} {'feed':>15s} {'sample':>15s} {'feed+sample':>15s}")
+        for name, r in rows.items():
+            d = r.get(scen)
+            print(f"  {name:22s} {_fmt(d, 'feed')} {_fmt(d, 'sample')} {_fmt(d, 'event')}")
+    print("\nratios (reference p50 / ours p50, feed+sample):")
+    for scen in res["scenarios"]:
+        for base in ("reference sample", "reference query"):
+            b = rows[base].get(scen)
+            if b is None:
+                continue
+            parts = []
+            for name, r in rows.items():
+                if name.startswith("ours"):
+                    parts.append(f"{name[5:]} {b['event']['p50'] / r[scen]['event']['p50']:.1f}x")
+            print(f"  {scen:14s} vs {base:17s}: " + ", ".join(parts))
+    print("\ngoals:")
+    for line in res["goals"]:
+        print("  " + line)
+    print("\nmany streams (batched engine, unconstrained sample + feed per stream):")
+    for prec, table in res["streams"].items():
+        cells = ", ".join(f"{n}: {v['events_per_s']:.0f} ev/s ({v['step_ms']:.1f} ms/step)"
+                          for n, v in table.items())
+        print(f"  {prec}: {cells}")
+
+
+def goals(rows: dict) -> list[str]:
+    out = []
+    ref_s = rows["reference sample"]["unconstrained"]["event"]["p50"]
+    ref_q = rows["reference query"]["unconstrained"]["event"]["p50"]
+    fp32 = rows["ours fp32"]["unconstrained"]["event"]
+    out.append(f"fp32 feed+sample {fp32['p50']:.2f} ms vs reference feed+sample {ref_s:.2f} ms: "
+               f"{ref_s / fp32['p50']:.1f}x (goal >= 4x) "
+               f"[{'met' if ref_s / fp32['p50'] >= 4 else 'NOT met'}]")
+    out.append(f"fp32 feed+sample {fp32['p50']:.2f} ms vs reference feed+query {ref_q:.2f} ms "
+               f"(goal: no slower) [{'met' if fp32['p50'] <= ref_q else 'NOT met'}]")
+    for name, r in rows.items():
+        if name.startswith("ours") and name not in ("ours fp32", "ours module"):
+            e = r["unconstrained"]["event"]
+            tail = e["p99"] - e["p50"]
+            out.append(f"{name[5:]} full event p50 {e['p50']:.2f} ms (goal <= 1.5) "
+                       f"[{'met' if e['p50'] <= 1.5 else 'NOT met'}], p99-p50 {tail:.2f} ms "
+                       f"(goal <= 1) [{'met' if tail <= 1 else 'NOT met'}]")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--iters", type=int, default=300, help="timed events per scenario")
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stream-events", type=int, default=1024,
+                    help="events per stream-count measurement")
+    ap.add_argument("--quick", action="store_true", help="few iterations (smoke run)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.iters, args.warmup, args.stream_events = 20, 3, 64
+    scenarios = ["unconstrained", "harmonizer", "poly_duration"]
+    res: dict = {"machine": machine_info(), "scenarios": scenarios, "rows": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        ref, net = build_models(args.seed, Path(tmp))
+    gc.collect()
+    gc.freeze()  # long-lived model objects out of the collector's way (both sides)
+    rows = res["rows"]
+    for api in ("sample", "query"):
+        rows[f"reference {api}"] = {
+            s: bench_reference(ref, s, api, args.iters, args.warmup) for s in scenarios}
+        print(f"done: reference {api}", file=sys.stderr)
+    precisions = ["module"] + list(available_precisions())
+    for prec in precisions:
+        model = Notochord.from_net(net, seed=args.seed)
+        model.use_core(prec)
+        rows[f"ours {prec}"] = {s: bench_ours(model, s, args.iters, args.warmup)
+                                for s in scenarios}
+        print(f"done: ours {prec}", file=sys.stderr)
+    res["goals"] = goals(rows)
+    sizes = [1, 8, 32, 128]
+    fastest = "int8" if "int8" in available_precisions() else "fp32"
+    res["streams"] = {p: bench_streams(net, p, sizes, args.stream_events)
+                      for p in dict.fromkeys(["fp32", fastest])}
+    res["machine"]["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    report(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
