@@ -53,7 +53,7 @@ MELODIC_CHANNELS = tuple(c for c in range(16) if c != ev.DRUM_CHANNEL)
 
 @dataclass
 class _Notes:
-    """Paired notes in ticks, sorted by (inst, pitch, start)."""
+    """Paired notes in ticks, sorted by (inst, start, pitch)."""
 
     inst: np.ndarray
     pitch: np.ndarray
@@ -115,8 +115,10 @@ def _pair(arrays: ev.EventArrays, ticks_per_second: float) -> _Notes:
     if dropped:
         log.debug("dropped %d note-offs of silent pitches", dropped)
     keep, start, end, _, _ = repair_overlaps(inst[first], pitch[first], ticks[first], end)
-    return _Notes(inst[first][keep], pitch[first][keep], start[keep], end[keep],
-                  arrays.vel[first][keep].astype(np.int64))
+    inst, pitch, start, end = inst[first][keep], pitch[first][keep], start[keep], end[keep]
+    vel = arrays.vel[first][keep].astype(np.int64)
+    o = np.lexsort((pitch, start, inst))  # by instrument, then time
+    return _Notes(inst[o], pitch[o], start[o], end[o], vel[o])
 
 
 @dataclass

@@ -23,8 +23,11 @@ Parts and instruments
     A part is (track, channel, program state). Channel 10 (0-based 9) is drums: no program
     change → standard kit 129, program p → 129 + p. Other channels: program p → p + 1; no
     program change → a fresh anonymous melodic id (257..288) per part. Parts with the same
-    instrument are merged (largest first) unless they have a *collision*: the same pitch
-    sounding in both at once (notes that only touch do not collide). A part that collides
+    instrument are merged unless they have a *collision*: the same pitch sounding in both
+    at once (notes that only touch do not collide). Parts are taken in (track, channel,
+    program) order, so the first part of an instrument keeps its id (the reference takes
+    the largest first); this makes export → ingest give back the same ids, because export
+    writes one track per instrument in id order. A part that collides
     with every slot of its instrument gets a fresh anonymous id of its kind (257.. melodic,
     289.. drums). ``merge=False`` keeps every part separate (a repeated instrument gets an
     anonymous id). When the 32 anonymous ids of a kind are used up, a further part is
@@ -222,9 +225,8 @@ def _tempo_map(raw: SmfNotes, stats: dict):
             log.warning("ignoring %d tempo events of 0 µs per quarter note", int(bad.sum()))
         stats["invalid_tempos"] = int(bad.sum())
         t = t[~bad]
-        t = t[np.lexsort((t[:, 2], t[:, 1], t[:, 0]))]
-        last_at_tick = np.append(t[1:, 0] != t[:-1, 0], True)  # later events win a tie
-        t = t[last_at_tick]
+        t = t[np.lexsort((t[:, 2], t[:, 0]))]  # playback order: tick, then file position
+        t = t[np.append(t[1:, 0] != t[:-1, 0], True)[: len(t)]]  # the last at a tick wins
         ticks, us = t[:, 0], t[:, 3]
         if not len(ticks) or ticks[0] > 0:
             ticks = np.concatenate([[0], ticks])
@@ -327,11 +329,10 @@ def _assign_instruments(keys, sizes, part_of_note, pitch, start, end, merge: boo
             join(int(k), [s for s in slots if ev.is_anonymous(s.inst)][forced % ev.N_ANON])
         else:
             open_slot(int(k), inst)
-    # 2. named instruments (and drum kits), largest part first
+    # 2. named instruments (and drum kits), parts in order (track, channel, program)
     named = np.where(drum, ev.FIRST_DRUM + np.maximum(prog, 0), prog + ev.FIRST_MELODIC)
     for inst in np.unique(named[(prog >= 0) | drum]):
         members = np.flatnonzero((named == inst) & ((prog >= 0) | drum))
-        members = members[np.lexsort((members, -sizes[members]))]
         group: list[_Slot] = []
         for k in members.tolist():
             notes = notes_of(k)

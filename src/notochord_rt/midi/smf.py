@@ -60,6 +60,10 @@ class _Bad(Exception):
     """Internal: a structural problem in a track; becomes a MidiError naming the track."""
 
 
+class _Cut(_Bad):
+    """Internal: a message runs past the end of its track chunk."""
+
+
 def read_smf(data: bytes) -> SmfNotes:
     """Parse ``data`` (a Standard MIDI File) into paired notes and the other tables."""
     data = _unwrap_riff(bytes(data))
@@ -99,7 +103,8 @@ def read_smf(data: bytes) -> SmfNotes:
             try:
                 end_tick = _walk_track(data, start, stop, track, note_msgs, programs, tempos)
             except _Bad as e:
-                raise MidiError(f"corrupt track {track}: {e}") from None
+                kind = "truncated" if isinstance(e, _Cut) else "corrupt"
+                raise MidiError(f"{kind} track {track}: {e}") from None
             except IndexError:
                 raise MidiError(f"truncated track {track}: a message is cut off") from None
             track_ends.append(end_tick)
@@ -172,13 +177,13 @@ def _walk_track(data, p, stop, track, note_msgs, programs, tempos) -> int:
                     return tick
                 p += length
                 if p > stop:
-                    raise _Bad("a meta event runs past the end of the track")
+                    raise _Cut("a meta event runs past the end of the track")
                 continue
             elif b == 0xF0 or b == 0xF7:  # sysex: length, data
                 p, length = _varlen(data, p)
                 p += length
                 if p > stop:
-                    raise _Bad("a sysex event runs past the end of the track")
+                    raise _Cut("a sysex event runs past the end of the track")
                 continue
             else:
                 raise _Bad(f"status byte 0x{b:02X} is not allowed in a MIDI file")
@@ -194,7 +199,7 @@ def _walk_track(data, p, stop, track, note_msgs, programs, tempos) -> int:
                 programs.append((tick, track, p, status & 15, data[p] & 0x7F))
             p += 1
         if p > stop:
-            raise _Bad("a message runs past the end of the track")
+            raise _Cut("a message runs past the end of the track")
     return tick
 
 
