@@ -27,7 +27,7 @@ _VALUED = {
     "max_steps": int, "epochs": int, "epoch_size": int, "time_limit": float,
     "valid_batches": int, "valid_len": int, "checkpoint_every": int,
     "keep_checkpoints": int, "log_every": int, "num_workers": int, "device": str,
-    "precision": str, "seed": int,
+    "precision": str, "seed": int, "threads": int,
 }
 
 

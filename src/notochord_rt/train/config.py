@@ -114,6 +114,8 @@ class TrainConfig:
     """``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 on CUDA that supports it, else fp32)."""
     compile: bool = False
     """Wrap the model in ``torch.compile``."""
+    threads: int | None = None
+    """torch intra-op CPU threads for this process (None: torch's default)."""
     seed: int = 0
 
     # ------------------------------------------------------------------------------------
@@ -123,7 +125,8 @@ class TrainConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "epochs", "epoch_size", "valid_batches", "checkpoint_every"):
+        for name in ("max_steps", "epochs", "epoch_size", "valid_batches", "checkpoint_every",
+                     "threads"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise UserError(f"{name} must be at least 1 (or unset), got {value}")

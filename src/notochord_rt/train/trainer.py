@@ -19,8 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import NotochordError, UserError
+from ..errors import CheckpointError, NotochordError, UserError
 from ..events import CANONICAL_ORDER
+from ..model.checkpoint import (
+    load_training_state,
+    restore_rng_state,
+    save_training_state,
+    training_state_path,
+)
 from . import checkpoints as ck
 from . import distributed as dd
 from . import sources
@@ -28,7 +34,6 @@ from .batches import StepIndexer, seed_all, step_seed
 from .config import TrainConfig
 from .loss import TERMS, NLLMeter, masked_nll
 from .schedule import lr_factor
-from .state import load_train_state, restore_optimizer, restore_rng, save_train_state
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,8 @@ class Trainer:
                  info: dd.DistInfo | None = None):
         self.cfg = config.validate()
         self.info = info or dd.info_from_env()
+        if config.threads:
+            torch.set_num_threads(config.threads)
         self.device = dd.resolve_device(config.device, self.info)
         dd.init_process_group(self.info, self.device)
         self.amp_dtype = autocast_dtype(config.precision, self.device)
@@ -135,12 +142,15 @@ class Trainer:
         return found
 
     def _restore(self, folder: Path) -> None:
-        meta, tensors = load_train_state(folder)
-        restore_optimizer(self.opt, meta, tensors)
-        restore_rng(tensors, meta["rng"])
-        c = meta["counters"]
+        state = load_training_state(training_state_path(sources.model_path(folder)))
+        try:
+            self.opt.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"optimizer state in {folder} does not fit: {e}") from None
+        restore_rng_state(state["rng"])
+        c = state["step"]
         self.step, self.events = int(c["step"]), int(c["events"])
-        self.train_seconds = float(c.get("train_seconds", 0.0))
+        self.train_seconds = float(state["extra"].get("train_seconds", 0.0))
         self.last_checkpoint = folder
         log.info("resumed from %s at step %d", folder, self.step)
 
@@ -246,13 +256,15 @@ class Trainer:
         return self.last_valid
 
     # -- checkpoints -------------------------------------------------------------------------
-    def counters(self) -> dict[str, Any]:
+    def counters(self) -> dict[str, int]:
         return {"step": self.step, "epoch": self.epoch, "events": self.events,
-                "train_seconds": self.train_seconds, "world_size": self.info.world_size}
+                "world_size": self.info.world_size}
 
     def _write(self, folder: Path) -> None:
         sources.save_model(self.model, folder)
-        save_train_state(folder, self.opt, self.counters())
+        save_training_state(training_state_path(sources.model_path(folder)),
+                            optimizer=self.opt.state_dict(), step=self.counters(),
+                            extra={"train_seconds": self.train_seconds})
         (folder / "train_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
         if self.last_valid:
             (folder / "valid.json").write_text(json.dumps(self.last_valid, indent=2))

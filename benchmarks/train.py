@@ -1,0 +1,270 @@
+"""Training throughput and quality: ours against the reference trainer, same data, same net.
+
+Both trainers get the same MIDI files (our ``prep`` decides the split; the reference
+preprocesses exactly our training files with its own ``notochord.lakh_prep`` and trains
+on all of them), the same architecture, batch size, crop length and optimiser settings,
+one training process each with the same number of data-loader workers, run one after
+the other in this process for the same wall-clock budget. Printed:
+
+* training events per second (batch_size x batch_len per step, padding included, as the
+  reference counts its exposure) and the ratio ours / reference;
+* validation NLL (nats/event, canonical order i->p->t->v, whole pieces from the start
+  state) of both models on our validation pieces after the budget, computed for the
+  reference model with its own forward pass.
+
+Usage::
+
+    python benchmarks/train.py --budget 240            # the full comparison (~10 min)
+    python benchmarks/train.py --short                 # a 1-minute check that it all runs
+
+Needs the reference ``notochord`` package (``pip install --no-deps notochord==0.8.0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MIDI = Path("/work/shared/corpus/mma")
+
+
+class StopBench(Exception):
+    """Raised from inside the reference trainer's loop when the budget is spent."""
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} torch thread(s), python {platform.python_version()}")
+
+
+# -- data -----------------------------------------------------------------------------------
+def pick_files(folder: Path, n: int, dest: Path) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
+    rng = np.random.default_rng(0)
+    chosen = [files[i] for i in sorted(rng.permutation(len(files))[:n])]
+    dest.mkdir(parents=True)
+    out = []
+    for k, p in enumerate(chosen):
+        q = dest / f"{k:05d}_{p.name}"
+        shutil.copyfile(p, q)
+        out.append(q)
+    return out
+
+
+def prep_ours(midi: Path, dest: Path) -> None:
+    from notochord_rt.data.prep import prepare
+
+    prepare([str(midi)], str(dest), jobs=2)
+
+
+def prep_reference(ours: Path, dest_midi: Path, dest: Path) -> int:
+    """Run the reference preprocessing on exactly our training files."""
+    from notochord import lakh_prep
+
+    from notochord_rt.data.store import EventStore
+
+    dest_midi.mkdir(parents=True)
+    records = EventStore(ours, "train").records()
+    for r in records:
+        src = Path(r.get("source") or r.get("path"))
+        shutil.copyfile(src, dest_midi / src.name)
+    lakh_prep.main(str(dest_midi), str(dest), n_jobs=2)
+    return len(list(dest.glob("**/*.pkl")))
+
+
+def valid_pieces(ours: Path, limit: int):
+    from notochord_rt.data.store import EventStore
+
+    store = EventStore(ours, "valid")
+    return [store[k] for k in range(min(len(store), limit))]
+
+
+# -- reference --------------------------------------------------------------------------------
+def train_reference(args, pkl: Path, work: Path) -> tuple[dict, torch.nn.Module]:
+    from notochord.train import Trainer as RefTrainer
+
+    trainer = RefTrainer(
+        experiment="bench", model_dir=str(work / "ref_models"), log_dir=str(work / "ref_logs"),
+        data_dir=str(pkl), results_dir=str(work / "ref_results"), model=model_kw(args),
+        batch_size=args.batch_size, batch_len=args.batch_len, lr=args.lr,
+        n_jobs=args.workers, device="cpu", valid_size=1, seed=0,
+    )
+    trainer.train_dataset = trainer.dataset  # train on every file it was given
+    trainer.save = lambda fname: None  # no pickled checkpoints in the timing
+    clock: dict = {}
+
+    def skip_validation(*a, **kw):
+        clock.setdefault("start", time.perf_counter())
+        return {"logs": {}, "pops": {}}
+
+    def log(tag, d):
+        if tag != "train":
+            return
+        now = time.perf_counter()
+        clock["last"] = now
+        clock["loss"] = d["loss"]
+        if now - clock["start"] >= args.budget:
+            raise StopBench
+
+    trainer._validate = skip_validation
+    trainer.log = log
+    try:
+        trainer.train()
+    except StopBench:
+        pass
+    seconds = clock["last"] - clock["start"]
+    steps = trainer.iteration
+    return ({"steps": steps, "seconds": seconds, "last_loss": clock["loss"],
+             "events_per_s": steps * args.batch_size * args.batch_len / seconds},
+            trainer.model)
+
+
+@torch.no_grad()
+def reference_valid_nll(model, pieces) -> dict:
+    """Whole-piece NLL of the reference model, canonical order, with its own forward."""
+    from notochord.util import gen_masks
+
+    mask = next(m for perm, m in gen_masks(4) if list(perm) == [0, 1, 2, 3])
+    model.eval()
+    sums = dict.fromkeys(("inst", "pitch", "time", "vel", "end"), 0.0)
+    names = {"inst": "instrument_log_probs", "pitch": "pitch_log_probs",
+             "time": "time_log_probs", "vel": "velocity_log_probs", "end": "end_log_probs"}
+    events = 0
+    for p in pieces:
+        n = len(p)
+        end = np.zeros(n + 1, dtype=np.int64)
+        end[-1] = 1
+        seq = [torch.as_tensor(np.concatenate([[s], x]))[None] for s, x in
+               zip((0, 128, 0.0, 0.0), (p.inst, p.pitch, p.deltas(), p.vel))]
+        r = model(seq[0].long(), seq[1].long(), seq[2].float(), seq[3].float(),
+                  torch.as_tensor(end)[None], validation=False, ar_mask=mask)
+        for k, name in names.items():
+            sums[k] += float(r[name].double().sum())
+        events += n
+    nll = {k: -v / events for k, v in sums.items()}
+    nll["total"] = sum(nll.values())
+    return nll
+
+
+# -- ours ------------------------------------------------------------------------------------
+def model_kw(args) -> dict:
+    return {"emb_size": args.emb, "rnn_hidden": args.hidden, "rnn_layers": args.layers,
+            "mlp_layers": args.mlp}
+
+
+def train_ours(args, data: Path, work: Path):
+    from notochord_rt.train.config import TrainConfig
+    from notochord_rt.train.trainer import Trainer
+
+    cfg = TrainConfig(
+        data=str(data), out=str(work / "ours_run"), model=model_kw(args),
+        batch_size=args.batch_size, batch_len=args.batch_len, lr=args.lr,
+        num_workers=args.workers, device="cpu", precision=args.precision,
+        compile=args.compile, time_limit=args.budget, epoch_size=10**9, valid_batches=1,
+        valid_len=64, progress=False, seed=0,
+    )
+    trainer = Trainer(cfg)
+    summary = trainer.fit()
+    trainer.close()
+    steps = summary["steps_this_run"]
+    seconds = trainer.train_seconds
+    return ({"steps": steps, "seconds": seconds,
+             "events_per_s": steps * args.batch_size * args.batch_len / seconds},
+            trainer.model)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--midi", type=Path, default=DEFAULT_MIDI if DEFAULT_MIDI.exists()
+                    else ROOT / "examples" / "midi")
+    ap.add_argument("--files", type=int, default=400)
+    ap.add_argument("--budget", type=float, default=240.0, help="seconds of training each")
+    ap.add_argument("--emb", type=int, default=256)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--mlp", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-len", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--workers", type=int, default=1, help="data-loader workers, both")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="ours")
+    ap.add_argument("--compile", action="store_true", help="torch.compile ours")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--valid-pieces", type=int, default=40)
+    ap.add_argument("--only", choices=("ours", "reference"), help="run one side only")
+    ap.add_argument("--short", action="store_true", help="quick check: tiny everything")
+    ap.add_argument("--keep", type=Path, help="keep the work folder here")
+    args = ap.parse_args()
+    if args.short:
+        args.files, args.budget, args.emb, args.hidden = min(args.files, 60), 15.0, 64, 128
+        args.batch_size, args.valid_pieces = 16, 8
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}")
+    print(f"model: {model_kw(args)}, batch {args.batch_size} x {args.batch_len}, "
+          f"workers {args.workers}, budget {args.budget:.0f} s each, precision {args.precision}"
+          f"{', compiled' if args.compile else ''}")
+
+    work = Path(tempfile.mkdtemp(prefix="bench-train-")) if args.keep is None else args.keep
+    try:
+        t = time.perf_counter()
+        midi = pick_files(args.midi, args.files, work / "midi")
+        prep_ours(work / "midi", work / "ours")
+        n_ref = prep_reference(work / "ours", work / "ref_midi", work / "ref_pkl")
+        pieces = valid_pieces(work / "ours", args.valid_pieces)
+        print(f"data: {len(midi)} files from {args.midi}; reference prepped {n_ref} training "
+              f"files; {len(pieces)} validation pieces ({sum(len(p) for p in pieces)} events); "
+              f"prep took {time.perf_counter() - t:.0f} s")
+
+        from notochord_rt.train.evaluate import evaluate
+
+        results = {}
+        if args.only != "reference":
+            torch.manual_seed(0)
+            speed, model = train_ours(args, work / "ours", work)
+            speed["valid_nll"] = evaluate(model, pieces, orders=("itpv",))["nll"]
+            results["ours"] = speed
+        if args.only != "ours":
+            torch.manual_seed(0)
+            speed, model = train_reference(args, work / "ref_pkl", work)
+            speed["valid_nll"] = reference_valid_nll(model, pieces)
+            results["reference"] = speed
+        for name, r in results.items():
+            nll = r["valid_nll"]
+            terms = " + ".join(f"{k} {nll[k]:.3f}" for k in ("inst", "pitch", "time", "vel", "end"))
+            print(f"{name:10} {r['events_per_s']:9.0f} events/s  ({r['steps']} steps in "
+                  f"{r['seconds']:.1f} s)  valid NLL {nll['total']:.4f} = {terms}")
+        if len(results) == 2:
+            ratio = results["ours"]["events_per_s"] / results["reference"]["events_per_s"]
+            print(f"throughput ratio ours/reference: {ratio:.2f}x")
+            results["ratio"] = ratio
+        print("json: " + json.dumps({k: v for k, v in results.items()}, default=float))
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(math.isfinite(r["events_per_s"]) for r in results.values()
+                    if isinstance(r, dict)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
