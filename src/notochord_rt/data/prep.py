@@ -156,7 +156,7 @@ def prepare(
         raise UserError(f"--limit must be 0 or more, got {limit}")
     if timeout <= 0:
         raise UserError(f"the per-file timeout must be positive, got {timeout}")
-    started = time.monotonic()
+    started, cpu_started, worker_cpu = time.monotonic(), time.process_time(), 0.0
     files, not_files = discover(sources)
     if limit is not None:
         files = files[:limit]
@@ -185,14 +185,15 @@ def prepare(
                 config.loader = loader
             if logging.getLogger("notochord_rt").getEffectiveLevel() < logging.WARNING:
                 config.log_level = logging.getLogger("notochord_rt").getEffectiveLevel()
-            _process(todo, ledger, records, config, jobs or os.cpu_count() or 1, timeout,
-                     flush_every, flush_seconds, progress)
+            worker_cpu = _process(todo, ledger, records, config, jobs or os.cpu_count() or 1,
+                                  timeout, flush_every, flush_seconds, progress)
         summary = _finalize(dest, ledger, files, not_files, records, min_events)
     finally:
         ledger.close()
     summary.processed_now = len(todo)
     summary.reused = len(files) - len(todo)
     summary.elapsed_s = time.monotonic() - started
+    summary.cpu_s = time.process_time() - cpu_started + worker_cpu
     write_summary(dest, summary)
     return summary
 
@@ -218,6 +219,7 @@ def _process(todo, ledger, records, config, jobs, timeout, flush_every, flush_se
     finally:
         pool.close()
         ledger.flush()
+    return pool.cpu_seconds
 
 
 def _finalize(dest, ledger, files, not_files, records, min_events) -> PrepSummary:

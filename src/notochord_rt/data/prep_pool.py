@@ -45,12 +45,13 @@ def _worker_main(conn: Connection, func: Callable, config: Any) -> None:
             return
         if task is None:
             return
+        cpu = time.process_time()
         try:
             value = func(task, config)
         except BaseException as e:  # noqa: BLE001 - reported to the parent as a crash
-            conn.send(("error", f"{type(e).__name__}: {e}"))
+            conn.send(("error", f"{type(e).__name__}: {e}", time.process_time() - cpu))
         else:
-            conn.send(("done", value))
+            conn.send(("done", value, time.process_time() - cpu))
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -111,7 +112,7 @@ class SupervisedPool:
         jobs: int = 1,
         timeout: float = 60.0,
         preload: Sequence[str] = (),
-        prefetch: int = 2,
+        prefetch: int = 8,
     ):
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, got {jobs}")
@@ -125,6 +126,8 @@ class SupervisedPool:
             # imported once by the fork server (if this starts it), not by every new worker
             self.ctx.set_forkserver_preload(list(preload))
         self.workers: list[_Worker] = []
+        self.cpu_seconds = 0.0
+        """CPU time the workers spent in ``func`` on the tasks that returned."""
 
     def __enter__(self) -> SupervisedPool:
         return self
@@ -160,7 +163,8 @@ class SupervisedPool:
             broken = False
             try:
                 while worker.tasks and worker.conn.poll():
-                    kind, value = worker.conn.recv()
+                    kind, value, cpu = worker.conn.recv()
+                    self.cpu_seconds += cpu
                     task = worker.tasks.popleft()
                     worker.started = time.monotonic()
                     if kind == "done":

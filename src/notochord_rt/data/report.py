@@ -51,6 +51,8 @@ class PrepSummary:
     split_fractions: dict[str, float] = field(default_factory=dict)
     min_events: int = 0
     elapsed_s: float = 0.0
+    cpu_s: float = 0.0
+    """CPU seconds of this process plus the workers' time on their files (not their start)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +79,7 @@ class PrepSummary:
             out.append(
                 "top instruments: " + ", ".join(f"{n} ({v['pieces']})" for n, v in top)
             )
-        out.append(f"time: {self.elapsed_s:.1f} s")
+        out.append(f"time: {self.elapsed_s:.1f} s ({self.cpu_s:.1f} s CPU)")
         return out
 
 
