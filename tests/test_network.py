@@ -253,3 +253,20 @@ def test_normalisation_check_detects_an_inconsistent_mask():
               cond=torch.ones(4, 4, dtype=torch.bool))
     logp = sum(out[k][:, -1].double() for k in ("inst", "pitch", "time", "vel"))
     assert abs(torch.logsumexp(logp, 0).item()) > 1e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    net = tiny(6)
+    seq = ([1, 129, 41, 300], [60, 36, 72, 61], [0.0, 0.1, 0.7, 11.0], [90, 100, 0, 127])
+    cpu = net.score(*seq, order="vtip", end="last")
+    gpu = net.cuda().score(*seq, order="vtip", end="last")
+    for k in cpu:
+        assert gpu[k].device.type == "cuda"
+        torch.testing.assert_close(gpu[k].cpu(), cpu[k], atol=1e-4, rtol=1e-4)
+    inst, pitch, time, vel = (x.cuda() for x in random_batch(2, 5))
+    out = net.train()(inst, pitch, time, vel, cond="random")
+    assert out["vel"].device.type == "cuda"
+    x = net.time_dist.sample(net.time_dist.params(torch.zeros(3, net.time_dist.n_params).cuda()),
+                             0.1, 0.2)
+    assert x.device.type == "cuda" and ((x >= 0.1) & (x <= 0.2)).all()
