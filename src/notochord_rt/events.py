@@ -35,8 +35,9 @@ from .gm import DRUM_KIT_NAMES, PROGRAM_NAMES, drum_kit_name
 
 # -- sub-events ---------------------------------------------------------------------------
 SUB_EVENTS: tuple[str, ...] = ("inst", "pitch", "time", "vel")
-"""Canonical order of the sub-events; orders are strings over their initials ``"itpv"``."""
-CANONICAL_ORDER = "itpv"
+"""Canonical (index) order of the sub-events. An *order* is a permutation string of their
+initials; the canonical one is ``"iptv"`` (instrument, pitch, time, velocity)."""
+CANONICAL_ORDER = "iptv"
 
 # -- instruments --------------------------------------------------------------------------
 START_INST = 0
