@@ -236,13 +236,13 @@ def main() -> int:
               f"files; {len(pieces)} validation pieces ({sum(len(p) for p in pieces)} events); "
               f"prep took {time.perf_counter() - t:.0f} s")
 
-        from notochord_rt.train.evaluate import evaluate
+        from notochord_rt.train.evaluate import CANONICAL_ORDER, evaluate
 
         results = {}
         if args.only != "reference":
             torch.manual_seed(0)
             speed, model = train_ours(args, work / "ours", work)
-            speed["valid_nll"] = evaluate(model, pieces, orders=("itpv",))["nll"]
+            speed["valid_nll"] = evaluate(model, pieces, orders=(CANONICAL_ORDER,))["nll"]
             results["ours"] = speed
         if args.only != "ours":
             torch.manual_seed(0)

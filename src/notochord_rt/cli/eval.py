@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="also write the JSON figures to this file")
     parser.add_argument("--split", help="split of a prepared folder (default: test, else valid)")
     parser.add_argument("--orders", choices=("all", "canonical"), default="all",
-                        help="score under all 24 sub-event orders (default) or only itpv")
+                        help="score under all 24 sub-event orders (default) or only the "
+                             "canonical i->p->t->v")
     parser.add_argument("--chunk", type=int, default=1024,
                         help="events per GRU chunk for long pieces (default 1024)")
     parser.add_argument("--limit", type=int, help="score only the first N pieces")
@@ -77,7 +78,7 @@ def open_pieces(data: str, split: str | None, skipped: list) -> tuple[int, objec
 def _table(result: dict) -> str:
     nll = result["nll"]
     avg = result["nll_all_orders"]
-    lines = [f"{'':8}{'itpv':>10}{'24 orders':>12}   (nats/event)"]
+    lines = [f"{'':8}{'i>p>t>v':>10}{'24 orders':>12}   (nats/event)"]
     for k in ("inst", "pitch", "time", "vel", "end", "total"):
         lines.append(f"{k:8}{nll[k]:10.4f}{avg[k]:12.4f}")
     lines += [
@@ -93,9 +94,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..events import CANONICAL_ORDER
     from ..train.checkpoints import resolve_checkpoint
-    from ..train.evaluate import ALL_ORDERS, evaluate
+    from ..train.evaluate import ALL_ORDERS, CANONICAL_ORDER, evaluate
     from ..train.sources import load_model
 
     if args.chunk < 2:

@@ -20,7 +20,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import CheckpointError, NotochordError, UserError
-from ..events import CANONICAL_ORDER
 from ..model.checkpoint import (
     load_training_state,
     restore_rng_state,
@@ -32,6 +31,7 @@ from . import distributed as dd
 from . import sources
 from .batches import StepIndexer, seed_all, step_seed
 from .config import TrainConfig
+from .evaluate import CANONICAL_ORDER
 from .loss import TERMS, NLLMeter, masked_nll
 from .schedule import lr_factor
 
@@ -236,7 +236,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """NLL per sub-event on the validation crops under the canonical order.
+        """NLL per sub-event on the validation crops under the canonical order i→p→t→v.
 
         The crops are the same at every call (fixed seeds), so values are comparable
         across epochs. Batches are shared out between ranks and the sums all-reduced.
