@@ -10,8 +10,7 @@ Figures (all per real event, natural log, unless said otherwise):
 * ``nll``: per sub-event (``inst``, ``pitch``, ``time``, ``vel``, ``end``) and ``total``
   under the canonical order i → p → t → v, the order string ``"iptv"`` (each sub-event
   conditioned on those before it, as the reference's test does with its identity
-  permutation). Note that ``events.CANONICAL_ORDER`` (``"itpv"``) read as an order
-  string means i → t → p → v, so it is not used here;
+  permutation);
 * ``nll_all_orders``: the same averaged over all 24 orders, ``orders``: total per order;
 * ``time_within_30ms``: mean probability the model gives to a delta time within ±30 ms
   of the true one (from the time mixture's CDF, censoring atoms included; canonical order);
@@ -33,14 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..events import SUB_EVENTS as _NAMES
-from ..events import EventArrays
+from ..events import CANONICAL_ORDER, EventArrays
 from ..model.network import NotochordNet, order_mask
 from .loss import TERMS
 
 log = logging.getLogger(__name__)
 
-CANONICAL_ORDER = "".join(name[0] for name in _NAMES)  # "iptv": inst, pitch, time, vel
 ALL_ORDERS: tuple[str, ...] = tuple("".join(p) for p in itertools.permutations(CANONICAL_ORDER))
 WINDOW = 0.03  # seconds either side of the true delta time
 SUB_EVENTS = TERMS[:4]
