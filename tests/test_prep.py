@@ -48,6 +48,8 @@ def make_corpus(root: Path, n_good: int = N_GOOD) -> dict[str, Path]:
     paths["no_notes"] = good / "no_notes.mid"
     paths["no_notes"].write_bytes(fuzz_midi.smf([fuzz_midi.track([(0, fuzz_midi.tempo(1000))])]))
     (root / "notes.txt").write_text("not a MIDI file, not looked at")
+    paths["broken_link"] = good / "broken_link.mid"
+    paths["broken_link"].symlink_to(root / "nowhere.mid")
     return paths
 
 
@@ -99,6 +101,7 @@ def test_fuzz_corpus_every_file_accounted_for(corpus, prepared):
         }
     by_path = {e["path"]: e for e in report}
     assert by_path[str(paths["directory"])]["category"] == pw.NOT_A_FILE
+    assert by_path[str(paths["broken_link"])]["category"] == pw.UNREADABLE
     for name in MUST_BE_CORRUPT:
         assert by_path[str(paths[name])]["category"] == pw.CORRUPT, name
     short = by_path[str(paths["short"])]
@@ -228,7 +231,7 @@ def test_crashing_and_hanging_workers_are_reported(corpus, tmp_path, monkeypatch
     monkeypatch.delenv(pw.FAULT_ENV)
     assert prepare([root / "good"], dest, jobs=2).processed_now == 0
     retried = prepare([root / "good"], dest, jobs=2, retry_failed=True)
-    assert retried.processed_now == 3
+    assert retried.processed_now == 4  # the 3 files and the broken link (unreadable)
     assert {str(paths[f"good_{i}"]) for i in (1, 2, 4)} <= set(stored(dest))
 
 

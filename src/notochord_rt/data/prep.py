@@ -111,11 +111,7 @@ def _result_of(outcome: TaskOutcome) -> pw.FileResult:
     if outcome.kind == "done":
         return outcome.value
     path = outcome.task
-    try:
-        st = os.stat(path)
-        size, mtime = st.st_size, st.st_mtime_ns
-    except OSError:
-        size, mtime = 0, 0
+    size, mtime = pw.file_identity(path)
     if outcome.kind == "timeout":
         reason = f"parsing took too long ({outcome.detail}); the worker was killed"
         return pw.FileResult(path, size, mtime, pw.TIMEOUT, reason=reason)
@@ -169,11 +165,7 @@ def prepare(
         records: dict[str, dict] = {}
         todo = []
         for path in files:
-            try:
-                st = os.stat(path)
-                rec = ledger.lookup(path, st.st_size, st.st_mtime_ns)
-            except OSError:
-                rec = None
+            rec = ledger.lookup(path, *pw.file_identity(path))
             if rec is not None and not (retry_failed and rec["status"] in RETRYABLE):
                 records[path] = rec
             else:

@@ -134,6 +134,20 @@ def note_on_counts(events: EventArrays) -> dict[int, int]:
     return {int(i): int(c) for i, c in zip(ids, counts)}
 
 
+def file_identity(path: str) -> tuple[int, int]:
+    """(size, mtime in ns) of a file, or of the link itself if it is a broken link; else 0s.
+
+    With the absolute path this is how the resume ledger recognises a file unread.
+    """
+    for stat in (os.stat, os.lstat):
+        try:
+            st = stat(path)
+            return st.st_size, st.st_mtime_ns
+        except OSError:
+            continue
+    return 0, 0
+
+
 def check_events(events: EventArrays, max_seconds: float) -> tuple[str, str]:
     """Status and reason for ingested events that are unusable although they parsed."""
     if len(events) and not np.isfinite(events.time).all():
@@ -153,7 +167,8 @@ def process_file(path: str, config: WorkerConfig) -> FileResult:
     try:
         st = os.stat(path)
     except OSError as e:
-        return FileResult(path, 0, 0, UNREADABLE, reason=f"cannot stat: {e.strerror or e}")
+        size, mtime = file_identity(path)  # a broken link still has its own size and time
+        return FileResult(path, size, mtime, UNREADABLE, reason=f"cannot open: {e.strerror or e}")
     result = FileResult(path, st.st_size, st.st_mtime_ns, OK)
     if st.st_size > config.max_bytes:
         result.status = TOO_LARGE
