@@ -14,7 +14,10 @@ guarantees override everything: a non-external note older than its ``max_duratio
 released at once, and an instrument above ``max_polyphony`` gets a note-off at once.
 
 Temperatures follow the reference: a value ``<= 1`` is nucleus (top-p) filtering, a
-value ``> 1`` a temperature (probabilities raised to ``1/T``); 1 changes nothing.
+value ``> 1`` a temperature (probabilities raised to ``1/T``); 1 changes nothing. This
+holds for ``inst_temp``, ``pitch_temp`` and ``rhythm_temp`` (top-p over the time
+mixture's components). ``timing_temp`` and ``vel_temp`` scale the width of the chosen
+time / velocity component (0 = its location exactly).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ..errors import InputError
 N_I = ev.N_INST_CLASSES  # 321
 N_P = ev.N_PITCH_CLASSES  # 129
 
-NoteMap = Mapping[int, Iterable[int]]
+NoteMap = Union[Mapping[int, Iterable[int]], np.ndarray]  # noqa: UP007
 PerInst = Union[float, Mapping[int, float]]  # noqa: UP007
 Interval = Union[tuple[float, float], tuple[float, float, float]]  # noqa: UP007
 
@@ -63,8 +66,9 @@ ORDER_LETTERS = frozenset("iptv")
 class Constraints:
     """Constraints and steering for one :meth:`Notochord.sample` call.
 
-    Note maps are ``{inst: pitches}``; ``None`` means every instrument 1..320 with all 128
-    pitches (note-on) and the held notes of the note-on instruments (note-off). Sounding
+    Note maps are ``{inst: pitches}`` or boolean ``(321, 129)`` masks; ``None`` means
+    every instrument 1..320 with all 128 pitches (note-on) and the held notes of the
+    note-on instruments (note-off). Sounding
     notes are always removed from the note-on map and silent ones from the note-off map.
     Per-instrument fields accept a scalar or ``{inst: value}`` (missing keys take the
     default). ``time_ranges``/``vel_ranges`` are lists of ``(lo, hi)`` or ``(lo, hi,
@@ -109,7 +113,11 @@ class Constraints:
         """Raise :class:`InputError` naming the first bad field; return ``self``."""
         for name in ("note_on_map", "note_off_map"):
             m = getattr(self, name)
-            if m is not None:
+            if isinstance(m, np.ndarray):
+                if m.shape != (N_I, N_P) or m.dtype != bool:
+                    raise InputError(f"{name} as an array must be bool {(N_I, N_P)}, got "
+                                     f"{m.dtype} {m.shape}")
+            elif m is not None:
                 if not isinstance(m, Mapping):
                     raise InputError(f"{name} must be a dict {{inst: pitches}}, got {m!r}")
                 for i, ps in m.items():
@@ -144,11 +152,8 @@ class Constraints:
             if Soft(k) not in DEFAULT_PENALTY:
                 raise InputError(f"penalty has an unknown key {k!r}")
             _check_number(v, f"penalty[{Soft(k).value}]", 0.0, math.inf, allow_inf=False)
-        for name in ("inst_temp", "pitch_temp", "rhythm_temp", "vel_temp"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise InputError(f"{name} must be a finite number > 0, got {v!r}")
-        _check_number(self.timing_temp, "timing_temp", 0.0, math.inf, allow_inf=False)
+        for name in ("inst_temp", "pitch_temp", "rhythm_temp", "timing_temp", "vel_temp"):
+            _check_number(getattr(self, name), name, 0.0, math.inf, allow_inf=False)
         for name in ("truncate_quantile_time", "truncate_quantile_pitch",
                      "truncate_quantile_vel"):
             q = getattr(self, name)
@@ -255,8 +260,10 @@ def per_inst(value: PerInst, name: str, lo: float = -math.inf, hi: float = math.
     return np.full(N_I, _check_number(value, name, lo, hi), dtype=np.float64)
 
 
-def note_mask(note_map: NoteMap) -> np.ndarray:
-    """A ``{inst: pitches}`` map as a boolean ``(321, 129)`` mask (validated elsewhere)."""
+def note_mask(note_map: NoteMap | np.ndarray) -> np.ndarray:
+    """A ``{inst: pitches}`` map (or a mask) as a new boolean ``(321, 129)`` mask."""
+    if isinstance(note_map, np.ndarray):
+        return note_map.copy()
     mask = np.zeros((N_I, N_P), dtype=bool)
     for i, ps in note_map.items():
         ps = list(ps)

@@ -28,7 +28,16 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def _logit(u: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
-        return np.log(u) - np.log1p(-u)
+        return np.log(u) - np.log1p(-u)  # u in [0, 1]: +-inf at the ends, never NaN
+
+
+def _logit1(u: float) -> float:
+    """Scalar logit; +-inf at 0 and 1."""
+    if u <= 0.0:
+        return -math.inf
+    if u >= 1.0:
+        return math.inf
+    return math.log(u) - math.log1p(-u)
 
 
 def reweight(probs: np.ndarray, top_p: float) -> np.ndarray:
@@ -113,59 +122,97 @@ def categorical(logits: np.ndarray, allowed: np.ndarray, rng: np.random.Generato
 
 
 # -- logistic mixtures ----------------------------------------------------------------------
-def _z(mix: np.ndarray, x: float, sharp: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore"):
-        return (x - mix[1]) * sharp
+def _masses(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-component masses of intervals from edge values ``z`` of shape ``(2n, K)``.
 
-
-def _component_mass(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
-    """``sigmoid(zb) - sigmoid(za)`` per component, accurate in both tails."""
-    upper = za > 0
-    lower_tail = _sigmoid(zb) - _sigmoid(za)
-    upper_tail = _sigmoid(-za) - _sigmoid(-zb)
-    return np.maximum(np.where(upper, upper_tail, lower_tail), 0.0)
+    Rows ``2j, 2j+1`` are the lower / upper edge of interval ``j`` (already scaled by
+    sharpness). Returns ``(mass (n, K), F (2n, K), S (2n, K))`` with ``F = sigmoid(z)`` and
+    ``S = 1 - F`` computed separately so both tails stay accurate.
+    """
+    n2 = len(z)
+    sig = _sigmoid(np.concatenate((z, -z)))
+    f, s = sig[:n2], sig[n2:]
+    upper = z[0::2] > 0
+    mass = np.where(upper, s[0::2] - s[1::2], f[1::2] - f[0::2])
+    return np.maximum(mass, 0.0), f, s
 
 
 def mixture_mass(mix: np.ndarray, a: float, b: float) -> float:
     """Probability of ``[a, b]`` (``-inf``/``inf`` allowed) under the mixture."""
-    s = mix[2]
-    return float(np.dot(np.exp(mix[0]), _component_mass(_z(mix, a, s), _z(mix, b, s))))
+    z = (np.array([[a], [b]]) - mix[1]) * mix[2]
+    return float(_masses(z)[0][0] @ np.exp(mix[0]))
+
+
+def sample_pieces(mix: np.ndarray, bounds: np.ndarray, weights: np.ndarray,
+                  rng: np.random.Generator) -> tuple[int, np.ndarray]:
+    """Pick one interval ``bounds[k] = (a, b)`` with probability ∝ mass x weight.
+
+    Returns ``k`` and the per-component masses of that interval (reused for sampling).
+    """
+    z = (bounds.reshape(-1, 1) - mix[1]) * mix[2]
+    cm, _, _ = _masses(z)
+    if len(bounds) == 1:
+        return 0, cm[0]
+    w = (cm @ np.exp(mix[0])) * weights
+    if not w.sum() > 0:  # the model puts no representable mass anywhere allowed
+        w = weights.astype(np.float64) if weights.sum() > 0 else np.ones(len(weights))
+    k = _pick(w, rng)
+    return k, cm[k]
 
 
 def sample_mixture(mix: np.ndarray, a: float, b: float, clip_lo: float, clip_hi: float,
                    rng: np.random.Generator, *, top_p: float = 1.0, temp: float = 1.0,
-                   quantile: tuple[float, float] | None = None) -> float:
+                   quantile: tuple[float, float] | None = None,
+                   comp_mass: np.ndarray | None = None) -> float:
     """Sample from the mixture truncated to ``[a, b]``, then clip to ``[clip_lo, clip_hi]``.
 
     ``a``/``b`` may be infinite (censored ends); ``top_p`` reweights the truncated
     component weights, ``temp`` scales every component's width (0 = its location),
-    ``quantile`` keeps only a rank window of ``QUANTILE_K`` draws.
+    ``quantile`` keeps only a rank window of ``QUANTILE_K`` draws. ``comp_mass`` (the
+    per-component mass of ``[a, b]``, from :func:`sample_pieces`) saves recomputing it
+    when ``temp == 1``.
     """
     log_pi, loc, sharp = mix
     n = QUANTILE_K if quantile is not None else 1
+    pi = np.exp(log_pi)
     if temp == 0.0:
-        w = np.exp(log_pi) * ((loc >= a) & (loc <= b))
+        w = pi * ((loc >= a) & (loc <= b))
         if not w.sum() > 0:
-            w = np.exp(log_pi) * _component_mass(_z(mix, a, sharp), _z(mix, b, sharp))
+            w = pi * _masses((np.array([[a], [b]]) - loc) * sharp)[0][0]
         w = reweight(w, top_p)
         if not w.sum() > 0:
             return _uniform(a, b, clip_lo, clip_hi, rng)
         xs = loc[_pick_many(w, rng, n)]
     else:
-        s = sharp / temp
-        za, zb = _z(mix, a, s), _z(mix, b, s)
-        w = reweight(np.exp(log_pi) * _component_mass(za, zb), top_p)
+        s = sharp if temp == 1.0 else sharp / temp
+        z = (np.array([[a], [b]]) - loc) * s
+        if comp_mass is None or temp != 1.0:
+            cm, f, sf = _masses(z)
+            comp_mass = cm[0]
+        else:
+            sig = _sigmoid(np.concatenate((z, -z)))
+            f, sf = sig[:2], sig[2:]
+        w = reweight(pi * comp_mass, top_p)
         if not w.sum() > 0:
             return _uniform(a, b, clip_lo, clip_hi, rng)
+        if n == 1:  # the common case, in scalar arithmetic
+            k = _pick(w, rng)
+            u = rng.random()
+            if z[0, k] > 0:  # upper tail: S = Sb + u (Sa - Sb), x = loc - logit(S) / s
+                q = sf[1, k] + u * (sf[0, k] - sf[1, k])
+                zz = -_logit1(q)
+            else:
+                q = f[0, k] + u * (f[1, k] - f[0, k])
+                zz = _logit1(q)
+            x = float(loc[k]) + zz / float(s[k])
+            return min(max(x, a, clip_lo), b, clip_hi)
         ks = _pick_many(w, rng, n)
         u = rng.random(n)
-        za_k, zb_k = za[ks], zb[ks]
-        upper = za_k > 0
+        upper = z[0, ks] > 0
+        fa, fb, sa, sb = f[0, ks], f[1, ks], sf[0, ks], sf[1, ks]
         # lower side: F = Fa + u (Fb - Fa); upper side: S = Sb + u (Sa - Sb), S = 1 - F
-        fa, fb = _sigmoid(za_k), _sigmoid(zb_k)
-        sa, sb = _sigmoid(-za_k), _sigmoid(-zb_k)
-        z = np.where(upper, -_logit(sb + u * (sa - sb)), _logit(fa + u * (fb - fa)))
-        xs = loc[ks] + z / s[ks]
+        zz = np.where(upper, -_logit(sb + u * (sa - sb)), _logit(fa + u * (fb - fa)))
+        xs = loc[ks] + zz / s[ks]
     xs = np.clip(xs, max(a, clip_lo), min(b, clip_hi))
     if quantile is None:
         return float(xs[0])

@@ -24,83 +24,99 @@ import math
 
 import numpy as np
 
-from .constraints import N_I, Constraints, Soft, inst_mask, per_inst
+from .constraints import N_I, Soft
 from .held import HeldNotes
-from .support import MIN_GAP, Atom, Support, stratify
+from .support import MIN_GAP, Atom, Compiled, Support, stratify
 
 log = logging.getLogger(__name__)
 
 _NO_MD = (np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp), np.zeros(0))
+_NO_ROWS = np.zeros(N_I, dtype=bool)
+_NO_ROWS.setflags(write=False)
 
 
-def _forced(on: np.ndarray, off: np.ndarray, t0: float, vlo, vhi, user_vel,
+def _forced(on: np.ndarray | None, off: np.ndarray | None, comp: Compiled,
             why: str) -> Support:
-    atom = Atom(on, off, np.array([[t0, t0, 1.0]]))
+    atom = Atom(on, off, np.array([[comp.t0, comp.t0, 1.0]]))
     log.debug("forced event: %s", why)
-    return Support([atom], vlo, vhi, user_vel, {}, forced=why)
+    return Support([atom], comp.vlo, comp.vhi, comp.user_vel, forced=why)
 
 
-def apply_guards(cons: Constraints, held: HeldNotes, held_m: np.ndarray | None,
-                 on: np.ndarray, off: np.ndarray, pieces: np.ndarray, vlo: np.ndarray,
-                 vhi: np.ndarray, user_vel: np.ndarray, t0: float,
-                 names: list[str]) -> Support:
-    """Apply the guarantees and soft constraints to the hard support; see the module doc."""
-    ext = inst_mask(cons.external) if cons.external else np.zeros(N_I, dtype=bool)
+def apply_guards(comp: Compiled, held: HeldNotes, held_m: np.ndarray | None,
+                 on: np.ndarray, off: np.ndarray | None) -> Support:
+    """Apply the guarantees and soft constraints to the hard support; see the module doc.
+
+    ``on`` / ``off`` are the allowed cells given the held notes (``off`` is None when
+    nothing sounds).
+    """
+    cons = comp.cons
+    ext = comp.ext
     time_pens: list[tuple[float, float, str]] = []
     md_cells = _NO_MD
-    if held.count:
+    on_r = comp.on_static_r
+    off_r = _NO_ROWS
+    if off is not None:
         ii, pp = held.cells()
+        rows = np.flatnonzero(held.poly)
+        on_r = on_r.copy()
+        on_r[rows] = on[rows].any(1)
+        off_r = np.zeros(N_I, dtype=bool)
+        off_r[rows] = off[rows].any(1)
+    if comp.no_soft:
+        atom = Atom(on, off, comp.pieces, on_r=on_r, off_r=None if off is None else off_r)
+        return Support([atom], comp.vlo, comp.vhi, comp.user_vel)
+    if off is not None:
         nonext = ~ext[ii]
         ages = held.elapsed - held.onset[ii, pp]
-        remaining = per_inst(cons.max_duration, "max_duration", 0)[ii] - ages
+        remaining = comp.max_dur[ii] - ages
         stuck = nonext & (remaining <= max(float(cons.min_time), MIN_GAP))
         if stuck.any():
             k = int(np.argmin(np.where(stuck, remaining, math.inf)))
             f_off = np.zeros_like(off)
             f_off[ii[k], pp[k]] = True
-            return _forced(np.zeros_like(on), f_off, t0, vlo, vhi, user_vel,
-                           Soft.MAX_DUR.value)
+            return _forced(None, f_off, comp, Soft.MAX_DUR.value)
         if cons.time is None and nonext.any():
             deadline = float(remaining[nonext].min())
             if math.isfinite(deadline):
                 time_pens.append((deadline, cons.penalty_of(Soft.MAX_DUR), Soft.MAX_DUR.value))
-        min_d = per_inst(cons.min_duration, "min_duration", 0)[ii]
+        min_d = comp.min_dur[ii]
         young = nonext & (min_d - ages > MIN_GAP) & off[ii, pp]
         if young.any():
             md_cells = (ii[young], pp[young], (min_d - ages)[young])
     # -- polyphony -----------------------------------------------------------------------------
-    cand = (on.any(1) | off.any(1)) & ~ext
+    cand = (on_r | off_r) & ~ext
     poly = held.poly
-    maxp = per_inst(cons.max_polyphony, "max_polyphony", 0)
-    minp = per_inst(cons.min_polyphony, "min_polyphony", 0)
+    maxp, minp = comp.max_poly, comp.min_poly
     over = cand & (poly > maxp)
     if over.any():
         i = int(np.argmax(np.where(over, poly - maxp, -math.inf)))
-        row = off[i] if off[i].any() else held_m[i]  # type: ignore[index]
-        f_off = np.zeros_like(off)
+        row = off[i] if off_r[i] else held_m[i]  # type: ignore[index]
+        f_off = np.zeros_like(on)
         f_off[i] = row
-        return _forced(np.zeros_like(on), f_off, t0, vlo, vhi, user_vel,
-                       Soft.MAX_POLY.value)
-    under = cand & (poly < minp) & on.any(1)
+        return _forced(None, f_off, comp, Soft.MAX_POLY.value)
+    under = cand & (poly < minp) & on_r
     if under.any():
         i = int(np.argmax(under))
         f_on = np.zeros_like(on)
         f_on[i] = on[i]
-        return _forced(f_on, np.zeros_like(off), t0, vlo, vhi, user_vel, Soft.MIN_POLY.value)
+        return _forced(f_on, None, comp, Soft.MIN_POLY.value)
     pen_on = np.where(cand & (poly >= maxp), cons.penalty_of(Soft.MAX_POLY), 0.0)
     pen_off = np.where(cand & (poly <= minp), cons.penalty_of(Soft.MIN_POLY), 0.0)
     if cons.time is None and math.isfinite(float(cons.max_time)):
         time_pens.append((float(cons.max_time), cons.penalty_of(Soft.MAX_TIME),
                           Soft.MAX_TIME.value))
     # -- stratify ------------------------------------------------------------------------------
-    has_on_pen = bool(np.any(pen_on[on.any(1)] > 0))
-    has_off_pen = held.count > 0 and bool(np.any(pen_off[off.any(1)] > 0))
+    has_on_pen = bool(np.any(pen_on[on_r] > 0))
+    has_off_pen = bool(np.any(pen_off[off_r] > 0))
     if not (time_pens or md_cells[0].size or has_on_pen or has_off_pen):
-        return Support([Atom(on, off, pieces)], vlo, vhi, user_vel, {})
-    atoms, level, broken = stratify(on, off, pieces, pen_on, pen_off, time_pens, md_cells,
+        atom = Atom(on, off, comp.pieces, on_r=on_r, off_r=None if off is None else off_r)
+        return Support([atom], comp.vlo, comp.vhi, comp.user_vel)
+    if off is None:
+        off = np.zeros_like(on)
+    atoms, level, broken = stratify(on, off, comp.pieces, pen_on, pen_off, time_pens, md_cells,
                                     cons.penalty_of(Soft.MIN_DUR))
     if not atoms:  # cannot happen when the hard support is non-empty; kept as a safeguard
         raise RuntimeError("stratification lost the whole support")
     if broken:
         log.debug("breaking soft constraints %s (cost %g)", ", ".join(broken), level)
-    return Support(atoms, vlo, vhi, user_vel, {}, broken=broken)
+    return Support(atoms, comp.vlo, comp.vhi, comp.user_vel, broken=broken)

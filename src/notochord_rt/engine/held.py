@@ -15,35 +15,43 @@ from .constraints import N_I, N_P
 class HeldNotes:
     """Which (instrument, pitch) cells sound, since when, and the stream's elapsed time."""
 
-    __slots__ = ("onset", "poly", "elapsed", "count")
+    __slots__ = ("onset", "held", "poly", "elapsed", "_cells")
 
     def __init__(self) -> None:
         self.onset = np.full((N_I, N_P), np.nan)
+        self.held = np.zeros((N_I, N_P), dtype=bool)
         self.poly = np.zeros(N_I, dtype=np.int64)
         self.elapsed = 0.0
-        self.count = 0
+        self._cells: dict[tuple[int, int], None] = {}
+
+    @property
+    def count(self) -> int:
+        """Number of sounding notes."""
+        return len(self._cells)
 
     def clear(self) -> None:
         """Silence everything and reset elapsed time to 0."""
         self.onset.fill(np.nan)
+        self.held.fill(False)
         self.poly.fill(0)
         self.elapsed = 0.0
-        self.count = 0
+        self._cells.clear()
 
     def advance(self, dt: float) -> None:
         """Let ``dt`` seconds pass (ages every held note by ``dt``)."""
         self.elapsed += dt
 
     def is_held(self, inst: int, pitch: int) -> bool:
-        return not np.isnan(self.onset[inst, pitch])
+        return bool(self.held[inst, pitch])
 
     def note_on(self, inst: int, pitch: int) -> bool:
         """Start (or restart) a note now; return True if it was already sounding."""
         was = self.is_held(inst, pitch)
         self.onset[inst, pitch] = self.elapsed
         if not was:
+            self.held[inst, pitch] = True
             self.poly[inst] += 1
-            self.count += 1
+            self._cells[(inst, pitch)] = None
         return was
 
     def note_off(self, inst: int, pitch: int) -> bool:
@@ -51,20 +59,21 @@ class HeldNotes:
         if not self.is_held(inst, pitch):
             return False
         self.onset[inst, pitch] = np.nan
+        self.held[inst, pitch] = False
         self.poly[inst] -= 1
-        self.count -= 1
+        del self._cells[(inst, pitch)]
         return True
 
     def mask(self) -> np.ndarray:
-        """Boolean ``(321, 129)``: True where a note sounds."""
-        return ~np.isnan(self.onset)
+        """Boolean ``(321, 129)``: True where a note sounds (do not modify)."""
+        return self.held
 
     def cells(self) -> tuple[np.ndarray, np.ndarray]:
-        """Instrument and pitch index arrays of the held notes."""
-        if self.count == 0:
-            empty = np.zeros(0, dtype=np.intp)
-            return empty, empty
-        return np.nonzero(self.mask())
+        """Instrument and pitch index arrays of the held notes (in onset order)."""
+        n = len(self._cells)
+        flat = np.fromiter((c for cell in self._cells for c in cell), dtype=np.intp,
+                           count=2 * n)
+        return flat[0::2], flat[1::2]
 
     def age(self, inst: int, pitch: int) -> float:
         """Seconds since the note started (NaN if silent)."""
@@ -87,7 +96,8 @@ class HeldNotes:
     def copy(self) -> HeldNotes:
         h = HeldNotes.__new__(HeldNotes)
         h.onset = self.onset.copy()
+        h.held = self.held.copy()
         h.poly = self.poly.copy()
         h.elapsed = self.elapsed
-        h.count = self.count
+        h._cells = dict(self._cells)
         return h

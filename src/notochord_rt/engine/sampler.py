@@ -44,11 +44,18 @@ from .constraints import Constraints, check_order
 from .core import InferenceCore, ModuleCore
 from .held import HeldNotes
 from .subevents import draw_sub_event
-from .support import Support, build_support
+from .support import Compiled, Support, build_support, compile_constraints
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_CONSTRAINTS = Constraints()
+_DEFAULT: Compiled | None = None
+
+
+def _default_compiled() -> Compiled:
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = compile_constraints(Constraints())
+    return _DEFAULT
 
 
 @dataclass
@@ -280,32 +287,38 @@ class Notochord(NotochordNet):
         return self._ctx  # type: ignore[return-value]
 
     # -- sampling ------------------------------------------------------------------------------
-    def sample(self, constraints: Constraints | None = None, order: str | None = None, *,
+    def sample(self, constraints: Constraints | Compiled | None = None,
+               order: str | None = None, *,
                seed: int | None = None, generator: Any = None, predict_end: bool = True,
                return_params: bool = False) -> SampledEvent:
         """Sample the next event under ``constraints`` (does not feed it).
 
         ``order`` is a permutation of ``"iptv"`` or ``"random"`` (default: the constraints'
         order, else ``"vtip"``); values fixed by the constraints, or left with a single
-        possibility, are processed first. ``seed`` / ``generator`` make this call
-        reproducible without touching the stream's own generator.
+        possibility, are processed first. ``constraints`` may also be the result of
+        ``compile_constraints(c)``, which skips re-validating and re-building the parts
+        that do not depend on held notes when the same constraints are used repeatedly.
+        ``seed`` / ``generator`` make this call reproducible without touching the
+        stream's own generator.
         """
         self._ensure_started()
         if constraints is None:
-            cons = _DEFAULT_CONSTRAINTS
+            comp = _default_compiled()
         elif isinstance(constraints, Constraints):
-            cons = constraints.validate()
+            comp = compile_constraints(constraints)
+        elif isinstance(constraints, Compiled):
+            comp = constraints
         else:
             raise InputError(f"constraints must be a Constraints, got {type(constraints).__name__}")
         rng = _make_rng(seed, generator) or self._rng
-        order = check_order(order or cons.order or "vtip")
+        order = check_order(order or comp.cons.order or "vtip")
         if order == "random":
             order = "".join(np.array(list("iptv"))[rng.permutation(4)])
-        sup = build_support(cons, self._held)
+        sup = build_support(comp, self._held)
         sup.autoset()
-        return self._sample_support(sup, cons, order, rng, predict_end, return_params)
+        return self._sample_support(sup, comp, order, rng, predict_end, return_params)
 
-    def _sample_support(self, sup: Support, cons: Constraints, order: str,
+    def _sample_support(self, sup: Support, comp: Compiled, order: str,
                         rng: np.random.Generator, predict_end: bool,
                         return_params: bool) -> SampledEvent:
         core = self.core
@@ -323,7 +336,7 @@ class Notochord(NotochordNet):
                 out = core.head(m, ctx).detach().cpu().numpy().astype(np.float64)
                 if params is not None:
                     params[m] = out
-                value, logp[m] = draw_sub_event(m, out, sup, cons, rng, self.config)
+                value, logp[m] = draw_sub_event(m, out, sup, comp, rng, self.config)
                 sup.fix(m, value)
                 sup.autoset()
             done += m

@@ -18,15 +18,15 @@ import math
 import numpy as np
 
 from .. import events as ev
-from .constraints import N_I, Constraints
+from .constraints import Constraints
 from .draw import (
     categorical,
     log_softmax_at,
     mixture_log_prob,
-    mixture_mass,
     sample_mixture,
+    sample_pieces,
 )
-from .support import Support
+from .support import Compiled, Support
 
 _NO_QUANTILE = (0.0, 1.0)
 
@@ -39,28 +39,6 @@ def _quantile(q: tuple[float, float], steer: bool) -> tuple[float, float] | None
 def _steerable(sup: Support, cons: Constraints) -> bool:
     i = sup.fixed.get("i")
     return i is None or int(i) not in cons.external
-
-
-def _inst_log_weights(cons: Constraints) -> np.ndarray | None:
-    if not cons.inst_weights:
-        return None
-    lw = np.zeros(N_I)
-    for i, w in cons.inst_weights.items():
-        lw[int(i)] = math.log(w) if w > 0 else -math.inf
-    return lw
-
-
-def _pick_piece(masses: np.ndarray, weights: np.ndarray, rng: np.random.Generator) -> int:
-    w = masses * weights
-    if not w.sum() > 0:  # the model puts no (representable) mass anywhere allowed
-        w = weights.astype(np.float64)
-        if not w.sum() > 0:
-            w = np.ones(len(weights))
-    c = np.cumsum(w)
-    k = int(np.searchsorted(c, rng.random() * c[-1], side="right"))
-    if k >= len(w) or w[k] <= 0:
-        k = int(np.flatnonzero(w > 0)[-1])
-    return k
 
 
 def _time_bounds(lo: float, hi: float, t_lo: float, t_hi: float, res: float
@@ -77,20 +55,15 @@ def draw_time(mix: np.ndarray, sup: Support, cons: Constraints, rng: np.random.G
     t_lo, t_hi = config.time_bounds
     res = config.time_res
     pieces = sup.time_pieces()
-    if len(pieces) == 1:
-        k = 0
-    else:
-        bounds = [_time_bounds(lo, hi, t_lo, t_hi, res) for lo, hi, _ in pieces]
-        masses = np.array([mixture_mass(mix, a, b) for a, b in bounds])
-        k = _pick_piece(masses, pieces[:, 2], rng)
+    bounds = np.array([_time_bounds(lo, hi, t_lo, t_hi, res) for lo, hi, _ in pieces])
+    k, cm = sample_pieces(mix, bounds, pieces[:, 2], rng)
     lo, hi = float(pieces[k, 0]), float(pieces[k, 1])
     if lo == hi:
         return lo
-    a = -math.inf if lo <= t_lo else lo
-    b = math.inf if hi >= t_hi else hi
+    a, b = bounds[k]
     q = _quantile(cons.truncate_quantile_time, _steerable(sup, cons))
     return sample_mixture(mix, a, b, lo, hi, rng, top_p=cons.rhythm_temp,
-                          temp=cons.timing_temp, quantile=q)
+                          temp=cons.timing_temp, quantile=q, comp_mass=cm)
 
 
 def draw_vel(mix: np.ndarray, sup: Support, cons: Constraints, rng: np.random.Generator,
@@ -103,25 +76,23 @@ def draw_vel(mix: np.ndarray, sup: Support, cons: Constraints, rng: np.random.Ge
     for k_lo, k_hi, w in on:
         bounds.append((k_lo - 0.5, math.inf if k_hi >= v_hi else k_hi + 0.5))
         weights.append(w * w_on)
-    if len(bounds) == 1:
-        k = 0
-    else:
-        masses = np.array([mixture_mass(mix, a, b) for a, b in bounds])
-        k = _pick_piece(masses, np.array(weights), rng)
+    k, cm = sample_pieces(mix, np.array(bounds), np.array(weights), rng)
     if has_off and k == 0:
         return 0.0
     k_lo, k_hi, _ = on[k - 1 if has_off else k]
     a, b = bounds[k]
     q = _quantile(cons.truncate_quantile_vel, _steerable(sup, cons))
-    x = sample_mixture(mix, a, b, k_lo - 0.5, k_hi + 0.5, rng, top_p=cons.vel_temp, quantile=q)
+    x = sample_mixture(mix, a, b, k_lo - 0.5, k_hi + 0.5, rng, temp=cons.vel_temp, quantile=q,
+                       comp_mass=cm)
     return float(min(max(math.floor(x + 0.5), k_lo), k_hi))
 
 
-def draw_sub_event(m: str, out: np.ndarray, sup: Support, cons: Constraints,
+def draw_sub_event(m: str, out: np.ndarray, sup: Support, comp: Compiled,
                    rng: np.random.Generator, config) -> tuple[float, float]:
     """``(value, model log-probability of the value)`` for sub-event ``m``."""
+    cons = comp.cons
     if m == "i":
-        i = categorical(out, sup.marginal_inst(), rng, log_weights=_inst_log_weights(cons),
+        i = categorical(out, sup.marginal_inst(), rng, log_weights=comp.inst_log_weights,
                         top_p=cons.inst_temp)
         return i, log_softmax_at(out, i)
     if m == "p":

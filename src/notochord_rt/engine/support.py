@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import events as ev
 from ..errors import NoPossibleEvents
+from .atoms import Atom, Support
 from .constraints import (
     DEFAULT_ON,
     N_I,
@@ -45,177 +47,9 @@ log = logging.getLogger(__name__)
 
 MIN_GAP = 0.01  # seconds: the reference's 10 ms guard for durations
 _TOL = 1e-9
+__all__ = ["Atom", "Compiled", "Support", "build_support", "compile_constraints", "stratify"]
 _FULL_TIME = np.array([[ev.TIME_MIN, math.inf, 1.0]])
 _FULL_VEL = np.array([[1.0, ev.VEL_MAX, 1.0]])
-
-
-@dataclass
-class Atom:
-    """Cells allowed as note-on / note-off at the times in ``time`` (rows lo, hi, weight)."""
-
-    on: np.ndarray
-    off: np.ndarray
-    time: np.ndarray
-
-    def empty(self) -> bool:
-        return not (self.on.any() or self.off.any())
-
-
-class Support:
-    """The events still possible while one event is being sampled, sub-event by sub-event."""
-
-    def __init__(self, atoms: list[Atom], vlo: np.ndarray, vhi: np.ndarray,
-                 vel_ranges: np.ndarray, fixed: dict[str, float],
-                 broken: tuple[str, ...] = (), forced: str | None = None) -> None:
-        self.atoms = atoms
-        self.vlo = vlo
-        self.vhi = vhi
-        self.vel_ranges = vel_ranges
-        self.fixed = fixed
-        self.broken = broken
-        self.forced = forced
-
-    # -- marginals ----------------------------------------------------------------------------
-    def on_rows(self) -> np.ndarray:
-        out = self.atoms[0].on.any(1)
-        for a in self.atoms[1:]:
-            out |= a.on.any(1)
-        return out
-
-    def off_rows(self) -> np.ndarray:
-        out = self.atoms[0].off.any(1)
-        for a in self.atoms[1:]:
-            out |= a.off.any(1)
-        return out
-
-    def marginal_inst(self) -> np.ndarray:
-        """Boolean ``(321,)``: instruments of some remaining event."""
-        return self.on_rows() | self.off_rows()
-
-    def marginal_pitch(self) -> np.ndarray:
-        """Boolean ``(129,)``: pitches of some remaining event."""
-        out = np.zeros(N_P, dtype=bool)
-        for a in self.atoms:
-            out |= a.on.any(0)
-            out |= a.off.any(0)
-        return out
-
-    def time_pieces(self) -> np.ndarray:
-        """Disjoint ``(n, 3)`` time pieces ``[lo, hi, weight]`` of the remaining events."""
-        if len(self.atoms) == 1:
-            return self.atoms[0].time
-        return np.concatenate([a.time for a in self.atoms])
-
-    def vel_pieces(self) -> tuple[bool, np.ndarray]:
-        """``(note_off_possible, on)``; ``on`` = integer note-on ranges ``[k_lo, k_hi, w]``."""
-        rows = np.flatnonzero(self.on_rows())
-        has_off = bool(self.off_rows().any())
-        if rows.size == 0:
-            return has_off, np.zeros((0, 3))
-        lo, hi = self.vlo[rows], self.vhi[rows]
-        if lo.min() == lo.max() and hi.min() == hi.max():
-            pairs = np.array([[lo[0], hi[0]]])
-        else:
-            pairs = np.unique(np.stack((lo, hi), 1), axis=0)
-        return has_off, integer_ranges(pairs, self.vel_ranges)
-
-    # -- fixing values --------------------------------------------------------------------------
-    def _keep(self, atoms: list[Atom]) -> None:
-        self.atoms = [a for a in atoms if not a.empty()]
-
-    def fix_inst(self, i: int) -> None:
-        keep = np.zeros((N_I, 1), dtype=bool)
-        keep[i] = True
-        self._keep([Atom(a.on & keep, a.off & keep, a.time) for a in self.atoms])
-        self.fixed["i"] = i
-
-    def fix_pitch(self, p: int) -> None:
-        keep = np.zeros((1, N_P), dtype=bool)
-        keep[0, p] = True
-        self._keep([Atom(a.on & keep, a.off & keep, a.time) for a in self.atoms])
-        self.fixed["p"] = p
-
-    def fix_time(self, t: float) -> None:
-        atoms = []
-        for a in self.atoms:
-            inside = (a.time[:, 0] - _TOL <= t) & (t <= a.time[:, 1] + _TOL)
-            if inside.any():
-                w = a.time[inside, 2][:1]
-                atoms.append(Atom(a.on, a.off, np.array([[t, t, float(w[0])]])))
-        self._keep(atoms)
-        self.fixed["t"] = t
-
-    def fix_vel(self, v: float) -> None:
-        if v < ev.NOTE_ON_MIN_VEL:
-            self._keep([Atom(np.zeros_like(a.on), a.off, a.time) for a in self.atoms])
-        else:
-            ok = (self.vlo - _TOL <= v) & (v <= self.vhi + _TOL)
-            ok = ok[:, None]
-            self._keep([Atom(a.on & ok, np.zeros_like(a.off), a.time) for a in self.atoms])
-        self.fixed["v"] = v
-
-    def fix(self, sub: str, value: float) -> None:
-        {"i": self.fix_inst, "p": self.fix_pitch, "t": self.fix_time, "v": self.fix_vel}[sub](
-            value)
-
-    def autoset(self) -> list[str]:
-        """Fix every sub-event left with a single possible value; return those fixed."""
-        newly: list[str] = []
-        while self.atoms:
-            if "i" not in self.fixed:
-                m = np.flatnonzero(self.marginal_inst())
-                if m.size == 1:
-                    self.fix_inst(int(m[0]))
-                    newly.append("i")
-                    continue
-            if "p" not in self.fixed:
-                m = np.flatnonzero(self.marginal_pitch())
-                if m.size == 1:
-                    self.fix_pitch(int(m[0]))
-                    newly.append("p")
-                    continue
-            if "t" not in self.fixed:
-                pieces = self.time_pieces()
-                if len(pieces) == 1 and pieces[0, 0] == pieces[0, 1]:
-                    self.fix_time(float(pieces[0, 0]))
-                    newly.append("t")
-                    continue
-            if "v" not in self.fixed:
-                has_off, on = self.vel_pieces()
-                if len(on) == 0 and has_off:
-                    self.fix_vel(0.0)
-                    newly.append("v")
-                    continue
-                if not has_off and len(on) == 1 and on[0, 0] == on[0, 1]:
-                    self.fix_vel(float(on[0, 0]))
-                    newly.append("v")
-                    continue
-            break
-        return newly
-
-
-def integer_ranges(pairs: np.ndarray, user: np.ndarray) -> np.ndarray:
-    """Integer velocity ranges allowed by bounds ``pairs`` (n, 2) within ``user`` (m, 3)."""
-    k_lo = np.maximum(np.ceil(pairs[:, None, 0] - _TOL), np.ceil(user[None, :, 0] - _TOL))
-    k_hi = np.minimum(np.floor(pairs[:, None, 1] + _TOL), np.floor(user[None, :, 1] + _TOL))
-    k_lo = np.maximum(k_lo, 1.0)
-    k_hi = np.minimum(k_hi, ev.VEL_MAX)
-    w = np.broadcast_to(user[None, :, 2], k_lo.shape)
-    ok = (k_lo <= k_hi) & (w > 0)
-    if not ok.any():
-        return np.zeros((0, 3))
-    rows = np.stack((k_lo[ok], k_hi[ok], w[ok]), 1)
-    if len(rows) == 1:
-        return rows
-    rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]
-    merged = [rows[0].copy()]
-    for r in rows[1:]:
-        last = merged[-1]
-        if r[0] <= last[1] + 1 and r[2] == last[2]:
-            last[1] = max(last[1], r[1])
-        else:
-            merged.append(r.copy())
-    return np.array(merged)
 
 
 def _fail(why: str, names: list[str]) -> NoPossibleEvents:
@@ -223,59 +57,76 @@ def _fail(why: str, names: list[str]) -> NoPossibleEvents:
                             f"{', '.join(names) if names else 'held notes only'})")
 
 
-def build_support(cons: Constraints, held: HeldNotes) -> Support:
-    """The support of the next event under ``cons`` given the sounding notes ``held``.
+@dataclass
+class Compiled:
+    """The held-note-independent part of a :class:`Constraints`, computed once.
 
-    ``cons`` must be validated. Raises :class:`NoPossibleEvents` naming the constraints
-    that leave nothing possible.
+    ``on_static`` / ``off_static`` are the cells allowed as note-on / note-off before
+    held notes are considered (fixed values and velocity limits applied); ``pieces`` are
+    the hard time pieces; the per-instrument arrays are ``(321,)``. A snapshot: changing
+    the ``Constraints`` afterwards does not change it.
     """
+
+    cons: Constraints
+    on_static: np.ndarray
+    on_static_r: np.ndarray
+    off_static: np.ndarray
+    vlo: np.ndarray
+    vhi: np.ndarray
+    user_vel: np.ndarray
+    pieces: np.ndarray
+    t0: float
+    names: list[str]
+    ext: np.ndarray
+    max_dur: np.ndarray
+    min_dur: np.ndarray
+    max_poly: np.ndarray
+    min_poly: np.ndarray
+    inst_log_weights: np.ndarray | None
+    no_soft: bool = False
+    """True when no duration, polyphony or max_time limit can ever apply (fast path)."""
+
+
+def compile_constraints(cons: Constraints) -> Compiled:
+    """Validate ``cons`` and precompute everything that does not depend on held notes.
+
+    Raises :class:`~notochord_rt.errors.InputError` for bad fields and
+    :class:`NoPossibleEvents` when the hard constraints alone allow nothing.
+    """
+    cons.validate()
     names: list[str] = []
-    held_m = held.mask() if held.count else None
-    # -- note maps and held notes ----------------------------------------------------------
+    # -- note maps and fixed instrument / pitch ------------------------------------------------
     if cons.note_on_map is None:
         on = DEFAULT_ON.copy()
-        on_insts = None
+        off = DEFAULT_ON.copy() if cons.note_off_map is None else note_mask(cons.note_off_map)
     else:
-        on = note_mask(cons.note_on_map)
-        on_insts = inst_mask(cons.note_on_map.keys())
         names.append("note_on_map")
-    if held_m is None:
-        off = np.zeros((N_I, N_P), dtype=bool)
-    else:
-        on &= ~held_m
-        if cons.note_off_map is not None:
-            off = note_mask(cons.note_off_map) & held_m
-        elif on_insts is None:
-            off = held_m.copy()
+        on = note_mask(cons.note_on_map)
+        if cons.note_off_map is None:
+            rows = (on.any(1) if isinstance(cons.note_on_map, np.ndarray)
+                    else inst_mask(cons.note_on_map.keys()))
+            off = DEFAULT_ON & rows[:, None]
         else:
-            off = held_m & on_insts[:, None]
+            off = note_mask(cons.note_off_map)
     if cons.note_off_map is not None:
         names.append("note_off_map")
-    if cons.inst is not None:
-        keep = np.zeros((N_I, 1), dtype=bool)
-        keep[cons.inst] = True
-        on &= keep
-        off &= keep
-        names.append("inst")
-    if cons.pitch is not None:
-        keep = np.zeros((1, N_P), dtype=bool)
-        keep[0, cons.pitch] = True
-        on &= keep
-        off &= keep
-        names.append("pitch")
-    if not (on.any() or off.any()):
-        raise _fail("every allowed note-on is already sounding and no allowed note-off "
-                    "is sounding", names)
-    # -- velocity -------------------------------------------------------------------------
+    for name, value, shape in (("inst", cons.inst, (N_I, 1)), ("pitch", cons.pitch, (1, N_P))):
+        if value is not None:
+            keep = np.zeros(shape, dtype=bool)
+            keep[(int(value), 0) if shape[1] == 1 else (0, int(value))] = True
+            on &= keep
+            off &= keep
+            names.append(name)
+    # -- velocity ----------------------------------------------------------------------------
     vlo = np.maximum(per_inst(cons.min_vel, "min_vel"), ev.NOTE_ON_MIN_VEL)
     vhi = np.minimum(per_inst(cons.max_vel, "max_vel"), ev.VEL_MAX)
     user_vel = _FULL_VEL if cons.vel_ranges is None else intervals(cons.vel_ranges,
                                                                    "vel_ranges")
     if cons.vel_ranges is not None:
         names.append("vel_ranges")
-    if isinstance(cons.min_vel, dict) or cons.min_vel != 0.0:
+    if isinstance(cons.min_vel, Mapping) or cons.min_vel != 0.0:
         names.append("min_vel")
-    if isinstance(cons.max_vel, dict) or cons.max_vel != ev.VEL_MAX:
+    if isinstance(cons.max_vel, Mapping) or cons.max_vel != ev.VEL_MAX:
         names.append("max_vel")
     if cons.vel is not None:
         names.append("vel")
@@ -295,9 +146,7 @@ def build_support(cons: Constraints, held: HeldNotes) -> Support:
               & (user_vel[None, :, 2] > 0)).any(1)
         if not ok.all():
             on &= ok[:, None]
-    if not (on.any() or off.any()):
-        raise _fail("no velocity is allowed for any allowed note", names)
-    # -- time -------------------------------------------------------------------------------
+    # -- time ----------------------------------------------------------------------------------
     min_time = float(cons.min_time)
     if min_time > 0:
         names.append("min_time")
@@ -305,12 +154,12 @@ def build_support(cons: Constraints, held: HeldNotes) -> Support:
         names.append("time")
         t = float(cons.time)
         pieces = np.array([[t, t, 1.0]])
-        ok = t >= min_time - _TOL
+        ok_t = t >= min_time - _TOL
         if cons.time_ranges is not None:
             names.append("time_ranges")
             r = intervals(cons.time_ranges, "time_ranges")
-            ok &= bool(np.any((r[:, 0] - _TOL <= t) & (t <= r[:, 1] + _TOL) & (r[:, 2] > 0)))
-        if not ok:
+            ok_t &= bool(np.any((r[:, 0] - _TOL <= t) & (t <= r[:, 1] + _TOL) & (r[:, 2] > 0)))
+        if not ok_t:
             raise _fail(f"the fixed time {t} is outside min_time / time_ranges", names)
     else:
         base = _FULL_TIME if cons.time_ranges is None else intervals(cons.time_ranges,
@@ -323,11 +172,43 @@ def build_support(cons: Constraints, held: HeldNotes) -> Support:
         pieces = pieces[(pieces[:, 0] <= pieces[:, 1]) & (pieces[:, 2] > 0)]
         if len(pieces) == 0:
             raise _fail(f"no time in [{ev.TIME_MIN}, {ev.TIME_MAX}] s is allowed", names)
-    t0 = float(cons.time) if cons.time is not None else min_time
-    # -- guarantees: stuck notes and polyphony --------------------------------------------------
-    from .guards import apply_guards  # local: keeps this module's import graph flat
+    lw = None
+    if cons.inst_weights:
+        lw = np.zeros(N_I)
+        for i, w in cons.inst_weights.items():
+            lw[int(i)] = math.log(w) if w > 0 else -math.inf
+    max_dur = per_inst(cons.max_duration, "max_duration", 0)
+    min_dur = per_inst(cons.min_duration, "min_duration", 0)
+    max_poly = per_inst(cons.max_polyphony, "max_polyphony", 0)
+    min_poly = per_inst(cons.min_polyphony, "min_polyphony", 0)
+    no_soft = bool(np.all(np.isinf(max_dur)) and np.all(min_dur <= MIN_GAP)
+                   and np.all(max_poly >= ev.NUM_PITCHES) and np.all(min_poly <= 0)
+                   and math.isinf(float(cons.max_time)))
+    return Compiled(
+        cons, on, on.any(1), off, vlo, vhi, user_vel, pieces,
+        float(cons.time) if cons.time is not None else min_time, names,
+        inst_mask(cons.external) if cons.external else np.zeros(N_I, dtype=bool),
+        max_dur, min_dur, max_poly, min_poly, lw, no_soft)
 
-    return apply_guards(cons, held, held_m, on, off, pieces, vlo, vhi, user_vel, t0, names)
+
+def build_support(comp: Compiled, held: HeldNotes) -> Support:
+    """The support of the next event under compiled constraints, given the held notes.
+
+    Raises :class:`NoPossibleEvents` naming the constraints that leave nothing possible.
+    """
+    if held.count:
+        held_m = held.mask()
+        on = comp.on_static & ~held_m
+        off = comp.off_static & held_m
+    else:
+        held_m = None
+        on, off = comp.on_static, None
+    if not (on.any() or (off is not None and off.any())):
+        raise _fail("every allowed note-on is already sounding and no allowed note-off "
+                    "is sounding", comp.names)
+    from .guards import apply_guards  # local: guards builds on this module
+
+    return apply_guards(comp, held, held_m, on, off)
 
 
 def stratify(on: np.ndarray, off: np.ndarray, pieces: np.ndarray, pen_on: np.ndarray,
@@ -378,11 +259,8 @@ def stratify(on: np.ndarray, off: np.ndarray, pieces: np.ndarray, pen_on: np.nda
         if best > level + _TOL:
             continue
         a_on = on & (np.abs(pen_on + gk - level) <= _TOL)[:, None]
-        if off_pen is None:
-            a_off = np.zeros_like(off)
-        else:
-            a_off = np.abs(off_pen - level) <= _TOL
-        atom = Atom(a_on, a_off, pieces[idx])
+        a_off = np.zeros_like(off) if off_pen is None else np.abs(off_pen - level) <= _TOL
+        atom = Atom(a_on, a_off if off_pen is not None else None, pieces[idx])
         if atom.empty():
             continue
         atoms.append(atom)
