@@ -170,7 +170,11 @@ def _walk_track(data, p, stop, track, note_msgs, programs, tempos) -> int:
                 status = b
             elif b == 0xFF:  # meta: type, length, data
                 mtype = data[p]
-                p, length = _varlen(data, p + 1)
+                length = data[p + 1]
+                if length < 0x80:
+                    p += 2
+                else:
+                    p, length = _varlen(data, p + 1)
                 if mtype == 0x51 and length == 3:
                     tempos.append((tick, track, p, int.from_bytes(data[p : p + 3], "big")))
                 elif mtype == 0x2F:
