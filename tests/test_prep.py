@@ -292,3 +292,15 @@ def test_cli(corpus, tmp_path, capsys):
     assert summary["min_events"] == 4
     assert str(root / "good" / "short.mid") in stored(dest)  # 5 notes: 10 events
     assert cli_main(["prep", str(tmp_path / "missing"), "--out", str(dest)]) == 2
+    limited = tmp_path / "limited"
+    assert cli_main(["prep", str(root / "good"), "--out", str(limited), "--limit", "3"]) == 0
+    assert read_summary(limited)["files_seen"] == 3
+
+
+def test_empty_source_gives_empty_splits(tmp_path):
+    (tmp_path / "src").mkdir()
+    summary = prepare([tmp_path / "src"], tmp_path / "dest", jobs=1)
+    assert summary.files_seen == 0 and summary.events == 0
+    for split in SPLITS:
+        assert len(EventStore(tmp_path / "dest", split)) == 0
+    assert read_report(tmp_path / "dest") == []

@@ -78,6 +78,8 @@ class Ledger:
         self._pending_records: list[dict] = []
         self._pending_pieces: dict[str, EventArrays] = {}
         self._next = 0
+        for tmp in self.folder.glob(".chunk-*.tmp"):  # left by a run killed while writing
+            tmp.unlink(missing_ok=True)
         for path in sorted(self.folder.glob("chunk-*.npz")):
             self._next = max(self._next, int(path.stem.split("-")[1]) + 1)
             self._load_chunk(path)
