@@ -148,9 +148,11 @@ class Constraints:
             ("max_duration", 0, math.inf),
         ):
             per_inst(getattr(self, name), name, lo, hi)
+        soft_names = {s.value for s in Soft}
         for k, v in self.penalty.items():
-            if Soft(k) not in DEFAULT_PENALTY:
-                raise InputError(f"penalty has an unknown key {k!r}")
+            if not (isinstance(k, Soft) or k in soft_names):
+                raise InputError(f"penalty has an unknown key {k!r} (known: "
+                                 f"{', '.join(sorted(soft_names))})")
             _check_number(v, f"penalty[{Soft(k).value}]", 0.0, math.inf, allow_inf=False)
         for name in ("inst_temp", "pitch_temp", "rhythm_temp", "timing_temp", "vel_temp"):
             _check_number(getattr(self, name), name, 0.0, math.inf, allow_inf=False)
