@@ -255,3 +255,20 @@ def test_music21_bad_file_is_skipped_with_a_reason(tmp_path):
     assert result["written"] == [] and len(result["skipped"]) == 1
     assert result["skipped"][0]["index"] is None and result["skipped"][0]["reason"]
     assert not (tmp_path / "out").exists()
+
+
+@needs_music21
+def test_music21_time_limit_works_in_workers_and_a_larger_limit_retries(tmp_path):
+    # 1 ms is far less than any parse takes, so every file must hit the limit.
+    first = corpus.build(tmp_path, ["music21"], limit=2, jobs=2, time_limit_s=0.001)
+    section = first["sources"]["music21"]
+    assert section["written"] == 0 and len(section["skipped"]) == 2
+    assert all("ScoreTimeout" in s["reason"] for s in section["skipped"])
+    assert midi_files(tmp_path / "music21") == []
+    # the same limit again: the timeouts are remembered, not retried
+    same = corpus.build(tmp_path, ["music21"], limit=2, jobs=1, time_limit_s=0.001)
+    assert same["sources"]["music21"]["skipped"] == section["skipped"]
+    # a larger limit: the files are tried again and written
+    larger = corpus.build(tmp_path, ["music21"], limit=2, jobs=1, time_limit_s=120)
+    assert larger["sources"]["music21"]["skipped"] == []
+    assert larger["sources"]["music21"]["written"] == len(midi_files(tmp_path / "music21")) >= 2
