@@ -561,3 +561,35 @@ def test_varlen_helper_matches_the_reader():
         data = one_track((value, note_on(0, 60)), (value + 1, note_off(0, 60)), tpq=30000)
         assert varlen(value)[-1] < 0x80
         assert load_midi(data).events.time[0] == pytest.approx(value / 30000 * 0.5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
+       st.integers(0, 10_000))
+def test_property_damaged_files_give_events_or_a_midi_error(flips, cut):
+    data = bytearray(simple_song(ticks_per_beat=96, drums=False))
+    for at, value in flips:
+        data[at % len(data)] = value
+    data = bytes(data[: max(cut, len(data) // 3)])
+    try:
+        r = load_midi(data)
+    except MidiError as e:
+        assert str(e)
+        return
+    notes_of(r.events)
+    assert_sorted(r.events)
+    assert np.isfinite(r.events.time).all() and (r.events.time >= 0).all()
+
+
+def test_export_of_nothing_reads_back_as_no_notes():
+    data = midi_bytes(ev.EventArrays.empty())
+    with pytest.raises(MidiError, match="no notes"):
+        load_midi(data)
+
+
+def test_merge_false_separates_drum_parts_too():
+    a = notes_track([(0, 100, 36, 90)], channel=9)
+    b = notes_track([(200, 100, 38, 90)], channel=9)
+    assert [p.inst for p in load_midi(write_midi_bytes([a, b])).parts] == [129, 129]
+    apart = load_midi(write_midi_bytes([a, b]), merge=False)
+    assert [p.inst for p in apart.parts] == [ev.STANDARD_KIT, ev.FIRST_ANON_DRUM]

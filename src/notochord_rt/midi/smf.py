@@ -180,14 +180,10 @@ def _walk_track(data, p, stop, track, note_msgs, programs, tempos) -> int:
                 elif mtype == 0x2F:
                     return tick
                 p += length
-                if p > stop:
-                    raise _Cut("a meta event runs past the end of the track")
                 continue
             elif b == 0xF0 or b == 0xF7:  # sysex: length, data
                 p, length = _varlen(data, p)
                 p += length
-                if p > stop:
-                    raise _Cut("a sysex event runs past the end of the track")
                 continue
             else:
                 raise _Bad(f"status byte 0x{b:02X} is not allowed in a MIDI file")
@@ -202,8 +198,8 @@ def _walk_track(data, p, stop, track, note_msgs, programs, tempos) -> int:
             if status < 0xD0:
                 programs.append((tick, track, p, status & 15, data[p] & 0x7F))
             p += 1
-        if p > stop:
-            raise _Cut("a message runs past the end of the track")
+    if p > stop:  # only the last message can overrun: the loop stops at the chunk's end
+        raise _Cut("its last message runs past the end of the track")
     return tick
 
 
