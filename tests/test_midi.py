@@ -527,6 +527,10 @@ def test_bad_events_raise_input_error(events, match):
 
 def test_bad_export_settings_raise_input_error():
     events = ev.EventArrays.build([1, 1], [60, 60], [0.0, 1.0], [80, 0])
+    with pytest.raises(InputError, match="too long"):
+        midi_bytes(ev.EventArrays.build([1, 1], [60, 60], [0.0, 1e6], [80, 0]))
+    with pytest.raises(InputError, match="max_note_seconds"):
+        load_midi(simple_song(), max_note_seconds=0)
     with pytest.raises(InputError, match="ticks_per_beat"):
         midi_bytes(events, ticks_per_beat=0)
     with pytest.raises(InputError, match="tempo_bpm"):

@@ -49,6 +49,7 @@ from .ingest import repair_overlaps
 log = logging.getLogger(__name__)
 
 MELODIC_CHANNELS = tuple(c for c in range(16) if c != ev.DRUM_CHANNEL)
+MAX_TICK = (1 << 28) - 1  # the largest delta a MIDI variable-length number holds
 
 
 @dataclass
@@ -100,6 +101,9 @@ def _pair(arrays: ev.EventArrays, ticks_per_second: float) -> _Notes:
     """Pair note-ons with note-offs per (inst, pitch) and convert to ticks."""
     inst = arrays.inst.astype(np.int64)
     pitch = arrays.pitch.astype(np.int64)
+    if len(arrays) and arrays.time.max() * ticks_per_second > MAX_TICK:
+        raise InputError(f"events last {arrays.time.max():.0f} s: too long for a MIDI file at "
+                         f"{ticks_per_second:g} ticks per second")
     ticks = np.rint(arrays.time * ticks_per_second).astype(np.int64)
     on = arrays.vel > 0
     key = inst * 128 + pitch
@@ -111,7 +115,8 @@ def _pair(arrays: ev.EventArrays, ticks_per_second: float) -> _Notes:
     nxt = o[np.minimum(starts + 1, len(o) - 1)]
     end = np.where(same_next[starts], ticks[nxt], ticks.max() if len(ticks) else 0)
     on_o = on[o]
-    dropped = int((~on_o[1:] & ~(on_o[:-1] & (k[1:] == k[:-1]))).sum() + (len(o) and ~on_o[0]))
+    after_on = np.concatenate([[False], on_o[:-1] & (k[1:] == k[:-1])])
+    dropped = int((~on_o & ~after_on).sum())  # note-offs of silent pitches
     if dropped:
         log.debug("dropped %d note-offs of silent pitches", dropped)
     keep, start, end, _, _ = repair_overlaps(inst[first], pitch[first], ticks[first], end)

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import events as ev
-from ..errors import MidiError
+from ..errors import InputError, MidiError
 from .smf import CHAN, DUP, END, PITCH, SEQ, START, TRACK, UNENDED, VEL, SmfNotes, read_smf
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,6 @@ log = logging.getLogger(__name__)
 DEFAULT_TEMPO_US = 500_000  # 120 bpm, the SMF default
 MAX_PIECE_SECONDS = 6 * 3600.0
 MAX_NOTE_SECONDS = 60.0
-
 
 
 @dataclass(frozen=True)
@@ -122,6 +121,8 @@ def load_midi(
     Raises :class:`~notochord_rt.errors.MidiError` (with the reason) for any file that
     cannot be turned into events. See the module docstring for the rules.
     """
+    if not max_note_seconds > 0:
+        raise InputError(f"max_note_seconds must be > 0, got {max_note_seconds!r}")
     raw = read_smf(_read_source(source))
     if not len(raw.notes):
         raise MidiError("no notes")
