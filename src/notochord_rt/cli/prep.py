@@ -25,14 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-mb", type=float, default=64.0,
                         help="report bigger files as too large (default 64 MB)")
     parser.add_argument("--max-hours", type=float, default=6.0,
-                        help="report longer pieces as too long (default 6 h)")
+                        help="report longer pieces as too long (default and most: 6 h)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="try again files that crashed, timed out or could not be read")
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     from tqdm import tqdm
 
     from ..data.prep import prepare
@@ -54,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     for line in summary.lines():
         print(line)  # noqa: T201 - the CLI's output
-    print(f"wrote {args.out}/{{train,valid,test}}, summary.json, report.json", file=sys.stdout)  # noqa: T201
+    print(f"wrote {args.out}/{{train,valid,test}}, summary.json, report.json")  # noqa: T201
     return 0

@@ -139,10 +139,11 @@ def prepare(
 
     ``jobs`` worker processes (default: CPU count) each parse one file at a time, with
     ``timeout`` seconds per file. Files bigger than ``max_bytes`` or longer than
-    ``max_hours`` and pieces with fewer than ``min_events`` events are reported, not
-    stored. ``limit`` keeps only the first that many files found. ``loader`` names another
-    ingest function as ``"module:function"`` (a seam for tests and benchmarks). Returns the
-    summary that is also written to ``dest/summary.json``.
+    ``max_hours`` (the ingest itself refuses pieces over 6 h) and pieces with fewer than
+    ``min_events`` events are reported, not stored. ``limit`` keeps only the first that
+    many files found. ``loader`` names another ingest function as ``"module:function"`` (a
+    seam for tests and benchmarks). Returns the summary that is also written to
+    ``dest/summary.json``.
     """
     if min_events < 0:
         raise UserError(f"--min-events must be 0 or more, got {min_events}")
@@ -152,6 +153,9 @@ def prepare(
         raise UserError(f"--limit must be 0 or more, got {limit}")
     if timeout <= 0:
         raise UserError(f"the per-file timeout must be positive, got {timeout}")
+    if max_bytes <= 0 or max_hours <= 0:
+        raise UserError(f"size and duration limits must be positive, got {max_bytes} bytes, "
+                        f"{max_hours} hours")
     started, cpu_started, worker_cpu = time.monotonic(), time.process_time(), 0.0
     files, not_files = discover(sources)
     if limit is not None:
