@@ -247,9 +247,9 @@ def _finalize(dest, ledger, files, not_files, records, min_events) -> PrepSummar
     summary = PrepSummary(dest=str(dest), min_events=min_events,
                           split_fractions={"valid": VALID_FRACTION, "test": TEST_FRACTION})
     hist = InstrumentHistogram()
+    pieces = ledger.load_pieces([rec["hash"] for s in SPLITS for _, rec in chosen[s]])
     for split in SPLITS:
         entries = chosen[split]
-        pieces = ledger.load_pieces([rec["hash"] for _, rec in entries])
         write_split(
             dest, split, [pieces[rec["hash"]] for _, rec in entries],
             [{"path": p, "hash": rec["hash"], "events": rec["events"], "seconds": rec["seconds"]}

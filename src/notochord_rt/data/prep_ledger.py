@@ -149,7 +149,7 @@ class Ledger:
         empty = EventArrays.empty()
         for k, name in enumerate(COLUMNS):
             parts = [p[k] for p in pieces] or [empty[k]]
-            arrays[name] = np.concatenate(parts).astype(empty[k].dtype)
+            arrays[name] = np.concatenate(parts, dtype=empty[k].dtype)
         path = self.folder / f"chunk-{self._next:06d}.npz"
         tmp = self.folder / f".chunk-{self._next:06d}.tmp"
         with open(tmp, "wb") as f:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import selectors
 import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -137,56 +138,80 @@ class SupervisedPool:
 
     def run(self, tasks: Iterable[Any]) -> Iterator[TaskOutcome]:
         pending = deque(tasks)
-        while pending or any(w.tasks for w in self.workers):
-            while pending and len(self.workers) < self.jobs:
-                self.workers.append(_Worker(self.ctx, self.func, self.config))
-            for worker in self.workers:
-                while pending and len(worker.tasks) < self.prefetch:
-                    worker.assign(pending.popleft())
-            busy = [w for w in self.workers if w.tasks]
-            deadline = min(w.started + self.timeout for w in busy)
-            handles = [w.conn for w in busy] + [w.process.sentinel for w in busy]
-            ready = set(wait(handles, timeout=max(0.0, deadline - time.monotonic())))
-            for worker in busy:
-                outcomes, dead = self._collect(worker, ready)
-                if dead:
-                    pending.extendleft(reversed(worker.tasks))  # not started: try elsewhere
-                    worker.tasks.clear()
-                    worker.kill()
-                    self.workers.remove(worker)
-                yield from outcomes
+        selector = selectors.DefaultSelector()  # one poll set for the whole run
+        for worker in self.workers:
+            self._watch(selector, worker)
+        try:
+            while pending or any(w.tasks for w in self.workers):
+                while pending and len(self.workers) < self.jobs:
+                    worker = _Worker(self.ctx, self.func, self.config)
+                    self.workers.append(worker)
+                    self._watch(selector, worker)
+                for worker in self.workers:
+                    while pending and len(worker.tasks) < self.prefetch:
+                        worker.assign(pending.popleft())
+                deadline = min(w.started + self.timeout for w in self.workers if w.tasks)
+                ready = {key.data for key, _ in
+                         selector.select(max(0.0, deadline - time.monotonic()))}
+                for worker in list(self.workers):
+                    outcomes, dead = self._collect(
+                        worker, (worker, "result") in ready, (worker, "exit") in ready
+                    )
+                    if dead:
+                        pending.extendleft(reversed(worker.tasks))  # not started: elsewhere
+                        worker.tasks.clear()
+                        selector.unregister(worker.conn)
+                        selector.unregister(worker.process.sentinel)
+                        worker.kill()
+                        self.workers.remove(worker)
+                    yield from outcomes
+        finally:
+            selector.close()
 
-    def _collect(self, worker: _Worker, ready: set) -> tuple[list[TaskOutcome], bool]:
-        """Outcomes ``worker`` has now, and whether it is dead (or must be killed)."""
-        out: list[TaskOutcome] = []
-        if worker.conn in ready or worker.process.sentinel in ready:
-            broken = False
+    @staticmethod
+    def _watch(selector: selectors.BaseSelector, worker: _Worker) -> None:
+        selector.register(worker.conn, selectors.EVENT_READ, (worker, "result"))
+        selector.register(worker.process.sentinel, selectors.EVENT_READ, (worker, "exit"))
+
+    def _collect(
+        self, worker: _Worker, has_result: bool, exited: bool
+    ) -> tuple[list[TaskOutcome], bool]:
+        """The outcome ``worker`` has now (at most one), and whether it is dead or must be.
+
+        Results are read before an exit is believed: a worker that died after sending
+        some results has them all counted, and its death is blamed on the next task.
+        """
+        if has_result:
             try:
-                while worker.tasks and worker.conn.poll():
-                    kind, value, cpu = worker.conn.recv()
-                    self.cpu_seconds += cpu
-                    task = worker.tasks.popleft()
-                    worker.started = time.monotonic()
-                    if kind == "done":
-                        out.append(TaskOutcome(task, "done", value))
-                    else:
-                        log.warning("worker raised on %r: %s", task, value)
-                        out.append(TaskOutcome(task, "crash", detail=f"worker raised {value}"))
+                kind, value, cpu = worker.conn.recv()
             except (EOFError, OSError):
-                broken = True
-            if broken or not worker.process.is_alive():
-                worker.process.join(1)
-                if worker.tasks:
-                    task = worker.tasks.popleft()
-                    detail = describe_exit(worker.process.exitcode)
-                    out.append(TaskOutcome(task, "crash", detail=detail))
-                return out, True
+                return self._died(worker), True
+            self.cpu_seconds += cpu
+            task = worker.tasks.popleft()
+            worker.started = time.monotonic()
+            if kind == "done":
+                return [TaskOutcome(task, "done", value)], False
+            log.warning("worker raised on %r: %s", task, value)
+            return [TaskOutcome(task, "crash", detail=f"worker raised {value}")], False
+        if exited:
+            if worker.conn.poll():
+                return [], False  # read what it sent first
+            return self._died(worker), True
         elapsed = time.monotonic() - worker.started
         if worker.tasks and elapsed >= self.timeout:
             task = worker.tasks.popleft()
-            out.append(TaskOutcome(task, "timeout", detail=f"no result after {elapsed:.0f} s"))
-            return out, True
-        return out, False
+            return [TaskOutcome(task, "timeout", detail=f"no result after {elapsed:.0f} s")], True
+        return [], False
+
+    @staticmethod
+    def _died(worker: _Worker) -> list[TaskOutcome]:
+        """The crash outcome of a dead worker's current task (none if it was idle)."""
+        worker.process.join(1)
+        detail = describe_exit(worker.process.exitcode)
+        if not worker.tasks:
+            log.warning("an idle worker died (%s)", detail)
+            return []
+        return [TaskOutcome(worker.tasks.popleft(), "crash", detail=detail)]
 
     def close(self) -> None:
         """Stop every worker now (tasks in flight are abandoned)."""
