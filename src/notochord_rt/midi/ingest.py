@@ -50,7 +50,9 @@ Zero-length notes
 Time
     Ticks become seconds through the tempo map of all tracks (default 120 bpm), computed
     with a vectorised search, so tens of thousands of tempo changes cost microseconds.
-    A tempo of 0 µs per quarter is ignored (logged). A piece longer than
+    A tempo of 0 µs per quarter is ignored (logged); other tempi are used as written
+    (seconds per tick depend on the division too, so no bpm is "absurd" on its own;
+    ``stats["min_bpm"]``/``["max_bpm"]`` let callers filter). A piece longer than
     :data:`MAX_PIECE_SECONDS` raises ``MidiError("too long ...")``; a file without notes
     raises ``MidiError("no notes")``.
 """
