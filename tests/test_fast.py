@@ -188,6 +188,20 @@ def test_packed_linear_all_precisions():
     assert "fp32" in available_precisions()
 
 
+def test_int8_worst_case_does_not_saturate():
+    """Every activation and weight at its maximum: the int8 kernel must still add up right."""
+    if "int8" not in available_precisions():
+        pytest.skip("no int8 kernels in this torch build")
+    n = 512
+    w = torch.cat([torch.ones(4, n), -torch.ones(4, n)])
+    lin = PackedLinear(w, None, "int8")
+    y = lin(torch.ones(1, n))
+    torch.testing.assert_close(y, torch.tensor([[n] * 4 + [-n] * 4], dtype=torch.float32),
+                               rtol=1e-2, atol=0.0)
+    y = lin(torch.linspace(-3, 5, n)[None])
+    torch.testing.assert_close(y, torch.linspace(-3, 5, n)[None] @ w.t(), rtol=2e-2, atol=2.0)
+
+
 def test_sampler_with_fast_core_matches_module_core():
     from notochord_rt.engine.sampler import Notochord
 

@@ -37,9 +37,7 @@ from .fast import FastCore
 from .held import HeldNotes
 from .sampler import SampledEvent, _check_feed
 from .subevents import draw_sub_event
-from .support import Support, build_support
-
-_DEFAULT = Constraints()
+from .support import Compiled, Support, build_support, compile_constraints
 
 
 def _rngs(seed: Any, n: int) -> list[np.random.Generator]:
@@ -76,6 +74,7 @@ class Streams:
         self._rngs = _rngs(seed, self.n)
         self._held = [HeldNotes() for _ in range(self.n)]
         self.step_count = np.zeros(self.n, dtype=np.int64)
+        self._default: Compiled | None = None
         with torch.inference_mode():
             self._state = self.core.initial_state_batch(self.n)
             self._start(np.arange(self.n))
@@ -174,20 +173,22 @@ class Streams:
         self.feed(idx, *zip(*((e.inst, e.pitch, e.time, e.vel) for e in events)))
 
     # -- sampling ------------------------------------------------------------------------
-    def sample(self, constraints: Constraints | Sequence[Constraints | None] | None = None,
+    def sample(self, constraints: Constraints | Compiled | Sequence[Constraints | Compiled | None]
+               | None = None,
                idx: Any = None, order: str | None = None, predict_end: bool = True,
                return_params: bool = False) -> list[SampledEvent]:
         """Sample the next event of each stream in ``idx`` (default all), without feeding.
 
         ``constraints`` is one :class:`Constraints` for every stream or a list with one per
-        stream (``None`` = unconstrained). Each stream samples from its own support with
-        its own generator; ``order`` as in ``Notochord.sample``.
+        stream (``None`` = unconstrained); ``compile_constraints(c)`` results are accepted
+        too and skip re-validation. Each stream samples from its own support with its own
+        generator; ``order`` as in ``Notochord.sample``.
         """
         idx = self._index(idx)
         cons = self._constraints(constraints, len(idx))
         orders, sups = [], []
         for k, c in zip(idx, cons):
-            o = check_order(order or c.order or "vtip")
+            o = check_order(order or c.cons.order or "vtip")
             if o == "random":
                 o = "".join(np.array(list("iptv"))[self._rngs[k].permutation(4)])
             orders.append(o)
@@ -209,20 +210,30 @@ class Streams:
                 sup.forced, params[j] if return_params else None))
         return out
 
-    def _constraints(self, constraints, k: int) -> list[Constraints]:
-        if constraints is None or isinstance(constraints, Constraints):
-            c = _DEFAULT if constraints is None else constraints.validate()
-            return [c] * k
+    def _constraints(self, constraints, k: int) -> list[Compiled]:
+        """One compiled constraint set per stream; each distinct object compiled once."""
+        if constraints is None or isinstance(constraints, (Constraints, Compiled)):
+            return [self._compile(constraints, {})] * k
         cons = list(constraints)
         if len(cons) != k:
             raise InputError(f"constraints: expected {k} (one per stream), got {len(cons)}")
-        for c in cons:
-            if c is not None and not isinstance(c, Constraints):
-                raise InputError(f"constraints must be Constraints or None, got "
-                                 f"{type(c).__name__}")
-        return [_DEFAULT if c is None else c.validate() for c in cons]
+        seen: dict[int, Compiled] = {}
+        return [self._compile(c, seen) for c in cons]
 
-    def _draw_all(self, idx: np.ndarray, ctx: Tensor, cons: list[Constraints],
+    def _compile(self, c, seen: dict[int, Compiled]) -> Compiled:
+        if c is None:
+            if self._default is None:
+                self._default = compile_constraints(Constraints())
+            return self._default
+        if isinstance(c, Compiled):
+            return c
+        if not isinstance(c, Constraints):
+            raise InputError(f"constraints must be Constraints or None, got {type(c).__name__}")
+        if id(c) not in seen:
+            seen[id(c)] = compile_constraints(c)
+        return seen[id(c)]
+
+    def _draw_all(self, idx: np.ndarray, ctx: Tensor, cons: list[Compiled],
                   orders: list[str], sups: list[Support], return_params: bool):
         """Four rounds: per stream pick the next sub-event, batch the heads, draw, embed."""
         k = len(idx)
