@@ -1,0 +1,359 @@
+"""Property tests of the sampler's guarantees, and sampling frequencies vs the model.
+
+Guarantees (random constraint sets, held-note states and orders, a tiny random model):
+no note-on for a sounding note, no note-off for a silent one, finite times, hard
+constraints hold unless a guarantee forced the event, overdue notes are released, a soft
+constraint is only broken when the event says so, impossible requests are really
+impossible. ``NOTOCHORD_PROPERTY_EVENTS`` sets the total number of sampled events
+(default 20 000; CI runs the 100 000 of the spec with ``-m slow`` settings).
+
+Frequencies: chi-square tests (scipy) of sampled pitches / velocity ranges / time ranges
+against the probabilities computed independently with the network's own ``score`` and
+mixture ``mass`` (not the sampler's code).
+"""
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from notochord_rt import events as ev
+from notochord_rt.engine.constraints import Constraints, per_inst
+from notochord_rt.engine.sampler import Notochord
+from notochord_rt.engine.support import MIN_GAP, compile_constraints
+from notochord_rt.errors import NoPossibleEvents
+
+scipy_stats = pytest.importorskip("scipy.stats")
+
+TINY = {"emb_size": 16, "rnn_hidden": 32, "rnn_layers": 1, "mlp_layers": 1, "dropout": 0.0}
+TOTAL_EVENTS = int(os.environ.get("NOTOCHORD_PROPERTY_EVENTS", "20000"))
+EXAMPLES = 40
+EVENTS_PER_EXAMPLE = max(50, TOTAL_EVENTS // EXAMPLES)
+INSTS = [1, 2, 41, 129, 257, 300]  # melodic, drum kit, anonymous melodic and drum
+EPS = 1e-9
+
+_MODEL: Notochord | None = None
+
+
+def tiny_model() -> Notochord:
+    global _MODEL
+    if _MODEL is None:
+        torch.manual_seed(1)
+        m = Notochord(**TINY, seed=0)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.normal_(0.0, 0.5)
+        _MODEL = m
+    _MODEL.reset(seed=0)
+    return _MODEL
+
+
+# -- strategies -----------------------------------------------------------------------------
+def pitch_sets():
+    return st.one_of(
+        st.builds(lambda lo, n: list(range(lo, lo + n)), st.integers(30, 90), st.integers(1, 12)),
+        st.lists(st.integers(0, 127), min_size=1, max_size=6, unique=True),
+    )
+
+
+@st.composite
+def constraint_sets(draw):
+    kw = {}
+    if draw(st.booleans()):
+        insts = draw(st.lists(st.sampled_from(INSTS), min_size=1, max_size=4, unique=True))
+        kw["note_on_map"] = {i: draw(pitch_sets()) for i in insts}
+    if draw(st.integers(0, 4)) == 0:
+        kw["note_off_map"] = draw(st.sampled_from([{}, {1: list(range(128))}]))
+    if draw(st.booleans()):
+        kw["max_polyphony"] = draw(st.one_of(st.integers(0, 4),
+                                             st.just({1: 1, 2: 2, 129: 3})))
+    if draw(st.integers(0, 3)) == 0:
+        kw["min_polyphony"] = draw(st.integers(0, 2))
+    if draw(st.booleans()):
+        kw["max_duration"] = draw(st.one_of(st.floats(0.05, 3.0), st.just({1: 0.5})))
+    if draw(st.booleans()):
+        kw["min_duration"] = draw(st.floats(0.0, 0.6))
+    if draw(st.booleans()):
+        kw["min_time"] = draw(st.floats(0.0, 0.3))
+    if draw(st.booleans()):
+        kw["max_time"] = draw(st.floats(0.0, 2.0))
+    if draw(st.integers(0, 3)) == 0:
+        kw["time_ranges"] = draw(st.sampled_from([[(0.0, 0.1), (0.5, 1.0, 2.0)],
+                                                  [(0.2, 0.4)], [(0.0, 0.0), (1.0, 3.0)]]))
+    if draw(st.integers(0, 3)) == 0:
+        kw["vel_ranges"] = draw(st.sampled_from([[(20, 40)], [(1, 10, 0.2), (100, 127)]]))
+    if draw(st.integers(0, 3)) == 0:
+        kw["min_vel"], kw["max_vel"] = draw(st.sampled_from([(30, 90), (0, 60), (64, 64)]))
+    if draw(st.integers(0, 4)) == 0:
+        kw["external"] = {draw(st.sampled_from(INSTS))}
+    if draw(st.integers(0, 4)) == 0:
+        kw["inst_weights"] = {draw(st.sampled_from(INSTS)): draw(st.floats(0.0, 5.0))}
+    kw["pitch_temp"] = draw(st.sampled_from([1.0, 0.9, 2.0]))
+    kw["rhythm_temp"] = draw(st.sampled_from([1.0, 0.5]))
+    kw["timing_temp"] = draw(st.sampled_from([1.0, 0.5, 0.0]))
+    kw["truncate_quantile_time"] = draw(st.sampled_from([(0.0, 1.0), (0.2, 0.8)]))
+    kw["truncate_quantile_pitch"] = draw(st.sampled_from([(0.0, 1.0), (0.1, 0.6)]))
+    kw["steer_density"] = draw(st.sampled_from([0.5, 0.1, 0.9, None]))
+    return Constraints(**kw)
+
+
+orders = st.one_of(st.just("random"), st.permutations("iptv").map("".join))
+
+
+# -- an independent check of each sampled event ---------------------------------------------
+class Checker:
+    """Checks events against constraints with plain Python (no support masks)."""
+
+    def __init__(self, cons: Constraints) -> None:
+        self.c = cons
+        self.max_dur = per_inst(cons.max_duration, "max_duration", 0)
+        self.min_dur = per_inst(cons.min_duration, "min_duration", 0)
+        self.max_poly = per_inst(cons.max_polyphony, "max_polyphony", 0)
+        self.min_vel = per_inst(cons.min_vel, "min_vel")
+        self.max_vel = per_inst(cons.max_vel, "max_vel")
+
+    def allowed_on(self, i: int, p: int) -> bool:
+        m = self.c.note_on_map
+        return (m is None and 1 <= i <= 320 and p < 128) or (m is not None and p in m.get(i, ()))
+
+    def allowed_off(self, i: int, p: int) -> bool:
+        c = self.c
+        if c.note_off_map is not None:
+            return p in c.note_off_map.get(i, ())
+        return c.note_on_map is None or i in c.note_on_map
+
+    def vel_ok(self, i: int, v: float) -> bool:
+        lo, hi = max(self.min_vel[i], 0.5), min(self.max_vel[i], 127)
+        ranges = self.c.vel_ranges or [(1, 127)]
+        return lo - EPS <= v <= hi + EPS and any(r[0] - EPS <= v <= r[1] + EPS for r in ranges)
+
+    def time_ok(self, t: float) -> bool:
+        ranges = self.c.time_ranges or [(0.0, 10.0)]
+        return t >= self.c.min_time - EPS and any(r[0] - EPS <= t <= r[1] + EPS for r in ranges)
+
+    def possible(self, held: dict) -> bool:
+        """Brute force: is any event allowed by the hard constraints?"""
+        any_time = any(self.time_ok(t) for t in np.linspace(0, 10, 2001))
+        for i in range(1, 321):
+            for p in range(128):
+                if (i, p) in held:
+                    if self.allowed_off(i, p) and any_time:
+                        return True
+                elif self.allowed_on(i, p) and any_time and any(
+                        self.vel_ok(i, v) for v in range(1, 128)):
+                    return True
+        return False
+
+    def check(self, e, held: dict, elapsed: float) -> None:
+        c = self.c
+        cell = (e.inst, e.pitch)
+        assert math.isfinite(e.time) and 0.0 <= e.time and math.isfinite(e.vel)
+        assert float(e.vel).is_integer() and 0 <= e.vel <= 127
+        assert sorted(e.order) == list("iptv")
+        # the core guarantee
+        if e.is_note_on:
+            assert cell not in held, f"note-on for sounding {cell}"
+        else:
+            assert cell in held, f"note-off for silent {cell}"
+        ext = c.external
+        ages = {k: elapsed - onset for k, onset in held.items()}
+        overdue = [k for k, a in ages.items() if k[0] not in ext
+                   and a >= self.max_dur[k[0]] - max(c.min_time, MIN_GAP)]
+        if overdue:
+            assert e.forced == "max_duration" and not e.is_note_on and cell in overdue
+            assert e.time == pytest.approx(c.min_time)
+            return
+        if e.forced is not None:
+            assert e.forced in ("max_polyphony", "min_polyphony")
+            assert e.time == pytest.approx(c.min_time)
+            return
+        # hard constraints
+        assert self.time_ok(e.time), (e.time, c.min_time, c.time_ranges)
+        if e.is_note_on:
+            assert self.allowed_on(*cell) and self.vel_ok(e.inst, e.vel)
+        else:
+            assert self.allowed_off(*cell)
+        # soft constraints are only broken when reported
+        broken = set(e.broken)
+        if e.time > c.max_time + EPS:
+            assert "max_time" in broken
+        deadline = min((self.max_dur[k[0]] - a for k, a in ages.items() if k[0] not in ext),
+                       default=math.inf)
+        if e.time > deadline + EPS:
+            assert "max_duration" in broken
+        poly = {}
+        for (i, _p) in held:
+            poly[i] = poly.get(i, 0) + 1
+        if e.is_note_on and e.inst not in ext and poly.get(e.inst, 0) >= self.max_poly[e.inst]:
+            assert "max_polyphony" in broken
+        if not e.is_note_on and e.inst not in ext:
+            young = self.min_dur[e.inst] - ages[cell]
+            if young > MIN_GAP and e.time < young - EPS:
+                assert "min_duration" in broken
+
+
+def run_scenario(cons, order, seed, n_events, prompt):
+    m = tiny_model()
+    rng = np.random.default_rng(seed)
+    for _ in range(prompt):  # a random held-note state
+        i, p = int(rng.choice(INSTS)), int(rng.integers(30, 90))
+        on = (i, p) not in m.held_notes
+        m.feed(i, p, float(rng.exponential(0.2)), float(rng.integers(1, 128)) if on else 0.0)
+    check = Checker(cons)
+    comp = compile_constraints(cons)
+    sampled = 0
+    for _ in range(n_events):
+        held = {k: m.current_time - a for k, a in m.held_notes.items()}
+        try:
+            e = m.sample(comp, order)
+        except NoPossibleEvents:
+            assert not check.possible(held)
+            # release something and carry on from a different state
+            if held:
+                i, p = next(iter(held))
+                m.feed(i, p, 0.1, 0)
+            else:
+                m.feed(1, 60, 0.1, 64)
+            continue
+        check.check(e, held, m.current_time)
+        m.feed(**e.as_dict())
+        sampled += 1
+    return sampled
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(cons=constraint_sets(), order=orders, seed=st.integers(0, 2**16),
+       prompt=st.integers(0, 12))
+def test_guarantees_hold(cons, order, seed, prompt):
+    run_scenario(cons, order, seed, EVENTS_PER_EXAMPLE, prompt)
+
+
+def test_ages_never_exceed_max_duration_without_time_ranges():
+    m = tiny_model()
+    cons = compile_constraints(Constraints(max_duration={1: 0.4, 2: 0.8}, max_time=0.3,
+                                           note_on_map={1: range(50, 70), 2: range(40, 80)}))
+    for _ in range(1500):
+        e = m.sample(cons)
+        m.feed(**e.as_dict())
+        for (i, _p), age in m.held_notes.items():
+            assert age <= {1: 0.4, 2: 0.8}[i] + EPS
+
+
+@settings(max_examples=15, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(cons=constraint_sets(), order=orders, seed=st.integers(0, 1000),
+       prefix=st.integers(0, 20))
+def test_restoring_state_reproduces_sampling(cons, order, seed, prefix):
+    m = tiny_model()
+    try:
+        for _ in range(prefix):
+            m.feed(**m.sample(cons, order).as_dict())
+        snap = m.get_state()
+        first = m.sample(cons, order, seed=seed)
+        stream = m.sample(cons, order)
+        for _ in range(5):
+            m.feed(**m.sample(cons, order).as_dict())
+    except NoPossibleEvents:
+        return
+    m.set_state(snap)
+    assert m.sample(cons, order, seed=seed) == first
+    assert m.sample(cons, order) == stream
+
+
+# -- sampling frequencies vs the model ----------------------------------------------------------
+N_DRAWS = 3000
+
+
+def _prefix(m, n=5):
+    for _ in range(n):
+        m.feed(**m.sample().as_dict())
+
+
+def _chi2(counts, probs):
+    counts = np.asarray(counts, float)
+    expected = np.asarray(probs, float) / np.sum(probs) * counts.sum()
+    return scipy_stats.chisquare(counts, expected).pvalue
+
+
+HISTORY = [(1, 60, 0.0, 80), (129, 36, 0.0, 100), (1, 64, 0.25, 70), (1, 60, 0.3, 0),
+           (41, 55, 0.1, 90)]
+
+
+def test_pitch_frequencies_match_model_given_instrument():
+    m = tiny_model()
+    for e in HISTORY:
+        m.feed(*e)
+    allowed = [40, 43, 47, 50, 52, 55, 59]  # 55 is held: not allowed for a note-on
+    cons = compile_constraints(Constraints(inst=41, note_on_map={41: allowed}, vel=64))
+    counts = dict.fromkeys(allowed, 0)
+    for s in range(N_DRAWS):
+        counts[m.sample(cons, "iptv", seed=s).pitch] += 1
+    assert counts[55] == 0
+    allowed.remove(55)
+    # independent: teacher-forced log P(pitch | past, inst) from the network's score()
+    cols = [list(c) for c in zip(*HISTORY)]
+    lp = [float(m.score(cols[0] + [41], cols[1] + [p], cols[2] + [0.1], cols[3] + [64],
+                        order="iptv")["pitch"][-1]) for p in allowed]
+    probs = np.exp(np.array(lp) - max(lp))
+    assert _chi2([counts[p] for p in allowed], probs) > 1e-3
+
+
+def _head_raw(m, sub):
+    """Raw head output at the current context (nothing else known), with the network."""
+    with torch.no_grad():
+        top = m._state[-1, 0]
+        head = {"t": m.time_head, "v": m.vel_head}[sub]
+        return head(torch.tanh(m.h_proj(top)))
+
+
+def test_velocity_interval_frequencies_match_model_masses():
+    m = tiny_model()
+    _prefix(m)
+    for i, p in list(m.held_notes):  # no held notes: velocity is a note-on velocity
+        m.feed(i, p, 0.0, 0)
+    ranges = [(1, 40, 1.0), (41, 90, 2.0), (91, 127, 0.5)]
+    cons = compile_constraints(Constraints(vel_ranges=ranges))
+    counts = [0, 0, 0]
+    for s in range(N_DRAWS):
+        v = m.sample(cons, "vtip", seed=s).vel
+        counts[next(k for k, r in enumerate(ranges) if r[0] <= v <= r[1])] += 1
+    raw = _head_raw(m, "v")
+    bounds = [(0.5, 40.5), (40.5, 90.5), (90.5, math.inf)]
+    masses = [float(m.vel_dist.mass(raw, a, b)) * r[2] for (a, b), r in zip(bounds, ranges)]
+    assert _chi2(counts, masses) > 1e-3
+
+
+def test_time_interval_frequencies_match_model_masses():
+    m = tiny_model()
+    _prefix(m)
+    ranges = [(0.0, 0.05, 1.0), (0.1, 0.5, 1.0), (1.0, 10.0, 3.0)]
+    cons = compile_constraints(Constraints(time_ranges=ranges))
+    counts = [0, 0, 0]
+    for s in range(N_DRAWS):
+        t = m.sample(cons, "tivp", seed=s).time
+        counts[next(k for k, r in enumerate(ranges) if r[0] - EPS <= t <= r[1] + EPS)] += 1
+    raw = _head_raw(m, "t")
+    bounds = [(-math.inf, 0.05), (0.1, 0.5), (1.0, math.inf)]
+    masses = [float(m.time_dist.mass(raw, a, b)) * r[2] for (a, b), r in zip(bounds, ranges)]
+    assert _chi2(counts, masses) > 1e-3
+
+
+def test_note_off_frequency_follows_steer_density():
+    m = tiny_model()
+    for p in (60, 62, 64):
+        m.feed(1, p, 0.0, 80)
+    raw = _head_raw(m, "v")
+    p_off = float(m.vel_dist.mass(raw, -math.inf, 0.5))
+    for density in (0.5, 0.8):
+        cons = compile_constraints(Constraints(note_on_map={1: range(60, 72)},
+                                               steer_density=density))
+        offs = sum(m.sample(cons, "vtip", seed=s).vel == 0 for s in range(N_DRAWS))
+        w_on = 2.0 ** (2 * density - 1)
+        expected = p_off / w_on / (p_off / w_on + (1 - p_off) * w_on)
+        assert _chi2([offs, N_DRAWS - offs], [expected, 1 - expected]) > 1e-3
+    assert ev.NOTE_ON_MIN_VEL == 0.5
