@@ -24,10 +24,10 @@ Parts and instruments
     change → standard kit 129, program p → 129 + p. Other channels: program p → p + 1; no
     program change → a fresh anonymous melodic id (257..288) per part. Parts with the same
     instrument are merged unless they have a *collision*: the same pitch sounding in both
-    at once (notes that only touch do not collide). Parts are taken in (track, channel,
-    program) order, so the first part of an instrument keeps its id (the reference takes
-    the largest first); this makes export → ingest give back the same ids, because export
-    writes one track per instrument in id order. A part that collides
+    at once (notes that only touch do not collide). As in the reference, parts are taken
+    largest first and join the first slot they do not collide with. Then the slot with
+    the most notes takes the instrument's id and the others anonymous ids (largest first;
+    ties by source order), so export → ingest gives back the same ids. A part that collides
     with every slot of its instrument gets a fresh anonymous id of its kind (257.. melodic,
     289.. drums). ``merge=False`` keeps every part separate (a repeated instrument gets an
     anonymous id). When the 32 anonymous ids of a kind are used up, a further part is
@@ -261,8 +261,10 @@ class _Slot:
     t0: float
     t1: float
     notes: list  # (pitch, start, end) arrays of each member part
+    size: int = 0  # notes in all member parts
 
     def add(self, pitch, start, end) -> None:
+        self.size += len(pitch)
         self.pitches[pitch] = True
         self.t0, self.t1 = min(self.t0, float(start.min())), max(self.t1, float(end.max()))
         self.notes.append((pitch, start, end))
@@ -285,6 +287,9 @@ class _Anonymous:
 
     def __init__(self) -> None:
         self.used = {False: 0, True: 0}
+
+    def left(self, drum: bool) -> int:
+        return ev.N_ANON - self.used[drum]
 
     def take(self, drum: bool) -> int | None:
         k = self.used[drum]
@@ -323,6 +328,9 @@ def _assign_instruments(keys, sizes, part_of_note, pitch, start, end, merge: boo
         slot.add(*notes_of(k))
         inst_of_part[k] = slot.inst
         merged_into[k] = slot.first
+        members_of[slot.first].append(k)
+
+    members_of: dict[int, list[int]] = {k: [k] for k in range(n_parts)}
 
     # 1. melodic parts with no program change: one anonymous id each, in part order
     for k in np.flatnonzero((prog < 0) & ~drum):
@@ -332,25 +340,27 @@ def _assign_instruments(keys, sizes, part_of_note, pitch, start, end, merge: boo
             join(int(k), [s for s in slots if ev.is_anonymous(s.inst)][forced % ev.N_ANON])
         else:
             open_slot(int(k), inst)
-    # 2. named instruments (and drum kits), parts in order (track, channel, program)
+    # 2. named instruments (and drum kits): largest part first, first fit; then the
+    # largest slot takes the named id and the others anonymous ids, largest first
     named = np.where(drum, ev.FIRST_DRUM + np.maximum(prog, 0), prog + ev.FIRST_MELODIC)
     for inst in np.unique(named[(prog >= 0) | drum]):
+        kit = bool(ev.is_drum(int(inst)))
         members = np.flatnonzero((named == inst) & ((prog >= 0) | drum))
         group: list[_Slot] = []
-        for k in members.tolist():
+        for k in members[np.lexsort((members, -sizes[members]))].tolist():
             notes = notes_of(k)
             target = next((s for s in group if merge and not s.collides(*notes)), None)
             if target is not None:
                 join(k, target)
-            elif not group:
+            elif not group or anon.left(kit) >= len(group):
                 group.append(open_slot(k, int(inst)))
             else:
-                extra = anon.take(bool(ev.is_drum(int(inst))))
-                if extra is None:
-                    forced += 1
-                    join(k, group[0])
-                else:
-                    group.append(open_slot(k, extra))
+                forced += 1
+                join(k, group[0])
+        group.sort(key=lambda s: (-s.size, s.first))
+        for rank, slot in enumerate(group):
+            slot.inst = int(inst) if rank == 0 else anon.take(kit)
+            inst_of_part[members_of[slot.first]] = slot.inst
     if forced:
         log.warning("more parts than anonymous ids: %d parts merged with collisions", forced)
     return inst_of_part, merged_into, forced
