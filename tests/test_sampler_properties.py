@@ -306,7 +306,7 @@ def test_pitch_frequencies_match_model_given_instrument():
 def _head_raw(m, sub):
     """Raw head output at the current context (nothing else known), with the network."""
     with torch.no_grad():
-        top = m._state[-1, 0]
+        top = m._s.state[-1, 0]
         head = {"t": m.time_head, "v": m.vel_head}[sub]
         return head(torch.tanh(m.h_proj(top)))
 

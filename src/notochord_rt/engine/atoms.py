@@ -22,13 +22,16 @@ _NO_RANGES = np.zeros((0, 3))
 class Atom:
     """Allowed note-on / note-off cells (``None`` = none) at the times in ``time``."""
 
-    __slots__ = ("on", "off", "time", "_on_r", "_off_r", "_on_c", "_off_c")
+    __slots__ = ("on", "off", "time", "_on_r", "_off_r", "_on_c", "_off_c", "_has_on",
+                 "_has_off")
 
     def __init__(self, on: np.ndarray | None, off: np.ndarray | None, time: np.ndarray,
                  on_r: np.ndarray | None = None, off_r: np.ndarray | None = None,
                  on_c: np.ndarray | None = None, off_c: np.ndarray | None = None) -> None:
         self.on, self.off, self.time = on, off, time
         self._on_r, self._off_r, self._on_c, self._off_c = on_r, off_r, on_c, off_c
+        self._has_on: bool | None = None
+        self._has_off: bool | None = None
 
     def on_r(self) -> np.ndarray | None:
         if self.on is None:
@@ -59,12 +62,16 @@ class Atom:
         return self._off_c
 
     def has_on(self) -> bool:
-        r = self.on_r()
-        return r is not None and bool(r.any())
+        if self._has_on is None:
+            r = self.on_r()
+            self._has_on = r is not None and bool(r.any())
+        return self._has_on
 
     def has_off(self) -> bool:
-        r = self.off_r()
-        return r is not None and bool(r.any())
+        if self._has_off is None:
+            r = self.off_r()
+            self._has_off = r is not None and bool(r.any())
+        return self._has_off
 
     def empty(self) -> bool:
         return not (self.has_on() or self.has_off())
@@ -88,12 +95,13 @@ class Support:
 
     def __init__(self, atoms: list[Atom], vlo: np.ndarray, vhi: np.ndarray,
                  vel_ranges: np.ndarray, broken: tuple[str, ...] = (),
-                 forced: str | None = None) -> None:
+                 forced: str | None = None, vel_uniform: bool | None = None) -> None:
         self.atoms = [a for a in atoms if not a.empty()]
         self.vlo, self.vhi, self.vel_ranges = vlo, vhi, vel_ranges
-        real_lo, real_hi = vlo[ev.FIRST_MELODIC:], vhi[ev.FIRST_MELODIC:]
-        self.vel_uniform = bool(real_lo.min() == real_lo.max() and
-                                real_hi.min() == real_hi.max())
+        if vel_uniform is None:
+            vel_uniform = uniform_velocity(vlo, vhi)
+        self.vel_uniform = vel_uniform
+        self._cache: dict[str, object] = {}
         self.fixed: dict[str, float] = {}
         self.broken = broken
         self.forced = forced
@@ -115,9 +123,12 @@ class Support:
         return out
 
     def marginal_inst(self) -> np.ndarray:
-        """Boolean ``(321,)``: instruments of some remaining event."""
-        local = _or(self._rows("on"), self._rows("off"))
-        return self._full(local, N_I, self.r0, self.nr)
+        """Boolean ``(321,)``: instruments of some remaining event (do not modify)."""
+        out = self._cache.get("i")
+        if out is None:
+            local = _or(self._rows("on"), self._rows("off"))
+            out = self._cache["i"] = self._full(local, N_I, self.r0, self.nr)
+        return out  # type: ignore[return-value]
 
     def marginal_pitch(self) -> np.ndarray:
         """Boolean ``(129,)``: pitches of some remaining event."""
@@ -144,6 +155,12 @@ class Support:
 
     def vel_pieces(self) -> tuple[bool, np.ndarray]:
         """``(note_off_possible, on)``; ``on`` = integer note-on ranges ``[k_lo, k_hi, w]``."""
+        out = self._cache.get("v")
+        if out is None:
+            out = self._cache["v"] = self._vel_pieces()
+        return out  # type: ignore[return-value]
+
+    def _vel_pieces(self) -> tuple[bool, np.ndarray]:
         has_off = any(a.has_off() for a in self.atoms)
         on_rows = self._rows("on")
         if on_rows is None or not on_rows.any():
@@ -159,11 +176,12 @@ class Support:
     # -- fixing values --------------------------------------------------------------------------
     def _keep(self, atoms: list[Atom]) -> None:
         self.atoms = [a for a in atoms if not a.empty()]
+        self._cache.clear()
 
     def fix_inst(self, i: int) -> None:
         k = i - self.r0
         if not 0 <= k < self.nr:
-            self.atoms = []
+            self._keep([])
         else:
             s = slice(k, k + 1)
             self._keep([Atom(
@@ -176,7 +194,7 @@ class Support:
     def fix_pitch(self, p: int) -> None:
         k = p - self.c0
         if not 0 <= k < self.nc:
-            self.atoms = []
+            self._keep([])
         else:
             s = slice(k, k + 1)
             self._keep([Atom(
@@ -257,6 +275,12 @@ class Support:
                     continue
             break
         return newly
+
+
+def uniform_velocity(vlo: np.ndarray, vhi: np.ndarray) -> bool:
+    """True when every real instrument has the same note-on velocity bounds."""
+    lo, hi = vlo[ev.FIRST_MELODIC:], vhi[ev.FIRST_MELODIC:]
+    return bool(lo.min() == lo.max() and hi.min() == hi.max())
 
 
 def integer_ranges(pairs: np.ndarray, user: np.ndarray) -> np.ndarray:

@@ -39,7 +39,8 @@ def _forced(on: np.ndarray | None, off: np.ndarray | None, comp: Compiled,
             why: str) -> Support:
     atom = Atom(on, off, np.array([[comp.t0, comp.t0, 1.0]]))
     log.debug("forced event: %s", why)
-    return Support([atom], comp.vlo, comp.vhi, comp.user_vel, forced=why)
+    return Support([atom], comp.vlo, comp.vhi, comp.user_vel, forced=why,
+                   vel_uniform=comp.vel_uniform)
 
 
 def apply_guards(comp: Compiled, held: HeldNotes, held_m: np.ndarray | None,
@@ -64,7 +65,8 @@ def apply_guards(comp: Compiled, held: HeldNotes, held_m: np.ndarray | None,
         off_r[rows] = off[rows].any(1)
     if comp.no_soft:
         atom = Atom(on, off, comp.pieces, on_r=on_r, off_r=None if off is None else off_r)
-        return Support([atom], comp.vlo, comp.vhi, comp.user_vel)
+        return Support([atom], comp.vlo, comp.vhi, comp.user_vel,
+                       vel_uniform=comp.vel_uniform)
     if off is not None:
         nonext = ~ext[ii]
         ages = held.elapsed - held.onset[ii, pp]
@@ -110,7 +112,8 @@ def apply_guards(comp: Compiled, held: HeldNotes, held_m: np.ndarray | None,
     has_off_pen = bool(np.any(pen_off[off_r] > 0))
     if not (time_pens or md_cells[0].size or has_on_pen or has_off_pen):
         atom = Atom(on, off, comp.pieces, on_r=on_r, off_r=None if off is None else off_r)
-        return Support([atom], comp.vlo, comp.vhi, comp.user_vel)
+        return Support([atom], comp.vlo, comp.vhi, comp.user_vel,
+                       vel_uniform=comp.vel_uniform)
     if off is None:
         off = np.zeros_like(on)
     atoms, level, broken = stratify(on, off, comp.pieces, pen_on, pen_off, time_pens, md_cells,
@@ -119,4 +122,5 @@ def apply_guards(comp: Compiled, held: HeldNotes, held_m: np.ndarray | None,
         raise RuntimeError("stratification lost the whole support")
     if broken:
         log.debug("breaking soft constraints %s (cost %g)", ", ".join(broken), level)
-    return Support(atoms, comp.vlo, comp.vhi, comp.user_vel, broken=broken)
+    return Support(atoms, comp.vlo, comp.vhi, comp.user_vel, broken=broken,
+                   vel_uniform=comp.vel_uniform)

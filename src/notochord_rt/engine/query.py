@@ -147,7 +147,7 @@ def run_query(model: Notochord, kw: dict[str, Any]) -> dict[str, Any]:
     e = model.sample(cons, order, seed=kw.get("seed"), return_params=bool(kw.get("return_params")))
     end = 0
     if kw.get("allow_end"):
-        end = int(model._rng.random() < e.end)
+        end = int(model._s.rng.random() < e.end)
     out: dict[str, Any] = {"inst": e.inst, "pitch": e.pitch, "time": e.time, "vel": e.vel,
                            "end": end, "step": model.step_count}
     if kw.get("handle") is not None:

@@ -145,6 +145,21 @@ def _check_feed(inst, pitch, time, vel) -> tuple[int, int, float, float]:
     return inst, pitch, time, vel
 
 
+class _Stream:
+    """The mutable per-stream state (a plain object: ``nn.Module`` attribute writes are slow)."""
+
+    __slots__ = ("core", "held", "rng", "state", "ctx", "ctx_of", "step")
+
+    def __init__(self, seed: int | None) -> None:
+        self.core: InferenceCore | None = None
+        self.held = HeldNotes()
+        self.rng = np.random.default_rng(seed)
+        self.state: torch.Tensor | None = None
+        self.ctx: torch.Tensor | None = None
+        self.ctx_of: torch.Tensor | None = None
+        self.step = 0
+
+
 class Notochord(NotochordNet):
     """``NotochordNet`` plus the stream state and ``reset/feed/sample/query``.
 
@@ -155,13 +170,12 @@ class Notochord(NotochordNet):
     def __init__(self, config=None, *, seed: int | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
         self.eval()
-        self._core: InferenceCore | None = None
-        self._held = HeldNotes()
-        self._rng = np.random.default_rng(seed)
-        self._state: torch.Tensor | None = None
-        self._ctx: torch.Tensor | None = None
-        self._ctx_of: torch.Tensor | None = None
-        self.step_count = 0
+        self._s = _Stream(seed)
+
+    @property
+    def step_count(self) -> int:
+        """Events fed since the last reset (the start event not counted)."""
+        return self._s.step
 
     @classmethod
     def from_net(cls, net: NotochordNet, seed: int | None = None) -> Notochord:
@@ -173,9 +187,9 @@ class Notochord(NotochordNet):
     # -- core --------------------------------------------------------------------------------
     @property
     def core(self) -> InferenceCore:
-        if self._core is None:
-            self._core = ModuleCore(self)
-        return self._core
+        if self._s.core is None:
+            self._s.core = ModuleCore(self)
+        return self._s.core
 
     def use_core(self, core: InferenceCore | str) -> None:
         """Select the inference core: an object, ``"module"``, or a precision of the fast core.
@@ -192,8 +206,8 @@ class Notochord(NotochordNet):
                 core = FastCore(self, precision=core)
         elif not isinstance(core, InferenceCore):
             raise InputError(f"core must implement InferenceCore, got {type(core).__name__}")
-        self._core = core
-        self._ctx_of = None
+        self._s.core = core
+        self._s.ctx_of = None
 
     # -- stream state ------------------------------------------------------------------------
     def reset(self, start: bool = True, state: SamplerState | None = None,
@@ -203,29 +217,29 @@ class Notochord(NotochordNet):
         ``seed`` re-seeds the stream's random generator.
         """
         if seed is not None:
-            self._rng = _make_rng(seed, None)  # type: ignore[assignment]
+            self._s.rng = _make_rng(seed, None)  # type: ignore[assignment]
         if state is not None:
             self.set_state(state)
             return
-        if isinstance(self._core, ModuleCore) and self._core.device != self.device:
-            self._core = None
-        self._held.clear()
-        self.step_count = 0
-        self._state = self.core.initial_state()
-        self._ctx_of = None
+        if isinstance(self._s.core, ModuleCore) and self._s.core.device != self.device:
+            self._s.core = None
+        self._s.held.clear()
+        self._s.step = 0
+        self._s.state = self.core.initial_state()
+        self._s.ctx_of = None
         if start:
-            self._state = self.core.feed(self._state, ev.START_INST, self.config.start_pitch,
+            self._s.state = self.core.feed(self._s.state, ev.START_INST, self.config.start_pitch,
                                          0.0, 0.0)
 
     def _ensure_started(self) -> None:
-        if self._state is None:
+        if self._s.state is None:
             self.reset()
 
     def get_state(self) -> SamplerState:
         """A snapshot of everything sampling depends on (cheap: the RNN state is immutable)."""
         self._ensure_started()
-        return SamplerState(self._state, self._held.copy(), self.step_count,  # type: ignore[arg-type]
-                            copy.deepcopy(self._rng.bit_generator.state))
+        return SamplerState(self._s.state, self._s.held.copy(), self.step_count,  # type: ignore[arg-type]
+                            copy.deepcopy(self._s.rng.bit_generator.state))
 
     def set_state(self, state: SamplerState) -> None:
         """Restore a snapshot from :meth:`get_state` (of a model of the same shape)."""
@@ -235,25 +249,25 @@ class Notochord(NotochordNet):
         want = tuple(self.initial_state.shape)
         if tuple(state.rnn.shape) != want:
             raise InputError(f"state.rnn has shape {tuple(state.rnn.shape)}, expected {want}")
-        self._state = state.rnn
-        self._held = state.held.copy()
-        self.step_count = int(state.step)
-        self._rng.bit_generator.state = copy.deepcopy(state.rng)
-        self._ctx_of = None
+        self._s.state = state.rnn
+        self._s.held = state.held.copy()
+        self._s.step = int(state.step)
+        self._s.rng.bit_generator.state = copy.deepcopy(state.rng)
+        self._s.ctx_of = None
 
     @property
     def held_notes(self) -> dict[tuple[int, int], float]:
         """``{(inst, pitch): age in seconds}`` of the sounding notes."""
-        return self._held.as_dict()
+        return self._s.held.as_dict()
 
     def held_map(self) -> dict[int, set[int]]:
         """``{inst: {pitches}}`` of the sounding notes."""
-        return self._held.held_map()
+        return self._s.held.held_map()
 
     @property
     def current_time(self) -> float:
         """Seconds fed since the last reset."""
-        return self._held.elapsed
+        return self._s.held.elapsed
 
     # -- feeding -------------------------------------------------------------------------------
     def feed(self, inst: int, pitch: int, time: float, vel: float, *, strict: bool = False,
@@ -266,25 +280,25 @@ class Notochord(NotochordNet):
         inst, pitch, time, vel = _check_feed(inst, pitch, time, vel)
         self._ensure_started()
         on = vel >= ev.NOTE_ON_MIN_VEL
-        held = self._held.is_held(inst, pitch)
+        held = self._s.held.is_held(inst, pitch)
         if on and held or not (on or held):
             what = "note-on for a sounding note" if on else "note-off for a silent note"
             if strict:
                 raise InputError(f"feed: {what} (inst {inst}, pitch {pitch})")
             log.warning("feed: %s (inst %d, pitch %d); fed as given", what, inst, pitch)
-        self._held.advance(time)
+        self._s.held.advance(time)
         if on:
-            self._held.note_on(inst, pitch)
+            self._s.held.note_on(inst, pitch)
         else:
-            self._held.note_off(inst, pitch)
-        self._state = self.core.feed(self._state, inst, pitch, min(time, ev.TIME_MAX), vel)
-        self.step_count += 1
+            self._s.held.note_off(inst, pitch)
+        self._s.state = self.core.feed(self._s.state, inst, pitch, min(time, ev.TIME_MAX), vel)
+        self._s.step += 1
 
     def _context(self) -> torch.Tensor:
-        if self._ctx_of is not self._state:
-            self._ctx = self.core.context(self._state)  # type: ignore[arg-type]
-            self._ctx_of = self._state
-        return self._ctx  # type: ignore[return-value]
+        if self._s.ctx_of is not self._s.state:
+            self._s.ctx = self.core.context(self._s.state)  # type: ignore[arg-type]
+            self._s.ctx_of = self._s.state
+        return self._s.ctx  # type: ignore[return-value]
 
     # -- sampling ------------------------------------------------------------------------------
     def sample(self, constraints: Constraints | Compiled | None = None,
@@ -310,11 +324,11 @@ class Notochord(NotochordNet):
             comp = constraints
         else:
             raise InputError(f"constraints must be a Constraints, got {type(constraints).__name__}")
-        rng = _make_rng(seed, generator) or self._rng
+        rng = _make_rng(seed, generator) or self._s.rng
         order = check_order(order or comp.cons.order or "vtip")
         if order == "random":
             order = "".join(np.array(list("iptv"))[rng.permutation(4)])
-        sup = build_support(comp, self._held)
+        sup = build_support(comp, self._s.held)
         sup.autoset()
         return self._sample_support(sup, comp, order, rng, predict_end, return_params)
 
@@ -333,7 +347,8 @@ class Notochord(NotochordNet):
             if m not in sup.fixed:
                 if not sup.atoms:
                     raise NoPossibleEvents("no possible event left while sampling")
-                out = core.head(m, ctx).detach().cpu().numpy().astype(np.float64)
+                raw = core.head(m, ctx)
+                out = (raw if raw.device.type == "cpu" else raw.cpu()).numpy().astype(np.float64)
                 if params is not None:
                     params[m] = out
                 value, logp[m] = draw_sub_event(m, out, sup, comp, rng, self.config)
@@ -344,7 +359,7 @@ class Notochord(NotochordNet):
                 v = sup.fixed[m]
                 ctx = ctx + core.embed(m, min(v, ev.TIME_MAX) if m == "t" else v)
         f = sup.fixed
-        end = core.end_prob(self._state) if predict_end else 0.0  # type: ignore[arg-type]
+        end = core.end_prob(self._s.state) if predict_end else 0.0  # type: ignore[arg-type]
         return SampledEvent(
             int(f["i"]), int(f["p"]), float(f["t"]), float(f["v"]), end,
             logp.get("i"), logp.get("p"), logp.get("t"), logp.get("v"),

@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import events as ev
 from ..errors import NoPossibleEvents
-from .atoms import Atom, Support
+from .atoms import Atom, Support, uniform_velocity
 from .constraints import (
     DEFAULT_ON,
     N_I,
@@ -85,6 +85,8 @@ class Compiled:
     inst_log_weights: np.ndarray | None
     no_soft: bool = False
     """True when no duration, polyphony or max_time limit can ever apply (fast path)."""
+    vel_uniform: bool = True
+    """True when every instrument has the same note-on velocity bounds."""
 
 
 def compile_constraints(cons: Constraints) -> Compiled:
@@ -188,7 +190,7 @@ def compile_constraints(cons: Constraints) -> Compiled:
         cons, on, on.any(1), off, vlo, vhi, user_vel, pieces,
         float(cons.time) if cons.time is not None else min_time, names,
         inst_mask(cons.external) if cons.external else np.zeros(N_I, dtype=bool),
-        max_dur, min_dur, max_poly, min_poly, lw, no_soft)
+        max_dur, min_dur, max_poly, min_poly, lw, no_soft, uniform_velocity(vlo, vhi))
 
 
 def build_support(comp: Compiled, held: HeldNotes) -> Support:
