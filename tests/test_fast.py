@@ -10,7 +10,12 @@ from torch import nn
 
 from notochord_rt.engine.core import InferenceCore, ModuleCore
 from notochord_rt.engine.fast import FastCore
-from notochord_rt.engine.quant import PRECISIONS, PackedLinear, available_precisions
+from notochord_rt.engine.quant import (
+    PRECISIONS,
+    PackedLinear,
+    available_precisions,
+    pack_linear,
+)
 from notochord_rt.errors import InputError
 from notochord_rt.model.network import NotochordNet
 
@@ -79,7 +84,7 @@ def test_reduced_precision_close(precision):
     if precision not in available_precisions():
         pytest.skip(f"{precision} kernels not in this torch build")
     net = _net(scale=0.1)
-    fast, ref = FastCore(net, precision), ModuleCore(net)
+    fast, ref = FastCore(net, precision, min_reduced=0), ModuleCore(net)
     errs = _compare(fast, ref)
     tol = {"bf16": 0.05, "fp16": 0.01, "int8": 0.1}[precision]
     assert max(errs.values()) < tol, errs
@@ -186,6 +191,14 @@ def test_packed_linear_all_precisions():
         out = torch.empty(3, 96)
         assert lin(x, out=out) is out and torch.equal(out, got)
     assert "fp32" in available_precisions()
+
+
+def test_small_layers_stay_fp32():
+    small, big = torch.randn(129, 512), torch.randn(1024, 512)
+    for p in available_precisions():
+        assert pack_linear(small, None, p).precision == "fp32"
+        assert pack_linear(big, None, p).precision == p
+        assert pack_linear(small, None, p, min_reduced=0).precision == p
 
 
 def test_int8_worst_case_does_not_saturate():

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .quant import PRECISIONS, PackedLinear, available_precisions
+from .quant import MIN_REDUCED, PRECISIONS, PackedLinear, available_precisions, pack_linear
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class _MlpSpec:
     final: PackedLinear
 
 
-def _glu_mlp(module: nn.Module, precision: str) -> _MlpSpec:
+def _glu_mlp(module: nn.Module, precision: str, min_reduced: int) -> _MlpSpec:
     """Pack a GLU-MLP: ``[Linear → GLU → LayerNorm?] * L → Linear`` (dropout ignored)."""
     mods = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.LayerNorm))]
     lins = [m for m in mods if isinstance(m, nn.Linear)]
@@ -100,12 +100,12 @@ def _glu_mlp(module: nn.Module, precision: str) -> _MlpSpec:
     for k, lin in enumerate(lins[:-1]):
         ln = norms[k] if norms else None
         layers.append((
-            PackedLinear(lin.weight, lin.bias, precision),
+            pack_linear(lin.weight, lin.bias, precision, min_reduced),
             None if ln is None else ln.weight.detach().float().clone(),
             None if ln is None else ln.bias.detach().float().clone(),
             1e-5 if ln is None else float(ln.eps),
         ))
-    return _MlpSpec(layers, PackedLinear(lins[-1].weight, lins[-1].bias, precision))
+    return _MlpSpec(layers, pack_linear(lins[-1].weight, lins[-1].bias, precision, min_reduced))
 
 
 def _run_mlp(spec: _MlpSpec, x: Tensor) -> Tensor:
@@ -148,12 +148,15 @@ class FastCore:
             intra-op thread hand-offs cause on small machines.
         check: compare the fp32 packing with the module on random inputs and refuse a
             network whose layout is not understood.
+        min_reduced: layers with fewer weights stay fp32 whatever the precision (their
+            reduced-precision kernel call costs more than streaming them; see
+            :func:`~notochord_rt.engine.quant.pack_linear`). 0 reduces every layer.
 
     The model is only read; the core keeps its own copies of the weights.
     """
 
     def __init__(self, model: nn.Module, precision: str = "fp32", threads: int | None = 1,
-                 check: bool = True) -> None:
+                 check: bool = True, min_reduced: int = MIN_REDUCED) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision not in available_precisions():
@@ -162,6 +165,7 @@ class FastCore:
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.precision = precision
+        self.min_reduced = int(min_reduced)
         with torch.inference_mode(False), torch.no_grad():
             self._pack(_parts(model), precision)
             if check:
@@ -200,11 +204,12 @@ class FastCore:
         emb_bias = lin_t.bias.detach().float() + lin_v.bias.detach().float()
         folded_b = [self._gate_bias(b_ih[k], b_hh[k], H) for k in range(L)]
         folded_b[0] = folded_b[0] + w_ih0 @ emb_bias
-        self._in0 = PackedLinear(w_ih0 @ sines_w, folded_b[0], precision)
+        mr = getattr(self, "min_reduced", MIN_REDUCED)
+        self._in0 = pack_linear(w_ih0 @ sines_w, folded_b[0], precision, mr)
         self._f_cat = torch.cat((f_t, f_v))
         self._phase = torch.zeros(1, self._f_cat.numel())
         self._in = [None] + [
-            PackedLinear(getattr(rnn, f"weight_ih_l{k}"), folded_b[k], precision)
+            pack_linear(getattr(rnn, f"weight_ih_l{k}"), folded_b[k], precision, mr)
             for k in range(1, L)
         ]
         hid_b = []
@@ -212,11 +217,11 @@ class FastCore:
             b = torch.zeros(3 * H)
             b[2 * H:] = b_hh[k][2 * H:]
             hid_b.append(b)
-        self._hid = [PackedLinear(getattr(rnn, f"weight_hh_l{k}"), hid_b[k], precision)
+        self._hid = [pack_linear(getattr(rnn, f"weight_hh_l{k}"), hid_b[k], precision, mr)
                      for k in range(L)]
 
-        self._proj = _glu_mlp(parts["h_proj"], precision)
-        self._heads = dict(zip("iptv", (_glu_mlp(h, precision) for h in parts["heads"])))
+        self._proj = _glu_mlp(parts["h_proj"], precision, mr)
+        self._heads = dict(zip("iptv", (_glu_mlp(h, precision, mr) for h in parts["heads"])))
         self._mix = {"t": _mixture(parts["time_dist"]), "v": _mixture(parts["vel_dist"])}
         end = parts["end"]
         ew, eb = end.weight.detach().float(), end.bias.detach().float()
