@@ -7,7 +7,9 @@ one training process each with the same number of data-loader workers, run one a
 the other in this process for the same wall-clock budget. Printed:
 
 * training events per second (batch_size x batch_len per step, padding included, as the
-  reference counts its exposure) and the ratio ours / reference;
+  reference counts its exposure; data loading included) over the whole budget and in
+  the steady state (leaving out the first steps: worker start-up, compilation), and the
+  ratios ours / reference, for each of our variants (fp32, bf16 autocast, compiled);
 * validation NLL (nats/event, canonical order i->p->t->v, whole pieces from the start
   state) of both models on our validation pieces after the budget, computed for the
   reference model with its own forward pass.
@@ -37,6 +39,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MIDI = Path("/work/shared/corpus/mma")
+WARM = 3  # steps left out of the steady-state rate (worker start, compilation)
 
 
 class StopBench(Exception):
@@ -118,12 +121,14 @@ def train_reference(args, pkl: Path, work: Path) -> tuple[dict, torch.nn.Module]
         clock.setdefault("start", time.perf_counter())
         return {"logs": {}, "pops": {}}
 
+    times: list[float] = []
+
     def log(tag, d):
         if tag != "train":
             return
         now = time.perf_counter()
+        times.append(now - clock.get("last", clock["start"]))
         clock["last"] = now
-        clock["loss"] = d["loss"]
         if now - clock["start"] >= args.budget:
             raise StopBench
 
@@ -133,11 +138,7 @@ def train_reference(args, pkl: Path, work: Path) -> tuple[dict, torch.nn.Module]
         trainer.train()
     except StopBench:
         pass
-    seconds = clock["last"] - clock["start"]
-    steps = trainer.iteration
-    return ({"steps": steps, "seconds": seconds, "last_loss": clock["loss"],
-             "events_per_s": steps * args.batch_size * args.batch_len / seconds},
-            trainer.model)
+    return rates(times, args), trainer.model
 
 
 @torch.no_grad()
@@ -173,25 +174,31 @@ def model_kw(args) -> dict:
             "mlp_layers": args.mlp}
 
 
-def train_ours(args, data: Path, work: Path):
+def train_ours(args, data: Path, work: Path, precision: str, compile_: bool):
     from notochord_rt.train.config import TrainConfig
     from notochord_rt.train.trainer import Trainer
 
     cfg = TrainConfig(
-        data=str(data), out=str(work / "ours_run"), model=model_kw(args),
+        data=str(data), out=str(work / f"ours_{precision}"), model=model_kw(args),
         batch_size=args.batch_size, batch_len=args.batch_len, lr=args.lr,
-        num_workers=args.workers, device="cpu", precision=args.precision,
-        compile=args.compile, time_limit=args.budget, epoch_size=10**9, valid_batches=1,
-        valid_len=64, progress=False, seed=0,
+        num_workers=args.workers, device="cpu", precision=precision, compile=compile_,
+        time_limit=args.budget, epoch_size=10**9, valid_batches=1, valid_len=64,
+        progress=False, seed=0,
     )
     trainer = Trainer(cfg)
-    summary = trainer.fit()
+    times: list[float] = []
+    trainer.fit(on_step=lambda step, logs, seconds: times.append(seconds))
     trainer.close()
-    steps = summary["steps_this_run"]
-    seconds = trainer.train_seconds
-    return ({"steps": steps, "seconds": seconds,
-             "events_per_s": steps * args.batch_size * args.batch_len / seconds},
-            trainer.model)
+    return (rates(times, args), trainer.model)
+
+
+def rates(step_seconds: list[float], args) -> dict:
+    """Throughput over the whole budget and in the steady state (after WARM steps)."""
+    per_step = args.batch_size * args.batch_len
+    steady = step_seconds[WARM:] or step_seconds
+    return {"steps": len(step_seconds), "seconds": sum(step_seconds),
+            "events_per_s": len(step_seconds) * per_step / sum(step_seconds),
+            "steady_events_per_s": len(steady) * per_step / sum(steady)}
 
 
 def main() -> int:
@@ -208,8 +215,8 @@ def main() -> int:
     ap.add_argument("--batch-len", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--workers", type=int, default=1, help="data-loader workers, both")
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="ours")
-    ap.add_argument("--compile", action="store_true", help="torch.compile ours")
+    ap.add_argument("--ours", default="fp32,bf16",
+                    help="our variants to run, comma-separated: fp32, bf16, fp32+compile, ...")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--valid-pieces", type=int, default=40)
     ap.add_argument("--only", choices=("ours", "reference"), help="run one side only")
@@ -222,8 +229,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
     print(f"model: {model_kw(args)}, batch {args.batch_size} x {args.batch_len}, "
-          f"workers {args.workers}, budget {args.budget:.0f} s each, precision {args.precision}"
-          f"{', compiled' if args.compile else ''}")
+          f"workers {args.workers}, budget {args.budget:.0f} s each, ours: {args.ours}")
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-")) if args.keep is None else args.keep
     try:
@@ -240,10 +246,13 @@ def main() -> int:
 
         results = {}
         if args.only != "reference":
-            torch.manual_seed(0)
-            speed, model = train_ours(args, work / "ours", work)
-            speed["valid_nll"] = evaluate(model, pieces, orders=(CANONICAL_ORDER,))["nll"]
-            results["ours"] = speed
+            for variant in args.ours.split(","):
+                precision, _, extra = variant.partition("+")
+                torch.manual_seed(0)
+                speed, model = train_ours(args, work / "ours", work, precision,
+                                          extra == "compile")
+                speed["valid_nll"] = evaluate(model, pieces, orders=(CANONICAL_ORDER,))["nll"]
+                results[f"ours {variant}"] = speed
         if args.only != "ours":
             torch.manual_seed(0)
             speed, model = train_reference(args, work / "ref_pkl", work)
@@ -252,18 +261,22 @@ def main() -> int:
         for name, r in results.items():
             nll = r["valid_nll"]
             terms = " + ".join(f"{k} {nll[k]:.3f}" for k in ("inst", "pitch", "time", "vel", "end"))
-            print(f"{name:10} {r['events_per_s']:9.0f} events/s  ({r['steps']} steps in "
-                  f"{r['seconds']:.1f} s)  valid NLL {nll['total']:.4f} = {terms}")
-        if len(results) == 2:
-            ratio = results["ours"]["events_per_s"] / results["reference"]["events_per_s"]
-            print(f"throughput ratio ours/reference: {ratio:.2f}x")
-            results["ratio"] = ratio
-        print("json: " + json.dumps({k: v for k, v in results.items()}, default=float))
+            print(f"{name:18} {r['events_per_s']:7.0f} events/s ({r['steady_events_per_s']:.0f} "
+                  f"steady), {r['steps']} steps in {r['seconds']:.1f} s; "
+                  f"valid NLL {nll['total']:.4f} = {terms}")
+        ref = results.get("reference")
+        for name, r in results.items():
+            if ref is not None and name != "reference":
+                ratio = r["events_per_s"] / ref["events_per_s"]
+                steady = r["steady_events_per_s"] / ref["steady_events_per_s"]
+                print(f"throughput ratio {name} / reference: {ratio:.2f}x "
+                      f"(steady state {steady:.2f}x)")
+                r["ratio"], r["steady_ratio"] = ratio, steady
+        print("json: " + json.dumps(results, default=float))
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    return 0 if all(math.isfinite(r["events_per_s"]) for r in results.values()
-                    if isinstance(r, dict)) else 1
+    return 0 if all(math.isfinite(r["events_per_s"]) for r in results.values()) else 1
 
 
 if __name__ == "__main__":

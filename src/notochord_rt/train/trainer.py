@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -300,11 +301,15 @@ class Trainer:
                 return "time_limit"
         return None
 
-    def fit(self, until_step: int | None = None) -> dict[str, Any]:
+    def fit(self, until_step: int | None = None,
+            on_step: Callable[[int, dict[str, float], float], None] | None = None
+            ) -> dict[str, Any]:
         """Train until max_steps / epochs / time_limit (or ``until_step``); returns a summary.
 
         Validates and checkpoints at the end of every epoch, every ``checkpoint_every``
-        steps, and at the end. Raises :class:`TrainingDiverged` on a non-finite loss.
+        steps, and at the end. ``on_step(step, logs, seconds)`` is called after every
+        optimisation step with the step's wall time (data loading included). Raises
+        :class:`TrainingDiverged` on a non-finite loss.
         """
         cfg = self.cfg
         started = time.perf_counter()
@@ -324,7 +329,10 @@ class Trainer:
                 t0 = time.perf_counter()
                 seed_all(step_seed(cfg.seed, self.info.rank, self.step))
                 logs = self.train_step(next(batches))
-                self.train_seconds += time.perf_counter() - t0
+                seconds = time.perf_counter() - t0
+                self.train_seconds += seconds
+                if on_step is not None:
+                    on_step(self.step, logs, seconds)
                 if self.step % cfg.log_every == 0:
                     self._log("train", logs)
                 if bar is not None:
