@@ -23,6 +23,7 @@ single ``Notochord`` (on the fp32 fast core) fed the same way — tested.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +36,7 @@ from ..errors import InputError, NoPossibleEvents
 from .constraints import Constraints, check_order
 from .fast import FastCore
 from .held import HeldNotes
-from .sampler import SampledEvent, _check_feed
+from .sampler import SampledEvent, SamplerState, _check_feed
 from .subevents import draw_sub_event
 from .support import Compiled, Support, build_support, compile_constraints
 
@@ -130,6 +131,28 @@ class Streams:
     def state(self, i: int) -> Tensor:
         """Recurrent state of stream ``i`` as ``(layers, 1, hidden)`` (a copy)."""
         return self._state[:, int(i): int(i) + 1].clone()
+
+    def get_state(self, i: int) -> SamplerState:
+        """Snapshot of stream ``i`` (recurrent state, held notes, step, generator), in the
+        form of ``Notochord.get_state`` so it can be restored into any stream."""
+        k = int(self._index(i)[0])
+        return SamplerState(self.state(k), self._held[k].copy(), int(self.step_count[k]),
+                            copy.deepcopy(self._rngs[k].bit_generator.state))
+
+    def set_state(self, i: int, state: SamplerState) -> None:
+        """Restore stream ``i`` from a snapshot of :meth:`get_state` (or of a ``Notochord``
+        of the same shape)."""
+        k = int(self._index(i)[0])
+        if not isinstance(state, SamplerState):
+            raise InputError(f"state must be a SamplerState, got {type(state).__name__}")
+        want = (self._state.shape[0], 1, self._state.shape[2])
+        if tuple(state.rnn.shape) != want:
+            raise InputError(f"state.rnn has shape {tuple(state.rnn.shape)}, expected {want}")
+        with torch.inference_mode():
+            self._state[:, k] = state.rnn[:, 0].to(self._state.dtype)
+        self._held[k] = state.held.copy()
+        self.step_count[k] = int(state.step)
+        self._rngs[k].bit_generator.state = copy.deepcopy(state.rng)
 
     def held_notes(self, i: int) -> dict[tuple[int, int], float]:
         """``{(inst, pitch): age}`` of stream ``i``."""
