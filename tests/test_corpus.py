@@ -122,7 +122,9 @@ def write_fake_lib(lib: Path) -> None:
         "// a groove file\nDefGroove Swing  basic swing\n  defgroove SwingSus  with strings\n"
         "DefGroove SwingIntro  intro\nDefGroove SwingEnd  ending\nDefGroove SwingFill fill\n"
     )
-    (lib / "zoom" / "zswing.mma").write_text("DefGroove SWING other\nDefGroove R&B  rnb\n")
+    (lib / "zoom" / "zswing.mma").write_text(
+        "DefGroove SWING other\nDefGroove R&B  rnb\nDefGroove R_B  same file name as R&B\n"
+    )
 
 
 def test_list_grooves_skips_intros_and_prefers_stdlib(tmp_path):
@@ -155,6 +157,7 @@ def test_song_plan_is_seeded_by_groove_name_and_in_range(tmp_path):
     # variant 1 of a groove is a different song from variant 0
     assert sum(plans[2 * k] != plans[2 * k + 1] for k in range(200)) == 200
     assert plans[0].filename == "G0.mid" and plans[1].filename == "G0_v1.mid"
+    assert corpus_mma.safe_name("R&B-Ballad") == "R_B_Ballad"
     text = corpus_mma.song_text(plans[0])
     chord_lines = [ln for ln in text.splitlines() if ln.split(" ", 1)[0].isdigit()]
     assert len(chord_lines) == 32 and f"Groove {plans[0].groove.name}" in text

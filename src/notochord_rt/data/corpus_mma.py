@@ -46,7 +46,7 @@ TEMPO_RANGE = (70, 160)
 TRANSPOSE_RANGE = (-5, 6)
 SKIP_WORDS = re.compile(r"intro|end|fill", re.IGNORECASE)
 _DEFGROOVE = re.compile(r"^\s*defgroove\s+([^\s/]+)", re.IGNORECASE | re.MULTILINE)
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.+&-]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 #: Eight common chord progressions (in C major / A minor; the song transposes them).
 PROGRESSIONS: dict[str, tuple[str, ...]] = {
@@ -59,6 +59,12 @@ PROGRESSIONS: dict[str, tuple[str, ...]] = {
     "Pachelbel canon": ("C", "G", "Am", "Em", "F", "C", "F", "G"),
     "Andalusian cadence": ("Am", "G", "F", "E7"),
 }
+
+
+def safe_name(groove: str) -> str:
+    """The file name stem of a groove: characters other than letters, digits and ``_``
+    (``R&B``, ``Afro-Cuban``) become ``_``."""
+    return _UNSAFE.sub("_", groove)
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ class Song:
 
     @property
     def filename(self) -> str:
-        base = _UNSAFE.sub("_", self.groove.name)
+        base = safe_name(self.groove.name)
         return f"{base}.mid" if self.variant == 0 else f"{base}_v{self.variant}.mid"
 
 
@@ -142,8 +148,9 @@ def mma_version(binary: str) -> str:
 
 
 def list_grooves(lib: Path) -> list[Groove]:
-    """Grooves of the library (no intros, endings or fills), sorted by name, each name
-    once (case-insensitively): stdlib's definition first, then other libraries'."""
+    """Grooves of the library (no intros, endings or fills), sorted by name, each file
+    name once (compared case-insensitively): stdlib's definition first, then the other
+    libraries' in alphabetical order."""
     subdirs = sorted(
         (d for d in lib.iterdir() if d.is_dir()), key=lambda d: (d.name != "stdlib", d.name)
     )
@@ -155,7 +162,8 @@ def list_grooves(lib: Path) -> list[Groove]:
             for name in _DEFGROOVE.findall(text):
                 if SKIP_WORDS.search(name):
                     continue
-                seen.setdefault(name.lower(), Groove(name, f))
+                # one file per groove, also on case-insensitive file systems
+                seen.setdefault(safe_name(name).lower(), Groove(name, f))
     return sorted(seen.values(), key=lambda g: g.name.lower())
 
 
