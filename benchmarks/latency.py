@@ -191,6 +191,32 @@ def bench_ours(model: Notochord, scenario: str, n: int, warmup: int) -> dict:
     return run_loop(sample, feed, release, n, warmup, model.reset)
 
 
+def bench_core(model: Notochord, n: int, warmup: int) -> dict:
+    """The network alone: feed, then context + the four heads with three embeddings (vtip)."""
+    core = model.core
+    state = core.initial_state()
+    rng = np.random.default_rng(0)
+    t_feed, t_heads, t_event = [], [], []
+    for k in range(warmup + n):
+        e = (int(rng.integers(1, 321)), int(rng.integers(0, 128)), float(rng.random()),
+             float(rng.integers(0, 128)))
+        t0 = time.perf_counter()
+        state = core.feed(state, *e)
+        t1 = time.perf_counter()
+        x = core.context(state)
+        for sub, val in zip("vtip", (e[3], e[2], e[0], e[1])):
+            core.head(sub, x)
+            if sub != "p":
+                x = x + core.embed(sub, val)
+        core.end_prob(state)
+        t2 = time.perf_counter()
+        if k >= warmup:
+            t_feed.append(t1 - t0)
+            t_heads.append(t2 - t1)
+            t_event.append(t2 - t0)
+    return {"feed": pct(t_feed), "sample": pct(t_heads), "event": pct(t_event)}
+
+
 def bench_streams(net: NotochordNet, precision: str, sizes: list[int], events: int) -> dict:
     out = {}
     for n in sizes:
@@ -241,6 +267,9 @@ def report(res: dict) -> None:
                 if name.startswith("ours"):
                     parts.append(f"{name[5:]} {b['event']['p50'] / r[scen]['event']['p50']:.1f}x")
             print(f"  {scen:14s} vs {base:17s}: " + ", ".join(parts))
+    print("\nnetwork alone (ours; 'sample' = context + 4 heads + 3 embeddings, no sampler):")
+    for prec, d in res["network"].items():
+        print(f"  {prec:22s} {_fmt(d, 'feed')} {_fmt(d, 'sample')} {_fmt(d, 'event')}")
     print("\ngoals:")
     for line in res["goals"]:
         print("  " + line)
@@ -284,7 +313,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.iters, args.warmup, args.stream_events = 20, 3, 64
     scenarios = ["unconstrained", "harmonizer", "poly_duration"]
-    res: dict = {"machine": machine_info(), "scenarios": scenarios, "rows": {}}
+    res: dict = {"machine": machine_info(), "scenarios": scenarios, "rows": {}, "network": {}}
     with tempfile.TemporaryDirectory() as tmp:
         ref, net = build_models(args.seed, Path(tmp))
     gc.collect()
@@ -300,6 +329,7 @@ def main(argv=None) -> int:
         model.use_core(prec)
         rows[f"ours {prec}"] = {s: bench_ours(model, s, args.iters, args.warmup)
                                 for s in scenarios}
+        res["network"][prec] = bench_core(model, args.iters, args.warmup)
         print(f"done: ours {prec}", file=sys.stderr)
     res["goals"] = goals(rows)
     sizes = [1, 8, 32, 128]
