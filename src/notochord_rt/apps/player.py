@@ -91,8 +91,15 @@ class Policy:
     """What an app decides; every method runs on the scheduler thread. Default: silent.
 
     Subclass and override what you need. The context gives the current time, the held
-    notes and the two ways to make sound at once (see :class:`PlayerContext`).
+    notes and the ways to make sound at once (see :class:`PlayerContext`).
+
+    ``feeds_input``: False (default) means the player feeds each played note before
+    :meth:`on_input`. True means the policy feeds it itself through ``ctx.model_view`` (a
+    :class:`ModelView`) with ``ctx.input_dt`` as its delta — for logic such as the shared
+    ``Harmonizer`` that repairs live input while feeding it.
     """
+
+    feeds_input: bool = False
 
     def next_constraints(self, ctx: PlayerContext) -> Any:
         """Constraints (or compiled constraints) for the next *autonomous* event, or None
@@ -121,7 +128,46 @@ class PlayerContext(Protocol):
     def sounding(self) -> set[tuple[int, int]]: ...
     def sample_now(self, constraints: Any, t_in: float | None = None) -> Any: ...
     def play_now(self, inst: int, pitch: int, vel: int, t_in: float | None = None) -> None: ...
+    def send_now(self, inst: int, pitch: int, vel: int, t_in: float | None = None) -> None: ...
     def replan(self) -> None: ...
+    @property
+    def model_view(self) -> ModelView: ...
+    @property
+    def input_dt(self) -> float: ...
+
+
+class ModelView:
+    """The player's model as a policy may use it (scheduler thread only).
+
+    ``feed`` / ``sample`` / ``reset`` go through the player, which times them and
+    re-plans after any change of state; ``held_notes`` / ``held_map`` read. It has the
+    shape of the parts of ``Notochord`` that shared logic (``apps.harmonizer``) uses.
+    """
+
+    def __init__(self, player: Player) -> None:
+        self._p = player
+
+    def feed(self, inst: int, pitch: int, time: float, vel: float, **ignored: Any) -> None:
+        self._p._feed(inst, pitch, time, vel)
+        self._p._dirty = True
+
+    def sample(self, constraints: Any = None, **kw: Any) -> Any:
+        t0 = self._p.clock()
+        e = self._p.model.sample(constraints, **kw)
+        self._p.stats.add("sample", self._p.clock() - t0)
+        return e
+
+    def reset(self, *args: Any, **kw: Any) -> None:
+        self._p.model.reset(*args, **kw)
+        self._p._t_last = self._p.clock()
+        self._p._dirty = True
+
+    @property
+    def held_notes(self) -> dict[tuple[int, int], float]:
+        return self._p.model.held_notes
+
+    def held_map(self) -> dict[int, set[int]]:
+        return self._p.model.held_map()
 
 
 @dataclass
@@ -224,6 +270,8 @@ class Player:
         self._plan: tuple[float, Any] | None = None  # (due time, SampledEvent)
         self._dirty = True  # the plan must be (re)made
         self._stopping = False
+        self._input_dt = 0.0
+        self._view = ModelView(self)
 
     # -- thread-safe API ---------------------------------------------------------------------
     def start(self) -> Player:
@@ -305,6 +353,23 @@ class Player:
     def sounding(self) -> set[tuple[int, int]]:
         """Notes this player started and has not ended."""
         return set(self._sounding)
+
+    @property
+    def model_view(self) -> ModelView:
+        """The model for policies (``ctx.model_view``); scheduler thread only."""
+        return self._view
+
+    @property
+    def input_dt(self) -> float:
+        """Delta time of the played note being handled (for ``feeds_input`` policies)."""
+        return self._input_dt
+
+    def send_now(self, inst: int, pitch: int, vel: int, t_in: float | None = None) -> None:
+        """Send a note without feeding it (the policy fed it through ``ctx.model_view``)."""
+        self._send(inst, pitch, vel)
+        if t_in is not None and vel > 0:
+            self.stats.add("latency", self.clock() - t_in)
+        self._emit(PlayerEvent("output", inst, pitch, vel, self.clock()))
 
     def replan(self) -> None:
         """Discard the planned event; a new one is sampled before waiting again."""
@@ -434,7 +499,9 @@ class Player:
         self._plan = None
         self._dirty = True
         dt = max(0.0, note.t - self._t_last)
-        self._feed(note.inst, note.pitch, dt, note.vel)
+        self._input_dt = dt
+        if not self.policy.feeds_input:
+            self._feed(note.inst, note.pitch, dt, note.vel)
         self._t_last = max(self._t_last, note.t)
         self._emit(PlayerEvent("input", note.inst, note.pitch, note.vel, note.t))
         self.policy.on_input(self, note)
