@@ -124,8 +124,13 @@ def _ref_query_kw(scenario: str) -> dict | None:
     return None
 
 
-def run_loop(sample, feed, release, n: int, warmup: int, reset, reset_every: int = 64):
-    """Time ``sample()`` and ``feed(event)`` in a generate loop; returns three lists (s)."""
+def run_loop(sample, feed, release, n: int, warmup: int, reset, reset_every: int = 64,
+             idle=None):
+    """Time ``sample()`` and ``feed(event)`` in a generate loop; returns three lists (s).
+
+    ``idle()``, if given, runs untimed between the sample and the feed: the wait for the
+    sampled event's scheduled time (or the player's next note) in a live app.
+    """
     t_feed, t_sample, t_event = [], [], []
     gc.collect()
     for k in range(warmup + n):
@@ -134,14 +139,18 @@ def run_loop(sample, feed, release, n: int, warmup: int, reset, reset_every: int
         t0 = time.perf_counter()
         e = sample()
         t1 = time.perf_counter()
+        took = t1 - t0
+        if idle is not None:
+            idle()
+            t1 = time.perf_counter()
         feed(e)
         t2 = time.perf_counter()
         if release is not None:
             release(e)
         if k >= warmup:
-            t_sample.append(t1 - t0)
+            t_sample.append(took)
             t_feed.append(t2 - t1)
-            t_event.append(t2 - t0)
+            t_event.append(took + (t2 - t1))
     return {"feed": pct(t_feed), "sample": pct(t_sample), "event": pct(t_event)}
 
 
@@ -173,7 +182,8 @@ def bench_reference(ref, scenario: str, api: str, n: int, warmup: int) -> dict |
         return run_loop(sample, feed, release, n, warmup, ref.reset)
 
 
-def bench_ours(model: Notochord, scenario: str, n: int, warmup: int) -> dict:
+def bench_ours(model: Notochord, scenario: str, n: int, warmup: int,
+               prepare: bool = False) -> dict:
     cons = _ours_cons(scenario)
 
     def sample():
@@ -188,7 +198,12 @@ def bench_ours(model: Notochord, scenario: str, n: int, warmup: int) -> dict:
             if e.vel > 0:
                 model.feed(e.inst, e.pitch, 0.0, 0.0)
 
-    return run_loop(sample, feed, release, n, warmup, model.reset)
+    idle = None
+    if prepare:
+        def idle():
+            model.core.prepare(model.get_state().rnn)
+
+    return run_loop(sample, feed, release, n, warmup, model.reset, idle=idle)
 
 
 def bench_core(model: Notochord, n: int, warmup: int) -> dict:
@@ -249,6 +264,8 @@ def report(res: dict) -> None:
           f"({m['cpu_capability']}), {m['threads']} thread, python {m['python']}, "
           f"load {m['loadavg_start']}")
     print("latency in ms, p50 / p99 (generate loop: sample, then feed the sampled event)")
+    print("'+prepare': FastCore.prepare(state) runs untimed between sample and feed (the idle")
+    print("wait for the event's time in a live app), so feed streams only input-side weights")
     rows = res["rows"]
     for scen in res["scenarios"]:
         print(f"\n[{scen}]")
@@ -291,7 +308,8 @@ def goals(rows: dict) -> list[str]:
     out.append(f"fp32 feed+sample {fp32['p50']:.2f} ms vs reference feed+query {ref_q:.2f} ms "
                f"(goal: no slower) [{'met' if fp32['p50'] <= ref_q else 'NOT met'}]")
     for name, r in rows.items():
-        if name.startswith("ours") and name not in ("ours fp32", "ours module"):
+        if name.startswith("ours") and name not in ("ours fp32", "ours module") \
+                and "+prepare" not in name:
             e = r["unconstrained"]["event"]
             tail = e["p99"] - e["p50"]
             out.append(f"{name[5:]} full event p50 {e['p50']:.2f} ms (goal <= 1.5) "
@@ -330,6 +348,10 @@ def main(argv=None) -> int:
         rows[f"ours {prec}"] = {s: bench_ours(model, s, args.iters, args.warmup)
                                 for s in scenarios}
         res["network"][prec] = bench_core(model, args.iters, args.warmup)
+        if prec in ("fp32", "int8"):
+            rows[f"ours {prec} +prepare"] = {
+                s: bench_ours(model, s, args.iters, args.warmup, prepare=True)
+                for s in scenarios}
         print(f"done: ours {prec}", file=sys.stderr)
     res["goals"] = goals(rows)
     sizes = [1, 8, 32, 128]

@@ -101,6 +101,18 @@ def test_feed_does_not_modify_its_argument():
     assert fast.initial_state() is not fast.initial_state()
 
 
+def test_prepare_gives_identical_feeds():
+    fast = FastCore(_net())
+    s0 = fast.feed(fast.initial_state(), 0, 128, 0.0, 0.0)
+    want = fast.feed(s0, 5, 60, 0.25, 80.0)
+    fast.prepare(s0)
+    assert torch.equal(fast.feed(s0, 5, 60, 0.25, 80.0), want)
+    assert torch.equal(fast.feed(s0, 5, 60, 0.25, 80.0), want)  # reusable
+    other = fast.feed(s0.clone(), 7, 61, 0.5, 0.0)  # another state object: not prepared
+    fast.prepare(s0)
+    assert torch.equal(fast.feed(s0.clone(), 7, 61, 0.5, 0.0), other)
+
+
 def test_batched_methods_match_batch_one():
     net = _net()
     fast = FastCore(net)

@@ -227,7 +227,7 @@ class FastCore:
         ew, eb = end.weight.detach().float(), end.bias.detach().float()
         self._end_w = (ew[1] - ew[0]).contiguous()  # softmax of 2 logits = sigmoid of diff
         self._end_b = float(eb[1] - eb[0])
-        self._idx_in = torch.zeros(1, dtype=torch.long)
+        self._prepared: tuple[Tensor, list[Tensor]] | None = None
 
     @staticmethod
     def _gate_bias(b_ih: Tensor, b_hh: Tensor, H: int) -> Tensor:
@@ -351,12 +351,28 @@ class FastCore:
             gi = self._in0(ph.sin_())
             gi += self._gate_inst[int(inst)]
             gi += self._gate_pitch[int(pitch)]
+            prepared = self._prepared
+            ghs = prepared[1] if prepared is not None and prepared[0] is state else None
             new = torch.empty(self.layers, 1, self.hidden)
             for k in range(self.layers):
                 if k:
                     gi = self._in[k](new[k - 1])
-                self._cell(gi, self._hid[k](state[k]), state[k], new[k])
+                gh = ghs[k] if ghs is not None else self._hid[k](state[k])
+                self._cell(gi, gh, state[k], new[k])
             return new
+
+    def prepare(self, state: Tensor) -> None:
+        """Precompute the half of the next :meth:`feed` that depends only on ``state``.
+
+        A GRU step's hidden-side products ``W_hh h`` (half of the recurrent weights) do not
+        depend on the event being fed. A live app that is waiting for the next event (the
+        player's next note, or the scheduled time of a sampled one) can call this in that
+        idle time; the following ``feed(state, ...)`` from this same state object then
+        only streams the input-side weights. Results are identical either way. One state
+        is remembered (by identity: states are never modified in place).
+        """
+        with torch.inference_mode():
+            self._prepared = (state, [self._hid[k](state[k]) for k in range(self.layers)])
 
     def context(self, state: Tensor) -> Tensor:
         """``h_proj`` of the top GRU output: ``Tensor[E]``."""
