@@ -1,0 +1,413 @@
+"""The OSC protocol of ``notochord-rt serve``: turn OSC messages into checked requests.
+
+This module knows the addresses, their arguments and the reply format; it does not touch
+sockets or the model (that is :mod:`.osc_server`). Every message becomes a
+:class:`Request` or raises :class:`RequestError` with a message naming the bad argument
+and the request's ``handle`` (so the error reply can echo it). See ``docs/osc.md``.
+
+Arguments follow the reference server: optional positional arguments (the event of
+``feed``, the path of ``prompt``/``load``), then ``key value`` pairs. A string value that
+parses as JSON is decoded (``"[60, 64, 67]"`` is a list, ``"false"`` is False), so
+lists and dicts can be sent by clients without OSC arrays; OSC arrays are accepted too.
+Three keys are understood by every address: ``session`` (which session; default 0, the
+shared one), ``handle`` (any value, echoed in the reply) and ``port`` (reply port).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import events as ev
+from ..engine.constraints import Constraints, Soft
+from ..engine.query import query_constraints
+from ..engine.sampler import _check_feed
+from ..engine.support import Compiled, compile_constraints
+from ..errors import InputError, NoPossibleEvents
+
+RETURN = "/return"
+PREFIX = "/notochord"
+COMMON_KEYS = ("session", "handle", "port")
+# reference query() outputs (splatting a reply back into feed is legal, as in the reference)
+FEED_IGNORED = ("end", "step")
+EVENT_KEYS = ("inst", "pitch", "time", "vel")
+
+#: ops and what they do: (feeds an event first, samples, how it samples)
+OPS: dict[str, tuple[bool, bool, str | None]] = {
+    "feed": (True, False, None),
+    "query": (False, True, "query"),
+    "query_feed": (False, True, "query"),
+    "feed_query": (True, True, "query"),
+    "sample": (False, True, "sample"),
+    "feed_sample": (True, True, "sample"),
+    "reset": (False, False, None),
+    "prompt": (False, False, None),
+    "load": (False, False, None),
+    "session/open": (False, False, None),
+    "session/close": (False, False, None),
+    "held": (False, False, None),
+    "status": (False, False, None),
+    "ping": (False, False, None),
+}
+#: keys each control op accepts besides COMMON_KEYS
+CONTROL_KEYS: dict[str, tuple[str, ...]] = {
+    "reset": ("start", "seed"),
+    "prompt": ("merge",),
+    "load": (),
+    "session/open": ("seed",),
+    "session/close": (),
+    "held": (),
+    "status": (),
+    "ping": (),
+}
+SAMPLE_EXTRA = ("feed", "allow_end")
+_CONSTRAINT_FIELDS = {f.name for f in dataclasses.fields(Constraints)}
+_PER_INST = ("min_vel", "max_vel", "min_polyphony", "max_polyphony", "min_duration",
+             "max_duration")
+_FLOATS = ("time", "vel", "min_time", "max_time", "inst_temp", "pitch_temp", "rhythm_temp",
+           "timing_temp", "vel_temp", "steer_density")
+_PAIRS = ("truncate_quantile_time", "truncate_quantile_pitch", "truncate_quantile_vel")
+
+
+class RequestError(InputError):
+    """A message that cannot be served; ``handle`` and ``address`` go into the error reply."""
+
+    def __init__(self, message: str, address: str = "", handle: Any = None) -> None:
+        super().__init__(message)
+        self.address = address
+        self.handle = handle
+
+
+@dataclass
+class Draw:
+    """What to sample: compiled constraints and an order, how to reply, what to do after."""
+
+    compiled: Compiled
+    order: str
+    kind: str  # "query" (reference reply) or "sample" (ours)
+    allow_end: bool = False
+    return_params: bool = False
+    feed_after: bool = False
+
+
+@dataclass
+class Request:
+    """One checked OSC message. ``event`` is fed first, then ``draw`` is sampled."""
+
+    op: str
+    address: str
+    session: int = 0
+    handle: Any = None
+    port: int | None = None
+    event: tuple[int, int, float, float] | None = None
+    draw: Draw | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    sender: tuple[str, int] = ("", 0)
+
+    @property
+    def reply_to(self) -> str:
+        """Reply address of this request's op."""
+        name = "query" if self.draw is not None and self.draw.kind == "query" else self.op
+        if self.op == "feed_sample":
+            name = "sample"
+        return f"{RETURN}{PREFIX}/{name}"
+
+
+# -- values ---------------------------------------------------------------------------------
+def decode(value: Any) -> Any:
+    """A string that parses as JSON becomes the decoded value; anything else is unchanged."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, (list, tuple)):
+        return [decode(v) for v in value]
+    return value
+
+
+def find_handle(params: Sequence[Any]) -> Any:
+    """The value after a ``"handle"`` key, if any (used even when parsing fails)."""
+    for k in range(len(params) - 1):
+        if params[k] == "handle":
+            return params[k + 1]
+    return None
+
+
+def pairs(params: Sequence[Any], address: str, handle: Any) -> dict[str, Any]:
+    """``key value key value ...`` → dict; values JSON-decoded, ``handle`` kept raw."""
+    if len(params) % 2:
+        raise RequestError(f"expected key value pairs, but {params[-1]!r} has no value",
+                           address, handle)
+    out: dict[str, Any] = {}
+    for k in range(0, len(params), 2):
+        key, value = params[k], params[k + 1]
+        if not isinstance(key, str):
+            raise RequestError(f"argument {k + 1}: expected a key name (a string), got "
+                               f"{key!r}", address, handle)
+        if key in out:
+            raise RequestError(f"key {key!r} given twice", address, handle)
+        out[key] = value if key == "handle" else decode(value)
+    return out
+
+
+def _int(value: Any, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not value.is_integer()):
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise InputError(f"{name} must be in {lo}..{hi}, got {int(value)}")
+    return int(value)
+
+
+def _bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    raise InputError(f"{name} must be true/false (or 1/0), got {value!r}")
+
+
+def _float(value: Any, name: str) -> float:
+    if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", "infinity"):
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _inst(value: Any, name: str) -> int:
+    """An instrument id, or a name such as ``"violin"`` / ``"drums"`` / ``"anon2"``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InputError(f"{name}: expected an instrument id or name, got {value!r}")
+    if isinstance(value, float):
+        value = _int(value, name, ev.FIRST_MELODIC, ev.NUM_INSTRUMENTS)
+    try:
+        return ev.parse_instrument(value)
+    except ValueError as e:
+        raise InputError(f"{name}: {e}") from None
+
+
+def _inst_dict(value: Any, name: str, convert) -> dict[int, Any]:
+    if not isinstance(value, Mapping):
+        raise InputError(f"{name} must be a dict {{instrument: ...}}, got {value!r}")
+    return {_inst(k, f"{name} key"): convert(v, f"{name}[{k}]") for k, v in value.items()}
+
+
+def _ints(value: Any, name: str) -> list[int]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list):
+        raise InputError(f"{name} must be a list of integers, got {value!r}")
+    return [_int(v, name, -2**31, 2**31 - 1) for v in value]
+
+
+def _intervals(value: Any, name: str) -> list[tuple[float, ...]]:
+    if not isinstance(value, list) or not all(isinstance(r, list) for r in value):
+        raise InputError(f"{name} must be a list of [lo, hi] or [lo, hi, weight], got {value!r}")
+    return [tuple(_float(x, name) for x in r) for r in value]
+
+
+# -- our sample: Constraints fields by name --------------------------------------------------
+def constraint_value(name: str, value: Any) -> Any:
+    """Convert one decoded OSC value to the type of the :class:`Constraints` field ``name``."""
+    if name in ("note_on_map", "note_off_map"):
+        return _inst_dict(value, name, _ints)
+    if name == "inst":
+        return None if value is None else _inst(value, name)
+    if name in ("pitch", "index_pitch"):
+        return None if value is None else _int(value, name, 0, ev.NUM_PITCHES)
+    if name in _FLOATS:
+        return None if value is None and name in ("time", "vel", "steer_density") else _float(
+            value, name)
+    if name in _PER_INST:
+        if isinstance(value, Mapping):
+            return _inst_dict(value, name, _float)
+        return _float(value, name)
+    if name in ("time_ranges", "vel_ranges"):
+        return None if value is None else _intervals(value, name)
+    if name in _PAIRS:
+        if not isinstance(value, list) or len(value) != 2:
+            raise InputError(f"{name} must be a pair [lo, hi], got {value!r}")
+        return (_float(value[0], name), _float(value[1], name))
+    if name == "penalty":
+        if not isinstance(value, Mapping):
+            raise InputError(f"penalty must be a dict {{name: cost}}, got {value!r}")
+        known = {s.value: s for s in Soft}
+        bad = [k for k in value if k not in known]
+        if bad:
+            raise InputError(f"penalty: unknown name(s) {bad} (known: {', '.join(known)})")
+        return {known[k]: _float(v, f"penalty[{k}]") for k, v in value.items()}
+    if name == "inst_weights":
+        return _inst_dict(value, name, _float)
+    if name == "external":
+        items = value if isinstance(value, list) else [value]
+        return {_inst(v, name) for v in items}
+    if name == "order":
+        if not isinstance(value, str):
+            raise InputError(f"order must be a string such as 'vtip', got {value!r}")
+        return value
+    raise InputError(f"unknown constraint {name!r}")
+
+
+def sample_constraints(kw: Mapping[str, Any]) -> Constraints:
+    """A validated :class:`Constraints` from ``{field name: decoded OSC value}``."""
+    unknown = sorted(set(kw) - _CONSTRAINT_FIELDS)
+    if unknown:
+        raise InputError(f"unknown constraint(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(sorted(_CONSTRAINT_FIELDS))}")
+    return Constraints(**{k: constraint_value(k, v) for k, v in kw.items()}).validate()
+
+
+# -- the parser ------------------------------------------------------------------------------
+class Parser:
+    """Turns ``(address, params)`` into :class:`Request` objects.
+
+    Compiled constraints are cached by their arguments (most clients send the same query
+    again and again; compiling costs about half a millisecond).
+    """
+
+    def __init__(self, cache_size: int = 256) -> None:
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[Compiled, str]] = OrderedDict()
+
+    def parse(self, address: str, params: Sequence[Any]) -> Request:
+        """Check one message; raises :class:`RequestError`."""
+        handle = find_handle(params)
+        if not isinstance(address, str) or not address.startswith(PREFIX + "/"):
+            raise RequestError(f"unknown address {address!r} (addresses start with "
+                               f"{PREFIX}/)", str(address), handle)
+        op = address[len(PREFIX) + 1:]
+        if op not in OPS:
+            raise RequestError(f"unknown address {address!r}; known: "
+                               f"{', '.join(PREFIX + '/' + o for o in OPS)}", address, handle)
+        try:
+            return self._parse(op, address, list(params), handle)
+        except RequestError:
+            raise
+        except (InputError, NoPossibleEvents) as e:
+            raise RequestError(str(e), address, handle) from None
+
+    def _parse(self, op: str, address: str, params: list[Any], handle: Any) -> Request:
+        feeds, samples, kind = OPS[op]
+        req = Request(op, address, handle=handle)
+        if feeds:
+            params = self._event(req, params)
+        elif op in ("prompt", "load"):
+            if not params or not isinstance(params[0], str) or params[0] in COMMON_KEYS:
+                raise InputError(f"{address} needs a file path (a string) first")
+            req.args["path"] = params[0]
+            params = params[1:]
+        kw = pairs(params, address, handle)
+        self._common(req, kw)
+        if op == "feed":
+            bad = sorted(set(kw) - set(FEED_IGNORED))
+            if bad:
+                raise InputError(f"unknown argument(s) {', '.join(bad)} for {address}")
+        elif samples:
+            req.draw = self._draw(op, kind, kw)  # type: ignore[arg-type]
+        else:
+            bad = sorted(set(kw) - set(CONTROL_KEYS[op]))
+            if bad:
+                raise InputError(f"unknown argument(s) {', '.join(bad)} for {address}"
+                                 + (f" (accepted: {', '.join(CONTROL_KEYS[op])})"
+                                    if CONTROL_KEYS[op] else ""))
+            self._control(req, kw)
+        return req
+
+    @staticmethod
+    def _event(req: Request, params: list[Any]) -> list[Any]:
+        """Take the event to feed: 4 positional values, or ``inst/pitch/time/vel`` keys."""
+        if params and params[0] in EVENT_KEYS:
+            kw = pairs(params, req.address, req.handle)
+            missing = [k for k in EVENT_KEYS if k not in kw]
+            if missing:
+                raise InputError(f"{req.address} needs inst pitch time vel; missing "
+                                 f"{', '.join(missing)}")
+            values = [kw.pop(k) for k in EVENT_KEYS]
+            rest = [x for item in kw.items() for x in item]
+            # keep handle raw: it was not decoded by pairs()
+        else:
+            if len(params) < 4:
+                raise InputError(f"{req.address} needs 4 numbers first (inst pitch time vel),"
+                                 f" got {len(params)} argument(s)")
+            values, rest = [decode(v) for v in params[:4]], params[4:]
+        for name, v in zip(EVENT_KEYS, values):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise InputError(f"{name} must be a number, got {v!r}")
+        req.event = _check_feed(*values)
+        return rest
+
+    @staticmethod
+    def _common(req: Request, kw: dict[str, Any]) -> None:
+        if "handle" in kw:
+            req.handle = kw.pop("handle")
+        if "session" in kw:
+            req.session = _int(kw.pop("session"), "session", 0, 2**31 - 1)
+        if "port" in kw:
+            req.port = _int(kw.pop("port"), "port", 1, 65535)
+
+    def _draw(self, op: str, kind: str, kw: dict[str, Any]) -> Draw:
+        allow_end = _bool(kw.pop("allow_end", False), "allow_end")
+        feed_after = op == "query_feed"
+        if kind == "sample":
+            feed_after = _bool(kw.pop("feed", False), "feed")
+        if kind == "query" and "seed" in kw:
+            raise InputError("seed: the server keeps one generator per session; give seed "
+                             "to /notochord/session/open or /notochord/reset instead")
+        return_params = _bool(kw.pop("return_params", False), "return_params")
+        key = kind + json.dumps(sorted(kw.items()), default=repr)
+        hit = self._cache.get(key)
+        if hit is None:
+            if kind == "query":
+                cons, order = query_constraints(kw)
+                cons.order = order
+            else:
+                cons = sample_constraints(kw)
+                order = cons.order or "vtip"
+            hit = (compile_constraints(cons), order)
+            self._cache[key] = hit
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return Draw(hit[0], hit[1], kind, allow_end, return_params, feed_after)
+
+    @staticmethod
+    def _control(req: Request, kw: dict[str, Any]) -> None:
+        if "start" in kw:
+            req.args["start"] = _bool(kw["start"], "start")
+        if "merge" in kw:
+            req.args["merge"] = _bool(kw["merge"], "merge")
+        if "seed" in kw:
+            req.args["seed"] = _int(kw["seed"], "seed", 0, 2**63 - 1)
+
+
+# -- replies ---------------------------------------------------------------------------------
+def encode(value: Any) -> Any:
+    """An OSC-sendable value: numbers, strings and bools as they are, the rest as JSON."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return value if -2**31 <= value < 2**31 else float(value)
+    if isinstance(value, float):
+        return value
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return encode(value.tolist()) if getattr(value, "ndim", 1) == 0 else json.dumps(
+            value.tolist())
+    return json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+
+
+def flatten(reply: Mapping[str, Any]) -> list[Any]:
+    """``{key: value}`` → ``[key, value, key, value, ...]`` (``None`` values left out; the
+    ``handle`` is echoed exactly as it came)."""
+    out: list[Any] = []
+    for k, v in reply.items():
+        if v is not None:
+            out += [k, v if k == "handle" else encode(v)]
+    return out
