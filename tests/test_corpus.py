@@ -69,6 +69,17 @@ def test_time_limit_interrupts_and_clears_the_alarm():
                 pass
     assert time.perf_counter() - start < 2
     assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    start = time.perf_counter()
+    with pytest.raises(corpus.ScoreTimeout):  # library code catching Exception can't hide it
+        with corpus.time_limit(0.1):
+            try:
+                while time.perf_counter() - start < 5:
+                    pass
+            except Exception:
+                pass
+            while time.perf_counter() - start < 5:
+                pass
+    assert time.perf_counter() - start < 2
     with corpus.time_limit(None):
         time.sleep(0.01)  # no limit: nothing raised
     with corpus.time_limit(5):

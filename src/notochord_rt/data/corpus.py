@@ -61,8 +61,12 @@ def null_progress(desc: str, total: int) -> Progress:
     return _NullProgress()
 
 
-class ScoreTimeout(Exception):
-    """Raised inside a :func:`time_limit` block that ran past its limit."""
+class ScoreTimeout(BaseException):
+    """Raised inside a :func:`time_limit` block that ran past its limit.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``) so that the ``except Exception``
+    blocks inside music21 cannot swallow it and carry on without a limit.
+    """
 
 
 @contextlib.contextmanager
@@ -89,7 +93,8 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         raise ScoreTimeout(f"ran past the time limit of {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, _expired)
-    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    # Re-fires every second after expiry, in case a bare ``except:`` swallowed the first.
+    signal.setitimer(signal.ITIMER_REAL, float(seconds), 1.0)
     try:
         yield
     finally:
