@@ -1,0 +1,246 @@
+"""Offline generation: sample a piece from a model, optionally continuing a prompt.
+
+:func:`generate` runs the plain sampling loop of the inference API — ``sample`` under
+:class:`~notochord_rt.engine.constraints.Constraints`, then ``feed`` what was sampled —
+until a length in seconds of music or in events is reached, and returns the whole piece
+(prompt + continuation) as :class:`~notochord_rt.events.EventArrays` with absolute times.
+
+Why the guards in :class:`GenerateOptions`: a random or weak model happily holds a note
+for ever or stacks dozens of notes on one instrument. ``max_note_seconds`` (the sampler's
+``max_duration`` guarantee) releases any note that sounds too long, ``max_polyphony``
+caps the notes one instrument holds, and ``max_gap`` is a *soft* upper bound on the time
+between events so a piece does not fall silent for ten seconds at a time. Notes still
+sounding when generation stops are released at the end, so the output never has a stuck
+note.
+
+Prompting: the prompt (events from :func:`notochord_rt.midi.ingest.load_midi`) is fed
+event by event, then sampling continues from the prompt's last event, by default with the
+prompt's own instruments (``instruments`` overrides that).
+
+Nothing here prints; progress is reported through the ``progress`` callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time as _time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import events as ev
+from ..errors import InputError, NoPossibleEvents
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, float], None]
+"""``progress(events_so_far, music_seconds_so_far)``, called after every generated event."""
+
+RELEASE_TAIL = 0.5
+"""Seconds after the last event at which notes still held are released (``events`` mode)."""
+
+
+def steer_window(steer: float | None) -> tuple[float, float]:
+    """A steering value in [0, 1] as a quantile window of width 1 centred on it.
+
+    0.5 (or ``None``) is no steering; 0 keeps the lower half of the distribution, 1 the
+    upper half (as the reference's homunculus maps its steering controls).
+    """
+    if steer is None:
+        return (0.0, 1.0)
+    s = float(steer)
+    if not 0.0 <= s <= 1.0 or math.isnan(s):
+        raise InputError(f"steering values must be in [0, 1], got {steer!r}")
+    return (max(0.0, s - 0.5), min(1.0, s + 0.5))
+
+
+@dataclass
+class GenerateOptions:
+    """What to generate and how.
+
+    Length: ``seconds`` of music after the prompt, or ``events`` generated events (if
+    both are given, whichever comes first). ``instruments`` restricts which instruments
+    may start notes (``None``: the prompt's instruments if there is a prompt, else all).
+    Temperatures follow :class:`~notochord_rt.engine.constraints.Constraints`
+    (``<= 1`` nucleus, ``> 1`` temperature). Steering values are in [0, 1] (0.5 = none):
+    ``steer_pitch`` high → higher pitches, ``steer_rate`` high → shorter gaps (more
+    events), ``steer_velocity`` high → louder, ``steer_density`` high → more note-ons
+    relative to note-offs (more simultaneous notes).
+    """
+
+    seconds: float | None = 30.0
+    events: int | None = None
+    seed: int | None = None
+    instruments: list[int] | None = None
+    pitch_temp: float = 1.0
+    rhythm_temp: float = 1.0
+    timing_temp: float = 1.0
+    inst_temp: float = 1.0
+    vel_temp: float = 1.0
+    steer_density: float = 0.5
+    steer_pitch: float | None = None
+    steer_rate: float | None = None
+    steer_velocity: float | None = None
+    max_note_seconds: float = 5.0
+    max_polyphony: int = 8
+    max_gap: float = 3.0
+    order: str | None = None
+
+    def validate(self) -> GenerateOptions:
+        """Raise :class:`InputError` naming the first bad option; return ``self``."""
+        if self.seconds is None and self.events is None:
+            raise InputError("give a length: seconds or events")
+        if self.seconds is not None and not (math.isfinite(self.seconds) and self.seconds > 0):
+            raise InputError(f"seconds must be a number > 0, got {self.seconds!r}")
+        if self.events is not None and (not isinstance(self.events, int) or self.events < 1):
+            raise InputError(f"events must be an integer >= 1, got {self.events!r}")
+        if not (math.isfinite(self.max_note_seconds) and self.max_note_seconds > 0):
+            raise InputError(f"max_note_seconds must be > 0, got {self.max_note_seconds!r}")
+        if not (isinstance(self.max_polyphony, int) and self.max_polyphony >= 1):
+            raise InputError(f"max_polyphony must be an integer >= 1, got {self.max_polyphony!r}")
+        if not (self.max_gap > 0):
+            raise InputError(f"max_gap must be > 0, got {self.max_gap!r}")
+        if self.instruments is not None:
+            if not self.instruments:
+                raise InputError("instruments must not be empty (None means any)")
+            for i in self.instruments:
+                if not ev.is_valid_instrument(i):
+                    raise InputError(f"instrument ids are 1..{ev.NUM_INSTRUMENTS}, got {i!r}")
+        for name in ("steer_pitch", "steer_rate", "steer_velocity"):
+            steer_window(getattr(self, name))
+        return self
+
+
+@dataclass
+class Generated:
+    """The result of :func:`generate`.
+
+    ``events``: the whole piece, prompt first, absolute seconds, every note released.
+    It is in time order but not re-sorted: the sampled order is kept at equal times, so a
+    note-on sampled just before its own note-off (a zero-length note) stays paired.
+    ``prompt_events`` / ``prompt_end``: how many of the events (and seconds) came from
+    the prompt; the continuation starts at ``prompt_end``. ``released_at_end``
+    counts the note-offs appended for notes still held when generation stopped.
+    ``stopped`` says why generation stopped (``"seconds"``, ``"events"`` or the reason it
+    could not go on). ``wall_seconds`` is the time the sampling loop took.
+    """
+
+    events: ev.EventArrays
+    prompt_events: int = 0
+    prompt_end: float = 0.0
+    generated: int = 0
+    released_at_end: int = 0
+    forced: int = 0
+    stopped: str = ""
+    wall_seconds: float = 0.0
+    instruments: list[int] = field(default_factory=list)
+
+    @property
+    def music_seconds(self) -> float:
+        """Seconds of music generated after the prompt."""
+        return max(0.0, self.events.duration - self.prompt_end)
+
+
+def build_constraints(options: GenerateOptions, instruments: Iterable[int] | None):
+    """The :class:`Constraints` used for every step of a generation (see the module doc)."""
+    from ..engine.constraints import Constraints
+
+    on_map = None
+    if instruments is not None:
+        on_map = {int(i): range(ev.NUM_PITCHES) for i in sorted(set(instruments))}
+    off_map = np.zeros((ev.N_INST_CLASSES, ev.N_PITCH_CLASSES), dtype=bool)
+    off_map[ev.FIRST_MELODIC:, : ev.NUM_PITCHES] = True  # any held note may end
+    return Constraints(
+        note_on_map=on_map,
+        note_off_map=off_map,
+        max_time=float(options.max_gap),
+        max_polyphony=int(options.max_polyphony),
+        max_duration=float(options.max_note_seconds),
+        inst_temp=options.inst_temp,
+        pitch_temp=options.pitch_temp,
+        rhythm_temp=options.rhythm_temp,
+        timing_temp=options.timing_temp,
+        vel_temp=options.vel_temp,
+        steer_density=options.steer_density,
+        truncate_quantile_pitch=steer_window(options.steer_pitch),
+        truncate_quantile_time=steer_window(
+            None if options.steer_rate is None else 1.0 - options.steer_rate),
+        truncate_quantile_vel=steer_window(options.steer_velocity),
+        order=options.order,
+    ).validate()
+
+
+def feed_prompt(model, prompt: ev.EventArrays) -> None:
+    """Feed a (sorted, absolute-time) piece to ``model`` event by event."""
+    for i, p, dt, v in zip(prompt.inst.tolist(), prompt.pitch.tolist(),
+                           prompt.deltas().tolist(), prompt.vel.tolist()):
+        model.feed(i, p, max(0.0, dt), v)
+
+
+def _note_vel(v: float) -> int:
+    """A sampled velocity as a MIDI velocity: note-ons are 1..127, note-offs 0."""
+    if v < ev.NOTE_ON_MIN_VEL:
+        return 0
+    return int(min(127, max(1, round(v))))
+
+
+def generate(model, options: GenerateOptions, prompt: ev.EventArrays | None = None,
+             progress: ProgressFn | None = None) -> Generated:
+    """Generate a piece with ``model`` (a :class:`~notochord_rt.engine.sampler.Notochord`).
+
+    The model is reset (seeded with ``options.seed``), the prompt fed, then events are
+    sampled and fed until the length is reached. An event that would start after
+    ``prompt_end + seconds`` is not kept. If the constraints cannot be met
+    (:class:`NoPossibleEvents`), generation stops there with the reason in
+    ``Generated.stopped`` instead of failing.
+    """
+    from ..engine.support import compile_constraints
+
+    options.validate()
+    prompt = ev.EventArrays.empty() if prompt is None else prompt.sorted()
+    instruments = options.instruments
+    if instruments is None and len(prompt):
+        instruments = sorted({int(i) for i in np.unique(prompt.inst)})
+    comp = compile_constraints(build_constraints(options, instruments))
+
+    model.reset(seed=options.seed)
+    feed_prompt(model, prompt)
+    prompt_end = prompt.duration
+    end_time = prompt_end + options.seconds if options.seconds is not None else math.inf
+    max_events = options.events if options.events is not None else math.inf
+
+    rows: list[tuple[int, int, float, int]] = []
+    now = prompt_end
+    forced = 0
+    stopped = "events" if options.events is not None else "seconds"
+    t0 = _time.perf_counter()
+    while len(rows) < max_events:
+        try:
+            e = model.sample(comp)
+        except NoPossibleEvents as err:
+            stopped = f"no possible event: {err}"
+            log.warning("generation stopped early after %d events: %s", len(rows), err)
+            break
+        if now + e.time > end_time:
+            stopped = "seconds"
+            break
+        model.feed(e.inst, e.pitch, e.time, e.vel)
+        now += e.time
+        forced += e.forced is not None
+        rows.append((e.inst, e.pitch, now, _note_vel(e.vel)))
+        if progress is not None:
+            progress(len(rows), now - prompt_end)
+    wall = _time.perf_counter() - t0
+
+    release_at = end_time if math.isfinite(end_time) else now + RELEASE_TAIL
+    held = sorted(model.held_notes)
+    rows.extend((i, p, release_at, 0) for i, p in held)
+    new = ev.EventArrays.build(*zip(*rows)) if rows else ev.EventArrays.empty()
+    piece = ev.EventArrays(*(np.concatenate([a, b]) for a, b in zip(prompt, new)))
+    return Generated(
+        events=piece, prompt_events=len(prompt), prompt_end=prompt_end,
+        generated=len(rows) - len(held), released_at_end=len(held), forced=forced,
+        stopped=stopped, wall_seconds=wall,
+        instruments=list(instruments) if instruments is not None else [])

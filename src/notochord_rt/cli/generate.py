@@ -1,0 +1,252 @@
+"""``notochord-rt generate``: write a new piece, or continue a MIDI file, with a model.
+
+Writes a MIDI file and optionally a WAV (fluidsynth + a GM SoundFont) and a PNG piano
+roll. The MIDI file is always written first; if the WAV cannot be made (fluidsynth or a
+SoundFont missing) the message says what to install and the exit status is 2.
+
+The helpers here (instrument lists, output checks, model loading, writing the outputs)
+are shared with ``notochord-rt harmonize``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+NAME = "generate"
+HELP = "generate a piece (or continue a MIDI file) and write MIDI, WAV and PNG"
+
+log = logging.getLogger(__name__)
+
+
+# -- shared helpers ---------------------------------------------------------------------------
+def parse_instrument_list(specs: list[str] | None, option: str) -> list[int] | None:
+    """Instrument ids from repeated/comma-separated names or numbers; UserError if unknown."""
+    from ..errors import UserError
+    from ..events import parse_instrument
+
+    if not specs:
+        return None
+    out: list[int] = []
+    for spec in specs:
+        for item in spec.split(","):
+            if not item.strip():
+                continue
+            try:
+                inst = parse_instrument(item)
+            except ValueError as e:
+                raise UserError(f"{option}: {e}") from None
+            if inst not in out:
+                out.append(inst)
+    if not out:
+        raise UserError(f"{option}: no instrument given")
+    return out
+
+
+def check_output(path: str | None, option: str, suffixes: tuple[str, ...]) -> Path | None:
+    """Fail early (UserError) if ``path`` cannot be written, before any long work."""
+    from ..errors import UserError
+
+    if path is None:
+        return None
+    p = Path(path)
+    if p.suffix.lower() not in suffixes:
+        raise UserError(f"{option} {path}: expected a file name ending in {' or '.join(suffixes)}")
+    if p.is_dir():
+        raise UserError(f"{option} {path}: is a folder")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"{option} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UserError(f"{option} {path}: not writable")
+    return p
+
+
+def load_model(checkpoint: str, core: str):
+    """The sampler for ``checkpoint`` (path or ``"default"``); UserError if it can't load."""
+    import torch
+
+    from ..engine.sampler import Notochord
+    from ..errors import CheckpointError, UserError
+
+    if checkpoint != "default" and not Path(checkpoint).exists():
+        raise UserError(f"--checkpoint {checkpoint}: no such file")
+    try:
+        model = Notochord.load(checkpoint)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    torch.set_grad_enabled(False)
+    if core != "module":
+        model.use_core(core)
+    return model
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
+    """The output, model and seed options shared by ``generate`` and ``harmonize``."""
+    parser.add_argument("--out", default=default_out, metavar="FILE.mid",
+                        help=f"MIDI file to write (default: {default_out})")
+    parser.add_argument("--wav", metavar="FILE.wav",
+                        help="also render audio with fluidsynth and a General MIDI SoundFont")
+    parser.add_argument("--png", metavar="FILE.png",
+                        help="also draw a piano roll coloured by instrument")
+    parser.add_argument("--soundfont", metavar="FILE.sf2",
+                        help="SoundFont for --wav (default: $NOTOCHORD_SOUNDFONT or the "
+                             "system's GM SoundFont)")
+    parser.add_argument("--checkpoint", default="default", metavar="PATH",
+                        help="model file (.safetensors or a reference .ckpt); default: the "
+                             "bundled model")
+    parser.add_argument("--core", default="module",
+                        choices=("module", "fp32", "bf16", "fp16", "int8"),
+                        help="inference core: the torch module or the fast core at a precision")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (reproducible runs)")
+
+
+def write_outputs(args: argparse.Namespace, events, *, prompt_end: float | None = None,
+                  title: str | None = None, highlight=None) -> list[str]:
+    """Write the MIDI file, then the PNG and WAV if asked; returns what was written.
+
+    A failed WAV or PNG (missing tool) raises UserError *after* the MIDI is on disk, with
+    the names of the files that were written.
+    """
+    from ..apps.render import RenderUnavailable, render_png, render_wav
+    from ..errors import UserError
+    from ..midi.export import save_midi
+
+    try:
+        save_midi(events, args.out)
+    except OSError as e:
+        raise UserError(f"--out {args.out}: cannot write ({e.strerror or e})") from None
+    written = [args.out]
+    problems = []
+    if args.png:
+        try:
+            render_png(events, args.png, prompt_end=prompt_end, title=title, highlight=highlight)
+            written.append(args.png)
+        except RenderUnavailable as e:
+            problems.append(f"no PNG: {e}")
+        except OSError as e:
+            problems.append(f"--png {args.png}: cannot write ({e.strerror or e})")
+    if args.wav:
+        try:
+            render_wav(args.out, args.wav, soundfont=args.soundfont)
+            written.append(args.wav)
+        except RenderUnavailable as e:
+            problems.append(f"no WAV: {e}")
+    if problems:
+        raise UserError(f"wrote {', '.join(written)}; " + "; ".join(problems))
+    return written
+
+
+# -- the subcommand -----------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, default=None,
+                        help="seconds of music to generate (default 30)")
+    length.add_argument("--events", type=int, default=None, help="number of events to generate")
+    parser.add_argument("--instruments", action="append", metavar="INSTS",
+                        help="instruments that may play: GM names or ids 1..320, comma "
+                             "separated or repeated ('violin,cello', 'drums', 'jazz kit', "
+                             "'anon2'); default: any (or the prompt's instruments)")
+    parser.add_argument("--prompt", metavar="FILE.mid", help="MIDI file to continue")
+    parser.add_argument("--continue-with", action="append", metavar="INSTS",
+                        help="with --prompt: instruments that continue it (default: the "
+                             "prompt's own instruments)")
+    add_output_arguments(parser, "out.mid")
+    temps = parser.add_argument_group("temperatures (<= 1: nucleus/top-p, > 1: temperature)")
+    for name, what in (("pitch", "pitch"), ("rhythm", "time mixture component (coarse rhythm)"),
+                       ("timing", "width of the chosen time component (fine timing; 0 = exact)"),
+                       ("inst", "instrument"), ("vel", "velocity component width")):
+        temps.add_argument(f"--{name}-temp", type=float, default=1.0, help=what)
+    steer = parser.add_argument_group("steering (0..1, 0.5 = neutral)")
+    steer.add_argument("--steer-density", type=float, default=0.5,
+                       help="more note-ons than note-offs above 0.5 (thicker texture)")
+    steer.add_argument("--steer-pitch", type=float, default=None,
+                       help="higher pitches above 0.5, lower below")
+    steer.add_argument("--steer-rate", type=float, default=None,
+                       help="shorter gaps (more events) above 0.5, longer below")
+    steer.add_argument("--steer-velocity", type=float, default=None,
+                       help="louder above 0.5, softer below")
+    guards = parser.add_argument_group("guards against stuck notes and runaway density")
+    guards.add_argument("--max-note-seconds", type=float, default=5.0,
+                        help="release any note older than this (default 5)")
+    guards.add_argument("--max-polyphony", type=int, default=8,
+                        help="most notes one instrument holds at once (default 8)")
+    guards.add_argument("--max-gap", type=float, default=3.0,
+                        help="soft limit on the seconds between events (default 3)")
+
+
+def _options(args: argparse.Namespace, instruments):
+    from ..apps.generate import GenerateOptions
+    from ..errors import InputError, UserError
+
+    seconds = args.seconds if args.seconds is not None or args.events is not None else 30.0
+    opts = GenerateOptions(
+        seconds=seconds, events=args.events, seed=args.seed, instruments=instruments,
+        pitch_temp=args.pitch_temp, rhythm_temp=args.rhythm_temp,
+        timing_temp=args.timing_temp, inst_temp=args.inst_temp, vel_temp=args.vel_temp,
+        steer_density=args.steer_density, steer_pitch=args.steer_pitch,
+        steer_rate=args.steer_rate, steer_velocity=args.steer_velocity,
+        max_note_seconds=args.max_note_seconds, max_polyphony=args.max_polyphony,
+        max_gap=args.max_gap)
+    try:
+        opts.validate()
+        from ..apps.generate import build_constraints
+
+        build_constraints(opts, instruments)  # temperatures and steering checked here
+    except InputError as e:
+        raise UserError(str(e).replace("_", "-")) from None
+    return opts
+
+
+def _load_prompt(path: str):
+    from ..errors import MidiError, UserError
+    from ..midi.ingest import load_midi
+
+    if not Path(path).is_file():
+        raise UserError(f"--prompt {path}: no such file")
+    try:
+        return load_midi(path).events
+    except MidiError as e:
+        raise UserError(f"--prompt {path}: not a usable MIDI file ({e})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..apps.generate import generate
+    from ..errors import UserError
+    from ..events import instrument_name
+
+    instruments = parse_instrument_list(args.instruments, "--instruments")
+    cont = parse_instrument_list(args.continue_with, "--continue-with")
+    if cont is not None and not args.prompt:
+        raise UserError("--continue-with needs --prompt")
+    check_output(args.out, "--out", (".mid", ".midi"))
+    check_output(args.wav, "--wav", (".wav",))
+    check_output(args.png, "--png", (".png",))
+    options = _options(args, cont or instruments)
+    prompt = _load_prompt(args.prompt) if args.prompt else None
+    model = load_model(args.checkpoint, args.core)
+
+    total = options.events if options.events is not None else options.seconds
+    unit = "event" if options.events is not None else "s"
+    with tqdm(total=total, unit=unit, desc="generating", disable=None, leave=False) as bar:
+        def progress(n: int, music: float) -> None:
+            bar.update((n if options.events is not None else round(music, 2)) - bar.n)
+
+        result = generate(model, options, prompt, progress)
+    names = sorted({instrument_name(i) for i in result.events.inst[result.prompt_events:]})
+    title = f"notochord-rt generate ({Path(args.checkpoint).name}, seed {args.seed})"
+    written = write_outputs(args, result.events,
+                            prompt_end=result.prompt_end if prompt is not None else None,
+                            title=title)
+    rate = result.generated / result.wall_seconds if result.wall_seconds > 0 else float("inf")
+    print(f"wrote {', '.join(written)}: {result.generated} events, "  # noqa: T201
+          f"{result.music_seconds:.1f} s of music after {result.prompt_end:.1f} s of prompt, "
+          f"{len(names)} instruments ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}); "
+          f"{rate:.0f} events/s; {result.released_at_end} notes released at the end"
+          + ("" if result.stopped in ("seconds", "events") else f"; stopped early: "
+             f"{result.stopped}"))
+    return 0
