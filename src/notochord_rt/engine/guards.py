@@ -117,7 +117,7 @@ def apply_guards(comp: Compiled, held: HeldNotes, held_m: np.ndarray | None,
     if off is None:
         off = np.zeros_like(on)
     atoms, level, broken = stratify(on, off, comp.pieces, pen_on, pen_off, time_pens, md_cells,
-                                    cons.penalty_of(Soft.MIN_DUR))
+                                    cons.penalty_of(Soft.MIN_DUR), on_r, off_r)
     if not atoms:  # cannot happen when the hard support is non-empty; kept as a safeguard
         raise RuntimeError("stratification lost the whole support")
     if broken:

@@ -216,6 +216,7 @@ def build_support(comp: Compiled, held: HeldNotes) -> Support:
 def stratify(on: np.ndarray, off: np.ndarray, pieces: np.ndarray, pen_on: np.ndarray,
              pen_off: np.ndarray, time_pens: list[tuple[float, float, str]],
              md_cells: tuple[np.ndarray, np.ndarray, np.ndarray], md_pen: float,
+             on_r: np.ndarray | None = None, off_r: np.ndarray | None = None,
              ) -> tuple[list[Atom], float, tuple[str, ...]]:
     """Split the support into time segments, score every (cell, segment), keep the cheapest.
 
@@ -224,8 +225,12 @@ def stratify(on: np.ndarray, off: np.ndarray, pieces: np.ndarray, pen_on: np.nda
     ``(inst, pitch, earliest_time)`` of held notes whose note-off costs ``md_pen`` before
     ``earliest_time``. Returns the atoms of the minimum-penalty stratum, that penalty and
     the names of the soft constraints it breaks.
+
+    Cost: a few full-grid operations, plus two per kept time segment; the per-segment
+    scoring is over instruments and the (few) ``md_cells`` only.
     """
-    breaks = sorted({b for b, _, _ in time_pens} | set(md_cells[2].tolist()))
+    md_i, md_p, md_t = md_cells
+    breaks = sorted({b for b, _, _ in time_pens} | set(md_t.tolist()))
     if breaks:
         cut = []
         for lo, hi, w in pieces:
@@ -237,43 +242,55 @@ def stratify(on: np.ndarray, off: np.ndarray, pieces: np.ndarray, pen_on: np.nda
     g = np.zeros(len(pieces))
     for b, p, _ in time_pens:
         g += np.where(mids > b, p, 0.0)
-    md_i, md_p, md_t = md_cells
-    early = mids[:, None] < md_t[None, :]  # (pieces, md cells)
-    keys: dict[tuple, list[int]] = {}
+    early = mids[:, None] < md_t[None, :]  # (segments, md cells)
+    on_r = on.any(1) if on_r is None else on_r
+    off_r = off.any(1) if off_r is None else off_r
+    # note-offs of md cells are scored one by one; every other note-off by instrument
+    if md_i.size:
+        rest = off.copy()
+        rest[md_i, md_p] = False
+        rest_r = rest.any(1)
+    else:
+        rest, rest_r = off, off_r
+    on_min = pen_on[on_r].min() if on_r.any() else math.inf
+    rest_min = pen_off[rest_r].min() if rest_r.any() else math.inf
+    md_base = pen_off[md_i]
+    costs = []  # per segment: (best, md cell costs)
     for k in range(len(pieces)):
-        keys.setdefault((g[k], tuple(early[k].tolist())), []).append(k)
-    on_rows, off_any = on.any(1), off.any()
-    on_min = pen_on[on_rows].min() if on_rows.any() else math.inf
-    groups = []
-    for (gk, flags), idx in keys.items():
-        off_pen = None
-        if off_any:
-            off_pen = np.where(off, pen_off[:, None] + gk, math.inf)
-            sel = np.asarray(flags, dtype=bool)
-            if sel.any():
-                off_pen[md_i[sel], md_p[sel]] += md_pen
-        best = min(on_min + gk, off_pen.min() if off_pen is not None else math.inf)
-        groups.append((gk, flags, idx, off_pen, best))
-    level = min(gr[4] for gr in groups)
+        md_cost = md_base + g[k] + md_pen * early[k]
+        best = min(on_min + g[k], rest_min + g[k], md_cost.min() if md_cost.size else math.inf)
+        costs.append((best, md_cost))
+    level = min(c[0] for c in costs)
+    groups: dict[tuple, list[int]] = {}
+    for k, (best, md_cost) in enumerate(costs):
+        if best <= level + _TOL:
+            sel = np.abs(md_cost - level) <= _TOL
+            groups.setdefault((g[k], tuple(sel.tolist())), []).append(k)
     atoms: list[Atom] = []
     broken: set[str] = set()
-    for gk, flags, idx, off_pen, best in groups:
-        if best > level + _TOL:
-            continue
-        a_on = on & (np.abs(pen_on + gk - level) <= _TOL)[:, None]
-        a_off = np.zeros_like(off) if off_pen is None else np.abs(off_pen - level) <= _TOL
-        atom = Atom(a_on, a_off if off_pen is not None else None, pieces[idx])
+    for (gk, sel_t), idx in groups.items():
+        sel = np.asarray(sel_t, dtype=bool)
+        rows_on = on_r & (np.abs(pen_on + gk - level) <= _TOL)
+        a_on = on if np.array_equal(rows_on, on_r) else on & rows_on[:, None]
+        rows_off = rest_r & (np.abs(pen_off + gk - level) <= _TOL)
+        a_off = rest if np.array_equal(rows_off, rest_r) else rest & rows_off[:, None]
+        if sel.any():
+            a_off = a_off.copy()
+            a_off[md_i[sel], md_p[sel]] = True
+            rows_off = rows_off.copy()
+            rows_off[md_i[sel]] = True
+        atom = Atom(a_on if rows_on.any() else None, a_off if rows_off.any() else None,
+                    pieces[idx])
         if atom.empty():
             continue
         atoms.append(atom)
         if level > 0:
             mid = mids[idx[0]]
             broken.update(n for b, p, n in time_pens if mid > b and p > 0)
-            if np.any(a_on.any(1) & (pen_on > 0)):
+            if np.any(rows_on & (pen_on > 0)):
                 broken.add(Soft.MAX_POLY.value)
-            if np.any(a_off.any(1) & (pen_off > 0)):
+            if np.any(rows_off & (pen_off > 0)):
                 broken.add(Soft.MIN_POLY.value)
-            sel = np.asarray(flags, dtype=bool)
-            if sel.any() and a_off[md_i[sel], md_p[sel]].any():
+            if np.any(sel & early[idx[0]]):
                 broken.add(Soft.MIN_DUR.value)
     return atoms, float(level), tuple(sorted(broken))
