@@ -538,25 +538,28 @@ def test_bad_export_settings_raise_input_error():
 
 
 # -- property: any well-formed note list survives ingest and export ------------------------
-note_lists = st.lists(
-    st.tuples(st.integers(0, 3), st.integers(0, 2000), st.integers(0, 500),
-              st.integers(40, 50), st.integers(1, 127)),
-    min_size=1, max_size=40,
+_notes = st.lists(st.tuples(st.integers(0, 2000), st.sampled_from([0, 10, 100, 500, 2000]),
+                           st.integers(36, 44), st.integers(1, 127)), min_size=1, max_size=20)
+# (channel, program change at tick 0 or none, notes). Kits on channel 10 are limited to the
+# standard kit here: when kits change on channel 10 while the standard kit sounds at the
+# same tick, an anonymous kit may read back in another kit's group (documented in export)
+track_specs = st.lists(
+    st.one_of(st.tuples(st.sampled_from([0, 0, 1]), st.sampled_from([None, 0, 5, 8]), _notes),
+              st.tuples(st.just(ev.DRUM_CHANNEL), st.sampled_from([None, 0]), _notes)),
+    min_size=1, max_size=6,
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(note_lists, st.booleans())
-def test_property_ingest_is_valid_and_round_trips(notes, merge):
-    tracks = []
-    for k in range(4):
-        mine = [(s, d, p, v) for t, s, d, p, v in notes if t == k]
-        channel = ev.DRUM_CHANNEL if k == 3 else k % 2
-        tracks.append(notes_track(mine, channel=channel, program=None if k == 2 else 0))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(track_specs, st.booleans())
+def test_property_ingest_is_valid_and_round_trips(specs, merge):
+    """Programs across tracks, kits on channel 10, collisions, overlaps, zero lengths."""
+    tracks = [notes_track(notes, channel=channel, program=program)
+              for channel, program, notes in specs]
     first = load_midi(write_midi_bytes(tracks, 96), merge=merge)
     notes_of(first.events)  # no double note-on, no orphan note-off, nothing left on
     assert_sorted(first.events)
-    again = load_midi(midi_bytes(first.events))
+    again = load_midi(midi_bytes(first.events), merge=merge)
     assert_same_notes(first.events, again.events)
 
 

@@ -21,7 +21,11 @@ Channels
     overlap least share, anonymous with anonymous and named with named, and a program
     change is written before each note-on whose instrument differs from the channel's
     current program, so every note reads back with its own instrument. On channel 10 a
-    kit other than the standard kit gets a program change the same way.
+    kit other than the standard kit gets a program change the same way; anonymous kits
+    get none and play on the kit that is set (reading back, they collide with that kit's
+    part and get anonymous ids again). Known limit: an anonymous kit that sounds at the
+    same tick as the standard kit, before another kit's first note, reads back in the
+    standard kit's group — one channel 10 cannot carry two kits at one instant.
 Tracks
     Track 0 holds the tempo; then one track per instrument in id order, named by
     :func:`~notochord_rt.events.instrument_name`.
@@ -188,7 +192,8 @@ def _program_changes(voices: list[_Voice], notes: _Notes) -> dict[int, list[tupl
     """Program changes to write, as {track index: [(tick, program)]}.
 
     Walks each channel's note-ons in the order a reader sees them (tick, then track) and
-    selects the program each one needs; the first change of a channel goes at tick 0.
+    selects the program each one needs. A change that no earlier note-on depends on (the
+    first of a channel, or one after only anonymous kits) goes at tick 0.
     """
     out: dict[int, list[tuple[int, int]]] = {}
     by_channel: dict[int, list[int]] = {}
@@ -207,10 +212,14 @@ def _program_changes(voices: list[_Voice], notes: _Notes) -> dict[int, list[tupl
         tick, track = tick[order], track[order]
         runs = np.flatnonzero(np.append(True, track[1:] != track[:-1]))
         state: int | None = None
+        pinned = False  # has a note-on relied on the current state yet?
         for i in runs.tolist():
             v = voices[int(track[i])]
             need = v.program
+            if v.drum and need is None:  # an anonymous kit plays on whatever kit is set
+                continue
             if need == state or (v.drum and need == 0 and state is None):
+                pinned = True
                 continue
             if need is None:  # an anonymous voice after a program change cannot be restored
                 need = 0
@@ -218,9 +227,9 @@ def _program_changes(voices: list[_Voice], notes: _Notes) -> dict[int, list[tupl
                     log.warning("channel %d: an anonymous instrument follows a program change; "
                                 "written as program 0", channel + 1)
                     warned = True
-            at = 0 if i == 0 else int(tick[i])
-            out.setdefault(int(track[i]), []).append((at, need))
-            state = need
+            # nothing relied on the old state yet: set the new one from the start
+            out.setdefault(int(track[i]), []).append((int(tick[i]) if pinned else 0, need))
+            state, pinned = need, True
     return out
 
 

@@ -25,9 +25,10 @@ Parts and instruments
     program change → a fresh anonymous melodic id (257..288) per part. Parts with the same
     instrument are merged unless they have a *collision*: the same pitch sounding in both
     at once (notes that only touch do not collide). As in the reference, parts are taken
-    largest first and join the first slot they do not collide with. Then the slot with
-    the most notes takes the instrument's id and the others anonymous ids (largest first;
-    ties by source order), so export → ingest gives back the same ids. A part that collides
+    largest first and join the first slot they do not collide with. Then (after the
+    repair below) the slot with the most notes takes the instrument's id and the others
+    anonymous ids (largest first; ties by source order), so export → ingest gives back
+    the same ids. A part that collides
     with every slot of its instrument gets a fresh anonymous id of its kind (257.. melodic,
     289.. drums). ``merge=False`` keeps every part separate (a repeated instrument gets an
     anonymous id). When the 32 anonymous ids of a kind are used up, a further part is
@@ -155,12 +156,15 @@ def load_midi(
     keys, part_of_note = np.unique(part_keys, return_inverse=True)
     part_of_note = part_of_note.reshape(-1)
     sizes = np.bincount(part_of_note, minlength=len(keys))
-    inst_of_part, merged_into, forced = _assign_instruments(
+    slot_of_part, merged_into, forced, specs = _partition(
         keys, sizes, part_of_note, notes[:, PITCH], start, end, merge
     )
     stats["forced_merges"] = forced
-    inst = inst_of_part[part_of_note]
-    keep, start, end, truncated, strikes = repair_overlaps(inst, notes[:, PITCH], start, end)
+    slot = slot_of_part[part_of_note]
+    keep, start, end, truncated, strikes = repair_overlaps(slot, notes[:, PITCH], start, end)
+    inst_of_slot = _label(specs, np.bincount(slot[keep], minlength=len(specs)))
+    inst_of_part = inst_of_slot[slot_of_part]
+    inst = inst_of_slot[slot]
     stats["duplicate_strikes"] = strikes
     stats["zero_length_notes"] = int((end[keep] == start[keep]).sum())
     end = np.where(end == start, np.nextafter(start, np.inf), end)
@@ -253,18 +257,16 @@ def _tempo_map(raw: SmfNotes, stats: dict):
 
 @dataclass
 class _Slot:
-    """An instrument id and the notes of the parts merged into it so far."""
+    """The notes of the parts merged into one instrument so far."""
 
-    inst: int
+    group: int  # the named id its parts share (0: melodic without program change)
     first: int  # index of its first part
     pitches: np.ndarray  # bool[128]
     t0: float
     t1: float
     notes: list  # (pitch, start, end) arrays of each member part
-    size: int = 0  # notes in all member parts
 
     def add(self, pitch, start, end) -> None:
-        self.size += len(pitch)
         self.pitches[pitch] = True
         self.t0, self.t1 = min(self.t0, float(start.min())), max(self.t1, float(end.max()))
         self.notes.append((pitch, start, end))
@@ -291,79 +293,90 @@ class _Anonymous:
     def left(self, drum: bool) -> int:
         return ev.N_ANON - self.used[drum]
 
-    def take(self, drum: bool) -> int | None:
+    def take(self, drum: bool) -> int:
         k = self.used[drum]
-        if k >= ev.N_ANON:
-            return None
         self.used[drum] = k + 1
         return ev.anonymous_drum(k) if drum else ev.anonymous_melodic(k)
 
 
-def _assign_instruments(keys, sizes, part_of_note, pitch, start, end, merge: bool):
-    """Instrument id of each part, the part each one was merged into, forced merges."""
+def _partition(keys, sizes, part_of_note, pitch, start, end, merge: bool):
+    """Group parts into slots (one instrument id each, given later by :func:`_label`).
+
+    Returns the slot of each part, the part each one was merged into, the number of
+    forced merges and, per slot, (instrument group, first part): group 0 for melodic
+    parts without program change (one slot each), else the named id the slot shares.
+    """
     n_parts = len(keys)
     prog = keys % 129 - 1
     drum = (keys // 129) % 16 == ev.DRUM_CHANNEL
     order = np.argsort(part_of_note, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(sizes)])
-
-    def notes_of(k: int):
-        idx = order[bounds[k] : bounds[k + 1]]
-        return pitch[idx], start[idx], end[idx]
-
-    inst_of_part = np.zeros(n_parts, dtype=np.int64)
+    slot_of_part = np.zeros(n_parts, dtype=np.int64)
     merged_into: list[int | None] = [None] * n_parts
-    anon = _Anonymous()
-    forced = 0
     slots: list[_Slot] = []
+    specs: list[tuple[int, int]] = []
+    anon = _Anonymous()  # counts the ids that _label will hand out
+    forced = 0
 
-    def open_slot(k: int, inst: int) -> _Slot:
-        slot = _Slot(inst, k, np.zeros(128, dtype=bool), np.inf, -np.inf, [])
-        slot.add(*notes_of(k))
-        slots.append(slot)
-        inst_of_part[k] = inst
+    def add(k: int, group: int, slot: int | None = None) -> int:
+        idx = order[bounds[k] : bounds[k + 1]]
+        if slot is None:
+            slot = len(slots)
+            slots.append(_Slot(group, k, np.zeros(128, dtype=bool), np.inf, -np.inf, []))
+            specs.append((group, k))
+        else:
+            merged_into[k] = slots[slot].first
+        slots[slot].add(pitch[idx], start[idx], end[idx])
+        slot_of_part[k] = slot
         return slot
 
-    def join(k: int, slot: _Slot) -> None:
-        slot.add(*notes_of(k))
-        inst_of_part[k] = slot.inst
-        merged_into[k] = slot.first
-        members_of[slot.first].append(k)
-
-    members_of: dict[int, list[int]] = {k: [k] for k in range(n_parts)}
-
-    # 1. melodic parts with no program change: one anonymous id each, in part order
-    for k in np.flatnonzero((prog < 0) & ~drum):
-        inst = anon.take(False)
-        if inst is None:  # all 32 used: share one, round robin
+    # 1. melodic parts with no program change: one anonymous slot each, in part order
+    lone: list[int] = []
+    for k in np.flatnonzero((prog < 0) & ~drum).tolist():
+        if anon.left(False):
+            anon.take(False)
+            lone.append(add(k, 0))
+        else:  # all 32 used: share one, round robin
             forced += 1
-            join(int(k), [s for s in slots if ev.is_anonymous(s.inst)][forced % ev.N_ANON])
-        else:
-            open_slot(int(k), inst)
-    # 2. named instruments (and drum kits): largest part first, first fit; then the
-    # largest slot takes the named id and the others anonymous ids, largest first
+            add(k, 0, lone[forced % ev.N_ANON])
+    # 2. named instruments and kits: largest part first, into the first slot it does not
+    # collide with, else a new slot while anonymous ids are left
     named = np.where(drum, ev.FIRST_DRUM + np.maximum(prog, 0), prog + ev.FIRST_MELODIC)
-    for inst in np.unique(named[(prog >= 0) | drum]):
-        kit = bool(ev.is_drum(int(inst)))
+    for inst in np.unique(named[(prog >= 0) | drum]).tolist():
+        kit = bool(ev.is_drum(inst))
         members = np.flatnonzero((named == inst) & ((prog >= 0) | drum))
-        group: list[_Slot] = []
+        group: list[int] = []
         for k in members[np.lexsort((members, -sizes[members]))].tolist():
-            notes = notes_of(k)
-            target = next((s for s in group if merge and not s.collides(*notes)), None)
-            if target is not None:
-                join(k, target)
-            elif not group or anon.left(kit) >= len(group):
-                group.append(open_slot(k, int(inst)))
-            else:
+            idx = order[bounds[k] : bounds[k + 1]]
+            notes = pitch[idx], start[idx], end[idx]
+            fit = next((g for g in group if merge and not slots[g].collides(*notes)), None)
+            if fit is None and group and not anon.left(kit):
                 forced += 1
-                join(k, group[0])
-        group.sort(key=lambda s: (-s.size, s.first))
-        for rank, slot in enumerate(group):
-            slot.inst = int(inst) if rank == 0 else anon.take(kit)
-            inst_of_part[members_of[slot.first]] = slot.inst
+                fit = group[0]
+            elif fit is None and group:
+                anon.take(kit)
+            if fit is None:
+                group.append(add(k, inst))
+            else:
+                add(k, inst, fit)
     if forced:
         log.warning("more parts than anonymous ids: %d parts merged with collisions", forced)
-    return inst_of_part, merged_into, forced
+    return slot_of_part, merged_into, forced, specs
+
+
+def _label(specs: list[tuple[int, int]], kept: np.ndarray) -> np.ndarray:
+    """Instrument id of each slot: in each group the slot with the most notes (ties: the
+    earlier first part) takes the named id, the others anonymous ids in the same order."""
+    anon = _Anonymous()
+    inst_of_slot = np.zeros(len(specs), dtype=np.int64)
+    for slot, (group, _) in enumerate(specs):
+        if group == 0:
+            inst_of_slot[slot] = anon.take(False)
+    for group in sorted({g for g, _ in specs if g}):
+        mine = sorted((-kept[s], first, s) for s, (g, first) in enumerate(specs) if g == group)
+        for rank, (_, _, slot) in enumerate(mine):
+            inst_of_slot[slot] = group if rank == 0 else anon.take(bool(ev.is_drum(group)))
+    return inst_of_slot
 
 
 def repair_overlaps(inst, pitch, start, end):
