@@ -210,7 +210,12 @@ def build_support(comp: Compiled, held: HeldNotes) -> Support:
                     "is sounding", comp.names)
     from .guards import apply_guards  # local: guards builds on this module
 
-    return apply_guards(comp, held, held_m, on, off)
+    sup = apply_guards(comp, held, held_m, on, off)
+    if comp.cons.vel is not None and sup.forced is None and "v" not in sup.fixed:
+        # a fixed velocity is a value, not only a note-on/off choice (the masks above
+        # only restrict which notes it allows); a guard's forced note-off still wins
+        sup.fix_vel(float(comp.cons.vel))
+    return sup
 
 
 def stratify(on: np.ndarray, off: np.ndarray, pieces: np.ndarray, pen_on: np.ndarray,
