@@ -33,6 +33,7 @@ from . import sources
 from .batches import StepIndexer, seed_all, step_seed
 from .config import TrainConfig
 from .evaluate import CANONICAL_ORDER
+from .fused_gru import fuse_gru
 from .loss import TERMS, NLLMeter, masked_nll
 from .schedule import lr_factor
 
@@ -100,6 +101,8 @@ class Trainer:
         else:
             self.model = sources.new_model(config.model)
         self.model.to(self.device)
+        if config.fused_gru and self.device.type == "cpu":
+            fuse_gru(self.model)
         if config.freeze_rnn:
             frozen = sources.freeze_rnn(self.model)
             log.info("froze %d recurrent parameters", frozen)
@@ -131,9 +134,13 @@ class Trainer:
             ck.sweep_partial(self.ckpt_dir)
             ck.write_text_atomic(self.run_dir / "config.json",
                                  json.dumps(config.to_dict(), indent=2))
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.run_dir / "logs"))
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is an optional extra (notochord-rt[train])
+                log.warning("tensorboard is not installed: no TensorBoard logs "
+                            "(pip install 'notochord-rt[train]')")
+            else:
+                self.writer = SummaryWriter(str(self.run_dir / "logs"))
 
     # -- resume ---------------------------------------------------------------------------
     def _find_resume(self) -> Path:
