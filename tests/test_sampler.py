@@ -245,3 +245,18 @@ def test_package_import_is_torch_free_and_exports_lazily():
             "n.Notochord; n.Constraints; n.SampledEvent; n.Event; n.NoPossibleEvents; "
             "assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_load_and_from_net_give_a_sampler(tmp_path):
+    from notochord_rt.model.network import NotochordNet
+
+    torch.manual_seed(2)
+    net = NotochordNet(**TINY)
+    path = tmp_path / "tiny.safetensors"
+    net.save(path)
+    loaded = Notochord.load(path)
+    wrapped = Notochord.from_net(net)
+    assert isinstance(loaded, Notochord) and not loaded.training
+    loaded.reset()
+    wrapped.reset()
+    assert loaded.sample(seed=1) == wrapped.sample(seed=1)
