@@ -28,12 +28,12 @@ Parts and instruments
     largest first and join the first slot they do not collide with. Then (after the
     repair below) the slot with the most notes takes the instrument's id and the others
     anonymous ids (largest first; ties by source order), so export → ingest gives back
-    the same ids. A part that collides
-    with every slot of its instrument gets a fresh anonymous id of its kind (257.. melodic,
-    289.. drums). ``merge=False`` keeps every part separate (a repeated instrument gets an
-    anonymous id). When the 32 anonymous ids of a kind are used up, a further part is
-    merged into an existing slot (a warning is logged, ``stats["forced_merges"]`` counts it)
-    and the repair below resolves any overlap.
+    the same ids. So a part that collides with every slot of its instrument gets a fresh
+    anonymous id of its kind (257.. melodic, 289.. drums). ``merge=False`` keeps every
+    part separate (a repeated instrument gets an anonymous id). When the 32 anonymous
+    ids of a kind are used up, a further part is merged into an existing slot (a warning
+    is logged, ``stats["forced_merges"]`` counts it) and the repair below resolves any
+    overlap.
 Notes and repair
     Note-ons and note-offs are paired per (track, channel, pitch) in file order. A note-on
     of a sounding pitch ends the sounding note at that instant ("repaired note-on"); a
@@ -44,13 +44,13 @@ Notes and repair
 Zero-length notes
     A note whose note-on and note-off share a tick is kept (on drums these are ordinary
     hits). Its note-off gets the next float64 after the note-on's time
-    (``np.nextafter``, ~1e-16 s later), the smallest change that keeps the note-on before
+    (``np.nextafter``: picoseconds later), the smallest change that keeps the note-on before
     its note-off under :meth:`EventArrays.sorted`, which puts note-offs first at equal
     times. Several note-ons of one pitch at the same instant keep only the last (the
     others would be zero-length notes hidden under it; ``stats["duplicate_strikes"]``).
 Time
     Ticks become seconds through the tempo map of all tracks (default 120 bpm), computed
-    with a vectorised search, so tens of thousands of tempo changes cost microseconds.
+    with a vectorised search (30 000 tempo changes: ~25 ms, nearly all of it reading).
     A tempo of 0 µs per quarter is ignored (logged); other tempi are used as written
     (seconds per tick depend on the division too, so no bpm is "absurd" on its own;
     ``stats["min_bpm"]``/``["max_bpm"]`` let callers filter). A piece longer than
