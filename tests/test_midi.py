@@ -363,6 +363,10 @@ def test_huge_deltas_are_too_long():
 def test_missing_file_is_a_midi_error(tmp_path):
     with pytest.raises(MidiError, match="cannot read"):
         load_midi(tmp_path / "nope.mid")
+    with pytest.raises(MidiError, match="cannot read"):
+        load_midi(tmp_path)  # a directory
+    with pytest.raises(InputError, match="path or bytes"):
+        load_midi(42)
 
 
 def test_unknown_chunks_are_skipped_and_the_header_track_count_is_not_trusted():

@@ -103,6 +103,8 @@ class Ingested:
 def _read_source(source) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputError(f"source must be a path or bytes, got {type(source).__name__}")
     try:
         with open(os.fspath(source), "rb") as f:
             return f.read()
