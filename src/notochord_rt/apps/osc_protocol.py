@@ -333,9 +333,9 @@ class Parser:
             rest = [x for item in kw.items() for x in item]
             # keep handle raw: it was not decoded by pairs()
         else:
-            if len(params) < 4:
+            if len(params) < 4 or any(p in COMMON_KEYS for p in params[:4]):
                 raise InputError(f"{req.address} needs 4 numbers first (inst pitch time vel),"
-                                 f" got {len(params)} argument(s)")
+                                 " then optional key value pairs")
             values, rest = [decode(v) for v in params[:4]], params[4:]
         for name, v in zip(EVENT_KEYS, values):
             if isinstance(v, bool) or not isinstance(v, (int, float)):

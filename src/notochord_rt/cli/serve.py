@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = NotochordNet.load(args.checkpoint)
     except CheckpointError as e:
-        hint = " (use --checkpoint PATH)" if args.checkpoint == "default" else ""
+        hint = " (--checkpoint PATH)" if args.checkpoint == "default" else ""
         raise UserError(f"{e}{hint}") from None
     sessions = Sessions(model, max_sessions=args.max_sessions, precision=args.precision,
                         seed=args.seed, allow_files=args.allow_files)
