@@ -162,6 +162,10 @@ class FastCore:
         if precision not in available_precisions():
             raise InputError(f"precision {precision!r} has no kernel in this torch build "
                              f"(available: {', '.join(available_precisions())})")
+        devices = {p.device.type for p in model.parameters()}
+        if devices - {"cpu"}:
+            raise InputError(f"model: FastCore is a CPU engine but the model is on "
+                             f"{', '.join(sorted(devices))}; use model.cpu() or ModuleCore")
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.precision = precision
