@@ -256,9 +256,11 @@ def test_cli_generate_midi_png_wav(files, tmp_path, capsys):
             "--pitch-temp", "0.9", "--steer-rate", "0.6"]
     if HAS_FLUIDSYNTH:
         argv += ["--wav", str(wav)]
-    rc, stdout, err = run_cli(argv, capsys)
+    threads = torch.get_num_threads()
+    rc, stdout, err = run_cli(argv + ["--threads", "1"], capsys)
     assert rc == 0, err
     assert "wrote" in stdout and str(out) in stdout
+    assert torch.get_num_threads() == threads and torch.is_grad_enabled()  # nothing leaks
     got = load_midi(out).events
     assert set(got.inst.tolist()) <= {41, ev.STANDARD_KIT} and got.duration <= 6.0 + 1e-3
     assert png.read_bytes()[:4] == b"\x89PNG"

@@ -238,4 +238,5 @@ def test_cli_harmonize_without_input_calls_live(monkeypatch):
     monkeypatch.setattr(cli_harmonize, "_module_exists", lambda name: name.endswith(".live"))
     monkeypatch.setattr(cli_harmonize, "_live_args_error", None)
     assert main(["harmonize", "--voice", "violin:1:4"]) == 0
-    assert called["args"].input is None and called["args"].voice == ["violin:1:4"]
+    assert called["args"].input is None and called["args"].voices == [Voice(VIOLIN, 1, 4)]
+    assert called["args"].precision == "fp32"

@@ -11,6 +11,7 @@ are shared with ``notochord-rt harmonize``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -64,23 +65,40 @@ def check_output(path: str | None, option: str, suffixes: tuple[str, ...]) -> Pa
     return p
 
 
-def load_model(checkpoint: str, core: str):
-    """The sampler for ``checkpoint`` (path or ``"default"``); UserError if it can't load."""
+def load_model(checkpoint: str, precision: str = "fp32", threads: int = 1):
+    """The sampler for ``checkpoint`` (path or ``"default"``) on the chosen core;
+    UserError if it cannot be loaded."""
     import torch
 
     from ..engine.sampler import Notochord
     from ..errors import CheckpointError, UserError
 
+    if threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     if checkpoint != "default" and not Path(checkpoint).exists():
         raise UserError(f"--checkpoint {checkpoint}: no such file")
     try:
         model = Notochord.load(checkpoint)
     except CheckpointError as e:
         raise UserError(str(e)) from None
-    torch.set_grad_enabled(False)
-    if core != "module":
-        model.use_core(core)
+    if precision != "module":
+        model.use_core(precision)
     return model
+
+
+@contextlib.contextmanager
+def torch_threads_restored():
+    """Restore torch's thread count afterwards (the CLI may run in-process, e.g. in tests)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -97,9 +115,12 @@ def add_output_arguments(parser: argparse.ArgumentParser, default_out: str) -> N
     parser.add_argument("--checkpoint", default="default", metavar="PATH",
                         help="model file (.safetensors or a reference .ckpt); default: the "
                              "bundled model")
-    parser.add_argument("--core", default="module",
+    parser.add_argument("--precision", default="fp32",
                         choices=("module", "fp32", "bf16", "fp16", "int8"),
-                        help="inference core: the torch module or the fast core at a precision")
+                        help="inference core: the fused CPU core at this precision (default "
+                             "fp32), or 'module' for the plain torch module")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest for one stream)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (reproducible runs)")
 
 
@@ -213,6 +234,11 @@ def _load_prompt(path: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    with torch_threads_restored():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..apps.generate import generate
@@ -228,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.png, "--png", (".png",))
     options = _options(args, cont or instruments)
     prompt = _load_prompt(args.prompt) if args.prompt else None
-    model = load_model(args.checkpoint, args.core)
+    model = load_model(args.checkpoint, args.precision, args.threads)
 
     total = options.events if options.events is not None else options.seconds
     unit = "event" if options.events is not None else "s"

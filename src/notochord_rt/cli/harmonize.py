@@ -9,8 +9,9 @@ as it occurs. The output holds the input and the harmony.
 Without ``IN.mid`` the command runs the live harmonizer (MIDI ports) from
 :mod:`notochord_rt.apps.live`, whose own options come from
 ``notochord_rt.apps.live_args.add_live_arguments(parser)`` when that module is installed.
-Options defined here (``--voice``, ``--parts``, ``--checkpoint``, ``--core``, ``--seed``,
-``--pitch-temp``) are shared by both modes.
+Options defined here (``--voice``, ``--checkpoint``, ``--precision``, ``--threads``,
+``--seed``, ``--pitch-temp``) are shared by both modes; the live app gets the parsed voices
+as ``args.voices``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .generate import (
     check_output,
     load_model,
     parse_instrument_list,
+    torch_threads_restored,
     write_outputs,
 )
 
@@ -90,10 +92,16 @@ def _run_live(args: argparse.Namespace) -> int:
     if not _module_exists(_LIVE):
         raise UserError("give a MIDI file to harmonize (IN.mid); the live harmonizer "
                         "(notochord_rt.apps.live) is not installed in this version")
+    args.voices = parse_voices(args.voice)  # the live app reads parsed voices
     return int(importlib.import_module(_LIVE).harmonize_main(args) or 0)
 
 
 def run(args: argparse.Namespace) -> int:
+    with torch_threads_restored():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..apps.harmonizer import harmonize_piece
     from ..errors import MidiError, UserError
     from ..events import instrument_name
@@ -114,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if parts is not None and not present.intersection(parts):
         have = ", ".join(f"{instrument_name(i)} ({i})" for i in sorted(present))
         raise UserError(f"--parts: none of them plays in {args.input} (it has: {have})")
-    model = load_model(args.checkpoint, args.core)
+    model = load_model(args.checkpoint, args.precision, args.threads)
     events, added = harmonize_piece(model, piece, voices, parts,
                                     pitch_temp=args.pitch_temp, seed=args.seed)
     voice_insts = sorted({v.inst for v in voices})
