@@ -140,6 +140,19 @@ def test_shared_core_and_precision(net):
     assert [e.event for e in ea] == [e.event for e in eb]
 
 
+def test_reduced_precision_streams_run(net):
+    from notochord_rt.engine.quant import available_precisions
+
+    for prec in available_precisions():
+        core = FastCore(net, prec, min_reduced=0)
+        st = Streams(net, 3, seed=1, core=core)
+        for _ in range(4):
+            evs = st.sample(Constraints(note_on_map={1: range(60, 72)}))
+            assert all(e.inst == 1 and 60 <= e.pitch < 72 for e in evs)
+            st.feed_events([0, 1, 2], evs)
+        assert st.step_count.tolist() == [4, 4, 4]
+
+
 def test_bad_arguments(net):
     with pytest.raises(InputError, match="n must"):
         Streams(net, 0)
