@@ -73,8 +73,8 @@ def truncate_quantile(probs: np.ndarray, q_lo: float, q_hi: float) -> np.ndarray
 
 def _pick(weights: np.ndarray, rng: np.random.Generator) -> int:
     """Index drawn with probability proportional to ``weights`` (some weight must be > 0)."""
-    c = np.cumsum(weights)
-    idx = int(np.searchsorted(c, rng.random() * c[-1], side="right"))
+    c = weights.cumsum()
+    idx = int(c.searchsorted(rng.random() * c[-1], side="right"))
     if idx >= len(weights) or weights[idx] <= 0:
         idx = int(np.flatnonzero(weights > 0)[-1])
     return idx
