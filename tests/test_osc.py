@@ -190,7 +190,7 @@ def test_prompt_then_reset_returns_to_prompt(client, tmp_path):
     client.send("/notochord/feed", 1, 60, 0.1, 90)
     _, r = client.ask("/notochord/reset")
     assert r["step"] == n
-    # the prompted state is deterministic: two resets give the same query distribution
+    # back to the state after the prompt, with no notes left sounding
     _, h = client.ask("/notochord/held")
     assert json.loads(h["notes"]) == []
 

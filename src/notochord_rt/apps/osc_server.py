@@ -71,8 +71,9 @@ class OscServer:
     """Serve :class:`Sessions` over OSC/UDP on ``host:port`` (port 0 = any free port).
 
     Use :meth:`serve_forever` in the foreground, or :meth:`start` / :meth:`stop` for a
-    background thread (tests, embedding). ``stats`` counts received datagrams, served
-    requests, error replies, garbage datagrams and dropped error replies.
+    background thread (tests, embedding). ``stats`` counts received datagrams, wake-ups
+    (batches served; datagrams / wake-ups is the mean batch), requests, error replies,
+    garbage datagrams and dropped error replies.
     """
 
     def __init__(self, sessions: Sessions, host: str = "127.0.0.1", port: int = 9999,
@@ -161,6 +162,7 @@ class OscServer:
     def handle(self, batch: list[tuple[bytes, Any]]) -> None:
         """Parse, serve and answer datagrams ``[(data, (host, port)), ...]``."""
         self.stats["datagrams"] += len(batch)
+        self.stats["wakeups"] += 1
         requests: list[Request] = []
         replies: list[Reply] = []
         for data, sender in batch:
@@ -213,7 +215,8 @@ class OscServer:
         return req, req.reply_to, {
             "sessions": s.open_count, "max_sessions": s.max_sessions,
             "checkpoint": s.checkpoint, "datagrams": self.stats["datagrams"],
-            "requests": self.stats["requests"], "errors": self.stats["errors"],
+            "wakeups": self.stats["wakeups"], "requests": self.stats["requests"],
+            "errors": self.stats["errors"],
             "garbage": self.stats["garbage"], "handle": req.handle}
 
     # -- sending -------------------------------------------------------------------------

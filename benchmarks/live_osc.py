@@ -1,0 +1,217 @@
+"""OSC query round trip of ``notochord-rt serve``: p50 / p99 for 1 and 32 concurrent clients.
+
+The server runs as its own process (``python -m notochord_rt serve``, as a user would
+start it) with the reference's default 17.7 M-parameter architecture and *random* weights
+(seeded; saved to a temporary ``.safetensors``), or a checkpoint given with
+``--checkpoint``. Clients are UDP sockets in this process driven by one ``select`` loop,
+closed loop: each client sends a request, waits for its reply (matched by ``handle``),
+and sends the next one at once. Every client opens its own session, so concurrent
+clients are independent streams served by the batched engine.
+
+Scenarios: ``query`` (``/notochord/query``, unconstrained: the state does not advance)
+and ``query_feed`` (``/notochord/query_feed``: sample and feed, the state advances).
+Reported per scenario and client count: round trip p50 / p99 / max in ms, requests/s,
+and the mean number of datagrams the server served per wake-up (its batch size).
+
+Run on a quiet machine: ``python benchmarks/live_osc.py`` (about a minute; ``--quick``
+for a smoke run; ``--json PATH`` also writes the numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pythonosc.osc_message import OscMessage
+
+from notochord_rt.apps.osc_server import build_message
+from notochord_rt.model.network import NotochordNet
+
+torch.set_num_threads(1)
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(),
+            "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+def start_server(checkpoint: str, max_sessions: int, precision: str) -> tuple:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "notochord_rt", "serve", "--checkpoint", checkpoint, "--port",
+         "0", "--max-sessions", str(max_sessions), "--precision", precision, "--seed", "0"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if select.select([proc.stderr], [], [], 1.0)[0]:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            m = re.search(r"listening on ([\d.]+):(\d+)", line)
+            if m:
+                return proc, (m.group(1), int(m.group(2)))
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+class Clients:
+    """``n`` UDP clients, each with its own session, driven by one select loop."""
+
+    def __init__(self, target, n: int) -> None:
+        self.target = target
+        self.socks = []
+        self.sessions = []
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(10)
+            s.sendto(build_message("/notochord/session/open", []), target)
+            p = OscMessage(s.recvfrom(65535)[0]).params
+            reply = dict(zip(p[0::2], p[1::2]))
+            if "session" not in reply:
+                raise SystemExit(f"cannot open a session: {reply}")
+            self.sessions.append(reply["session"])
+            s.setblocking(False)
+            self.socks.append(s)
+
+    def status(self) -> dict:
+        s = self.socks[0]
+        s.setblocking(True)
+        s.sendto(build_message("/notochord/status", []), self.target)
+        p = OscMessage(s.recvfrom(65535)[0]).params
+        s.setblocking(False)
+        return dict(zip(p[0::2], p[1::2]))
+
+    def run(self, address: str, per_client: int) -> list[float]:
+        """Closed loop: ``per_client`` round trips per client; returns seconds."""
+        n = len(self.socks)
+        sent_at = [0.0] * n
+        left = [per_client] * n
+        seq = [0] * n
+        rtts: list[float] = []
+        by_fd = {s.fileno(): k for k, s in enumerate(self.socks)}
+
+        def send(k: int) -> None:
+            seq[k] += 1
+            msg = build_message(address, ["session", self.sessions[k], "handle", seq[k]])
+            sent_at[k] = time.perf_counter()
+            self.socks[k].sendto(msg, self.target)
+
+        for k in range(n):
+            send(k)
+        pending = n
+        while pending:
+            ready, _, _ = select.select(self.socks, [], [], 10.0)
+            if not ready:
+                raise SystemExit(f"no reply within 10 s ({pending} clients waiting)")
+            now = time.perf_counter()
+            for s in ready:
+                k = by_fd[s.fileno()]
+                data = s.recv(65535)
+                p = OscMessage(data).params
+                r = dict(zip(p[0::2], p[1::2]))
+                if r.get("handle") != seq[k]:
+                    raise SystemExit(f"client {k}: reply {r} does not match request {seq[k]}")
+                rtts.append(now - sent_at[k])
+                left[k] -= 1
+                if left[k]:
+                    send(k)
+                else:
+                    pending -= 1
+        return rtts
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+
+def pct(xs: list[float]) -> dict:
+    a = np.asarray(xs) * 1e3
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+            "max_ms": float(a.max()), "n": int(a.size)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", help="a checkpoint (default: the 17.7 M default "
+                                         "architecture with random weights)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--requests", type=int, default=2000,
+                    help="timed round trips per scenario and client count (split between "
+                         "the clients; default 2000)")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--quick", action="store_true", help="a smoke run (few requests)")
+    ap.add_argument("--json", help="also write the numbers to this file")
+    args = ap.parse_args()
+    total = 64 if args.quick else args.requests
+    info = machine_info()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.checkpoint:
+            ckpt, model_desc = args.checkpoint, args.checkpoint
+        else:
+            torch.manual_seed(0)
+            net = NotochordNet()
+            n_params = sum(p.numel() for p in net.parameters())
+            ckpt = str(Path(tmp) / "random.safetensors")
+            net.save(ckpt)
+            model_desc = f"default architecture, random weights ({n_params / 1e6:.1f} M)"
+        proc, target = start_server(ckpt, sum(args.clients), args.precision)
+        results = []
+        try:
+            for n in args.clients:
+                clients = Clients(target, n)
+                try:
+                    for scenario in ("query", "query_feed"):
+                        address = f"/notochord/{scenario}"
+                        clients.run(address, max(2, 50 // n))  # warm-up
+                        before = clients.status()
+                        per = max(1, total // n)
+                        t0 = time.perf_counter()
+                        rtts = clients.run(address, per)
+                        wall = time.perf_counter() - t0
+                        after = clients.status()
+                        dg = after["datagrams"] - before["datagrams"] - 1
+                        wk = after["wakeups"] - before["wakeups"] - 1
+                        row = {"scenario": scenario, "clients": n, **pct(rtts),
+                               "requests_per_s": len(rtts) / wall,
+                               "datagrams_per_wakeup": dg / max(wk, 1)}
+                        results.append(row)
+                        print(f"{scenario:11s} clients {n:3d}: p50 {row['p50_ms']:7.3f} ms  "
+                              f"p99 {row['p99_ms']:7.3f} ms  max {row['max_ms']:7.2f} ms  "
+                              f"{row['requests_per_s']:8.0f} req/s  "
+                              f"batch {row['datagrams_per_wakeup']:.1f}", flush=True)
+                finally:
+                    clients.close()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+    info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"model: {model_desc}; server precision {args.precision}, 1 torch thread")
+    print("machine:", json.dumps(info))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "model": model_desc,
+                                               "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
