@@ -139,6 +139,14 @@ def test_guards_bound_note_length_and_polyphony(model):
     assert max(max_polyphony(g.events).values()) <= 2
 
 
+def test_total_polyphony_cap(model):
+    opts = GenerateOptions(seconds=None, events=150, seed=4, max_total_polyphony=3,
+                           steer_density=1.0, max_note_seconds=30.0)
+    g = generate(model, opts)
+    sounding = np.cumsum(np.where(g.events.vel > 0, 1, -1))
+    assert sounding.max() == 3 and sounding[-1] == 0
+
+
 def test_prompt_continuation_starts_with_the_prompt(model, files):
     prompt = load_midi(files["song"]).events
     g = generate(model, GenerateOptions(seconds=5.0, seed=7), prompt)

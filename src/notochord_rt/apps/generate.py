@@ -8,7 +8,9 @@ until a length in seconds of music or in events is reached, and returns the whol
 Why the guards in :class:`GenerateOptions`: a random or weak model happily holds a note
 for ever or stacks dozens of notes on one instrument. ``max_note_seconds`` (the sampler's
 ``max_duration`` guarantee) releases any note that sounds too long, ``max_polyphony``
-caps the notes one instrument holds, and ``max_gap`` is a *soft* upper bound on the time
+caps the notes one instrument holds, ``max_total_polyphony`` the notes of all instruments
+together (at the cap only note-offs may be sampled), and ``max_gap`` is a *soft* upper
+bound on the time
 between events so a piece does not fall silent for ten seconds at a time. Notes still
 sounding when generation stops are released at the end, so the output never has a stuck
 note.
@@ -85,6 +87,7 @@ class GenerateOptions:
     steer_velocity: float | None = None
     max_note_seconds: float = 5.0
     max_polyphony: int = 8
+    max_total_polyphony: int = 24
     max_gap: float = 3.0
     order: str | None = None
 
@@ -100,6 +103,9 @@ class GenerateOptions:
             raise InputError(f"max_note_seconds must be > 0, got {self.max_note_seconds!r}")
         if not (isinstance(self.max_polyphony, int) and self.max_polyphony >= 1):
             raise InputError(f"max_polyphony must be an integer >= 1, got {self.max_polyphony!r}")
+        if not (isinstance(self.max_total_polyphony, int) and self.max_total_polyphony >= 1):
+            raise InputError("max_total_polyphony must be an integer >= 1, got "
+                             f"{self.max_total_polyphony!r}")
         if not (self.max_gap > 0):
             raise InputError(f"max_gap must be > 0, got {self.max_gap!r}")
         if self.instruments is not None:
@@ -143,8 +149,12 @@ class Generated:
         return max(0.0, self.events.duration - self.prompt_end)
 
 
-def build_constraints(options: GenerateOptions, instruments: Iterable[int] | None):
-    """The :class:`Constraints` used for every step of a generation (see the module doc)."""
+def build_constraints(options: GenerateOptions, instruments: Iterable[int] | None,
+                      release_only: bool = False):
+    """The :class:`Constraints` used for every step of a generation (see the module doc).
+
+    ``release_only``: the variant used at the total polyphony cap (note-offs only).
+    """
     from ..engine.constraints import Constraints
 
     on_map = None
@@ -169,6 +179,7 @@ def build_constraints(options: GenerateOptions, instruments: Iterable[int] | Non
             None if options.steer_rate is None else 1.0 - options.steer_rate),
         truncate_quantile_vel=steer_window(options.steer_velocity),
         order=options.order,
+        vel=0.0 if release_only else None,
     ).validate()
 
 
@@ -204,6 +215,7 @@ def generate(model, options: GenerateOptions, prompt: ev.EventArrays | None = No
     if instruments is None and len(prompt):
         instruments = sorted({int(i) for i in np.unique(prompt.inst)})
     comp = compile_constraints(build_constraints(options, instruments))
+    comp_full = compile_constraints(build_constraints(options, instruments, release_only=True))
 
     model.reset(seed=options.seed)
     feed_prompt(model, prompt)
@@ -217,8 +229,9 @@ def generate(model, options: GenerateOptions, prompt: ev.EventArrays | None = No
     stopped = "events" if options.events is not None else "seconds"
     t0 = _time.perf_counter()
     while len(rows) < max_events:
+        full = len(model.held_notes) >= options.max_total_polyphony
         try:
-            e = model.sample(comp)
+            e = model.sample(comp_full if full else comp)
         except NoPossibleEvents as err:
             stopped = f"no possible event: {err}"
             log.warning("generation stopped early after %d events: %s", len(rows), err)

@@ -194,6 +194,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="release any note older than this (default 5)")
     guards.add_argument("--max-polyphony", type=int, default=8,
                         help="most notes one instrument holds at once (default 8)")
+    guards.add_argument("--max-total-polyphony", type=int, default=24,
+                        help="most notes of all instruments at once (default 24)")
     guards.add_argument("--max-gap", type=float, default=3.0,
                         help="soft limit on the seconds between events (default 3)")
 
@@ -210,7 +212,7 @@ def _options(args: argparse.Namespace, instruments):
         steer_density=args.steer_density, steer_pitch=args.steer_pitch,
         steer_rate=args.steer_rate, steer_velocity=args.steer_velocity,
         max_note_seconds=args.max_note_seconds, max_polyphony=args.max_polyphony,
-        max_gap=args.max_gap)
+        max_total_polyphony=args.max_total_polyphony, max_gap=args.max_gap)
     try:
         opts.validate()
         from ..apps.generate import build_constraints
