@@ -149,8 +149,10 @@ def test_total_polyphony_cap(model):
 
 def test_prompt_continuation_starts_with_the_prompt(model, files):
     prompt = load_midi(files["song"]).events
-    g = generate(model, GenerateOptions(seconds=5.0, seed=7), prompt)
+    fed: list[int] = []
+    g = generate(model, GenerateOptions(seconds=5.0, seed=7), prompt, prompt_progress=fed.append)
     n = len(prompt)
+    assert fed and fed[-1] == n and fed == sorted(fed)
     assert g.prompt_events == n and g.prompt_end == pytest.approx(prompt.duration)
     for got, want in zip(g.events, prompt):
         np.testing.assert_array_equal(got[:n], want)

@@ -183,11 +183,20 @@ def build_constraints(options: GenerateOptions, instruments: Iterable[int] | Non
     ).validate()
 
 
-def feed_prompt(model, prompt: ev.EventArrays) -> None:
-    """Feed a (sorted, absolute-time) piece to ``model`` event by event."""
-    for i, p, dt, v in zip(prompt.inst.tolist(), prompt.pitch.tolist(),
-                           prompt.deltas().tolist(), prompt.vel.tolist()):
+def feed_prompt(model, prompt: ev.EventArrays,
+                progress: Callable[[int], None] | None = None) -> None:
+    """Feed a (sorted, absolute-time) piece to ``model`` event by event.
+
+    ``progress(n)`` is called with the number of events fed so far, every 64 events and
+    at the end.
+    """
+    for k, (i, p, dt, v) in enumerate(zip(prompt.inst.tolist(), prompt.pitch.tolist(),
+                                          prompt.deltas().tolist(), prompt.vel.tolist())):
         model.feed(i, p, max(0.0, dt), v)
+        if progress is not None and k % 64 == 63:
+            progress(k + 1)
+    if progress is not None:
+        progress(len(prompt))
 
 
 def _note_vel(v: float) -> int:
@@ -198,14 +207,16 @@ def _note_vel(v: float) -> int:
 
 
 def generate(model, options: GenerateOptions, prompt: ev.EventArrays | None = None,
-             progress: ProgressFn | None = None) -> Generated:
+             progress: ProgressFn | None = None,
+             prompt_progress: Callable[[int], None] | None = None) -> Generated:
     """Generate a piece with ``model`` (a :class:`~notochord_rt.engine.sampler.Notochord`).
 
     The model is reset (seeded with ``options.seed``), the prompt fed, then events are
     sampled and fed until the length is reached. An event that would start after
     ``prompt_end + seconds`` is not kept. If the constraints cannot be met
     (:class:`NoPossibleEvents`), generation stops there with the reason in
-    ``Generated.stopped`` instead of failing.
+    ``Generated.stopped`` instead of failing. ``progress`` / ``prompt_progress`` report
+    generated events (and music seconds) and prompt events fed.
     """
     from ..engine.support import compile_constraints
 
@@ -218,7 +229,7 @@ def generate(model, options: GenerateOptions, prompt: ev.EventArrays | None = No
     comp_full = compile_constraints(build_constraints(options, instruments, release_only=True))
 
     model.reset(seed=options.seed)
-    feed_prompt(model, prompt)
+    feed_prompt(model, prompt, prompt_progress)
     prompt_end = prompt.duration
     end_time = prompt_end + options.seconds if options.seconds is not None else math.inf
     max_events = options.events if options.events is not None else math.inf

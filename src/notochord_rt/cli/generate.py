@@ -260,11 +260,17 @@ def _run(args: argparse.Namespace) -> int:
 
     total = options.events if options.events is not None else options.seconds
     unit = "event" if options.events is not None else "s"
-    with tqdm(total=total, unit=unit, desc="generating", disable=None, leave=False) as bar:
+    n_prompt = len(prompt) if prompt is not None else 0
+    with tqdm(total=n_prompt, unit="event", desc="reading prompt", disable=None if n_prompt
+              else True, leave=False) as pbar, \
+            tqdm(total=total, unit=unit, desc="generating", disable=None, leave=False) as bar:
         def progress(n: int, music: float) -> None:
             bar.update((n if options.events is not None else round(music, 2)) - bar.n)
 
-        result = generate(model, options, prompt, progress)
+        def prompt_progress(n: int) -> None:
+            pbar.update(n - pbar.n)
+
+        result = generate(model, options, prompt, progress, prompt_progress)
     names = sorted({instrument_name(i) for i in result.events.inst[result.prompt_events:]})
     title = f"notochord-rt generate ({Path(args.checkpoint).name}, seed {args.seed})"
     written = write_outputs(args, result.events,
