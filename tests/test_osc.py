@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -572,3 +573,15 @@ def test_cli_serves_and_stops_on_ctrl_c(ckpt, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_python_example_of_the_docs_runs(server, capsys):
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "osc.md").read_text()
+    code = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    assert "9999" in code
+    exec(compile(code.replace("9999", str(server.address[1])), "osc.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("{'inst': 1, 'pitch': ") and "'handle': 1" in out[0]
+    assert out[1].startswith("41 ")  # the violin answer
+    assert json.loads(out[2])[0][:2] == [1, 60]  # the fed piano note still sounds
+    assert server.sessions.open_count == 1  # the example closed its session

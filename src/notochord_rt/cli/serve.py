@@ -45,7 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..apps.osc_server import OscServer
+    try:
+        from ..apps.osc_server import OscServer
+    except ImportError as e:
+        raise UserError(f"{e.name or e} is needed to serve OSC: pip install "
+                        "'notochord-rt[live]' (or python-osc)") from None
     from ..apps.osc_sessions import Sessions
     from ..model.network import NotochordNet
 
