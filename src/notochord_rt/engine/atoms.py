@@ -207,12 +207,24 @@ class Support:
     def fix_time(self, t: float) -> None:
         atoms = []
         for a in self.atoms:
-            inside = (a.time[:, 0] - _TOL <= t) & (t <= a.time[:, 1] + _TOL)
-            if inside.any():
-                w = float(a.time[inside, 2][0])
-                atoms.append(Atom(a.on, a.off, np.array([[t, t, w]]),
-                                  a._on_r, a._off_r, a._on_c, a._off_c))
-        self._keep(atoms)
+            tm = a.time
+            if len(tm) == 1:
+                inside = tm[0, 0] - _TOL <= t <= tm[0, 1] + _TOL
+                w = float(tm[0, 2])
+            else:
+                sel = (tm[:, 0] - _TOL <= t) & (t <= tm[:, 1] + _TOL)
+                inside = bool(sel.any())
+                w = float(tm[sel, 2][0]) if inside else 0.0
+            if inside:
+                atom = Atom(a.on, a.off, np.array([[t, t, w]]),
+                            a._on_r, a._off_r, a._on_c, a._off_c)
+                atom._has_on, atom._has_off = a._has_on, a._has_off
+                atoms.append(atom)
+        if len(atoms) == len(self.atoms):  # same cells: the cell marginals still hold
+            self.atoms = atoms
+            self._cache.pop("t", None)
+        else:
+            self._keep(atoms)
         self.fixed["t"] = t
 
     def fix_vel(self, v: float) -> None:
@@ -220,8 +232,14 @@ class Support:
             self._keep([Atom(None, a.off, a.time, off_r=a._off_r, off_c=a._off_c)
                         for a in self.atoms])
         else:
-            ok = ((self.vlo - _TOL <= v) & (v <= self.vhi + _TOL))[self.r0:self.r0 + self.nr]
-            if ok.all():
+            if self.vel_uniform and self.nr > 1:
+                lo, hi = self.vlo[ev.FIRST_MELODIC], self.vhi[ev.FIRST_MELODIC]
+                ok = np.full(self.nr, lo - _TOL <= v <= hi + _TOL)
+                ok[: max(0, ev.FIRST_MELODIC - self.r0)] = False  # the start row
+            else:
+                ok = ((self.vlo - _TOL <= v) & (v <= self.vhi + _TOL))[
+                    self.r0:self.r0 + self.nr]
+            if ok.all() or (self.nr == N_I and ok[ev.FIRST_MELODIC:].all()):
                 atoms = [Atom(a.on, None, a.time, on_r=a._on_r, on_c=a._on_c)
                          for a in self.atoms]
             else:

@@ -57,7 +57,6 @@ def apply_guards(comp: Compiled, held: HeldNotes, held_m: np.ndarray | None,
     on_r = comp.on_static_r
     off_r = _NO_ROWS
     if off is not None:
-        ii, pp = held.cells()
         rows = np.flatnonzero(held.poly)
         on_r = on_r.copy()
         on_r[rows] = on[rows].any(1)
@@ -68,6 +67,7 @@ def apply_guards(comp: Compiled, held: HeldNotes, held_m: np.ndarray | None,
         return Support([atom], comp.vlo, comp.vhi, comp.user_vel,
                        vel_uniform=comp.vel_uniform)
     if off is not None:
+        ii, pp = held.cells()
         nonext = ~ext[ii]
         ages = held.elapsed - held.onset[ii, pp]
         remaining = comp.max_dur[ii] - ages
