@@ -205,6 +205,21 @@ def test_packed_linear_all_precisions():
     assert "fp32" in available_precisions()
 
 
+def test_hugepage_copy_is_an_exact_contiguous_copy():
+    import mmap
+    import sys
+
+    from notochord_rt.engine.quant import hugepage_copy
+
+    w = torch.randn(512, 1024)
+    h = hugepage_copy(w.t())
+    assert h.is_contiguous() and torch.equal(h, w.t()) and h.data_ptr() != w.data_ptr()
+    if sys.platform.startswith("linux") and hasattr(mmap, "MADV_HUGEPAGE"):
+        assert h.data_ptr() % (2 << 20) == 0  # aligned for 2 MB pages
+    small = torch.randn(4, 4)
+    assert torch.equal(hugepage_copy(small), small)
+
+
 def test_small_layers_stay_fp32():
     small, big = torch.randn(129, 512), torch.randn(1024, 512)
     for p in available_precisions():

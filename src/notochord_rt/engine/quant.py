@@ -29,7 +29,9 @@ what works here, and asking for one that does not raises :class:`~notochord_rt.e
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import mmap
 import warnings
 from functools import lru_cache
 
@@ -62,7 +64,7 @@ class PackedLinear:
         )
         self._bias = bias
         if precision == "fp32":
-            self._wt = weight.t().contiguous()
+            self._wt = hugepage_copy(weight.t())
             self._bias2 = bias.unsqueeze(0).contiguous()
             self._call = self._fp32
         elif precision == "bf16":
@@ -137,6 +139,36 @@ class PackedLinear:
         """Bytes of weights streamed per call (what batch-1 latency is proportional to)."""
         per = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}[self.precision]
         return self.in_features * self.out_features * per
+
+
+_HUGE = 2 << 20  # bytes in an x86-64 transparent huge page
+
+
+def hugepage_copy(t: torch.Tensor, min_bytes: int = 1 << 20) -> torch.Tensor:
+    """A contiguous copy of ``t`` in memory backed by transparent huge pages, where possible.
+
+    Streaming a weight matrix at batch 1 is limited by memory bandwidth, and the CPU's
+    hardware prefetchers stop at every 4 KB page boundary; on 2 MB pages they run on. On the
+    development VM this raised the single-core GEMV bandwidth by roughly 10-20 %. Linux
+    only hands out huge pages for 2 MB-aligned private anonymous memory that asked for them
+    (``madvise(MADV_HUGEPAGE)``, the default ``transparent_hugepage=madvise`` policy) and
+    that is first touched afterwards, so the copy lives in its own ``mmap``. Elsewhere, or
+    for tensors under ``min_bytes``, this is ``t.contiguous()``. The tensor keeps its
+    mapping alive.
+    """
+    nbytes = t.numel() * t.element_size()
+    if nbytes < min_bytes or not hasattr(mmap, "MADV_HUGEPAGE") or t.device.type != "cpu":
+        return t.contiguous()
+    try:
+        mm = mmap.mmap(-1, nbytes + _HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+        offset = (-addr) % _HUGE
+        mm.madvise(mmap.MADV_HUGEPAGE, offset, nbytes)
+        out = torch.frombuffer(mm, dtype=t.dtype, count=t.numel(), offset=offset)
+    except (OSError, ValueError, AttributeError) as e:  # pragma: no cover - platform dependent
+        log.info("no huge-page copy (%s)", e)
+        return t.contiguous()
+    return out.view(t.shape).copy_(t)
 
 
 MIN_REDUCED = 100_000
