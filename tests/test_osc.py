@@ -340,6 +340,34 @@ def test_requests_arriving_together_share_one_batched_step(net, monkeypatch):
         server.stop()
 
 
+def test_a_burst_from_one_client_does_not_hold_up_the_others(net):
+    server = OscServer(Sessions(net, max_sessions=1), port=0, per_session=4, max_backlog=20)
+    a, b = Client(server.address), Client(server.address)
+    try:
+        server.handle([(build_message("/notochord/session/open", []), ("127.0.0.1", b.port))])
+        sid = b.recv()[1]["session"]
+        burst = [(build_message("/notochord/query", ["handle", k]), ("127.0.0.1", a.port))
+                 for k in range(40)]
+        server.handle(burst + [(build_message("/notochord/query", ["session", sid, "handle",
+                                                                   "b"]),
+                                ("127.0.0.1", b.port))])
+        assert b.recv()[1]["handle"] == "b"  # served in the first wake-up
+        assert server.backlog == 20 and server.stats["busy"] == 16
+        for _ in range(5):  # the next wake-ups serve the backlog, 4 at a time
+            server.handle([])
+        assert server.backlog == 0
+        replies = [a.recv() for _ in range(40)]
+        assert all("busy" in r["message"] for addr, r in replies
+                   if addr == "/return/notochord/error")
+        got = [r["handle"] for addr, r in replies if addr == "/return/notochord/query"]
+        assert got == list(range(24))  # in order; the 16 newest were refused
+        assert a.nothing(0.2)
+    finally:
+        a.close()
+        b.close()
+        server.stop()
+
+
 def test_concurrent_clients_all_answered(server):
     clients = [Client(server.address) for _ in range(8)]
     try:

@@ -23,7 +23,7 @@ import select
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 from pythonosc.osc_message_builder import OscMessageBuilder
@@ -73,15 +73,25 @@ class OscServer:
     Use :meth:`serve_forever` in the foreground, or :meth:`start` / :meth:`stop` for a
     background thread (tests, embedding). ``stats`` counts received datagrams, wake-ups
     (batches served; datagrams / wake-ups is the mean batch), requests, error replies,
-    garbage datagrams and dropped error replies.
+    garbage datagrams, dropped error replies and requests refused as ``busy``.
+
+    Fairness: one wake-up serves at most ``per_session`` requests of each session; the
+    rest wait in a backlog that is served first at the next wake-up (which does not wait
+    for the network), so a client sending a burst delays the others by a few rounds, not
+    by its whole burst. Beyond ``max_backlog`` waiting requests, new ones are refused
+    with an error reply (``server busy``).
     """
 
     def __init__(self, sessions: Sessions, host: str = "127.0.0.1", port: int = 9999,
                  send_port: int | None = None, max_batch: int = 256, error_rate: int = 50,
-                 session_timeout: float | None = 3600.0) -> None:
+                 session_timeout: float | None = 3600.0, per_session: int = 4,
+                 max_backlog: int = 1024) -> None:
         self.sessions = sessions
         self.send_port = send_port
         self.max_batch = max_batch
+        self.per_session = per_session
+        self.max_backlog = max_backlog
+        self._backlog: deque[Request] = deque()
         self.session_timeout = session_timeout
         self.parser = Parser()
         self.stats: Counter[str] = Counter()
@@ -111,8 +121,8 @@ class OscServer:
         last_expiry = time.monotonic()
         try:
             while not self._stop.is_set():
-                batch = self._receive()
-                if batch:
+                batch = self._receive(wait=not self._backlog)
+                if batch or self._backlog:
                     self.handle(batch)
                 now = time.monotonic()
                 if self.session_timeout is not None and now - last_expiry > 1.0:
@@ -143,7 +153,14 @@ class OscServer:
         self.stop()
 
     # -- receiving -----------------------------------------------------------------------
-    def _receive(self) -> list[tuple[bytes, Any]]:
+    @property
+    def backlog(self) -> int:
+        """Requests waiting for a later wake-up."""
+        return len(self._backlog)
+
+    def _receive(self, wait: bool = True) -> list[tuple[bytes, Any]]:
+        if not wait and not select.select([self.sock], [], [], 0)[0]:
+            return []
         try:
             first = self.sock.recvfrom(MAX_DATAGRAM)
         except TimeoutError:
@@ -160,31 +177,54 @@ class OscServer:
         return batch
 
     def handle(self, batch: list[tuple[bytes, Any]]) -> None:
-        """Parse, serve and answer datagrams ``[(data, (host, port)), ...]``."""
+        """Parse, serve and answer datagrams ``[(data, (host, port)), ...]`` (after the
+        backlog of earlier wake-ups)."""
         self.stats["datagrams"] += len(batch)
         self.stats["wakeups"] += 1
-        requests: list[Request] = []
+        new: list[Request] = []
         replies: list[Reply] = []
         for data, sender in batch:
             for req_or_err in self._parse(data, sender):
                 if isinstance(req_or_err, Request):
-                    requests.append(req_or_err)
+                    new.append(req_or_err)
                 else:
                     replies.append(req_or_err)
-        served = [r for r in requests if r.op not in ("status", "ping")]
-        for r in requests:
+        self.stats["requests"] += len(new)
+        for r in new:
             if r.op in ("status", "ping"):
                 replies.append(self._status(r))
+            else:
+                self._backlog.append(r)
+        served = self._take()
         try:
             replies += self.sessions.run(served)
         except Exception as e:  # a bug must not take the server down
             log.exception("internal error while serving %d requests", len(served))
             replies += [error_reply(r, f"internal error: {type(e).__name__}: {e}")
                         for r in served]
-        self.stats["requests"] += len(requests)
         for reply in replies:
             self._send(*reply)
         self._summary()
+
+    def _take(self) -> list[Request]:
+        """Requests to serve now (at most ``per_session`` per session, in order); the
+        others stay in the backlog, which is then cut to ``max_backlog`` (newest refused)."""
+        counts: Counter[Any] = Counter()
+        take, keep = [], deque()
+        for r in self._backlog:
+            key = None if r.op == "session/open" else r.session
+            if key is not None and counts[key] >= self.per_session:
+                keep.append(r)
+            else:
+                counts[key] += 1
+                take.append(r)
+        while len(keep) > self.max_backlog:
+            r = keep.pop()
+            self.stats["busy"] += 1
+            self._send(*error_reply(r, "server busy: too many requests waiting; request "
+                                       "dropped"))
+        self._backlog = keep
+        return take
 
     def _parse(self, data: bytes, sender: Any) -> list[Request | Reply]:
         try:
@@ -217,7 +257,8 @@ class OscServer:
             "checkpoint": s.checkpoint, "datagrams": self.stats["datagrams"],
             "wakeups": self.stats["wakeups"], "requests": self.stats["requests"],
             "errors": self.stats["errors"],
-            "garbage": self.stats["garbage"], "handle": req.handle}
+            "garbage": self.stats["garbage"], "busy": self.stats["busy"],
+            "backlog": len(self._backlog), "handle": req.handle}
 
     # -- sending -------------------------------------------------------------------------
     def _send(self, req: Request, address: str, reply: dict[str, Any]) -> None:
