@@ -120,6 +120,17 @@ def test_same_seed_same_piece_other_seed_differs(model):
     assert not all(np.array_equal(x, y) for x, y in zip(a.events, c.events))
 
 
+def test_free_choice_named_instruments_and_instrument_cap(model):
+    g = generate(model, GenerateOptions(seconds=None, events=150, seed=3, max_instruments=3))
+    on = g.events.inst[g.events.vel > 0]
+    assert not ev.is_anonymous(on).any()
+    assert len(set(on.tolist())) == 3 and sorted(set(on.tolist())) == g.instruments
+    g = generate(model, GenerateOptions(seconds=None, events=150, seed=3, max_instruments=None,
+                                        allow_anonymous=True))
+    on = g.events.inst[g.events.vel > 0]
+    assert ev.is_anonymous(on).any() and len(set(on.tolist())) > 3
+
+
 def test_instruments_restriction_with_a_drum_kit(model):
     keep = [ev.parse_instrument("violin"), ev.parse_instrument("jazz kit")]
     g = generate(model, GenerateOptions(seconds=None, events=80, seed=3, instruments=keep))

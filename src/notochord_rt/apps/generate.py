@@ -15,6 +15,12 @@ between events so a piece does not fall silent for ten seconds at a time. Notes 
 sounding when generation stops are released at the end, so the output never has a stuck
 note.
 
+Instruments: without a prompt or an explicit list, any *named* instrument may play
+(GM programs and drum kits; anonymous ids only with ``allow_anonymous``, since they have
+no sound of their own), and once ``max_instruments`` different instruments have played,
+only those may start notes — a weak model otherwise spreads a piece over dozens of
+instruments.
+
 Prompting: the prompt (events from :func:`notochord_rt.midi.ingest.load_midi`) is fed
 event by event, then sampling continues from the prompt's last event, by default with the
 prompt's own instruments (``instruments`` overrides that).
@@ -64,7 +70,9 @@ class GenerateOptions:
 
     Length: ``seconds`` of music after the prompt, or ``events`` generated events (if
     both are given, whichever comes first). ``instruments`` restricts which instruments
-    may start notes (``None``: the prompt's instruments if there is a prompt, else all).
+    may start notes (``None``: the prompt's instruments if there is a prompt, else every
+    named instrument, and the anonymous ones too if ``allow_anonymous``);
+    ``max_instruments`` caps how many different instruments that free choice uses.
     Temperatures follow :class:`~notochord_rt.engine.constraints.Constraints`
     (``<= 1`` nucleus, ``> 1`` temperature). Steering values are in [0, 1] (0.5 = none):
     ``steer_pitch`` high → higher pitches, ``steer_rate`` high → shorter gaps (more
@@ -76,6 +84,8 @@ class GenerateOptions:
     events: int | None = None
     seed: int | None = None
     instruments: list[int] | None = None
+    allow_anonymous: bool = False
+    max_instruments: int | None = 6
     pitch_temp: float = 1.0
     rhythm_temp: float = 1.0
     timing_temp: float = 1.0
@@ -106,6 +116,10 @@ class GenerateOptions:
         if not (isinstance(self.max_total_polyphony, int) and self.max_total_polyphony >= 1):
             raise InputError("max_total_polyphony must be an integer >= 1, got "
                              f"{self.max_total_polyphony!r}")
+        if self.max_instruments is not None and not (
+                isinstance(self.max_instruments, int) and self.max_instruments >= 1):
+            raise InputError(f"max_instruments must be an integer >= 1, got "
+                             f"{self.max_instruments!r}")
         if not (self.max_gap > 0):
             raise InputError(f"max_gap must be > 0, got {self.max_gap!r}")
         if self.instruments is not None:
@@ -142,6 +156,7 @@ class Generated:
     stopped: str = ""
     wall_seconds: float = 0.0
     instruments: list[int] = field(default_factory=list)
+    """The instruments that started notes in the generated part."""
 
     @property
     def music_seconds(self) -> float:
@@ -218,15 +233,9 @@ def generate(model, options: GenerateOptions, prompt: ev.EventArrays | None = No
     ``Generated.stopped`` instead of failing. ``progress`` / ``prompt_progress`` report
     generated events (and music seconds) and prompt events fed.
     """
-    from ..engine.support import compile_constraints
-
     options.validate()
     prompt = ev.EventArrays.empty() if prompt is None else prompt.sorted()
-    instruments = options.instruments
-    if instruments is None and len(prompt):
-        instruments = sorted({int(i) for i in np.unique(prompt.inst)})
-    comp = compile_constraints(build_constraints(options, instruments))
-    comp_full = compile_constraints(build_constraints(options, instruments, release_only=True))
+    palette = _Palette(options, prompt)
 
     model.reset(seed=options.seed)
     feed_prompt(model, prompt, prompt_progress)
@@ -242,7 +251,7 @@ def generate(model, options: GenerateOptions, prompt: ev.EventArrays | None = No
     while len(rows) < max_events:
         full = len(model.held_notes) >= options.max_total_polyphony
         try:
-            e = model.sample(comp_full if full else comp)
+            e = model.sample(palette.release_only if full else palette.comp)
         except NoPossibleEvents as err:
             stopped = f"no possible event: {err}"
             log.warning("generation stopped early after %d events: %s", len(rows), err)
@@ -253,6 +262,8 @@ def generate(model, options: GenerateOptions, prompt: ev.EventArrays | None = No
         model.feed(e.inst, e.pitch, e.time, e.vel)
         now += e.time
         forced += e.forced is not None
+        if e.vel >= ev.NOTE_ON_MIN_VEL:
+            palette.played(e.inst)
         rows.append((e.inst, e.pitch, now, _note_vel(e.vel)))
         if progress is not None:
             progress(len(rows), now - prompt_end)
@@ -267,4 +278,39 @@ def generate(model, options: GenerateOptions, prompt: ev.EventArrays | None = No
         events=piece, prompt_events=len(prompt), prompt_end=prompt_end,
         generated=len(rows) - len(held), released_at_end=len(held), forced=forced,
         stopped=stopped, wall_seconds=wall,
-        instruments=list(instruments) if instruments is not None else [])
+        instruments=sorted(palette.used))
+
+
+class _Palette:
+    """The instruments that may start notes, and the compiled constraints for them."""
+
+    def __init__(self, options: GenerateOptions, prompt: ev.EventArrays) -> None:
+        self.options = options
+        insts = options.instruments
+        if insts is None and len(prompt):
+            insts = sorted({int(i) for i in np.unique(prompt.inst)})
+        elif insts is None and not options.allow_anonymous:
+            insts = list(range(ev.FIRST_MELODIC, ev.LAST_DRUM + 1))
+        self.allowed = insts
+        self.capped = options.instruments is None and not len(prompt)  # not chosen by hand
+        self.used: set[int] = set()
+        self._compile(insts)
+
+    def _compile(self, insts: list[int] | None) -> None:
+        from ..engine.support import compile_constraints
+
+        self.comp = compile_constraints(build_constraints(self.options, insts))
+        self.release_only = compile_constraints(
+            build_constraints(self.options, insts, release_only=True))
+
+    def played(self, inst: int) -> None:
+        """Note an instrument's note-on; at the instrument cap, keep only the ones used."""
+        if inst in self.used:
+            return
+        self.used.add(inst)
+        cap = self.options.max_instruments
+        if self.capped and cap is not None and len(self.used) >= cap and (
+                self.allowed is None or len(self.allowed) > len(self.used)):
+            self.allowed = sorted(self.used)
+            self._compile(self.allowed)
+            log.debug("instrument cap reached: only %s from now on", self.allowed)

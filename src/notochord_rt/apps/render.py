@@ -180,7 +180,7 @@ def render_png(events: ev.EventArrays, png_path: str | os.PathLike, *,
             handles.append(Patch(color="0.88", label="prompt"))
         if handles:
             ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0),
-                      fontsize=8, frameon=False)
+                      fontsize=8, frameon=False, ncol=1 + (len(handles) - 1) // 24)
         ax.set_xlim(0.0, duration)
         if len(notes["pitch"]):
             ax.set_ylim(float(notes["pitch"].min()) - 2, float(notes["pitch"].max()) + 2)

@@ -170,6 +170,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instruments that may play: GM names or ids 1..320, comma "
                              "separated or repeated ('violin,cello', 'drums', 'jazz kit', "
                              "'anon2'); default: any (or the prompt's instruments)")
+    parser.add_argument("--allow-anonymous", action="store_true",
+                        help="without --instruments, let anonymous instruments (ids 257..320, "
+                             "no GM sound of their own) play too")
+    parser.add_argument("--max-instruments", type=int, default=6,
+                        help="without --instruments or --prompt: how many different "
+                             "instruments the model may bring in (default 6; 0 = no limit)")
     parser.add_argument("--prompt", metavar="FILE.mid", help="MIDI file to continue")
     parser.add_argument("--continue-with", action="append", metavar="INSTS",
                         help="with --prompt: instruments that continue it (default: the "
@@ -207,6 +213,7 @@ def _options(args: argparse.Namespace, instruments):
     seconds = args.seconds if args.seconds is not None or args.events is not None else 30.0
     opts = GenerateOptions(
         seconds=seconds, events=args.events, seed=args.seed, instruments=instruments,
+        allow_anonymous=args.allow_anonymous, max_instruments=args.max_instruments or None,
         pitch_temp=args.pitch_temp, rhythm_temp=args.rhythm_temp,
         timing_temp=args.timing_temp, inst_temp=args.inst_temp, vel_temp=args.vel_temp,
         steer_density=args.steer_density, steer_pitch=args.steer_pitch,
