@@ -89,8 +89,12 @@ class _MlpSpec:
     final: PackedLinear
 
 
-def _glu_mlp(module: nn.Module, precision: str, min_reduced: int) -> _MlpSpec:
-    """Pack a GLU-MLP: ``[Linear → GLU → LayerNorm?] * L → Linear`` (dropout ignored)."""
+def _glu_mlp(module: nn.Module, precision: str, min_reduced: int,
+             out_bias: Tensor | None = None) -> _MlpSpec:
+    """Pack a GLU-MLP: ``[Linear → GLU → LayerNorm?] * L → Linear`` (dropout ignored).
+
+    ``out_bias`` is added to the output layer's bias (the mixtures' learned bias).
+    """
     mods = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.LayerNorm))]
     lins = [m for m in mods if isinstance(m, nn.Linear)]
     norms = [m for m in mods if isinstance(m, nn.LayerNorm)]
@@ -105,7 +109,11 @@ def _glu_mlp(module: nn.Module, precision: str, min_reduced: int) -> _MlpSpec:
             None if ln is None else ln.bias.detach().float().clone(),
             1e-5 if ln is None else float(ln.eps),
         ))
-    return _MlpSpec(layers, pack_linear(lins[-1].weight, lins[-1].bias, precision, min_reduced))
+    last = lins[-1]
+    bias = last.bias.detach().float() if last.bias is not None else torch.zeros(last.out_features)
+    if out_bias is not None:
+        bias = bias + out_bias
+    return _MlpSpec(layers, pack_linear(last.weight, bias, precision, min_reduced))
 
 
 def _run_mlp(spec: _MlpSpec, x: Tensor) -> Tensor:
@@ -225,8 +233,11 @@ class FastCore:
                      for k in range(L)]
 
         self._proj = _glu_mlp(parts["h_proj"], precision, mr)
-        self._heads = dict(zip("iptv", (_glu_mlp(h, precision, mr) for h in parts["heads"])))
         self._mix = {"t": _mixture(parts["time_dist"]), "v": _mixture(parts["vel_dist"])}
+        self._heads = {}  # the mixtures' bias is folded into the t / v output layers
+        for sub, h in zip("iptv", parts["heads"]):
+            mix = self._mix.get(sub)
+            self._heads[sub] = _glu_mlp(h, precision, mr, None if mix is None else mix.bias)
         end = parts["end"]
         ew, eb = end.weight.detach().float(), end.bias.detach().float()
         self._end_w = (ew[1] - ew[0]).contiguous()  # softmax of 2 logits = sigmoid of diff
@@ -264,6 +275,8 @@ class FastCore:
                 got_ctx = ref.context(got_state)
                 cx = torch.randn(self.emb_size, generator=gen)
                 want_heads = [h(torch.tanh(cx)) for h in p["heads"]]
+                want_heads[2] = want_heads[2] + p["time_dist"].bias  # folded in ours
+                want_heads[3] = want_heads[3] + p["vel_dist"].bias
                 got_heads = [ref._head_raw(s, cx[None])[0] for s in "iptv"]
             finally:
                 model.train(was_training)
@@ -331,7 +344,7 @@ class FastCore:
         mix = self._mix.get(sub)
         if mix is None:
             return raw
-        out = raw.add_(mix.bias).view(-1, 3, mix.k)
+        out = raw.view(-1, 3, mix.k)  # bias already folded into the output layer
         out[:, 0] = torch.log_softmax(out[:, 0], -1)  # cheaper than logsumexp here
         out[:, 1].clamp_(mix.loc_lo, mix.loc_hi)
         out[:, 2] = F.softplus(out[:, 2]).clamp_(mix.sharp_lo, mix.sharp_hi)
