@@ -160,7 +160,8 @@ class FastCore:
             reduced-precision kernel call costs more than streaming them; see
             :func:`~notochord_rt.engine.quant.pack_linear`). 0 reduces every layer.
 
-    The model is only read; the core keeps its own copies of the weights.
+    The model is only read; the core keeps its own copies of the weights. A core is not
+    thread-safe (it reuses small buffers): use one per thread.
     """
 
     def __init__(self, model: nn.Module, precision: str = "fp32", threads: int | None = 1,
