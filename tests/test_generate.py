@@ -150,6 +150,15 @@ def test_guards_bound_note_length_and_polyphony(model):
     assert max(max_polyphony(g.events).values()) <= 2
 
 
+def test_drum_notes_are_short(model):
+    opts = GenerateOptions(seconds=None, events=120, seed=4, instruments=[ev.STANDARD_KIT],
+                           steer_density=0.9, max_note_seconds=30.0)
+    g = generate(model, opts)
+    notes = notes_of(g.events)
+    lengths = [e - s for i, p, s, e in notes if e < g.events.time[-1]]
+    assert lengths and max(lengths) <= 1.0 + 1e-6
+
+
 def test_total_polyphony_cap(model):
     opts = GenerateOptions(seconds=None, events=150, seed=4, max_total_polyphony=3,
                            steer_density=1.0, max_note_seconds=30.0)

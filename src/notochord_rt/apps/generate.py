@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, float], None]
 """``progress(events_so_far, music_seconds_so_far)``, called after every generated event."""
 
+DRUM_MAX_NOTE_SECONDS = 1.0
+"""Drum notes are released after at most this long (their length makes no sound in GM,
+but held drum notes would count against the polyphony caps)."""
+
 RELEASE_TAIL = 0.5
 """Seconds after the last event at which notes still held are released (``events`` mode)."""
 
@@ -182,7 +186,7 @@ def build_constraints(options: GenerateOptions, instruments: Iterable[int] | Non
         note_off_map=off_map,
         max_time=float(options.max_gap),
         max_polyphony=int(options.max_polyphony),
-        max_duration=float(options.max_note_seconds),
+        max_duration=_max_durations(options.max_note_seconds),
         inst_temp=options.inst_temp,
         pitch_temp=options.pitch_temp,
         rhythm_temp=options.rhythm_temp,
@@ -196,6 +200,13 @@ def build_constraints(options: GenerateOptions, instruments: Iterable[int] | Non
         order=options.order,
         vel=0.0 if release_only else None,
     ).validate()
+
+
+def _max_durations(seconds: float) -> dict[int, float]:
+    drums = min(float(seconds), DRUM_MAX_NOTE_SECONDS)
+    out = {i: float(seconds) for i in range(ev.FIRST_MELODIC, ev.NUM_INSTRUMENTS + 1)}
+    out.update((i, drums) for i in out if ev.is_drum(i))
+    return out
 
 
 def feed_prompt(model, prompt: ev.EventArrays,

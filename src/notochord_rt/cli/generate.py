@@ -197,7 +197,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="louder above 0.5, softer below")
     guards = parser.add_argument_group("guards against stuck notes and runaway density")
     guards.add_argument("--max-note-seconds", type=float, default=5.0,
-                        help="release any note older than this (default 5)")
+                        help="release any note older than this (default 5; drum notes after "
+                             "at most 1)")
     guards.add_argument("--max-polyphony", type=int, default=8,
                         help="most notes one instrument holds at once (default 8)")
     guards.add_argument("--max-total-polyphony", type=int, default=24,
