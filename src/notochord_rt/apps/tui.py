@@ -1,0 +1,255 @@
+"""The terminal UI of ``notochord-rt play`` (textual), in the spirit of the reference's
+homunculus (reference §6.1): a 16-channel mixer (mode and instrument per channel), the
+steering controls, the next predicted event, the sounding notes, timing, and a log.
+
+The app holds no music logic: keys and clicks call a
+:class:`~notochord_rt.apps.play.PlayController`, which tells the player; a timer polls the
+controller for the player's events. Keys::
+
+    left/right  channel          o  cycle mode (auto, input, follow, mute)
+    up/down     control          i  instrument picker      space  mute the channel
+    + / -       move control     m  mute all (model)       x  stop/start auto voices
+    r  reset (release all, new stream)   q  query again    p  panic (release all now)
+    1..9, 0     presets          ctrl+q  quit (every note is released)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Header, RichLog, Static
+
+from .. import events as ev
+from .play import PlayController
+from .tui_widgets import (
+    ChannelStrip,
+    ControlBar,
+    InstrumentPicker,
+    describe_event,
+    describe_sounding,
+    describe_timing,
+)
+from .voices import N_CHANNELS, short_name
+
+log = logging.getLogger(__name__)
+
+CSS = """
+Screen { layout: vertical; }
+#main { height: auto; }
+#mixer { width: 3fr; height: auto; }
+.row { height: auto; }
+.strip { width: 1fr; height: auto; border: round $panel; padding: 0 0; }
+.strip.selected { border: round $accent; }
+.strip.muted .inst { text-style: strike; }
+.strip Button { width: 100%; min-width: 4; height: 1; border: none; margin: 0; }
+.tag { width: 100%; }
+#controls { height: auto; padding: 0 1; }
+ControlBar.selected { text-style: bold; }
+#side { width: 2fr; height: auto; padding: 0 1; }
+#status, #next { height: auto; }
+#sounding { height: auto; max-height: 14; }
+#log { height: 1fr; min-height: 5; border: round $panel; }
+InstrumentPicker { align: center middle; }
+#picker { width: 70; height: 24; border: thick $accent; background: $surface; }
+#picker-list { height: 1fr; }
+"""
+
+
+class PlayApp(App[int]):
+    """The multi-voice UI around a running player (see the module docstring for keys).
+
+    ``check()`` (optional) is polled; a non-None ``(code, message)`` ends the app with that
+    exit code (e.g. a lost MIDI port). ``duration`` ends the app after that many seconds.
+    On exit the player is stopped, which releases every sounding note.
+    """
+
+    CSS = CSS
+    TITLE = "notochord-rt play"
+    BINDINGS = [
+        Binding("left", "channel(-1)", "chan-", priority=True),
+        Binding("right", "channel(1)", "chan+", priority=True),
+        Binding("up", "control(-1)", "ctl-", show=False, priority=True),
+        Binding("down", "control(1)", "ctl+", show=False, priority=True),
+        Binding("plus,equals_sign", "nudge(1)", "+", priority=True),
+        Binding("minus,underscore", "nudge(-1)", "-", priority=True),
+        Binding("o", "mode", "mode"),
+        Binding("i", "instrument", "inst"),
+        Binding("space", "mute_channel", "mute ch"),
+        Binding("m", "act('mute')", "mute"),
+        Binding("x", "act('stop')", "stop"),
+        Binding("r", "act('reset')", "reset"),
+        Binding("q", "act('query')", "query"),
+        Binding("p", "act('panic')", "panic"),
+        *[Binding(str((k + 1) % 10), f"preset({k})", show=False) for k in range(10)],
+        Binding("ctrl+q", "quit", "quit", priority=True),
+    ]
+
+    def __init__(self, controller: PlayController, *, duration: float | None = None,
+                 check: Callable[[], tuple[int, str] | None] | None = None,
+                 poll_interval: float = 0.05) -> None:
+        super().__init__()
+        self.ctl = controller
+        self.channel = min(controller.rig.voices, default=0)
+        self.control_names = list(controller.rig.controls)
+        self.control_index = 0
+        self.duration, self.check, self.poll_interval = duration, check, poll_interval
+        self.exit_message: str | None = None
+        self._ticks = 0
+
+    # -- layout ------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="main"):
+            with Vertical(id="mixer"):
+                for row in range(2):
+                    with Horizontal(classes="row"):
+                        for ch in range(row * 8, row * 8 + 8):
+                            yield ChannelStrip(ch)
+                with Vertical(id="controls"):
+                    for name in self.control_names:
+                        yield ControlBar(id=f"ctl-{name}")
+            with Vertical(id="side"):
+                yield Static(id="status")
+                yield Static(id="next")
+                yield Static(id="sounding")
+                yield Static(id="timing")
+        log_view = RichLog(id="log", max_lines=500, wrap=False, markup=False)
+        log_view.can_focus = False
+        yield log_view
+        yield Footer()
+
+    def on_mount(self) -> None:
+        # widgets of the main screen, kept: while the picker is open, queries see the picker
+        self._log = self.query_one("#log", RichLog)
+        self._next = self.query_one("#next", Static)
+        self._sounding = self.query_one("#sounding", Static)
+        self._timing = self.query_one("#timing", Static)
+        self._status = self.query_one("#status", Static)
+        self._strips = list(self.query(ChannelStrip))
+        self._bars = [self.query_one(f"#ctl-{name}", ControlBar) for name in self.control_names]
+        self.sub_title = self.ctl.preset_name or ""
+        self.refresh_all()
+        self.set_interval(self.poll_interval, self.tick)
+        if self.duration is not None:
+            self.set_timer(self.duration, lambda: self.exit(0))
+
+    def on_unmount(self) -> None:
+        self.ctl.player.stop()  # releases every sounding note (and the sink's panic)
+
+    # -- display -----------------------------------------------------------------------------
+    def refresh_all(self) -> None:
+        """Redraw the strips, controls and status from the controller."""
+        per_inst: dict[int, int] = {}
+        for inst, _ in self.ctl.sounding:
+            per_inst[inst] = per_inst.get(inst, 0) + 1
+        for strip in self._strips:
+            v = self.ctl.voice(strip.channel)
+            strip.show(v, strip.channel == self.channel, per_inst.get(v.inst, 0) if v else 0)
+        for k, (name, bar) in enumerate(zip(self.control_names, self._bars)):
+            bar.show(
+                self.ctl.rig.controls[name], self.ctl.control_value(name), k == self.control_index)
+        view = self.ctl.policy.view
+        flags = [f for f, on in (("MUTED", view.muted), ("STOPPED", view.stopped)) if on]
+        v = self.ctl.voice(self.channel)
+        about = "no voice" if v is None else (
+            f"{v.label()} {v.state} {ev.instrument_name(v.inst)} range {v.range[0]}-{v.range[1]}")
+        self._status.update(
+            f"channel {self.channel + 1}: {about}\n{' '.join(flags) or 'playing'}")
+
+    def tick(self) -> None:
+        """Poll the controller (player events, messages) and the exit conditions."""
+        self._ticks += 1
+        events = self.ctl.poll()
+        log_view = self._log
+        for text in self._drain_messages():
+            log_view.write(text)
+        for e in events:
+            if e.kind in ("input", "output"):
+                what = "on " if e.vel else "off"
+                log_view.write(f"{e.kind:<6} {what} {short_name(e.inst, 16):<16} {e.pitch:3d} "
+                               f"{e.vel:3d}")
+        now = self.ctl.player.clock()
+        self._next.update(describe_event(self.ctl.next_event, now))
+        self._sounding.update(describe_sounding(self.ctl.sounding))
+        if events or self._ticks % 10 == 1:
+            self.refresh_all()
+        if self._ticks % 10 == 1:
+            self._timing.update(describe_timing(self.ctl.timing()))
+        if self.ctl.player.error is not None:
+            self.exit_message = f"player stopped: {self.ctl.player.error}"
+            self.exit(1)
+        elif self.check is not None:
+            stop = self.check()
+            if stop is not None:
+                self.exit_message = stop[1]
+                self.exit(stop[0])
+
+    def _drain_messages(self) -> list[str]:
+        out = []
+        while self.ctl.messages:
+            out.append(self.ctl.messages.popleft())
+        return out
+
+    # -- actions -----------------------------------------------------------------------------
+    def action_channel(self, step: int) -> None:
+        self.channel = (self.channel + step) % N_CHANNELS
+        self.refresh_all()
+
+    def action_control(self, step: int) -> None:
+        self.control_index = (self.control_index + step) % len(self.control_names)
+        self.refresh_all()
+
+    def action_nudge(self, steps: int) -> None:
+        name = self.control_names[self.control_index]
+        self.ctl.nudge(name, steps)
+        self.refresh_all()
+
+    def action_mode(self) -> None:
+        mode = self.ctl.cycle_mode(self.channel)
+        self.ctl.say(f"channel {self.channel + 1}: {mode}")
+        self.refresh_all()
+
+    def action_mute_channel(self) -> None:
+        self.ctl.toggle_mute(self.channel)
+        self.refresh_all()
+
+    def action_instrument(self) -> None:
+        v = self.ctl.voice(self.channel)
+        channel = self.channel
+
+        def chosen(inst: int | None) -> None:
+            if inst:
+                self.ctl.set_inst(channel, inst)
+                self.ctl.say(f"channel {channel + 1}: "
+                             f"{ev.instrument_name(self.ctl.voice(channel).inst)}")  # type: ignore[union-attr]
+                self.refresh_all()
+
+        self.push_screen(InstrumentPicker(v.inst if v else None), chosen)
+
+    def action_act(self, name: str) -> None:
+        self.ctl.action(name)
+        self.ctl.say(name)
+
+    def action_preset(self, index: int) -> None:
+        if self.ctl.book is None or index >= len(self.ctl.book.presets):
+            self.ctl.say(f"no preset {index + 1}")
+            return
+        name = self.ctl.load_preset(index)
+        self.sub_title = name
+        self.refresh_all()
+
+    def on_channel_strip_clicked(self, message: ChannelStrip.Clicked) -> None:
+        self.channel = message.channel
+        if message.what == "mode":
+            self.action_mode()
+        else:
+            self.action_instrument()
+
+    def note_exit(self) -> Any:
+        """The message to show after the app closed (None for a normal quit)."""
+        return self.exit_message
