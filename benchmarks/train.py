@@ -3,8 +3,12 @@
 Both trainers get the same MIDI files (our ``prep`` decides the split; the reference
 preprocesses exactly our training files with its own ``notochord.lakh_prep`` and trains
 on all of them), the same architecture, batch size, crop length and optimiser settings,
-one training process each with the same number of data-loader workers, run one after
-the other in this process for the same wall-clock budget. Printed:
+one training process each with the same number of data-loader workers. The trainers
+take turns of a few seconds in this process (round robin) until each has trained for
+the same wall-clock budget, so that load from other users of a shared machine falls
+on all of them alike. Each is stepped with its own training-loop body (the reference's
+copied from its ``Trainer.train``, TensorBoard logging included; ours is
+``Trainer.train_step`` as ``fit`` calls it). Printed:
 
 * training events per second (batch_size x batch_len per step, padding included, as the
   reference counts its exposure; data loading included) over the whole budget and in
@@ -40,10 +44,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MIDI = Path("/work/shared/corpus/mma")
 WARM = 3  # steps left out of the steady-state rate (worker start, compilation)
-
-
-class StopBench(Exception):
-    """Raised from inside the reference trainer's loop when the budget is spent."""
 
 
 def machine() -> str:
@@ -103,42 +103,99 @@ def valid_pieces(ours: Path, limit: int):
     return [store[k] for k in range(min(len(store), limit))]
 
 
-# -- reference --------------------------------------------------------------------------------
-def train_reference(args, pkl: Path, work: Path) -> tuple[dict, torch.nn.Module]:
-    from notochord.train import Trainer as RefTrainer
+# -- the trainers, one optimisation step at a time -------------------------------------------
+class ReferenceRunner:
+    """The reference ``Trainer`` and its training-loop body (notochord/train.py), stepped
+    from outside so that the trainers can take turns on a shared machine."""
 
-    trainer = RefTrainer(
-        experiment="bench", model_dir=str(work / "ref_models"), log_dir=str(work / "ref_logs"),
-        data_dir=str(pkl), results_dir=str(work / "ref_results"), model=model_kw(args),
-        batch_size=args.batch_size, batch_len=args.batch_len, lr=args.lr,
-        n_jobs=args.workers, device="cpu", valid_size=1, seed=0,
-    )
-    trainer.train_dataset = trainer.dataset  # train on every file it was given
-    trainer.save = lambda fname: None  # no pickled checkpoints in the timing
-    clock: dict = {}
+    name = "reference"
 
-    def skip_validation(*a, **kw):
-        clock.setdefault("start", time.perf_counter())
-        return {"logs": {}, "pops": {}}
+    def __init__(self, args, pkl: Path, work: Path):
+        import itertools as it
 
-    times: list[float] = []
+        from notochord.train import Trainer as RefTrainer
+        from torch.utils.data import DataLoader
 
-    def log(tag, d):
-        if tag != "train":
-            return
-        now = time.perf_counter()
-        times.append(now - clock.get("last", clock["start"]))
-        clock["last"] = now
-        if now - clock["start"] >= args.budget:
-            raise StopBench
+        t = RefTrainer(
+            experiment="bench", model_dir=str(work / "ref_models"),
+            log_dir=str(work / "ref_logs"), data_dir=str(pkl),
+            results_dir=str(work / "ref_results"), model=model_kw(args),
+            batch_size=args.batch_size, batch_len=args.batch_len, lr=args.lr,
+            n_jobs=args.workers, device="cpu", seed=0,
+        )
+        t.train_dataset = t.dataset  # train on every file it was given (ours: whole split)
+        loader = DataLoader(t.train_dataset, t.batch_size, shuffle=True,
+                            num_workers=t.n_jobs, pin_memory=False)
+        self.batches = it.chain.from_iterable(it.repeat(loader))  # as its train() does
+        t.model.train()
+        self.trainer, self.model = t, t.model
 
-    trainer._validate = skip_validation
-    trainer.log = log
-    try:
-        trainer.train()
-    except StopBench:
-        pass
-    return rates(times, args), trainer.model
+    def step(self) -> None:
+        t = self.trainer
+        batch = next(self.batches)
+        mask, end = batch["mask"], batch["end"]
+        inst, pitch = batch["instrument"], batch["pitch"]
+        time_, vel = batch["time"], batch["velocity"]
+        t.iteration += 1
+        t.exposure += t.batch_size * t.batch_len
+        t.opt.zero_grad()
+        result = t.model(inst, pitch, time_, vel, end)
+        losses = t.get_loss_components(result, mask[..., 1:])
+        loss = sum(losses.values())
+        loss.backward()
+        logs = t.process_grad()
+        t.opt.step()
+        logs |= {k: v.item() for k, v in losses.items()}
+        logs |= {"loss": loss.item()}
+        logs |= {k: v.item() for k, v in result.items() if v.numel() == 1}
+        t.log("train", logs)
+
+
+class OursRunner:
+    """Our Trainer, stepped exactly as its ``fit`` does (seeding, logging included)."""
+
+    def __init__(self, args, data: Path, work: Path, variant: str):
+        from notochord_rt.train.batches import seed_all, step_seed
+        from notochord_rt.train.config import TrainConfig
+        from notochord_rt.train.trainer import Trainer
+
+        precision, _, extra = variant.partition("+")
+        cfg = TrainConfig(
+            data=str(data), out=str(work / f"ours_{variant}"), model=model_kw(args),
+            batch_size=args.batch_size, batch_len=args.batch_len, lr=args.lr,
+            num_workers=args.workers, device="cpu", precision=precision,
+            compile=extra == "compile", fused_gru=extra != "nofuse", progress=False, seed=0,
+        )
+        self.name = f"ours {variant}"
+        self.trainer = Trainer(cfg)
+        self.model = self.trainer.model
+        self.batches = self.trainer._train_batches(0)
+        self._seed = lambda s: seed_all(step_seed(cfg.seed, 0, s))
+
+    def step(self) -> None:
+        t = self.trainer
+        self._seed(t.step)
+        logs = t.train_step(next(self.batches))
+        t._log("train", logs)
+
+
+def run_interleaved(runners: list, budget: float, turn: float) -> dict[str, list[float]]:
+    """Round-robin turns of ``turn`` seconds until each runner has trained ``budget``
+    seconds, so that load from other users of the machine hits all of them alike."""
+    times: dict[str, list[float]] = {r.name: [] for r in runners}
+    spent = dict.fromkeys(times, 0.0)
+    while min(spent.values()) < budget:
+        for r in runners:
+            if spent[r.name] >= budget:
+                continue
+            end = spent[r.name] + turn
+            while spent[r.name] < min(end, budget):
+                t0 = time.perf_counter()
+                r.step()
+                dt = time.perf_counter() - t0
+                times[r.name].append(dt)
+                spent[r.name] += dt
+    return times
 
 
 @torch.no_grad()
@@ -174,24 +231,6 @@ def model_kw(args) -> dict:
             "mlp_layers": args.mlp}
 
 
-def train_ours(args, data: Path, work: Path, precision: str, compile_: bool):
-    from notochord_rt.train.config import TrainConfig
-    from notochord_rt.train.trainer import Trainer
-
-    cfg = TrainConfig(
-        data=str(data), out=str(work / f"ours_{precision}"), model=model_kw(args),
-        batch_size=args.batch_size, batch_len=args.batch_len, lr=args.lr,
-        num_workers=args.workers, device="cpu", precision=precision, compile=compile_,
-        time_limit=args.budget, epoch_size=10**9, valid_batches=1, valid_len=64,
-        progress=False, seed=0,
-    )
-    trainer = Trainer(cfg)
-    times: list[float] = []
-    trainer.fit(on_step=lambda step, logs, seconds: times.append(seconds))
-    trainer.close()
-    return (rates(times, args), trainer.model)
-
-
 def rates(step_seconds: list[float], args) -> dict:
     """Throughput over the whole budget and in the steady state (after WARM steps)."""
     per_step = args.batch_size * args.batch_len
@@ -207,6 +246,8 @@ def main() -> int:
                     else ROOT / "examples" / "midi")
     ap.add_argument("--files", type=int, default=400)
     ap.add_argument("--budget", type=float, default=240.0, help="seconds of training each")
+    ap.add_argument("--turn", type=float, default=10.0,
+                    help="seconds per turn when the trainers take turns")
     ap.add_argument("--emb", type=int, default=256)
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--layers", type=int, default=2)
@@ -216,7 +257,8 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--workers", type=int, default=1, help="data-loader workers, both")
     ap.add_argument("--ours", default="fp32,bf16",
-                    help="our variants to run, comma-separated: fp32, bf16, fp32+compile, ...")
+                    help="our variants, comma-separated: fp32, bf16, fp32+compile, "
+                         "fp32+nofuse (plain nn.GRU)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--valid-pieces", type=int, default=40)
     ap.add_argument("--only", choices=("ours", "reference"), help="run one side only")
@@ -225,6 +267,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.short:
         args.files, args.budget, args.emb, args.hidden = min(args.files, 60), 15.0, 64, 128
+        args.turn = 5.0
         args.batch_size, args.valid_pieces = 16, 8
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
@@ -244,20 +287,21 @@ def main() -> int:
 
         from notochord_rt.train.evaluate import CANONICAL_ORDER, evaluate
 
-        results = {}
+        runners: list = []
         if args.only != "reference":
-            for variant in args.ours.split(","):
-                precision, _, extra = variant.partition("+")
-                torch.manual_seed(0)
-                speed, model = train_ours(args, work / "ours", work, precision,
-                                          extra == "compile")
-                speed["valid_nll"] = evaluate(model, pieces, orders=(CANONICAL_ORDER,))["nll"]
-                results[f"ours {variant}"] = speed
+            runners += [OursRunner(args, work / "ours", work, v) for v in args.ours.split(",")]
         if args.only != "ours":
             torch.manual_seed(0)
-            speed, model = train_reference(args, work / "ref_pkl", work)
-            speed["valid_nll"] = reference_valid_nll(model, pieces)
-            results["reference"] = speed
+            runners.append(ReferenceRunner(args, work / "ref_pkl", work))
+        times = run_interleaved(runners, args.budget, args.turn)
+        results = {}
+        for r in runners:
+            results[r.name] = rates(times[r.name], args)
+            if isinstance(r, OursRunner):
+                nll = evaluate(r.model, pieces, orders=(CANONICAL_ORDER,))["nll"]
+            else:
+                nll = reference_valid_nll(r.model, pieces)
+            results[r.name]["valid_nll"] = nll
         for name, r in results.items():
             nll = r["valid_nll"]
             terms = " + ".join(f"{k} {nll[k]:.3f}" for k in ("inst", "pitch", "time", "vel", "end"))
