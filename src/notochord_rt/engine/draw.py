@@ -144,37 +144,40 @@ def mixture_mass(mix: np.ndarray, a: float, b: float) -> float:
 
 
 def sample_pieces(mix: np.ndarray, bounds: np.ndarray, weights: np.ndarray,
-                  rng: np.random.Generator) -> tuple[int, np.ndarray]:
+                  rng: np.random.Generator) -> tuple[int, tuple]:
     """Pick one interval ``bounds[k] = (a, b)`` with probability ∝ mass x weight.
 
-    Returns ``k`` and the per-component masses of that interval (reused for sampling).
+    Returns ``k`` and what :func:`sample_mixture` can reuse for that interval
+    (``pre=(pi, component masses, z, F, S)``).
     """
     z = (bounds.reshape(-1, 1) - mix[1]) * mix[2]
-    cm, _, _ = _masses(z)
-    if len(bounds) == 1:
-        return 0, cm[0]
-    w = (cm @ np.exp(mix[0])) * weights
-    if not w.sum() > 0:  # the model puts no representable mass anywhere allowed
-        w = weights.astype(np.float64) if weights.sum() > 0 else np.ones(len(weights))
-    k = _pick(w, rng)
-    return k, cm[k]
+    cm, f, sf = _masses(z)
+    pi = np.exp(mix[0])
+    k = 0
+    if len(bounds) > 1:
+        w = (cm @ pi) * weights
+        if not w.sum() > 0:  # the model puts no representable mass anywhere allowed
+            w = weights.astype(np.float64) if weights.sum() > 0 else np.ones(len(weights))
+        k = _pick(w, rng)
+    r = slice(2 * k, 2 * k + 2)
+    return k, (pi, cm[k], z[r], f[r], sf[r])
 
 
 def sample_mixture(mix: np.ndarray, a: float, b: float, clip_lo: float, clip_hi: float,
                    rng: np.random.Generator, *, top_p: float = 1.0, temp: float = 1.0,
                    quantile: tuple[float, float] | None = None,
-                   comp_mass: np.ndarray | None = None) -> float:
+                   pre: tuple | None = None) -> float:
     """Sample from the mixture truncated to ``[a, b]``, then clip to ``[clip_lo, clip_hi]``.
 
     ``a``/``b`` may be infinite (censored ends); ``top_p`` reweights the truncated
     component weights, ``temp`` scales every component's width (0 = its location),
-    ``quantile`` keeps only a rank window of ``QUANTILE_K`` draws. ``comp_mass`` (the
-    per-component mass of ``[a, b]``, from :func:`sample_pieces`) saves recomputing it
-    when ``temp == 1``.
+    ``quantile`` keeps only a rank window of ``QUANTILE_K`` draws. ``pre`` (from
+    :func:`sample_pieces` for this same interval) saves recomputing the component
+    masses when ``temp == 1``.
     """
     log_pi, loc, sharp = mix
     n = QUANTILE_K if quantile is not None else 1
-    pi = np.exp(log_pi)
+    pi = np.exp(log_pi) if pre is None else pre[0]
     if temp == 0.0:
         w = pi * ((loc >= a) & (loc <= b))
         if not w.sum() > 0:
@@ -185,13 +188,12 @@ def sample_mixture(mix: np.ndarray, a: float, b: float, clip_lo: float, clip_hi:
         xs = loc[_pick_many(w, rng, n)]
     else:
         s = sharp if temp == 1.0 else sharp / temp
-        z = (np.array([[a], [b]]) - loc) * s
-        if comp_mass is None or temp != 1.0:
+        if pre is not None and temp == 1.0:
+            _, comp_mass, z, f, sf = pre
+        else:
+            z = (np.array([[a], [b]]) - loc) * s
             cm, f, sf = _masses(z)
             comp_mass = cm[0]
-        else:
-            sig = _sigmoid(np.concatenate((z, -z)))
-            f, sf = sig[:2], sig[2:]
         w = reweight(pi * comp_mass, top_p)
         if not w.sum() > 0:
             return _uniform(a, b, clip_lo, clip_hi, rng)

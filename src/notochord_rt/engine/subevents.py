@@ -56,14 +56,14 @@ def draw_time(mix: np.ndarray, sup: Support, cons: Constraints, rng: np.random.G
     res = config.time_res
     pieces = sup.time_pieces()
     bounds = np.array([_time_bounds(lo, hi, t_lo, t_hi, res) for lo, hi, _ in pieces])
-    k, cm = sample_pieces(mix, bounds, pieces[:, 2], rng)
+    k, pre = sample_pieces(mix, bounds, pieces[:, 2], rng)
     lo, hi = float(pieces[k, 0]), float(pieces[k, 1])
     if lo == hi:
         return lo
     a, b = bounds[k]
     q = _quantile(cons.truncate_quantile_time, _steerable(sup, cons))
     return sample_mixture(mix, a, b, lo, hi, rng, top_p=cons.rhythm_temp,
-                          temp=cons.timing_temp, quantile=q, comp_mass=cm)
+                          temp=cons.timing_temp, quantile=q, pre=pre)
 
 
 def draw_vel(mix: np.ndarray, sup: Support, cons: Constraints, rng: np.random.Generator,
@@ -76,14 +76,14 @@ def draw_vel(mix: np.ndarray, sup: Support, cons: Constraints, rng: np.random.Ge
     for k_lo, k_hi, w in on:
         bounds.append((k_lo - 0.5, math.inf if k_hi >= v_hi else k_hi + 0.5))
         weights.append(w * w_on)
-    k, cm = sample_pieces(mix, np.array(bounds), np.array(weights), rng)
+    k, pre = sample_pieces(mix, np.array(bounds), np.array(weights), rng)
     if has_off and k == 0:
         return 0.0
     k_lo, k_hi, _ = on[k - 1 if has_off else k]
     a, b = bounds[k]
     q = _quantile(cons.truncate_quantile_vel, _steerable(sup, cons))
     x = sample_mixture(mix, a, b, k_lo - 0.5, k_hi + 0.5, rng, temp=cons.vel_temp, quantile=q,
-                       comp_mass=cm)
+                       pre=pre)
     return float(min(max(math.floor(x + 0.5), k_lo), k_hi))
 
 
