@@ -11,7 +11,11 @@ clients are independent streams served by the batched engine.
 Scenarios: ``query`` (``/notochord/query``, unconstrained: the state does not advance)
 and ``query_feed`` (``/notochord/query_feed``: sample and feed, the state advances).
 Reported per scenario and client count: round trip p50 / p99 / max in ms, requests/s,
-and the mean number of datagrams the server served per wake-up (its batch size).
+the mean number of datagrams the server served per wake-up (its batch size) and the mean
+time the server spent serving one wake-up (parse, model, replies). For
+comparison, the same model's engine alone (``Streams.sample`` / ``feed`` in this process,
+no OSC) is timed for batches of 1 and of the largest client count: the difference is
+what the OSC layer and the server's scheduling add.
 
 Run on a quiet machine: ``python benchmarks/live_osc.py`` (about a minute; ``--quick``
 for a smoke run; ``--json PATH`` also writes the numbers).
@@ -39,6 +43,9 @@ import torch
 from pythonosc.osc_message import OscMessage
 
 from notochord_rt.apps.osc_server import build_message
+from notochord_rt.engine.query import query_constraints
+from notochord_rt.engine.streams import Streams
+from notochord_rt.engine.support import compile_constraints
 from notochord_rt.model.network import NotochordNet
 
 torch.set_num_threads(1)
@@ -151,6 +158,26 @@ def pct(xs: list[float]) -> dict:
             "max_ms": float(a.max()), "n": int(a.size)}
 
 
+def engine_only(net, n: int, reps: int, precision: str) -> dict:
+    """In-process times of one batched sample, and sample + feed, for ``n`` streams."""
+    st = Streams(net, n, precision=precision, seed=0)
+    cons, order = query_constraints({})
+    cons.order = order
+    comp = compile_constraints(cons)
+    idx = list(range(n))
+    sample, sample_feed = [], []
+    for k in range(reps + 5):
+        t0 = time.perf_counter()
+        events = st.sample([comp] * n, idx=idx)
+        t1 = time.perf_counter()
+        st.feed_events(idx, events)
+        t2 = time.perf_counter()
+        if k >= 5:
+            sample.append(t1 - t0)
+            sample_feed.append(t2 - t0)
+    return {"streams": n, "sample": pct(sample), "sample_feed": pct(sample_feed)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", help="a checkpoint (default: the 17.7 M default "
@@ -168,6 +195,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.checkpoint:
             ckpt, model_desc = args.checkpoint, args.checkpoint
+            net = NotochordNet.load(ckpt)
         else:
             torch.manual_seed(0)
             net = NotochordNet()
@@ -192,25 +220,38 @@ def main() -> None:
                         after = clients.status()
                         dg = after["datagrams"] - before["datagrams"] - 1
                         wk = after["wakeups"] - before["wakeups"] - 1
+                        serve = after["serve_ms"] - before["serve_ms"]
                         row = {"scenario": scenario, "clients": n, **pct(rtts),
                                "requests_per_s": len(rtts) / wall,
-                               "datagrams_per_wakeup": dg / max(wk, 1)}
+                               "datagrams_per_wakeup": dg / max(wk, 1),
+                               "server_ms_per_wakeup": serve / max(wk, 1)}
                         results.append(row)
                         print(f"{scenario:11s} clients {n:3d}: p50 {row['p50_ms']:7.3f} ms  "
                               f"p99 {row['p99_ms']:7.3f} ms  max {row['max_ms']:7.2f} ms  "
                               f"{row['requests_per_s']:8.0f} req/s  "
-                              f"batch {row['datagrams_per_wakeup']:.1f}", flush=True)
+                              f"batch {row['datagrams_per_wakeup']:.1f}  server "
+                              f"{row['server_ms_per_wakeup']:.2f} ms/wake-up", flush=True)
                 finally:
                     clients.close()
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=30)
+    engine = []
+    for n in sorted({1, max(args.clients)}):
+        row = engine_only(net, n, 20 if args.quick else (200 if n == 1 else 60),
+                          args.precision)
+        engine.append(row)
+        print(f"engine only, {n:3d} streams: sample p50 {row['sample']['p50_ms']:7.3f} ms  "
+              f"p99 {row['sample']['p99_ms']:7.3f} ms; sample+feed p50 "
+              f"{row['sample_feed']['p50_ms']:7.3f} ms  p99 {row['sample_feed']['p99_ms']:7.3f}"
+              " ms", flush=True)
     info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"model: {model_desc}; server precision {args.precision}, 1 torch thread")
     print("machine:", json.dumps(info))
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "model": model_desc,
-                                               "results": results}, indent=2))
+                                               "results": results, "engine_only": engine},
+                                              indent=2))
 
 
 if __name__ == "__main__":

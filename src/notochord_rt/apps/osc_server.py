@@ -73,7 +73,8 @@ class OscServer:
     Use :meth:`serve_forever` in the foreground, or :meth:`start` / :meth:`stop` for a
     background thread (tests, embedding). ``stats`` counts received datagrams, wake-ups
     (batches served; datagrams / wake-ups is the mean batch), requests, error replies,
-    garbage datagrams, dropped error replies and requests refused as ``busy``.
+    garbage datagrams, dropped error replies, requests refused as ``busy`` and the time
+    spent serving (``serve_us``: parsing, the model, sending replies).
 
     Fairness: one wake-up serves at most ``per_session`` requests of each session; the
     rest wait in a backlog that is served first at the next wake-up (which does not wait
@@ -179,6 +180,7 @@ class OscServer:
     def handle(self, batch: list[tuple[bytes, Any]]) -> None:
         """Parse, serve and answer datagrams ``[(data, (host, port)), ...]`` (after the
         backlog of earlier wake-ups)."""
+        t0 = time.perf_counter()
         self.stats["datagrams"] += len(batch)
         self.stats["wakeups"] += 1
         new: list[Request] = []
@@ -204,6 +206,7 @@ class OscServer:
                         for r in served]
         for reply in replies:
             self._send(*reply)
+        self.stats["serve_us"] += int((time.perf_counter() - t0) * 1e6)
         self._summary()
 
     def _take(self) -> list[Request]:
@@ -258,7 +261,8 @@ class OscServer:
             "wakeups": self.stats["wakeups"], "requests": self.stats["requests"],
             "errors": self.stats["errors"],
             "garbage": self.stats["garbage"], "busy": self.stats["busy"],
-            "backlog": len(self._backlog), "handle": req.handle}
+            "backlog": len(self._backlog), "serve_ms": self.stats["serve_us"] / 1e3,
+            "handle": req.handle}
 
     # -- sending -------------------------------------------------------------------------
     def _send(self, req: Request, address: str, reply: dict[str, Any]) -> None:
