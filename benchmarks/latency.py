@@ -16,7 +16,10 @@ Scenarios:
 
 The reference is timed with ``sample(EventConstraints)`` and with its legacy ``query``
 (harmonizer: ``next_inst/next_time/next_vel/include_pitch``; no polyphony/duration there).
-Then events/s of the batched many-stream engine for 1, 8, 32 and 128 streams.
+All implementations of a scenario run interleaved, 50 timed events at a time (after 3
+untimed ones to refill the caches), so a shared machine's changing load hits them alike.
+Then the network alone per precision, and events/s of the batched many-stream engine for
+1, 8, 32 and 128 streams.
 
 Run on a quiet machine: ``python benchmarks/latency.py`` (about 3 minutes; ``--quick``
 for a smoke run). ``--json PATH`` also writes the numbers.
@@ -124,18 +127,17 @@ def _ref_query_kw(scenario: str) -> dict | None:
     return None
 
 
-def run_loop(sample, feed, release, n: int, warmup: int, reset, reset_every: int = 64,
-             idle=None):
-    """Time ``sample()`` and ``feed(event)`` in a generate loop; returns three lists (s).
+def loop(sample, feed, release, reset, reset_every: int = 64, idle=None):
+    """Endless generate loop yielding ``(sample seconds, feed seconds)`` per event.
 
     ``idle()``, if given, runs untimed between the sample and the feed: the wait for the
     sampled event's scheduled time (or the player's next note) in a live app.
     """
-    t_feed, t_sample, t_event = [], [], []
-    gc.collect()
-    for k in range(warmup + n):
+    k = 0
+    while True:
         if k % reset_every == 0:
             reset()
+        k += 1
         t0 = time.perf_counter()
         e = sample()
         t1 = time.perf_counter()
@@ -147,43 +149,77 @@ def run_loop(sample, feed, release, n: int, warmup: int, reset, reset_every: int
         t2 = time.perf_counter()
         if release is not None:
             release(e)
-        if k >= warmup:
-            t_sample.append(took)
-            t_feed.append(t2 - t1)
-            t_event.append(took + (t2 - t1))
-    return {"feed": pct(t_feed), "sample": pct(t_sample), "event": pct(t_event)}
+        yield took, t2 - t1
 
 
-def bench_reference(ref, scenario: str, api: str, n: int, warmup: int) -> dict | None:
+def interleave(loops: dict, n: int, warmup: int, chunk: int, settle: int) -> dict:
+    """Run the loops round-robin, ``chunk`` timed events at a time, until each has ``n``.
+
+    On a shared machine the load changes over minutes; interleaving exposes every
+    implementation to the same conditions, so ratios stay fair. After each switch the
+    first ``settle`` events are not kept (their weights were evicted from the caches by the
+    other implementations), like the ``warmup`` events at the start.
+    """
+    times = {name: ([], []) for name in loops}
+    for it in loops.values():
+        for _ in range(warmup):
+            next(it)
+    gc.collect()
+    while any(len(ts) < n for ts, _ in times.values()):
+        for name, it in loops.items():
+            ts, tf = times[name]
+            if len(ts) >= n:
+                continue
+            for _ in range(settle):
+                next(it)
+            for _ in range(min(chunk, n - len(ts))):
+                a, b = next(it)
+                ts.append(a)
+                tf.append(b)
+    return {name: {"feed": pct(tf), "sample": pct(ts),
+                   "event": pct([a + b for a, b in zip(ts, tf)])}
+            for name, (ts, tf) in times.items()}
+
+
+def reference_loop(ref, scenario: str, api: str):
+    """The reference's generate loop, or None where its API cannot express the scenario."""
     sink = io.StringIO()  # the reference prints from inside sample()
     if api == "sample":
         cons = _ref_cons(scenario)
 
-        def sample():
+        def call():
             return ref.sample(cons).as_dict()
     else:
         kw = _ref_query_kw(scenario)
         if kw is None:
             return None
 
-        def sample():
+        def call():
             return ref.query(**kw)
 
+    def sample():
+        with contextlib.redirect_stdout(sink), torch.inference_mode():
+            return call()
+
     def feed(e):
-        ref.feed(e["inst"], e["pitch"], e["time"], e["vel"])
+        with torch.inference_mode():
+            ref.feed(e["inst"], e["pitch"], e["time"], e["vel"])
 
     release = None
     if scenario == "harmonizer":
         def release(e):
             if e["vel"] > 0:
-                ref.feed(e["inst"], e["pitch"], 0.0, 0.0)
+                with torch.inference_mode():
+                    ref.feed(e["inst"], e["pitch"], 0.0, 0.0)
 
-    with contextlib.redirect_stdout(sink), torch.inference_mode():
-        return run_loop(sample, feed, release, n, warmup, ref.reset)
+    def reset():
+        with torch.inference_mode():
+            ref.reset()
+
+    return loop(sample, feed, release, reset)
 
 
-def bench_ours(model: Notochord, scenario: str, n: int, warmup: int,
-               prepare: bool = False) -> dict:
+def ours_loop(model: Notochord, scenario: str, prepare: bool = False):
     cons = _ours_cons(scenario)
 
     def sample():
@@ -203,7 +239,7 @@ def bench_ours(model: Notochord, scenario: str, n: int, warmup: int,
         def idle():
             model.core.prepare(model.get_state().rnn)
 
-    return run_loop(sample, feed, release, n, warmup, model.reset, idle=idle)
+    return loop(sample, feed, release, model.reset, idle=idle)
 
 
 def bench_core(model: Notochord, n: int, warmup: int) -> dict:
@@ -325,34 +361,45 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stream-events", type=int, default=1024,
                     help="events per stream-count measurement")
+    ap.add_argument("--chunk", type=int, default=50,
+                    help="timed events per implementation before switching to the next")
+    ap.add_argument("--settle", type=int, default=3,
+                    help="untimed events after each switch (caches refill)")
     ap.add_argument("--quick", action="store_true", help="few iterations (smoke run)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     if args.quick:
-        args.iters, args.warmup, args.stream_events = 20, 3, 64
+        args.iters, args.warmup, args.stream_events, args.chunk = 20, 3, 64, 10
     scenarios = ["unconstrained", "harmonizer", "poly_duration"]
     res: dict = {"machine": machine_info(), "scenarios": scenarios, "rows": {}, "network": {}}
     with tempfile.TemporaryDirectory() as tmp:
         ref, net = build_models(args.seed, Path(tmp))
-    gc.collect()
-    gc.freeze()  # long-lived model objects out of the collector's way (both sides)
-    rows = res["rows"]
-    for api in ("sample", "query"):
-        rows[f"reference {api}"] = {
-            s: bench_reference(ref, s, api, args.iters, args.warmup) for s in scenarios}
-        print(f"done: reference {api}", file=sys.stderr)
     precisions = ["module"] + list(available_precisions())
+    impls: dict = {"reference sample": (ref, "sample"), "reference query": (ref, "query")}
     for prec in precisions:
-        model = Notochord.from_net(net, seed=args.seed)
-        model.use_core(prec)
-        rows[f"ours {prec}"] = {s: bench_ours(model, s, args.iters, args.warmup)
-                                for s in scenarios}
-        res["network"][prec] = bench_core(model, args.iters, args.warmup)
-        if prec in ("fp32", "int8"):
-            rows[f"ours {prec} +prepare"] = {
-                s: bench_ours(model, s, args.iters, args.warmup, prepare=True)
-                for s in scenarios}
-        print(f"done: ours {prec}", file=sys.stderr)
+        for prepare in ((False, True) if prec in ("fp32", "int8") else (False,)):
+            model = Notochord.from_net(net, seed=args.seed)
+            model.use_core(prec)
+            impls[f"ours {prec}" + (" +prepare" if prepare else "")] = (model, prepare)
+    gc.collect()
+    gc.freeze()  # long-lived model objects out of the collector's way (all sides)
+    rows: dict = {name: {} for name in impls}
+    res["rows"] = rows
+    for scen in scenarios:
+        loops = {}
+        for name, (obj, arg) in impls.items():
+            lp = (reference_loop(obj, scen, arg) if name.startswith("reference")
+                  else ours_loop(obj, scen, prepare=arg))
+            if lp is None:
+                rows[name][scen] = None
+            else:
+                loops[name] = lp
+        rows_s = interleave(loops, args.iters, args.warmup, args.chunk, args.settle)
+        for name, r in rows_s.items():
+            rows[name][scen] = r
+        print(f"done: {scen}", file=sys.stderr)
+    for prec in precisions:
+        res["network"][prec] = bench_core(impls[f"ours {prec}"][0], args.iters, args.warmup)
     res["goals"] = goals(rows)
     sizes = [1, 8, 32, 128]
     fastest = "int8" if "int8" in available_precisions() else "fp32"
