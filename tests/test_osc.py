@@ -310,6 +310,17 @@ def test_same_seed_sessions_agree_and_expire(net):
     assert sessions.open_count == 1
 
 
+def test_a_model_that_cannot_be_served_keeps_the_old_one(net):
+    sessions = Sessions(net, max_sessions=0, seed=0, loader=lambda path: torch.nn.Linear(2, 2))
+    parser = proto.Parser()
+    sessions.run([parser.parse("/notochord/feed", [1, 60, 0.1, 80])])
+    (_, addr, r), = sessions.run([parser.parse("/notochord/load", ["weird.bin"])])
+    assert addr == "/return/notochord/error" and "cannot serve" in r["message"]
+    (_, addr, r), = sessions.run([parser.parse("/notochord/query", [])])
+    assert addr == "/return/notochord/query" and r["step"] == 1  # same model, same state
+    assert sessions.model is net
+
+
 def test_requests_arriving_together_share_one_batched_step(net, monkeypatch):
     calls = []
     real = Streams.sample

@@ -87,9 +87,9 @@ class Sessions:
 
     # -- table ---------------------------------------------------------------------------
     def _build(self, model) -> None:
-        self.model = model
-        self.streams = Streams(model, self.max_sessions + 1, precision=self.precision,
-                               seed=[self._fresh_seed() for _ in range(self.max_sessions + 1)])
+        seeds = [self._fresh_seed() for _ in range(self.max_sessions + 1)]
+        streams = Streams(model, self.max_sessions + 1, precision=self.precision, seed=seeds)
+        self.model, self.streams = model, streams  # only once the engine is built
 
     def _fresh_seed(self) -> int:
         return int(self._seeds.integers(2**63))
@@ -339,7 +339,13 @@ class Sessions:
             model = NotochordNet.load(path)
         else:
             model = self._loader(path)
-        self._build(model)
+        try:
+            self._build(model)
+        except CLIENT_ERRORS:
+            raise
+        except Exception as e:  # a network the engine cannot serve: keep the old model
+            raise CheckpointError(f"{path}: cannot serve this model: {type(e).__name__}: "
+                                  f"{e}") from e
         self.base_prompt = None
         self.checkpoint = path
         for sess in self._sessions.values():
