@@ -117,6 +117,13 @@ def test_fixed_zero_velocity_means_note_off():
     assert sup.fixed == {"i": 3, "p": 50, "v": 0.0}
 
 
+def test_zero_instrument_weight_excludes_the_instrument():
+    sup = support(Constraints(note_on_map={1: [60], 2: [60]}, inst_weights={1: 0.0, 2: 3.0}))
+    assert np.flatnonzero(sup.marginal_inst()).tolist() == [2]
+    with pytest.raises(NoPossibleEvents, match="inst_weights"):
+        support(Constraints(note_on_map={1: [60]}, inst_weights={1: 0.0}))
+
+
 def test_mask_note_maps_are_accepted():
     grid = np.zeros((321, 129), bool)
     grid[5, 10:20] = True

@@ -215,6 +215,14 @@ def test_query_reference_arguments(model):
         model.query(sweep_time=True)
 
 
+def test_query_index_pitch_is_deterministic(model):
+    picks = {model.query(next_inst=1, include_pitch=range(40, 80), index_pitch=0, seed=s)["pitch"]
+             for s in range(8)}
+    second = {model.query(next_inst=1, include_pitch=range(40, 80), index_pitch=1,
+                          seed=s)["pitch"] for s in range(8)}
+    assert len(picks) == 1 and len(second) == 1 and picks != second
+
+
 def test_query_include_drum(model):
     for _ in range(30):
         r = model.query(include_inst=[1, 129], include_pitch=[60, 61], include_drum=[36])

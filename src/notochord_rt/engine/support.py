@@ -179,6 +179,10 @@ def compile_constraints(cons: Constraints) -> Compiled:
         lw = np.zeros(N_I)
         for i, w in cons.inst_weights.items():
             lw[int(i)] = math.log(w) if w > 0 else -math.inf
+        if np.isinf(lw).any():  # weight 0 removes the instrument (hard)
+            names.append("inst_weights")
+            on &= np.isfinite(lw)[:, None]
+            off &= np.isfinite(lw)[:, None]
     max_dur = per_inst(cons.max_duration, "max_duration", 0)
     min_dur = per_inst(cons.min_duration, "min_duration", 0)
     max_poly = per_inst(cons.max_polyphony, "max_polyphony", 0)
