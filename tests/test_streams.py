@@ -115,6 +115,25 @@ def test_feed_subset_and_reset(net):
     assert st.held_notes(2) == {(3, 61): 0.0} and st.step_count.tolist() == [1, 0, 1]
 
 
+def test_get_and_set_state_move_a_stream(net):
+    st = Streams(net, 3, seed=[1, 2, 3])
+    st.feed([0], [1], [60], [0.5], [100])
+    snap = st.get_state(0)
+    st.set_state(2, snap)
+    assert torch.equal(st.state(2), st.state(0))
+    assert st.held_notes(2) == st.held_notes(0) and st.step_count[2] == st.step_count[0]
+    a, _, c = st.sample()
+    assert a.event == c.event  # same state, held notes and generator state
+    # a single-stream Notochord snapshot restores into a stream too
+    single = Notochord.from_net(net, seed=9)
+    single.reset()
+    single.feed(2, 40, 0.1, 90)
+    st.set_state(1, single.get_state())
+    assert torch.allclose(st.state(1), single.get_state().rnn)
+    with pytest.raises(InputError):
+        st.set_state(1, "nope")
+
+
 def test_per_stream_constraints_are_respected(net):
     st = Streams(net, 3, seed=5)
     cons = [Constraints(note_on_map={7: [60]}, vel=90.0),
