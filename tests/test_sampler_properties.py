@@ -5,7 +5,7 @@ no note-on for a sounding note, no note-off for a silent one, finite times, hard
 constraints hold unless a guarantee forced the event, overdue notes are released, a soft
 constraint is only broken when the event says so, impossible requests are really
 impossible. ``NOTOCHORD_PROPERTY_EVENTS`` sets the total number of sampled events
-(default 6 000, three quarters of them on an adversarial random core; set it to 100 000
+(default 4 000, three quarters of them on an adversarial random core; set it to 100 000
 for the full run of the spec, which takes several minutes on a small machine).
 
 Frequencies: chi-square tests (scipy) of sampled pitches / velocity ranges / time ranges
@@ -31,7 +31,7 @@ from notochord_rt.errors import NoPossibleEvents
 scipy_stats = pytest.importorskip("scipy.stats")
 
 TINY = {"emb_size": 16, "rnn_hidden": 32, "rnn_layers": 1, "mlp_layers": 1, "dropout": 0.0}
-TOTAL_EVENTS = int(os.environ.get("NOTOCHORD_PROPERTY_EVENTS", "6000"))
+TOTAL_EVENTS = int(os.environ.get("NOTOCHORD_PROPERTY_EVENTS", "4000"))
 EXAMPLES = 30
 # three quarters of the events on an adversarial random core (cheap), a quarter on the model
 EVENTS_PER_EXAMPLE = max(40, 3 * TOTAL_EVENTS // (4 * EXAMPLES))
