@@ -1,0 +1,66 @@
+"""``notochord-rt improvise``: model voices that improvise live with a MIDI player.
+
+The player's channels (``--player``, default ``1=piano``) are fed to the model; the model
+plays the instruments of ``--voices`` on their channels, steered by CCs (1 pitch,
+2 density, 3 rate; 4 reset, 5 re-plan, 6 mute, 7 panic; pitch bend steers pitch).
+By default it makes a virtual input ``in`` and output ``out`` (JACK or ALSA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from ..apps.live_args import add_live_arguments, add_model_arguments
+
+NAME = "improvise"
+HELP = "live: autonomous model voices that respond to a MIDI player"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--voices", default="2=anon", metavar="MAP",
+                        help="model instruments and their output channels, "
+                             "e.g. '2=violin,3=cello,10=drums' (default 2=anon)")
+    parser.add_argument("--max-polyphony", type=int, default=4,
+                        help="notes per model instrument at once")
+    parser.add_argument("--max-duration", type=float, default=5.0,
+                        help="seconds after which a model note is released")
+    parser.add_argument("--max-time", type=float, default=math.inf,
+                        help="longest pause between model events (soft)")
+    parser.add_argument("--pitch-temp", type=float, default=1.0)
+    parser.add_argument("--rhythm-temp", type=float, default=1.0)
+    parser.add_argument("--timing-temp", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+    add_live_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..apps.improvise import ImprovisePolicy
+    from ..apps.live import LiveSession, load_live_model, options_from_args, run_session
+    from ..apps.ports import ChannelMap
+    from ..errors import UserError
+
+    if args.max_polyphony < 1 or args.max_duration <= 0:
+        raise UserError("--max-polyphony must be >= 1 and --max-duration > 0")
+    cmap_out = ChannelMap.parse(args.voices)
+    if not cmap_out.inst:
+        raise UserError("--voices names no instrument")
+    cmap_in = (ChannelMap({}) if (args.player or "").lower() == "none"
+               else ChannelMap.parse(args.player, {0: 1}))
+    clash = set(cmap_in.inst) & set(cmap_out.inst)
+    if clash:
+        raise UserError(f"MIDI channel {min(clash) + 1} is both a player and a model channel")
+    shared = set(cmap_in.channel) & set(cmap_out.channel)
+    if shared:
+        raise UserError(f"instrument {min(shared)} is both the player's and the model's")
+    model = load_live_model(args)
+    if args.seed is not None:
+        model.reset(seed=args.seed)
+    policy = ImprovisePolicy(
+        list(cmap_out.inst.values()), list(cmap_in.inst.values()),
+        max_polyphony=args.max_polyphony, max_duration=args.max_duration,
+        max_time=args.max_time, pitch_temp=args.pitch_temp, rhythm_temp=args.rhythm_temp,
+        timing_temp=args.timing_temp)
+    session = LiveSession(model, policy, cmap_in, cmap_out, options_from_args(args))
+    return run_session(session, args, "improvise")

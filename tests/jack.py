@@ -1,0 +1,215 @@
+"""A JACK server for tests and benchmarks that send real MIDI through real ports.
+
+:func:`jack_server` starts ``jackd --no-realtime -d dummy`` under a private server name
+(so parallel test runs do not share one), points ``JACK_DEFAULT_SERVER`` at it for every
+JACK client this process opens (python-rtmidi reads it), and stops it afterwards. If
+``JACK_DEFAULT_SERVER`` already names a running server, that one is used and left alone.
+:func:`jack_or_skip` is the pytest flavour: it skips when ``jackd`` or python-rtmidi's
+JACK API is missing (install ``jackd2``; see scripts/apt-packages.txt).
+
+:class:`Probe` is a test-side JACK MIDI client: a virtual output to play into the app
+and a virtual input that timestamps everything the app sends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+SERVER_VAR = "JACK_DEFAULT_SERVER"
+
+
+def _running(name: str) -> bool:
+    if not shutil.which("jack_lsp"):
+        return False
+    r = subprocess.run(["jack_lsp", "-s", name], capture_output=True, timeout=10)
+    return r.returncode == 0
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies (no orphaned jackd after a kill)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def jack_available() -> str | None:
+    """None if JACK MIDI can work here, else why not."""
+    if not shutil.which("jackd"):
+        return "jackd is not installed (apt-get install jackd2)"
+    try:
+        import rtmidi
+    except ImportError:
+        return "python-rtmidi is not installed"
+    if rtmidi.API_UNIX_JACK not in rtmidi.get_compiled_api():
+        return "python-rtmidi was built without JACK (rebuild it with libjack-jackd2-dev)"
+    return None
+
+
+@contextlib.contextmanager
+def jack_server(period: int = 64, rate: int = 48000) -> Iterator[str]:
+    """Run a dummy-driver JACK server for the duration; yields its name."""
+    why = jack_available()
+    if why:
+        raise RuntimeError(why)
+    existing = os.environ.get(SERVER_VAR)
+    if existing and _running(existing):
+        yield existing
+        return
+    name = f"nrt-test-{os.getpid()}"
+    proc = subprocess.Popen(
+        ["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", str(rate), "-p", str(period)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+    try:
+        deadline = time.monotonic() + 15
+        while not _running(name):
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise RuntimeError(f"jackd exited with {proc.returncode}: {err[-500:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("jackd did not start within 15 s")
+            time.sleep(0.1)
+        old = os.environ.get(SERVER_VAR)
+        os.environ[SERVER_VAR] = name
+        try:
+            yield name
+        finally:
+            if old is None:
+                os.environ.pop(SERVER_VAR, None)
+            else:
+                os.environ[SERVER_VAR] = old
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def jack_or_skip():
+    """For a pytest fixture: ``yield from jack_or_skip()``."""
+    import pytest
+
+    why = jack_available()
+    if why:
+        pytest.skip(why)
+    with jack_server() as name:
+        yield name
+
+
+class Probe:
+    """A JACK MIDI client standing in for a keyboard and a synth.
+
+    ``CLIENT-keys:to_app`` (virtual output; :attr:`out_port`) is what the app listens to
+    and ``CLIENT-synth:from_app`` (virtual input; :attr:`in_port`) where it plays.
+
+    Received messages are *polled* by a thread, not delivered by a Python callback: a
+    callback waiting for the GIL inside JACK's process cycle deadlocks any client
+    opened or closed meanwhile in this process (the app's, in tests). Arrival times come
+    from rtmidi's JACK timestamps (exact spacing), anchored to ``time.perf_counter`` by
+    the earliest poll — so they are exact up to one common offset of at most the poll
+    period, which never makes an arrival look earlier than it was polled.
+    """
+
+    def __init__(self, client: str = "probe", poll: float = 0.0002) -> None:
+        import rtmidi
+
+        self.client = client  # one JACK client per rtmidi object: two names
+        self.out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=f"{client}-keys")
+        self.out.open_virtual_port("to_app")
+        self.inp = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=f"{client}-synth")
+        self.inp.ignore_types(sysex=True, timing=True, active_sense=True)
+        self.inp.open_virtual_port("from_app")
+        self._rows: list[tuple[float, float, list[int]]] = []  # (poll time, jack time, msg)
+        self._jack_t = 0.0
+        self._lock = threading.Lock()
+        self._poll = poll
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            got = self.inp.get_message()
+            if got is None:
+                time.sleep(self._poll)
+                continue
+            t = time.perf_counter()
+            msg, delta = got
+            with self._lock:
+                self._jack_t += delta if self._rows else 0.0
+                self._rows.append((t, self._jack_t, list(msg)))
+
+    @property
+    def in_port(self) -> str:
+        """Full name of our input port (where the app should send)."""
+        return f"{self.client}-synth:from_app"
+
+    @property
+    def out_port(self) -> str:
+        """Full name of our output port (what the app should listen to)."""
+        return f"{self.client}-keys:to_app"
+
+    def send(self, *data: int) -> float:
+        """Send one MIDI message; returns the send time."""
+        t = time.perf_counter()
+        self.out.send_message(list(data))
+        return t
+
+    def messages(self) -> list[tuple[float, list[int]]]:
+        """``[(arrival time, message bytes)]`` so far."""
+        with self._lock:
+            rows = list(self._rows)
+        if not rows:
+            return []
+        offset = min(tp - tj for tp, tj, _ in rows)
+        return [(tj + offset, m) for _, tj, m in rows]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+
+    def wait_for(self, pred, timeout: float = 2.0) -> bool:
+        """Wait until ``pred(messages)`` is true; returns whether it became true."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred(self.messages()):
+                return True
+            time.sleep(0.005)
+        return pred(self.messages())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.inp.close_port()
+        self.out.close_port()
+        self.inp.delete()
+        self.out.delete()
+
+
+def sounding_after(messages: list[tuple[float, list[int]]],
+                   all_notes_off: bool = True) -> set[tuple[int, int]]:
+    """(channel, pitch) of the notes still on after ``messages``; CC 120/123 end a
+    channel's notes only when ``all_notes_off``."""
+    on: set[tuple[int, int]] = set()
+    for _, m in messages:
+        kind, ch = m[0] & 0xF0, m[0] & 0x0F
+        if kind == 0x90 and m[2] > 0:
+            on.add((ch, m[1]))
+        elif kind == 0x80 or (kind == 0x90 and m[2] == 0):
+            on.discard((ch, m[1]))
+        elif all_notes_off and kind == 0xB0 and m[1] in (120, 123):
+            on = {n for n in on if n[0] != ch}
+    return on
