@@ -12,10 +12,13 @@ Velocity is shared by all atoms: note-ons of instrument ``i`` may take integer
 velocities inside ``[vlo[i], vhi[i]]`` and inside the caller's velocity ranges;
 note-offs have velocity 0.
 
-:func:`build_support` applies, in order: note maps minus/with held notes, fixed values,
-velocity and time limits (hard; an empty result raises ``NoPossibleEvents`` naming the
-constraints involved), the stuck-note release and polyphony forcing (guarantees), then
-the soft constraints as penalties and keeps the cheapest stratum.
+Two steps: :func:`compile_constraints` (once per ``Constraints``) validates and turns
+note maps, fixed values and velocity / time limits into static masks and arrays;
+:func:`build_support` (every sample) removes sounding notes from the note-ons and keeps
+only sounding notes as note-offs (an empty result raises ``NoPossibleEvents`` naming the
+constraints involved), then :mod:`.guards` applies the stuck-note release and polyphony
+forcing (guarantees) and the soft constraints as penalties, and :func:`stratify` keeps
+the cheapest stratum.
 """
 
 from __future__ import annotations
