@@ -195,7 +195,10 @@ class Notochord(NotochordNet):
         """Select the inference core: an object, ``"module"``, or a precision of the fast core.
 
         Precisions (``"fp32"``, ``"bf16"``, ``"fp16"``, ``"int8"``) build
-        ``engine.fast.FastCore`` from the current weights. The recurrent state is kept.
+        ``engine.fast.FastCore`` from the current weights (a copy: call ``use_core`` again
+        after changing the weights). The recurrent state is kept. ``"module"`` runs the
+        network's own modules, in whatever train/eval mode the model is in (a new
+        ``Notochord`` is in eval mode).
         """
         if isinstance(core, str):
             if core == "module":
