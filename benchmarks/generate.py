@@ -36,6 +36,7 @@ torch.set_num_threads(1)
 from notochord_rt.apps.generate import GenerateOptions, build_constraints, generate  # noqa: E402
 from notochord_rt.engine.sampler import Notochord  # noqa: E402
 from notochord_rt.engine.support import compile_constraints  # noqa: E402
+from notochord_rt.errors import CheckpointError  # noqa: E402
 
 SIZES = {
     "ref": {},  # the reference's default architecture
@@ -103,7 +104,11 @@ def main() -> int:
     args = p.parse_args()
     if args.quick:
         args.steps, args.seconds, args.runs = 50, 10.0, 1
-    model, name = load(args)
+    try:
+        model, name = load(args)
+    except CheckpointError as e:
+        print(f"cannot load {args.checkpoint}: {e} (or time a random model: --random small)")
+        return 2
     n_params = sum(t.numel() for t in model.parameters())
     info = machine_info()
     print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
