@@ -19,9 +19,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads (1 is fastest for one live stream)")
 
 
-def add_live_arguments(parser: argparse.ArgumentParser) -> None:
-    """MIDI ports, channel maps and timing flags of a live session."""
+def add_live_arguments(parser: argparse.ArgumentParser, live_flag: bool = True) -> None:
+    """MIDI ports, channel maps and timing flags of a live session (and ``--live`` for
+    commands that also have an offline mode)."""
     g = parser.add_argument_group("live MIDI")
+    if live_flag:
+        g.add_argument("--live", action="store_true",
+                       help="run live on MIDI ports (the default when no input file is given)")
     g.add_argument("--midi-api", default=None, choices=["jack", "alsa", "coremidi", "winmm"],
                    help="rtmidi API (default: rtmidi's choice)")
     g.add_argument("--midi-in", action="append", metavar="PORT",
@@ -34,7 +38,7 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
                    help="create a virtual output port (default 'out' when no --midi-out)")
     g.add_argument("--client-name", default="notochord-rt", help="MIDI client name")
     g.add_argument("--player", default=None, metavar="MAP",
-                   help="player channels, e.g. '1=piano,10=drums' (default 1=piano)")
+                   help="player channels, e.g. '1=acoustic grand,10=drums' (default 1=1, piano)")
     g.add_argument("--out-channels", default=None, metavar="MAP",
                    help="output channels of the model's instruments, e.g. '2=violin'")
     g.add_argument("--thru", action="store_true", help="echo the played notes to the output")

@@ -1,7 +1,7 @@
 """``notochord-rt improvise``: model voices that improvise live with a MIDI player.
 
-The player's channels (``--player``, default ``1=piano``) are fed to the model; the model
-plays the instruments of ``--voices`` on their channels, steered by CCs (1 pitch,
+The player's channels (``--player``, default ``1=1``: piano on channel 1) are fed to the
+model; the model plays the instruments of ``--voices`` on their channels, steered by CCs (1 pitch,
 2 density, 3 rate; 4 reset, 5 re-plan, 6 mute, 7 panic; pitch bend steers pitch).
 By default it makes a virtual input ``in`` and output ``out`` (JACK or ALSA).
 """
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rhythm-temp", type=float, default=1.0)
     parser.add_argument("--timing-temp", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
-    add_live_arguments(parser)
+    add_live_arguments(parser, live_flag=False)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,405 @@
+"""The real-time player without MIDI hardware: a tiny random model and a recording sink.
+
+Covers planning at or after now, replanning on input, wall-clock deltas, note release on
+stop / reset / panic / error, the harmonize and improvise policies, and the pure helpers
+of the ports module (channel maps, feedback filter, MIDI out) with fake ports.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import mido
+import numpy as np
+import pytest
+import torch
+
+from notochord_rt import Constraints, Notochord
+from notochord_rt.apps.harmonizer import Voice
+from notochord_rt.apps.improvise import ImprovisePolicy, quantile_window
+from notochord_rt.apps.live import HarmonizePolicy, InputRouter, voice_channels
+from notochord_rt.apps.player import Player, PlayerConfig, Policy, TimingStats
+from notochord_rt.apps.ports import ChannelMap, FeedbackFilter, MidiOut, find_port
+from notochord_rt.errors import UserError
+
+torch.set_num_threads(1)
+
+VIOLIN, CELLO, PIANO = 41, 43, 1
+
+
+def tiny(seed: int = 0) -> Notochord:
+    torch.manual_seed(seed)
+    return Notochord(emb_size=16, rnn_hidden=32, rnn_layers=1, mlp_layers=1, seed=seed)
+
+
+class Recorder:
+    """A sink that records ``(time, inst, pitch, vel)`` and panics."""
+
+    def __init__(self) -> None:
+        self.notes: list[tuple[float, int, int, int]] = []
+        self.panics = 0
+        self.lock = threading.Lock()
+
+    def note(self, inst: int, pitch: int, vel: int) -> None:
+        with self.lock:
+            self.notes.append((time.perf_counter(), inst, pitch, vel))
+
+    def panic(self) -> None:
+        self.panics += 1
+
+    def sounding(self) -> set[tuple[int, int]]:
+        on: set[tuple[int, int]] = set()
+        for _, i, p, v in self.notes:
+            (on.add if v > 0 else on.discard)((i, p))
+        return on
+
+
+class Auto(Policy):
+    """Violin notes in one octave, quick, short."""
+
+    def __init__(self, **kw) -> None:
+        self.cons = Constraints(note_on_map={VIOLIN: range(60, 72)}, max_time=0.1,
+                                max_duration=0.15, max_polyphony=3, **kw)
+
+    def next_constraints(self, ctx):
+        return self.cons
+
+
+def run_for(player: Player, seconds: float) -> None:
+    with player:
+        time.sleep(seconds)
+
+
+# -- autonomous playing --------------------------------------------------------------------------
+def test_autonomous_events_are_played_at_their_planned_times_and_released_on_stop():
+    sink = Recorder()
+    player = Player(tiny(), sink, Auto())
+    events = []
+    player.add_listener(events.append)
+    run_for(player, 0.8)
+    outs = [e for e in events if e.kind == "output"]
+    assert len(outs) >= 4
+    assert all(e.inst == VIOLIN and 60 <= e.pitch < 72 for e in outs)
+    # every output was planned first, and sent no earlier than planned
+    planned = [e for e in events if e.kind == "planned"]
+    assert len(planned) >= len(outs)
+    late = player.stats.values("lateness")
+    assert len(late) == len(outs) and (late >= 0).all()
+    # the model's timeline advanced by the planned times of what was played
+    assert player.stats.summary()["counts"]["outputs"] == len(outs)
+    # nothing left sounding after stop, and the sink's panic ran
+    assert sink.sounding() == set()
+    assert sink.panics >= 1
+    assert not player.running
+
+
+def test_min_time_is_never_before_now():
+    """Every planned due time is at or after the moment its sampling started."""
+    sink = Recorder()
+    player = Player(tiny(1), sink, Auto(), PlayerConfig(lookahead=0.003))
+    starts: list[float] = []
+    dues: list[float] = []
+    real_sample = player.model.sample
+
+    def timed_sample(*a, **kw):
+        starts.append(player.clock())
+        return real_sample(*a, **kw)
+
+    player.model.sample = timed_sample  # the player's only model call goes through here
+    player.add_listener(lambda e: dues.append(e.t) if e.kind == "planned" else None)
+    run_for(player, 0.5)
+    assert len(dues) >= 3
+    # planned events are sampled in _make_plan: each due >= its sampling start + lookahead
+    # (1 ms slack: the player reads its clock just before this wrapper does)
+    assert all(d >= s + 0.003 - 0.001 for s, d in zip(starts, dues))
+
+
+def test_input_replans_and_is_fed_with_wall_clock_deltas():
+    class Slow(Policy):  # plans far ahead so that input always comes first
+        def next_constraints(self, ctx):
+            return Constraints(note_on_map={VIOLIN: range(60, 72)}, time_ranges=[(1.5, 2.0)])
+
+    model, sink = tiny(), Recorder()
+    player = Player(model, sink, Slow())
+    events = []
+    player.add_listener(events.append)
+    with player:
+        time.sleep(0.1)
+        t0 = player.clock()
+        player.note_input(PIANO, 60, 100, t0)
+        player.note_input(PIANO, 60, 0, t0 + 0.25)
+        time.sleep(0.2)
+        fed_after = model.current_time
+    kinds = [e.kind for e in events]
+    assert kinds.count("replanned") >= 1
+    assert player.stats.summary()["counts"]["replans"] >= 1
+    assert "output" not in kinds  # the far plan never came due
+    # the two inputs are 0.25 s apart on the model's timeline
+    ins = [e for e in events if e.kind == "input"]
+    assert [e.vel for e in ins] == [100, 0]
+    assert ins[1].t - ins[0].t == pytest.approx(0.25)
+    assert fed_after >= 0.25
+    assert (PIANO, 60) not in model.held_notes
+
+
+def test_error_in_policy_stops_the_player_and_releases_every_note():
+    class Boom(Auto):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        def on_played(self, ctx, event):
+            self.n += 1
+            if self.n == 3:
+                raise RuntimeError("policy bug")
+
+    sink = Recorder()
+    player = Player(tiny(), sink, Boom())
+    with player:
+        deadline = time.monotonic() + 5
+        while player.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert isinstance(player.error, RuntimeError)
+    assert sink.sounding() == set() and sink.panics >= 1
+
+
+def test_panic_and_reset_release_notes_and_keep_the_model_in_step():
+    class Held(Policy):  # long notes, so some are sounding when we panic
+        def next_constraints(self, ctx):
+            return Constraints(note_on_map={VIOLIN: range(60, 72)}, note_off_map={},
+                               max_time=0.02, max_polyphony=12)
+
+    model, sink = tiny(), Recorder()
+    player = Player(model, sink, Held())
+    with player:
+        deadline = time.monotonic() + 5
+        while len(sink.sounding()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        player.call(lambda ctx: setattr(player, "policy", Policy()))  # stop playing
+        player.panic()
+        time.sleep(0.2)
+        assert sink.sounding() == set()
+        assert model.held_map().get(VIOLIN, set()) == set()  # note-offs were fed
+        player.reset()
+        time.sleep(0.1)
+        assert model.current_time < 0.2  # a fresh stream
+    assert sink.panics >= 2
+
+
+def test_stop_twice_and_without_start_is_safe():
+    sink = Recorder()
+    player = Player(tiny(), sink, Auto())
+    player.stop()
+    player.start()
+    time.sleep(0.1)
+    player.stop()
+    player.stop()
+    assert sink.sounding() == set()
+
+
+# -- policies --------------------------------------------------------------------------------------
+def test_harmonize_policy_answers_each_note_within_range_and_releases_with_it():
+    voices = [Voice(VIOLIN, -12, -3), Voice(CELLO, -24, -13)]
+    model, sink = tiny(), Recorder()
+    player = Player(model, sink, HarmonizePolicy(voices))
+    played = [60, 64, 67, 72, 55]
+    with player:
+        for p in played:
+            player.note_input(PIANO, p, 90)
+            time.sleep(0.02)
+        time.sleep(0.1)
+        assert len(sink.sounding()) == 2 * len(played)
+        for p in played:
+            player.note_input(PIANO, p, 0)
+        time.sleep(0.1)
+        assert sink.sounding() == set()
+    ons = [(i, p, v) for _, i, p, v in sink.notes if v > 0]
+    assert len(ons) == 2 * len(played)
+    by_voice = {VIOLIN: [], CELLO: []}
+    for i, p, v in ons:
+        assert v == 90
+        by_voice[i].append(p)
+    for voice in voices:
+        for src, got in zip(played, by_voice[voice.inst]):
+            assert src + voice.lo <= got <= src + voice.hi
+    lat = player.stats.values("latency")
+    assert len(lat) == 2 * len(played) and (lat > 0).all()
+
+
+def test_improvise_plays_only_model_instruments_and_follows_steering():
+    policy = ImprovisePolicy([VIOLIN], [PIANO], max_polyphony=2, max_duration=0.2,
+                             max_time=0.1)
+    model, sink = tiny(), Recorder()
+    player = Player(model, sink, policy)
+    with player:
+        for k in range(5):
+            player.note_input(PIANO, 48 + k, 80)
+            time.sleep(0.04)
+        player.control("steer_pitch", 1.0)
+        player.control("steer_rate", 0.9)
+        time.sleep(0.3)
+        assert policy.constraints().truncate_quantile_pitch == quantile_window(1.0)
+        assert policy.constraints().truncate_quantile_time == pytest.approx(
+            quantile_window(0.1))
+        player.control("mute", 1.0)
+        time.sleep(0.2)
+        n_muted = len(sink.notes)
+        assert sink.sounding() == set()
+        time.sleep(0.2)
+        assert len(sink.notes) == n_muted  # muted: silent
+    assert {i for _, i, _, _ in sink.notes} == {VIOLIN}
+    assert player.stats.summary()["counts"]["inputs"] == 5
+
+
+def test_quantile_window():
+    assert quantile_window(0.5) == (0.0, 1.0)
+    assert quantile_window(1.0) == (0.5, 1.0)
+    assert quantile_window(-3) == (0.0, 0.5)
+
+
+def test_timing_stats_summary_matches_numpy():
+    s = TimingStats(maxlen=100)
+    rng = np.random.default_rng(0)
+    data = rng.exponential(0.002, 300)
+    for x in data:
+        s.add("latency", float(x))
+    kept = data[-100:]
+    got = s.summary()["latency"]
+    assert got["n"] == 100
+    assert got["p99_ms"] == pytest.approx(np.percentile(kept, 99) * 1e3)
+    assert s.summary()["lateness"] == {"n": 0}
+
+
+# -- ports helpers (no MIDI system needed) -------------------------------------------------------
+class FakePort:
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[mido.Message] = []
+        self.fail = fail
+        self.name = "fake"
+
+    def send(self, msg: mido.Message) -> None:
+        if self.fail:
+            raise OSError("port vanished")
+        self.sent.append(msg)
+
+    def close(self) -> None:
+        pass
+
+
+def test_channel_map_parse_and_errors():
+    cmap = ChannelMap.parse("1=acoustic grand,2=violin,10=drums")
+    assert cmap.inst_of(0) == PIANO and cmap.channel_of(VIOLIN) == 1
+    assert cmap.inst_of(9) == 129
+    with pytest.raises(UserError, match="CHANNEL=INSTRUMENT"):
+        ChannelMap.parse("piano")
+    with pytest.raises(UserError, match="1..16"):
+        ChannelMap.parse("17=violin")
+    with pytest.raises(UserError, match="two channels"):
+        ChannelMap.parse("1=violin,2=violin")
+    with pytest.raises(UserError, match="unknown instrument"):
+        ChannelMap.parse("1=nosuchthing")
+    with pytest.raises(UserError, match="used twice"):
+        cmap.merged(ChannelMap({0: VIOLIN + 1}))
+    progs = [m for m in cmap.program_messages() if m.type == "program_change"]
+    assert [(m.channel, m.program) for m in progs] == [(0, 0), (1, 40), (9, 0)]
+    banks = {m.channel: m.value for m in cmap.program_messages()
+             if m.type == "control_change" and m.control == 0}
+    assert banks == {0: 0, 1: 0, 9: 1}
+
+
+def test_voice_channels_skip_player_and_put_drums_on_10():
+    cmap = voice_channels([VIOLIN, 129, CELLO], taken={0})
+    assert cmap.channel_of(VIOLIN) == 1 and cmap.channel_of(CELLO) == 2
+    assert cmap.channel_of(129) == 9
+    with pytest.raises(UserError, match="no output channel"):
+        voice_channels([VIOLIN, CELLO], {0}, "2=violin")
+
+
+def test_find_port():
+    names = ["synth:in", "probe-synth:from_app", "other:midi"]
+    assert find_port(names, "synth:in", "output") == "synth:in"
+    assert find_port(names, "FROM_APP", "output") == "probe-synth:from_app"
+    with pytest.raises(UserError, match="ambiguous"):
+        find_port(names, "synth", "output")
+    with pytest.raises(UserError, match="no MIDI output port matches 'x'"):
+        find_port(names, "x", "output")
+
+
+def test_feedback_filter_drops_echoes_once_within_the_window():
+    now = [0.0]
+    fb = FeedbackFilter(0.03, clock=lambda: now[0])
+    on = bytes([0x91, 60, 100])
+    fb.sent(on)
+    now[0] = 0.01
+    assert fb.is_echo(on)
+    assert not fb.is_echo(on)  # consumed: a real repeat passes
+    fb.sent(on)
+    now[0] = 0.05
+    assert not fb.is_echo(on)  # too late to be our echo
+    assert fb.dropped == 1
+
+
+def test_midi_out_maps_channels_and_panic_releases_everything():
+    good, bad = FakePort(), FakePort(fail=True)
+    out = MidiOut([good, bad], ChannelMap({1: VIOLIN, 2: CELLO}), send_programs=True)
+    assert sum(m.type == "program_change" for m in good.sent) == 2
+    good.sent.clear()
+    out.note(VIOLIN, 60, 100)
+    out.note(CELLO, 48, 90)
+    out.note(VIOLIN, 60, 0)
+    out.note(CELLO, 50, 70)
+    out.note(PIANO, 60, 100)  # unmapped: dropped, logged
+    assert [(m.type, m.channel, m.note) for m in good.sent] == [
+        ("note_on", 1, 60), ("note_on", 2, 48), ("note_off", 1, 60), ("note_on", 2, 50)]
+    good.sent.clear()
+    out.panic()
+    offs = {(m.channel, m.note) for m in good.sent if m.type == "note_off"}
+    assert offs == {(2, 48), (2, 50)}
+    ccs = {(m.channel, m.control) for m in good.sent if m.type == "control_change"}
+    assert {(1, 123), (2, 123), (1, 120), (2, 120), (1, 64)} <= ccs
+
+
+def test_input_router_routes_notes_controls_and_actions():
+    calls = []
+
+    class FakePlayer:
+        clock = staticmethod(time.perf_counter)
+
+        def note_input(self, *a):
+            calls.append(("note",) + a[:3])
+
+        def control(self, name, value):
+            calls.append(("ctl", name, round(value, 3)))
+
+        def reset(self):
+            calls.append(("reset",))
+
+        def panic(self):
+            calls.append(("panic",))
+
+    fb = FeedbackFilter(0.03)
+    router = InputRouter(FakePlayer(), ChannelMap({0: PIANO}), controls={1: "steer_pitch"},
+                         actions={4: "reset", 7: "panic", 6: "mute"}, feedback=fb)
+    router(mido.Message("note_on", channel=0, note=60, velocity=99))
+    router(mido.Message("note_off", channel=0, note=60))
+    router(mido.Message("note_on", channel=5, note=60, velocity=99))  # not a player channel
+    router(mido.Message("control_change", channel=0, control=1, value=127))
+    router(mido.Message("control_change", channel=0, control=4, value=127))
+    router(mido.Message("control_change", channel=0, control=7, value=127))
+    router(mido.Message("control_change", channel=0, control=6, value=127))
+    echo = mido.Message("note_on", channel=0, note=61, velocity=5)
+    fb.sent(bytes(echo.bytes()))
+    router(echo)  # our own output coming back: dropped
+    assert calls == [("note", PIANO, 60, 99), ("note", PIANO, 60, 0),
+                     ("ctl", "steer_pitch", 1.0), ("reset",), ("panic",), ("ctl", "mute", 1.0)]
+    assert router.ignored == 1 and fb.dropped == 1
+
+
+def test_improvise_cli_rejects_bad_maps(capsys):
+    from notochord_rt.cli import main
+
+    assert main(["improvise", "--voices", "2=nosuchinstrument"]) == 2
+    assert "unknown instrument" in capsys.readouterr().err
+    assert main(["improvise", "--voices", "1=violin", "--player", "1=1"]) == 2
+    assert "both a player and a model channel" in capsys.readouterr().err
