@@ -191,6 +191,9 @@ class Probe:
         return pred(self.messages())
 
     def close(self) -> None:
+        """Close both clients (their ports vanish); safe to call twice."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join(2)
         self.inp.close_port()

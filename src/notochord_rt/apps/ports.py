@@ -313,8 +313,10 @@ class OpenedPort:
         """Reconnect to the named peer on the same client; False if it is not there."""
         with self._lock:
             try:
-                self.rt.close_port()
+                self.rt.close_port()  # (python-rtmidi drops the callback here)
                 self._open()
+                if self.kind == "input" and self.callback is not None:
+                    self.rt.set_callback(self._on_message)
                 return True
             except UserError as e:
                 log.warning("%s", e)
