@@ -40,6 +40,8 @@ def test_parse_instrument():
     assert ev.parse_instrument("anon2") == 258
     assert ev.parse_instrument("anondrums") == 289
     assert ev.parse_instrument("33") == 33
+    assert ev.parse_instrument("piano") == 1
+    assert ev.parse_instrument("Bass") == 33
     with pytest.raises(ValueError, match="unknown instrument"):
         ev.parse_instrument("kazoo")
     with pytest.raises(ValueError, match="ambiguous"):

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .gm import DRUM_KIT_NAMES, PROGRAM_NAMES, drum_kit_name
+from .gm import DRUM_KIT_NAMES, FAMILY_NAMES, PROGRAM_NAMES, drum_kit_name
 
 # -- sub-events ---------------------------------------------------------------------------
 SUB_EVENTS: tuple[str, ...] = ("inst", "pitch", "time", "vel")
@@ -179,6 +179,7 @@ def parse_instrument(spec: str | int) -> int:
 
     Accepts an id (``"41"`` or ``41``), a GM program name or unique prefix
     (``"violin"``, ``"acoustic grand"``), a drum-kit name (``"standard kit"``, ``"jazz kit"``),
+    a GM family name (``"piano"``, ``"guitar"``, ``"bass"``: its first program),
     ``"drums"`` (standard kit), ``"anon"``/``"anon3"`` and ``"anondrums"``/``"anondrums2"``.
     Raises ``ValueError`` naming the unknown spec.
     """
@@ -205,6 +206,9 @@ def parse_instrument(spec: str | int) -> int:
         candidates[_normalise(name)] = FIRST_DRUM + program
     if key in candidates:
         return candidates[key]
+    families = {_normalise(name): FIRST_MELODIC + 8 * k for k, name in enumerate(FAMILY_NAMES)}
+    if key in families:  # "piano", "guitar", "bass", "strings": the family's first program
+        return families[key]
     matches = sorted({v for k, v in candidates.items() if k.startswith(key)})
     if len(matches) == 1:
         return matches[0]
