@@ -227,6 +227,34 @@ def test_harmonize_policy_answers_each_note_within_range_and_releases_with_it():
     assert len(lat) == 2 * len(played) and (lat > 0).all()
 
 
+def test_harmonize_restruck_note_keeps_output_and_model_consistent():
+    """A held note played again (no note-off between) and voices on narrow ranges, so
+    a voice note is often re-sampled on the pitch whose release is still pending."""
+    voices = [Voice(VIOLIN, -2, -1)]
+    model, sink = tiny(3), Recorder()
+    player = Player(model, sink, HarmonizePolicy(voices))
+    with player:
+        for _ in range(8):
+            player.note_input(PIANO, 60, 80)
+            time.sleep(0.02)
+        time.sleep(0.1)
+        sounding = sink.sounding()
+        held = model.held_map().get(VIOLIN, set())
+        player.note_input(PIANO, 60, 0)
+        time.sleep(0.1)
+        after = sink.sounding()
+    assert len(sounding) == 1 and {p for _, p in sounding} == held  # sink == model
+    assert after == set()
+    # every note-on of the voice was preceded by the note-off of the previous one
+    on: set[int] = set()
+    for _, _inst, pitch, vel in sink.notes:
+        if vel > 0:
+            assert pitch not in on
+            on.add(pitch)
+        else:
+            on.discard(pitch)
+
+
 def test_improvise_plays_only_model_instruments_and_follows_steering():
     policy = ImprovisePolicy([VIOLIN], [PIANO], max_polyphony=2, max_duration=0.2,
                              max_time=0.1)

@@ -219,9 +219,9 @@ class LiveSession:
 class HarmonizePolicy(Policy):
     """Answer each played note with the voices of a shared ``Harmonizer``.
 
-    The harmonizer is built on ``ctx.model_view`` (the player's model), feeds the played
-    notes itself (with the player's wall-clock deltas) and returns the voice notes, which
-    are sent at once; the latency from the note's arrival is recorded.
+    The harmonizer is built on ``ctx.model_view`` (the player's model) and feeds the
+    played notes itself (with the player's wall-clock deltas). Each voice note is sent
+    as soon as it is sampled; the latency from the played note's arrival is recorded.
     """
 
     feeds_input = True
@@ -242,13 +242,40 @@ class HarmonizePolicy(Policy):
 
     def on_input(self, ctx: PlayerContext, note: NoteIn) -> None:
         harm = self._get(ctx)
-        if note.vel > 0:
+        if note.vel < 1:
+            for e in harm.note_off(note.inst, note.pitch, ctx.input_dt):
+                ctx.send_now(e.inst, e.pitch, e.vel)
+            return
+        # Send each voice note the moment it is sampled, before the harmonizer feeds it
+        # (one model step less of latency). A voice note sampled on a pitch whose release
+        # is still pending (a re-struck note) is re-started by the player, which sends
+        # that note-off first; the pending release is then skipped.
+        early: list[tuple[int, int]] = []
+        skip_off: set[tuple[int, int]] = set()
+
+        def send_early(e: Any) -> None:
+            if e.is_note_on and e.time == 0.0:
+                key = (e.inst, e.pitch)
+                if key in ctx.sounding():
+                    skip_off.add(key)
+                ctx.send_now(e.inst, e.pitch, note.vel, t_in=note.t)
+                early.append(key)
+
+        view = ctx.model_view
+        view.on_sample = send_early
+        try:
             out = harm.note_on(note.inst, note.pitch, note.vel, ctx.input_dt,
                                harmonize=not self.muted)
-        else:
-            out = harm.note_off(note.inst, note.pitch, ctx.input_dt)
+        finally:
+            view.on_sample = None
         for e in out:
-            ctx.send_now(e.inst, e.pitch, e.vel, t_in=note.t)
+            key = (e.inst, e.pitch)
+            if e.vel > 0 and key in early:
+                early.remove(key)
+            elif e.vel == 0 and key in skip_off:
+                skip_off.discard(key)
+            else:
+                ctx.send_now(e.inst, e.pitch, e.vel, t_in=note.t if e.vel > 0 else None)
 
     def on_control(self, ctx: PlayerContext, name: str, value: float) -> None:
         if name == "mute":

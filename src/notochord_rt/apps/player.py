@@ -146,6 +146,9 @@ class ModelView:
 
     def __init__(self, player: Player) -> None:
         self._p = player
+        self.on_sample: Callable[[Any], None] | None = None
+        """Called with each sampled event before ``sample`` returns (to send it at once,
+        before the caller's bookkeeping and feeding)."""
 
     def feed(self, inst: int, pitch: int, time: float, vel: float, **ignored: Any) -> None:
         self._p._feed(inst, pitch, time, vel)
@@ -155,6 +158,8 @@ class ModelView:
         t0 = self._p.clock()
         e = self._p.model.sample(constraints, **kw)
         self._p.stats.add("sample", self._p.clock() - t0)
+        if self.on_sample is not None:
+            self.on_sample(e)
         return e
 
     def reset(self, *args: Any, **kw: Any) -> None:

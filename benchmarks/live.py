@@ -1,0 +1,335 @@
+"""Live MIDI timing through JACK virtual ports: input-to-output latency and output jitter.
+
+A JACK server (``jackd --no-realtime -d dummy``, 48 kHz; ``--period`` frames, default
+64 = 1.33 ms) is started for the run (``tests/jack.py``). This process is the musician
+and the synth: a :class:`jack.Probe` plays notes into the app and timestamps what comes
+back. Each app runs as its own process, as a user would run it:
+
+Latency (a note-on every ``--gap`` s; time from our send to the answer's arrival):
+
+``thru``       the port alone: an rtmidi callback that sends the note straight back
+``echo``       our live stack without a model: input router → player thread → MIDI out
+``harmonize``  ``notochord-rt harmonize --live`` with one voice (feed + sample + send)
+
+Jitter (the app schedules notes on its own; ``arrival - due`` per note, and the jitter is
+its distance from the run's median — a constant offset is latency, not jitter):
+
+``metronome``  the player's scheduler with a stand-in model that returns fixed events
+               instantly: the precise wait plus the port, no model
+``improvise``  the improviser with the real model
+
+The model is the reference's default 17.7 M-parameter architecture with random weights
+(seeded; same cost as the released checkpoint) on the fp32 fused core, or ``--checkpoint``.
+Goals (issue 6): model-added latency p99 ≤ 5 ms (harmonize p99 − thru p99) and jitter
+p99 ≤ 1 ms beyond the port's (improvise − metronome). The numbers depend on the machine's
+load: the header prints it. Run: ``python benchmarks/live.py`` (about 1.5 minutes;
+``--quick`` for a smoke run; ``--json PATH`` writes the numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+VIOLIN, PIANO = 41, 1
+NOTE_ON = 0x90
+
+
+# -- the apps (child processes) ----------------------------------------------------------------
+class FixedModel:
+    """Stands in for the model in the metronome: instant, alternating note-on / note-off
+    events of instrument 41 at 20..60 ms (at least ``min_time``)."""
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(0)
+        self.on = False
+        self.pitch = 60
+        self.held_notes: dict = {}
+
+    def reset(self, *a, **kw) -> None:
+        self.on = False
+
+    def feed(self, *a, **kw) -> None:
+        pass
+
+    def sample(self, cons=None, **kw):
+        self.on = not self.on
+        if self.on:
+            self.pitch = 48 + int(self.rng.integers(24))
+        t = max(float(self.rng.uniform(0.02, 0.06)), getattr(cons, "min_time", 0.0) or 0.0)
+        return SimpleNamespace(inst=VIOLIN, pitch=self.pitch, time=t, vel=90.0 if self.on else 0.0,
+                               is_note_on=self.on)
+
+
+def _model(args):
+    import torch
+
+    from notochord_rt.engine.sampler import Notochord
+
+    torch.set_num_threads(1)
+    if args.checkpoint:
+        model = Notochord.load(args.checkpoint)
+    else:
+        torch.manual_seed(0)
+        model = Notochord(seed=0)
+    model.use_core(args.precision)
+    return model
+
+
+def role_main(args) -> int:
+    """Run one app until stdin closes; print READY when connected."""
+    from notochord_rt.apps.live import LiveOptions, LiveSession
+    from notochord_rt.apps.player import Policy
+    from notochord_rt.apps.ports import ChannelMap, OpenedPort, rt_api
+
+    events: list = []
+    if args.role == "thru":
+        api = rt_api("jack")
+        out = OpenedPort("output", api, args.probe_in, False, "thru")
+        inp = OpenedPort("input", api, args.probe_out, False, "thru")
+        inp.listen(out.send)
+        _ready_and_wait()
+        inp.deafen()
+        inp.close()
+        out.close()
+        return 0
+
+    class Echo(Policy):
+        def on_input(self, ctx, note):
+            if note.vel > 0:
+                ctx.send_now(VIOLIN, note.pitch, note.vel, t_in=note.t)
+            else:
+                ctx.send_now(VIOLIN, note.pitch, 0)
+
+    class Steady(Policy):
+        def next_constraints(self, ctx):
+            from notochord_rt.engine.constraints import Constraints
+
+            return Constraints(note_on_map={VIOLIN: range(48, 72)})
+
+    if args.role == "echo":
+        model, policy = FixedModel(), Echo()
+    elif args.role == "metronome":
+        model, policy = FixedModel(), Steady()
+    elif args.role == "improvise":
+        from notochord_rt.apps.improvise import ImprovisePolicy
+
+        model = _model(args)
+        policy = ImprovisePolicy([VIOLIN], max_polyphony=3, max_duration=0.5, max_time=0.25)
+    else:
+        raise SystemExit(f"unknown role {args.role}")
+    opt = LiveOptions(api="jack", inputs=[args.probe_out], outputs=[args.probe_in],
+                      client_name=args.role, send_programs=False)
+    with LiveSession(model, policy, ChannelMap({0: PIANO}), ChannelMap({1: VIOLIN}),
+                     opt) as s:
+        s.player.add_listener(lambda e: events.append((e.kind, e.pitch, e.vel, e.t)))
+        _ready_and_wait()
+        summary = s.player.stats.summary()
+    Path(args.events).write_text(json.dumps({"events": [e for e in events if e[0] == "output"],
+                                             "summary": summary}))
+    return 0
+
+
+def _ready_and_wait() -> None:
+    print("READY", flush=True)  # noqa: T201 - the benchmark's own protocol
+    sys.stdin.read()  # until the parent closes our stdin
+
+
+# -- the measuring side ----------------------------------------------------------------------
+def machine_info() -> dict:
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "loadavg": os.getloadavg()}
+
+
+def stats_ms(x: np.ndarray) -> dict:
+    if len(x) == 0:
+        return {"n": 0}
+    p50, p99 = np.percentile(x, [50, 99]) * 1e3
+    return {"n": int(len(x)), "p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3),
+            "max_ms": round(float(x.max() * 1e3), 3)}
+
+
+@contextlib.contextmanager
+def app(cmd: list[str], probe, timeout: float = 120):
+    """Start an app process and wait for it to be connected (READY or program changes)."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        if "--role" in cmd:
+            line = proc.stdout.readline()
+            if line.strip() != "READY":
+                raise RuntimeError(f"{cmd} failed: {proc.stderr.read()[-2000:]}")
+        elif not probe.wait_for(lambda m: any(x[0] & 0xF0 == 0xC0 for _, x in m), timeout):
+            raise RuntimeError(f"{cmd} did not start")
+        time.sleep(0.5)  # JACK makes the connections effective a few cycles later
+        yield proc
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def play_notes(probe, n: int, gap: float, channel_out: int, rng) -> np.ndarray:
+    """Send ``n`` note-ons (each released before the next); latency of each answer."""
+    probe.clear()
+    sends = []
+    for _ in range(n):
+        pitch = int(rng.integers(60, 80))
+        sends.append(probe.send(NOTE_ON, pitch, 100))
+        time.sleep(gap / 2)
+        probe.send(0x80, pitch, 0)
+        time.sleep(gap / 2)
+    time.sleep(0.2)
+    answers = [t for t, m in probe.messages()
+               if m[0] == NOTE_ON | channel_out and m[2] > 0]
+    if len(answers) != n:
+        raise RuntimeError(f"{n} notes sent, {len(answers)} answers")
+    return np.array(answers) - np.array(sends)
+
+
+def jitter(probe, events_file: Path, t0: float, t1: float) -> dict:
+    """Match each note the app planned (due in ``t0..t1``) to its arrival at the probe
+    (same pitch and on/off, the first arrival from 2 ms before the due time on)."""
+    data = json.loads(events_file.read_text())
+    arrivals: dict[tuple[int, bool], list[float]] = {}
+    for t, m in probe.messages():
+        if m[0] & 0xF0 in (0x80, 0x90):
+            arrivals.setdefault((m[1], m[0] & 0xF0 == NOTE_ON and m[2] > 0), []).append(t)
+    d, missing = [], 0
+    for _, pitch, vel, due in data["events"]:
+        if not t0 < due < t1:
+            continue
+        times = arrivals.get((pitch, vel > 0), [])
+        k = next((k for k, t in enumerate(times) if t > due - 0.002), None)
+        if k is None or times[k] > due + 0.2:
+            missing += 1
+            continue
+        d.append(times.pop(k) - due)
+    if missing > 0.05 * (len(d) + missing) or len(d) < 10:
+        raise RuntimeError(f"could not match arrivals to planned notes ({len(d)} matched, "
+                           f"{missing} missing)")
+    x = np.array(d)
+    return {"offset": stats_ms(x), "jitter": stats_ms(np.abs(x - np.median(x))),
+            "lateness_in_app": data["summary"].get("lateness"),
+            "sample_in_app": data["summary"].get("sample")}
+
+
+def run(args) -> dict:
+    from jack import Probe, jack_server
+
+    from notochord_rt.model.checkpoint import save_model
+
+    rng = np.random.default_rng(0)
+    out: dict = {"machine": machine_info(), "jack_period_frames": args.period,
+                 "jack_period_ms": round(args.period / 48.0, 3)}
+    me = [sys.executable, str(Path(__file__).resolve())]
+    with tempfile.TemporaryDirectory() as tmp, jack_server(period=args.period) as server:
+        out["jack_server"] = server
+        ckpt = args.checkpoint
+        if not ckpt:
+            import torch
+
+            from notochord_rt.engine.sampler import Notochord
+
+            torch.manual_seed(0)
+            ckpt = str(Path(tmp) / "random-default.safetensors")
+            save_model(Notochord(seed=0), ckpt)
+        probe = Probe("bench")
+        common = ["--probe-in", probe.in_port, "--probe-out", probe.out_port,
+                  "--checkpoint", ckpt, "--precision", args.precision]
+        lat = {}
+        for name in ("thru", "echo", "harmonize"):
+            if name == "harmonize":
+                cmd = [sys.executable, "-m", "notochord_rt", "harmonize", "--live",
+                       "--checkpoint", ckpt, "--precision", args.precision,
+                       "--voice", "violin:-12:-1", "--out-channels", "2=violin",
+                       "--midi-api", "jack", "--midi-in", probe.out_port,
+                       "--midi-out", probe.in_port, "--duration", "36000"]
+                channel = 1
+            else:
+                cmd = me + ["--role", name] + common + ["--events", str(Path(tmp) / "e.json")]
+                channel = 0 if name == "thru" else 1
+            with app(cmd, probe) as proc:
+                x = play_notes(probe, args.notes, args.gap, channel, rng)
+                if name == "harmonize":
+                    proc.send_signal(2)  # Ctrl-C: a normal stop
+            lat[name] = stats_ms(x)
+            print(f"latency {name:10s} {lat[name]}", flush=True)  # noqa: T201
+        out["latency"] = lat
+        out["model_added_latency_p99_ms"] = round(
+            lat["harmonize"]["p99_ms"] - lat["thru"]["p99_ms"], 3)
+        jit = {}
+        for name in ("metronome", "improvise"):
+            events = Path(tmp) / f"{name}.json"
+            cmd = me + ["--role", name] + common + ["--events", str(events)]
+            probe.clear()
+            with app(cmd, probe):
+                probe.clear()
+                t0 = time.perf_counter()
+                time.sleep(args.seconds)
+                t1 = time.perf_counter() - 0.3
+            jit[name] = jitter(probe, events, t0, t1)
+            print(f"jitter  {name:10s} {jit[name]}", flush=True)  # noqa: T201
+        out["jitter"] = jit
+        out["jitter_beyond_port_p99_ms"] = round(
+            jit["improvise"]["jitter"]["p99_ms"] - jit["metronome"]["jitter"]["p99_ms"], 3)
+        probe.close()
+    out["machine"]["loadavg_end"] = os.getloadavg()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="few notes, short runs")
+    ap.add_argument("--notes", type=int, default=200, help="notes per latency scenario")
+    ap.add_argument("--gap", type=float, default=0.06, help="seconds between played notes")
+    ap.add_argument("--seconds", type=float, default=12.0, help="length of each jitter run")
+    ap.add_argument("--period", type=int, default=64, help="JACK period in frames at 48 kHz")
+    ap.add_argument("--checkpoint", default=None, help="a trained model (default: random)")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--json", default=None, help="also write the numbers here")
+    # child roles (internal)
+    ap.add_argument("--role", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--probe-in", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--probe-out", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--events", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.role:
+        return role_main(args)
+    if args.quick:
+        args.notes, args.seconds = 30, 3.0
+    result = run(args)
+    print(json.dumps(result, indent=1))  # noqa: T201
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
