@@ -164,7 +164,7 @@ class OursRunner:
             data=str(data), out=str(work / f"ours_{variant}"), model=model_kw(args),
             batch_size=args.batch_size, batch_len=args.batch_len, lr=args.lr,
             num_workers=args.workers, device="cpu", precision=precision,
-            compile=extra == "compile", fused_gru=extra != "nofuse", progress=False, seed=0,
+            compile=extra == "compile", progress=False, seed=0,
         )
         self.name = f"ours {variant}"
         self.trainer = Trainer(cfg)
@@ -258,7 +258,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="data-loader workers, both")
     ap.add_argument("--ours", default="fp32,bf16",
                     help="our variants, comma-separated: fp32, bf16, fp32+compile, "
-                         "fp32+nofuse (plain nn.GRU)")
+                         "bf16+compile")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--valid-pieces", type=int, default=40)
     ap.add_argument("--only", choices=("ours", "reference"), help="run one side only")

@@ -133,41 +133,6 @@ def test_repeated_piece_gets_different_crops(data):
     assert all(torch.equal(a[k], ds[(0, 3)][k]) for k in a)
 
 
-# -- fused GRU -----------------------------------------------------------------------------
-@pytest.mark.parametrize("frozen", [False, True])
-def test_fused_gru_matches_nn_gru(frozen):
-    from notochord_rt.train.fused_gru import TrainingGRU, fuse_gru
-
-    torch.manual_seed(0)
-    holder = torch.nn.Module()
-    holder.rnn = torch.nn.GRU(12, 20, 2, batch_first=True)
-    native = holder.rnn
-    keys = list(native.state_dict())
-    assert fuse_gru(holder) and isinstance(holder.rnn, TrainingGRU)
-    assert list(holder.rnn.state_dict()) == keys
-    for p in (*native.parameters(), *holder.rnn.parameters()):
-        p.requires_grad_(not frozen)
-    x = torch.randn(3, 9, 12, requires_grad=True)
-    h0 = torch.randn(2, 3, 20, requires_grad=True)
-    g_seq, g_last = torch.randn(3, 9, 20), torch.randn(2, 3, 20)
-    results = []
-    for rnn in (native, holder.rnn):
-        x.grad = h0.grad = None
-        out, last = rnn(x, h0)
-        ((out * g_seq).sum() + (last * g_last).sum()).backward()
-        grads = [x.grad, h0.grad] + [p.grad for p in rnn.parameters()]
-        results.append((out.detach(), last.detach(), grads))
-    (o1, l1, g1), (o2, l2, g2) = results
-    torch.testing.assert_close(o2, o1)
-    torch.testing.assert_close(l2, l1)
-    for a, b in zip(g1, g2):
-        assert (a is None) == (b is None) == (frozen and a is None)
-        if a is not None:
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
-    with torch.no_grad():  # inference takes nn.GRU's own path: identical results
-        assert torch.equal(holder.rnn(x, h0)[0], native(x, h0)[0])
-
-
 # -- the loop ------------------------------------------------------------------------------
 def test_training_lowers_validation_nll_and_logs(data, tmp_path):
     trainer = Trainer(config(data, tmp_path / "run", max_steps=40, epoch_size=20))
@@ -328,6 +293,14 @@ def test_cli_user_errors(tmp_path, capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
     assert cli_main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_fresh_run_refuses_a_used_run_folder(data, tmp_path):
+    first = Trainer(config(data, tmp_path / "run", max_steps=1))
+    first.fit()
+    first.close()
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        Trainer(config(data, tmp_path / "run", max_steps=1))
 
 
 # -- two processes under torchrun ------------------------------------------------------------

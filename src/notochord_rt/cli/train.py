@@ -53,8 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bf16 autocast (same as --precision bf16)")
     parser.add_argument("--compile", action="store_true", default=None,
                         help="torch.compile the model")
-    parser.add_argument("--no-fused-gru", dest="fused_gru", action="store_false", default=None,
-                        help="train with plain nn.GRU on CPU")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar")
 
@@ -80,7 +78,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     values = {name: getattr(args, name) for name in _VALUED}
     values.update(
         data=args.data, out=args.out, init_from=args.init_from, freeze_rnn=args.freeze_rnn,
-        compile=args.compile, progress=args.progress, fused_gru=args.fused_gru,
+        compile=args.compile, progress=args.progress,
         model=_parse_pairs(args.model, "model") or None,
         aug=_parse_pairs(args.aug, "aug") or None,
     )

@@ -114,8 +114,6 @@ class TrainConfig:
     """``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 on CUDA that supports it, else fp32)."""
     compile: bool = False
     """Wrap the model in ``torch.compile``."""
-    fused_gru: bool = True
-    """On CPU, train with :mod:`.fused_gru` (same function as ``nn.GRU``, faster backward)."""
     threads: int | None = None
     """torch intra-op CPU threads for this process (None: torch's default)."""
     seed: int = 0

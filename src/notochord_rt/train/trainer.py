@@ -33,7 +33,6 @@ from . import sources
 from .batches import StepIndexer, seed_all, step_seed
 from .config import TrainConfig
 from .evaluate import CANONICAL_ORDER
-from .fused_gru import fuse_gru
 from .loss import TERMS, NLLMeter, masked_nll
 from .schedule import lr_factor
 
@@ -90,6 +89,9 @@ class Trainer:
         self.last_checkpoint: Path | None = None
 
         resume_dir = self._find_resume() if resume else None
+        if not resume and ck.list_checkpoints(self.ckpt_dir):
+            raise UserError(f"{self.run_dir} already holds checkpoints: resume it (--resume) "
+                            "or choose another run folder (--out)")
         seed_all(config.seed)  # identical initial weights on every rank
         if resume_dir is not None:
             self.model = sources.load_model(resume_dir)
@@ -101,8 +103,6 @@ class Trainer:
         else:
             self.model = sources.new_model(config.model)
         self.model.to(self.device)
-        if config.fused_gru and self.device.type == "cpu":
-            fuse_gru(self.model)
         if config.freeze_rnn:
             frozen = sources.freeze_rnn(self.model)
             log.info("froze %d recurrent parameters", frozen)
