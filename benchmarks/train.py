@@ -198,6 +198,18 @@ def run_interleaved(runners: list, budget: float, turn: float) -> dict[str, list
     return times
 
 
+def reference_by_our_eval(runner, pieces, work: Path) -> dict:
+    """The reference model saved as its trainer would, imported, scored by our evaluate
+    (a cross-check of both the evaluation and the checkpoint import)."""
+    from notochord_rt.model.network import NotochordNet
+    from notochord_rt.train.evaluate import CANONICAL_ORDER, evaluate
+
+    path = work / "ref_final.ckpt"
+    torch.save({"kw": {"model": runner.trainer.kw["model"]},
+                "model_state": runner.model.state_dict()}, path)
+    return evaluate(NotochordNet.load(path), pieces, orders=(CANONICAL_ORDER,))["nll"]
+
+
 @torch.no_grad()
 def reference_valid_nll(model, pieces) -> dict:
     """Whole-piece NLL of the reference model, canonical order, with its own forward."""
@@ -301,6 +313,7 @@ def main() -> int:
                 nll = evaluate(r.model, pieces, orders=(CANONICAL_ORDER,))["nll"]
             else:
                 nll = reference_valid_nll(r.model, pieces)
+                results[r.name]["valid_nll_our_eval"] = reference_by_our_eval(r, pieces, work)
             results[r.name]["valid_nll"] = nll
         for name, r in results.items():
             nll = r["valid_nll"]
@@ -308,6 +321,9 @@ def main() -> int:
             print(f"{name:18} {r['events_per_s']:7.0f} events/s ({r['steady_events_per_s']:.0f} "
                   f"steady), {r['steps']} steps in {r['seconds']:.1f} s; "
                   f"valid NLL {nll['total']:.4f} = {terms}")
+        if "reference" in results:
+            print(f"reference model scored by our evaluate after import: valid NLL "
+                  f"{results['reference']['valid_nll_our_eval']['total']:.4f}")
         ref = results.get("reference")
         for name, r in results.items():
             if ref is not None and name != "reference":

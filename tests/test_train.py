@@ -259,6 +259,25 @@ def test_fine_tune_with_frozen_rnn(data, tmp_path):
         assert torch.equal(start[k], p) == frozen, k
 
 
+@pytest.mark.reference
+def test_fine_tune_from_a_reference_checkpoint(data, tmp_path):
+    notochord = pytest.importorskip("notochord")
+    torch.manual_seed(1)
+    hp = {**TINY, "kind": "gru"}
+    ref = notochord.Notochord(**hp)
+    path = tmp_path / "0007.ckpt"  # laid out like the reference trainer's checkpoints
+    torch.save({"kw": {"model": hp}, "model_state": ref.state_dict()}, path)
+    tune = Trainer(config(data, tmp_path / "tune", max_steps=3, init_from=str(path),
+                          freeze_rnn=True, model={}))
+    assert torch.equal(tune.model.inst_emb.weight, ref.instrument_emb.weight)
+    assert torch.equal(tune.model.rnn.weight_hh_l0, ref.rnn.weight_hh_l0)
+    summary = tune.fit()
+    tune.close()
+    assert math.isfinite(summary["valid"]["total"])
+    assert torch.equal(tune.model.rnn.weight_hh_l0, ref.rnn.weight_hh_l0)  # frozen
+    assert not torch.equal(tune.model.inst_emb.weight, ref.instrument_emb.weight)
+
+
 def test_bf16_autocast_on_cpu(data, tmp_path):
     trainer = Trainer(config(data, tmp_path / "run", max_steps=3, precision="bf16"))
     assert trainer.amp_dtype == torch.bfloat16
