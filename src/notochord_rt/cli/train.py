@@ -20,14 +20,30 @@ from ..errors import UserError
 NAME = "train"
 HELP = "train or fine-tune a model (also under torchrun)"
 
-# flag -> TrainConfig field, for the plain valued options
+# flag -> (type, help) for the plain valued TrainConfig fields
 _VALUED = {
-    "batch_size": int, "batch_len": int, "lr": float, "weight_decay": float,
-    "grad_clip": float, "schedule": str, "warmup_steps": int, "min_lr_ratio": float,
-    "max_steps": int, "epochs": int, "epoch_size": int, "time_limit": float,
-    "valid_batches": int, "valid_len": int, "checkpoint_every": int,
-    "keep_checkpoints": int, "log_every": int, "num_workers": int, "device": str,
-    "precision": str, "seed": int, "threads": int,
+    "batch_size": (int, "crops per step per process (default 128)"),
+    "batch_len": (int, "events per training crop (default 64)"),
+    "lr": (float, "AdamW learning rate (default 3e-4)"),
+    "weight_decay": (float, "AdamW weight decay (default 0.01)"),
+    "grad_clip": (float, "clip the global gradient L2 norm to this; 0 = off (default 1)"),
+    "schedule": (str, "constant (default) or cosine (needs --max-steps)"),
+    "warmup_steps": (int, "linear warm-up steps (default 0)"),
+    "min_lr_ratio": (float, "cosine floor as a fraction of --lr (default 0)"),
+    "max_steps": (int, "stop after this many steps"),
+    "epochs": (int, "stop after this many epochs"),
+    "epoch_size": (int, "steps per epoch (default: one pass over the training pieces)"),
+    "time_limit": (float, "stop after this many seconds (with a checkpoint)"),
+    "valid_batches": (int, "validation batches per epoch (default 8)"),
+    "valid_len": (int, "events per validation crop (default 512)"),
+    "checkpoint_every": (int, "also checkpoint every N steps"),
+    "keep_checkpoints": (int, "checkpoints kept (default 3)"),
+    "log_every": (int, "TensorBoard scalars every N steps (default 1)"),
+    "num_workers": (int, "data-loader worker processes (default 0)"),
+    "device": (str, "auto (default), cpu, cuda, cuda:1 ..."),
+    "precision": (str, "auto (default: bf16 on CUDA that has it, else fp32), fp32, bf16"),
+    "seed": (int, "random seed (default 0)"),
+    "threads": (int, "torch CPU threads of this process"),
 }
 
 
@@ -47,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aug", action="append", default=[], metavar="KEY=VALUE",
                         help="augmentation option, e.g. transpose=0 (repeatable)")
     parser.add_argument("--no-aug", action="store_true", help="switch augmentation off")
-    for name, kind in _VALUED.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
+    for name, (kind, text) in _VALUED.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text,
+                            metavar="X" if kind is str else "N")
     parser.add_argument("--bf16", dest="precision", action="store_const", const="bf16",
                         help="bf16 autocast (same as --precision bf16)")
     parser.add_argument("--compile", action="store_true", default=None,
