@@ -172,6 +172,25 @@ def test_exact_resume_bit_for_bit(data, tmp_path):
     assert not torch.equal(straight.model.initial_state, first.model.initial_state)
 
 
+def test_exact_resume_with_a_loader_worker(data, tmp_path):
+    # crops depend only on (seed, draw, piece), so a worker process changes nothing
+    kw = dict(max_steps=4, num_workers=1)
+    straight = Trainer(config(data, tmp_path / "a", **kw))
+    straight.fit()
+    straight.close()
+    first = Trainer(config(data, tmp_path / "b", **kw))
+    first.fit(until_step=2)
+    first.close()
+    resumed = Trainer(config(data, tmp_path / "b", **kw), resume=True)
+    resumed.fit()
+    resumed.close()
+    assert_same(weights(straight.model), weights(resumed.model))
+    in_process = Trainer(config(data, tmp_path / "c", max_steps=4))
+    in_process.fit()
+    in_process.close()
+    assert_same(weights(straight.model), weights(in_process.model))
+
+
 def test_failed_checkpoint_write_keeps_previous(data, tmp_path, monkeypatch):
     trainer = Trainer(config(data, tmp_path / "run", max_steps=3))
     trainer.fit()

@@ -2,10 +2,12 @@
 
 Everything random about optimisation step ``s`` on rank ``r`` — which pieces are
 cropped, the crops and augmentations, dropout and the random conditioning masks — is
-drawn after reseeding the global generators from ``(seed, r, s)``. A step is then a
-pure function of the weights, the optimizer state and ``s``; resuming at step ``s``
-reproduces an uninterrupted run exactly (with ``num_workers=0``), with no data-loader
-state to save.
+drawn from seeds that depend only on the step: the crops and augmentations from
+``(seed, pass over the data, piece)`` (see ``sources.DrawCrops``), dropout and the
+conditioning masks from the global generators reseeded with ``(seed, r, s)``. A step is
+then a pure function of the weights, the optimizer state and ``s``; resuming at step
+``s`` reproduces an uninterrupted run exactly, whichever process loads the crops, with
+no data-loader state to save.
 
 The pieces of step ``s`` come from an endless stream of per-epoch permutations of the
 training set: each step takes the next ``batch_size * world_size`` positions and each

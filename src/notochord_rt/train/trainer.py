@@ -67,8 +67,9 @@ class Trainer:
 
     ``resume=True`` continues the run in ``config.out`` from its latest checkpoint: the
     weights, optimizer state and counters are restored and, because every step is
-    seeded from its number (see :mod:`.batches`), the continuation is bit-identical
-    to a run that was never stopped (CPU, ``num_workers=0``).
+    seeded from its number and every crop from (seed, pass, piece) (see
+    :mod:`.batches`), the continuation is bit-identical to a run that was never
+    stopped on the same machine, with or without data-loader workers (tested on CPU).
     """
 
     def __init__(self, config: TrainConfig, *, resume: bool = False,
