@@ -100,6 +100,7 @@ class PlayApp(App[int]):
         self.duration, self.check, self.poll_interval = duration, check, poll_interval
         self.exit_message: str | None = None
         self._ticks = 0
+        self._view_seen: Any = None
 
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -163,6 +164,8 @@ class PlayApp(App[int]):
 
     def tick(self) -> None:
         """Poll the controller (player events, messages) and the exit conditions."""
+        if not self.is_running:
+            return
         self._ticks += 1
         events = self.ctl.poll()
         log_view = self._log
@@ -176,7 +179,9 @@ class PlayApp(App[int]):
         now = self.ctl.player.clock()
         self._next.update(describe_event(self.ctl.next_event, now))
         self._sounding.update(describe_sounding(self.ctl.sounding))
-        if events or self._ticks % 10 == 1:
+        view = self.ctl.policy.view  # replaced by the policy on every change (CCs too)
+        if events or view is not self._view_seen or self._ticks % 10 == 1:
+            self._view_seen = view
             self.refresh_all()
         if self._ticks % 10 == 1:
             self._timing.update(describe_timing(self.ctl.timing()))

@@ -42,21 +42,21 @@ class ChannelStrip(Vertical):
     def __init__(self, channel: int) -> None:
         super().__init__(id=f"strip-{channel + 1}", classes="strip")
         self.channel = channel
+        n = channel + 1
+        self.tag = Static(f"ch {n:2d}", id=f"tag-{n}", classes="tag")
+        self.mode = Button("--", id=f"mode-{n}", classes="mode")
+        self.inst = Button("--", id=f"inst-{n}", classes="inst")
+        self.mode.can_focus = self.inst.can_focus = False
 
     def compose(self) -> ComposeResult:
-        yield Static(f"ch {self.channel + 1:2d}", id=f"tag-{self.channel + 1}", classes="tag")
-        mode = Button("--", id=f"mode-{self.channel + 1}", classes="mode")
-        inst = Button("--", id=f"inst-{self.channel + 1}", classes="inst")
-        for b in (mode, inst):
-            b.can_focus = False
-            yield b
+        yield self.tag
+        yield self.mode
+        yield self.inst
 
     def show(self, voice: VoiceConfig | None, selected: bool, sounding: int) -> None:
         """Display ``voice`` (None: unused channel) and how many of its notes sound."""
         self.set_class(selected, "selected")
-        tag = self.query_one(f"#tag-{self.channel + 1}", Static)
-        mode = self.query_one(f"#mode-{self.channel + 1}", Button)
-        inst = self.query_one(f"#inst-{self.channel + 1}", Button)
+        tag, mode, inst = self.tag, self.mode, self.inst
         if voice is None:
             tag.update(f"ch {self.channel + 1:2d}")
             mode.label, inst.label = "--", "--"
