@@ -10,7 +10,7 @@ controller for the player's events. Keys::
     up/down     control          i  instrument picker      space  mute the channel
     + / -       move control     m  mute all (model)       x  stop/start auto voices
     r  reset (release all, new stream)   q  query again    p  panic (release all now)
-    1..9, 0     presets          ctrl+q  quit (every note is released)
+    1..9, 0     presets          ctrl+q, ctrl+c  quit (every note is released)
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from .tui_widgets import (
     describe_event,
     describe_sounding,
     describe_timing,
+    set_text,
 )
 from .voices import N_CHANNELS, short_name
 
@@ -87,6 +88,7 @@ class PlayApp(App[int]):
         Binding("p", "act('panic')", "panic"),
         *[Binding(str((k + 1) % 10), f"preset({k})", show=False) for k in range(10)],
         Binding("ctrl+q", "quit", "quit", priority=True),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
     ]
 
     def __init__(self, controller: PlayController, *, duration: float | None = None,
@@ -159,7 +161,7 @@ class PlayApp(App[int]):
         v = self.ctl.voice(self.channel)
         about = "no voice" if v is None else (
             f"{v.label()} {v.state} {ev.instrument_name(v.inst)} range {v.range[0]}-{v.range[1]}")
-        self._status.update(
+        set_text(self._status,
             f"channel {self.channel + 1}: {about}\n{' '.join(flags) or 'playing'}")
 
     def tick(self) -> None:
@@ -177,14 +179,14 @@ class PlayApp(App[int]):
                 log_view.write(f"{e.kind:<6} {what} {short_name(e.inst, 16):<16} {e.pitch:3d} "
                                f"{e.vel:3d}")
         now = self.ctl.player.clock()
-        self._next.update(describe_event(self.ctl.next_event, now))
-        self._sounding.update(describe_sounding(self.ctl.sounding))
+        set_text(self._next, describe_event(self.ctl.next_event, now))
+        set_text(self._sounding, describe_sounding(self.ctl.sounding))
         view = self.ctl.policy.view  # replaced by the policy on every change (CCs too)
         if events or view is not self._view_seen or self._ticks % 10 == 1:
             self._view_seen = view
             self.refresh_all()
         if self._ticks % 10 == 1:
-            self._timing.update(describe_timing(self.ctl.timing()))
+            set_text(self._timing, describe_timing(self.ctl.timing()))
         if self.ctl.player.error is not None:
             self.exit_message = f"player stopped: {self.ctl.player.error}"
             self.exit(1)

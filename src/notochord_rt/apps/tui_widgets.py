@@ -29,6 +29,13 @@ def pitch_name(pitch: int, inst: int) -> str:
     return f"{PITCH_NAMES[pitch % 12]}{pitch // 12 - 1}"
 
 
+def set_text(widget: Static, text: str) -> None:
+    """Update a Static only when its text changes (each update costs a layout pass)."""
+    if getattr(widget, "shown_text", None) != text:
+        widget.shown_text = text  # type: ignore[attr-defined]
+        widget.update(text)
+
+
 class ChannelStrip(Vertical):
     """One MIDI channel: its tag (``-->01``, ``02``, ``01->03``), mode and instrument."""
 
@@ -47,6 +54,7 @@ class ChannelStrip(Vertical):
         self.mode = Button("--", id=f"mode-{n}", classes="mode")
         self.inst = Button("--", id=f"inst-{n}", classes="inst")
         self.mode.can_focus = self.inst.can_focus = False
+        self._shown: tuple | None = None
 
     def compose(self) -> ComposeResult:
         yield self.tag
@@ -55,18 +63,18 @@ class ChannelStrip(Vertical):
 
     def show(self, voice: VoiceConfig | None, selected: bool, sounding: int) -> None:
         """Display ``voice`` (None: unused channel) and how many of its notes sound."""
-        self.set_class(selected, "selected")
-        tag, mode, inst = self.tag, self.mode, self.inst
         if voice is None:
-            tag.update(f"ch {self.channel + 1:2d}")
-            mode.label, inst.label = "--", "--"
-            self.set_class(False, "muted")
+            shown = (f"ch {self.channel + 1:2d}", "--", "--", False, selected)
+        else:
+            shown = (f"{voice.label():>6} {'*' * min(sounding, 6)}", voice.state,
+                     short_name(voice.inst), voice.mute, selected)
+        if shown == self._shown:
             return
-        dots = "*" * min(sounding, 6)
-        tag.update(f"{voice.label():>6} {dots}")
-        mode.label = voice.state
-        inst.label = short_name(voice.inst)
-        self.set_class(voice.mute, "muted")
+        self._shown = shown
+        self.tag.update(shown[0])
+        self.mode.label, self.inst.label = shown[1], shown[2]
+        self.set_class(shown[3], "muted")
+        self.set_class(selected, "selected")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
@@ -85,8 +93,8 @@ class ControlBar(Static):
         ccs = ",".join(str(c) for c in spec.ccs) or "-"
         mark = ">" if selected else " "
         self.set_class(selected, "selected")
-        self.update(f"{mark} {spec.name:<15}[{'#' * filled}{'.' * (self.WIDTH - filled)}] "
-                    f"{value:5.2f}  cc {ccs}")
+        set_text(self, f"{mark} {spec.name:<15}[{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+                       f"{value:5.2f}  cc {ccs}")
 
 
 def describe_event(e: Any, now: float) -> str:
