@@ -1,8 +1,9 @@
 """A JACK server for tests and benchmarks that send real MIDI through real ports.
 
-:func:`jack_server` starts ``jackd --no-realtime -d dummy`` under a private server name
-(so parallel test runs do not share one), points ``JACK_DEFAULT_SERVER`` at it for every
-JACK client this process opens (python-rtmidi reads it), and stops it afterwards. If
+:func:`jack_server` starts ``jackd --no-realtime -d dummy`` under a server name no other
+running test uses (so parallel test runs do not share one), points
+``JACK_DEFAULT_SERVER`` at it for every JACK client this process opens (python-rtmidi
+reads it), and stops it afterwards (SIGINT: a clean exit, see :func:`_stop`). If
 ``JACK_DEFAULT_SERVER`` already names a running server, that one is used and left alone.
 :func:`jack_or_skip` is the pytest flavour: it skips when ``jackd`` or python-rtmidi's
 JACK API is missing (install ``jackd2``; see scripts/apt-packages.txt).
@@ -17,6 +18,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,12 +34,12 @@ def _running(name: str) -> bool:
 
 
 def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies (no orphaned jackd after a kill)."""
+    """In the child: get SIGINT when the parent dies (no orphaned jackd after a kill)."""
     try:
         import ctypes
         import signal
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 
@@ -55,6 +57,55 @@ def jack_available() -> str | None:
     return None
 
 
+NAMES = tuple(f"nrt-test-{k}" for k in range(4))
+"""Server names tried in turn. A fixed few, because JACK keeps a registry of 8 servers and
+reclaims a dead server's entry only when a server of the same name starts again."""
+
+
+def _start(name: str, period: int, rate: int) -> subprocess.Popen | None:
+    """Start a server called ``name``; None if that name is taken (try another).
+
+    Its output goes to a temporary file, never a pipe: jackd reports every xrun, and a
+    full pipe nobody reads would block the server.
+    """
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        ["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", str(rate), "-p", str(period)],
+        stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    proc.log = log  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 15
+    while not _running(name):
+        if proc.poll() is not None:
+            log.seek(0)
+            err = log.read().decode(errors="replace")
+            log.close()
+            if "already active" in err:
+                return None
+            raise RuntimeError(f"jackd exited with {proc.returncode}: {err[-500:]}")
+        if time.monotonic() > deadline:
+            _stop(proc)
+            raise RuntimeError("jackd did not start within 15 s")
+        time.sleep(0.1)
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT first: only a clean exit frees the server's entry in JACK's registry."""
+    import signal
+
+    for sig, wait in ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            break
+        proc.send_signal(sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+    log = getattr(proc, "log", None)
+    if log is not None:
+        log.close()
+
+
 @contextlib.contextmanager
 def jack_server(period: int = 64, rate: int = 48000) -> Iterator[str]:
     """Run a dummy-driver JACK server for the duration; yields its name."""
@@ -65,37 +116,25 @@ def jack_server(period: int = 64, rate: int = 48000) -> Iterator[str]:
     if existing and _running(existing):
         yield existing
         return
-    name = f"nrt-test-{os.getpid()}"
-    proc = subprocess.Popen(
-        ["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", str(rate), "-p", str(period)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+    proc, name = None, ""
+    for name in NAMES:
+        if _running(name):
+            continue  # another test run's server
+        proc = _start(name, period, rate)
+        if proc is not None:
+            break
+    if proc is None:
+        raise RuntimeError(f"no free JACK server name among {', '.join(NAMES)}")
+    old = os.environ.get(SERVER_VAR)
+    os.environ[SERVER_VAR] = name
     try:
-        deadline = time.monotonic() + 15
-        while not _running(name):
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise RuntimeError(f"jackd exited with {proc.returncode}: {err[-500:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("jackd did not start within 15 s")
-            time.sleep(0.1)
-        old = os.environ.get(SERVER_VAR)
-        os.environ[SERVER_VAR] = name
-        try:
-            yield name
-        finally:
-            if old is None:
-                os.environ.pop(SERVER_VAR, None)
-            else:
-                os.environ[SERVER_VAR] = old
+        yield name
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        if proc.stderr:
-            proc.stderr.close()
+        if old is None:
+            os.environ.pop(SERVER_VAR, None)
+        else:
+            os.environ[SERVER_VAR] = old
+        _stop(proc)
 
 
 def jack_or_skip():
