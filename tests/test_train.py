@@ -322,6 +322,11 @@ def test_cli_train_then_resume(data, tmp_path, capsys):
     assert cli_main(["train", "--out", str(out), "--resume", "--max-steps", "4",
                      "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["step"] == 4
+    # the run folder is a checkpoint for eval (its latest: step 4)
+    assert cli_main(["eval", str(out), str(data), "--split", "test", "--orders", "canonical",
+                     "--json", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pieces"] == 3 and math.isfinite(result["nll"]["total"])
 
 
 def test_cli_user_errors(tmp_path, capsys):
