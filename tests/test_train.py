@@ -131,6 +131,10 @@ def test_repeated_piece_gets_different_crops(data):
     a, b = ds[(0, 3)], ds[(1, 3)]
     assert not all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(a[k], ds[(0, 3)][k]) for k in a)
+    valid = sources.open_dataset(str(data), "valid", 8, {}, training=False)
+    c, d = valid[(0, 1)], valid[(1, 1)]
+    assert not all(torch.equal(c[k], d[k]) for k in c)  # other windows of the same piece
+    assert torch.equal(c["vel"], c["vel"].round())  # not augmented (no dequantisation)
 
 
 # -- the loop ------------------------------------------------------------------------------

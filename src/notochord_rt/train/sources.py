@@ -73,11 +73,12 @@ def freeze_rnn(model: NotochordNet) -> int:
 class DrawCrops(CropDataset):
     """Training crops indexed by ``(draw, piece)``.
 
-    :class:`CropDataset` draws item k's crop and augmentation from ``(seed, epoch, k)``.
-    The trainer's index stream (:class:`~.batches.StepIndexer`) instead names each use of
-    a piece by the pass ``draw`` over the data it belongs to, so a piece used twice in
-    one step (small data sets) still gets two different crops, and the crops of a step
-    depend on nothing but the step, whichever worker loads them.
+    :class:`CropDataset` draws item k's crop and augmentation from ``(seed, epoch, k)``
+    (validation crops from ``(seed, k)`` only). The trainer instead names each use of a
+    piece by the pass ``draw`` over the data it belongs to (see
+    :class:`~.batches.StepIndexer`), so a piece used twice in one step (small data sets)
+    or in one validation still gets two different crops, and the crops of a step depend
+    on nothing but the step, whichever worker loads them.
     """
 
     _draw = 0
@@ -107,14 +108,14 @@ def augment_options(overrides: dict[str, Any]) -> Augment:
 
 
 def open_dataset(root: str, split: str, length: int, aug: dict[str, Any], *,
-                 training: bool, seed: int = 0) -> CropDataset:
-    """Crops of ``length`` events of a prepared split: augmented random crops for
-    training, fixed unaugmented crops otherwise."""
+                 training: bool, seed: int = 0) -> DrawCrops:
+    """Crops of ``length`` events of a prepared split, indexed by ``(draw, piece)``:
+    augmented for training, unaugmented (``mode="valid"``) otherwise."""
     if training:
-        ds: CropDataset = DrawCrops(root, split, batch_len=length, mode="train",
-                                    augment=augment_options(aug), seed=seed)
+        ds = DrawCrops(root, split, batch_len=length, mode="train",
+                       augment=augment_options(aug), seed=seed)
     else:
-        ds = CropDataset(root, split, batch_len=length, mode="valid", seed=seed)
+        ds = DrawCrops(root, split, batch_len=length, mode="valid", seed=seed)
     if len(ds) == 0:
         raise UserError(f"split {split!r} of {root} holds no pieces")
     return ds

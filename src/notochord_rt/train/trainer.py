@@ -234,13 +234,13 @@ class Trainer:
                 f"check the data, or resume from that checkpoint.")
 
     # -- validation -------------------------------------------------------------------------
-    def _valid_index_batches(self) -> list[list[int]]:
+    def _valid_index_batches(self) -> list[list[tuple[int, int]]]:
+        """Fixed (draw, piece) items: every piece once per draw, so repeated pieces get
+        other windows; one crop per piece when ``valid_batches`` is None."""
         n, bs = len(self.valid_set), self.cfg.batch_size
-        if self.cfg.valid_batches is None:
-            order = list(range(n))
-        else:
-            rng = np.random.default_rng([self.cfg.seed, 104729])
-            order = rng.integers(0, n, size=self.cfg.valid_batches * bs).tolist()
+        total = n if self.cfg.valid_batches is None else self.cfg.valid_batches * bs
+        perm = np.random.default_rng([self.cfg.seed, 104729]).permutation(n)
+        order = [(i // n, int(perm[i % n])) for i in range(total)]
         return [order[i:i + bs] for i in range(0, len(order), bs)]
 
     @torch.no_grad()
