@@ -137,14 +137,19 @@ def jack_server(period: int = 64, rate: int = 48000) -> Iterator[str]:
         _stop(proc)
 
 
-def jack_or_skip():
-    """For a pytest fixture: ``yield from jack_or_skip()``."""
+def jack_or_skip(period: int = 1024):
+    """For a pytest fixture: ``yield from jack_or_skip()``.
+
+    Tests use a long period (21 ms): a non-realtime JACK on a loaded machine misses
+    cycles, and MIDI written by a client that finishes a cycle late is silently lost —
+    which would look like a stuck note. Timing is measured in ``benchmarks/live.py``.
+    """
     import pytest
 
     why = jack_available()
     if why:
         pytest.skip(why)
-    with jack_server() as name:
+    with jack_server(period=period) as name:
         yield name
 
 
