@@ -24,7 +24,7 @@ from notochord_rt.apps.player import Player
 from notochord_rt.apps.ports import ChannelMap
 from notochord_rt.apps.presets import load_presets
 from notochord_rt.apps.tui import PlayApp
-from notochord_rt.apps.tui_widgets import ChannelStrip, ControlBar
+from notochord_rt.apps.tui_widgets import ControlBar
 from notochord_rt.apps.voices import Rig, VoiceConfig
 from notochord_rt.cli import main
 from notochord_rt.engine.sampler import Notochord
@@ -125,12 +125,18 @@ def solo(inst: int = VIOLIN, **kw) -> Rig:
     return rig.validate()
 
 
-def strip(app: PlayApp, channel: int) -> ChannelStrip:
-    return next(s for s in app._strips if s.channel == channel)
-
-
 def label(app: PlayApp, channel: int, what: str) -> str:
-    return str(strip(app, channel).query_one(f"#{what}-{channel + 1}").label)
+    """What the mixer shows for a channel: its ``tag``, ``mode`` or ``inst``."""
+    return app._mixer.cells[channel][("tag", "mode", "inst").index(what)]
+
+
+async def click_cell(pilot, channel: int, what: str) -> None:
+    """Click a channel's mode or instrument line in the mixer (inside its border)."""
+    mixer = pilot.app._mixer
+    w = mixer.cell_width
+    row, col = divmod(channel, 8)
+    line = ("tag", "mode", "inst").index(what)
+    await pilot.click(mixer, offset=(1 + col * w + w // 2, 1 + row * 4 + line))
 
 
 # -- voices: mode and instrument ---------------------------------------------------------------
@@ -151,7 +157,8 @@ def test_keys_change_mode_and_instrument_and_the_player_is_told(book):
             app = pilot.app
             assert app.channel == 0
             await pilot.press("right")
-            assert app.channel == 1 and strip(app, 1).has_class("selected")
+            assert app.channel == 1
+            assert await until(pilot, lambda: app._mixer.selected == 1)
             assert label(app, 1, "mode") == "mute"
             seen = []
             for _ in range(4):  # mute -> auto -> input -> follow -> mute
@@ -181,9 +188,14 @@ def test_keys_change_mode_and_instrument_and_the_player_is_told(book):
             assert r.ctl.rig.voices[1].inst == CELLO
             await pilot.press("space")  # unmute: back to follow
             assert await until(pilot, lambda: r.policy.rig.voices[1].state == "follow")
-            await pilot.click("#mode-5")  # an unused channel gets a voice by clicking
+            assert label(app, 4, "mode") == "--"
+            await click_cell(pilot, 4, "mode")  # an unused channel gets a voice by clicking
             assert await until(pilot, lambda: 4 in r.policy.rig.voices)
             assert app.channel == 4 and r.policy.rig.voices[4].state == "auto"
+            await click_cell(pilot, 12, "inst")  # the instrument line opens the picker
+            await pilot.press(*"tuba", "enter")
+            assert await until(pilot, lambda: r.policy.rig.voices.get(12) is not None)
+            assert r.policy.rig.voices[12].inst == 59 and label(app, 12, "inst") == "Tuba"
 
     asyncio.run(go())
     r.player.stop()
@@ -368,7 +380,8 @@ def test_panic_and_reset_release_every_note(book, key):
     r.player.stop()
 
 
-def test_quit_releases_every_note(book):
+@pytest.mark.parametrize("key", ["ctrl+q", "ctrl+c"])
+def test_quit_releases_every_note(book, key):
     r = Rig_(book.rig("follows"), book)
 
     async def go():
@@ -376,7 +389,7 @@ def test_quit_releases_every_note(book):
             await pilot.pause(0.1)
             r.play(0, 60, 90)  # held: its answers sound until the player stops
             assert await until(pilot, lambda: len(r.sink.sounding()) == 3)
-            await pilot.press("ctrl+q")
+            await pilot.press(key)
             await pilot.pause(0.1)
 
     asyncio.run(go())

@@ -22,14 +22,15 @@ from typing import Any
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer, Header, RichLog, Static
+from textual.widgets import Footer, Header, Static
 
 from .. import events as ev
 from .play import PlayController
 from .tui_widgets import (
-    ChannelStrip,
     ControlBar,
     InstrumentPicker,
+    LogPane,
+    Mixer,
     describe_event,
     describe_sounding,
     describe_timing,
@@ -43,17 +44,15 @@ CSS = """
 Screen { layout: vertical; }
 #main { height: auto; }
 #mixer { width: 3fr; height: auto; }
-.row { height: auto; }
-.strip { width: 1fr; height: auto; border: round $panel; padding: 0 0; }
-.strip.selected { border: round $accent; }
-.strip.muted .inst { text-style: strike; }
-.strip Button { width: 100%; min-width: 4; height: 1; border: none; margin: 0; }
-.tag { width: 100%; }
+Mixer { height: 9; border: round $panel; }
 #controls { height: auto; padding: 0 1; }
 ControlBar.selected { text-style: bold; }
 #side { width: 2fr; height: auto; padding: 0 1; }
-#status, #next { height: auto; }
-#sounding { height: auto; max-height: 14; }
+#status { height: 2; }
+#next { height: 2; }
+#sounding { height: 14; }
+#timing { height: 6; }
+ControlBar { height: 1; }
 #log { height: 1fr; min-height: 5; border: round $panel; }
 InstrumentPicker { align: center middle; }
 #picker { width: 70; height: 24; border: thick $accent; background: $surface; }
@@ -93,7 +92,7 @@ class PlayApp(App[int]):
 
     def __init__(self, controller: PlayController, *, duration: float | None = None,
                  check: Callable[[], tuple[int, str] | None] | None = None,
-                 poll_interval: float = 0.05) -> None:
+                 poll_interval: float = 0.1) -> None:
         super().__init__()
         self.ctl = controller
         self.channel = min(controller.rig.voices, default=0)
@@ -109,31 +108,26 @@ class PlayApp(App[int]):
         yield Header()
         with Horizontal(id="main"):
             with Vertical(id="mixer"):
-                for row in range(2):
-                    with Horizontal(classes="row"):
-                        for ch in range(row * 8, row * 8 + 8):
-                            yield ChannelStrip(ch)
+                yield Mixer(id="mixer-cells")
                 with Vertical(id="controls"):
                     for name in self.control_names:
                         yield ControlBar(id=f"ctl-{name}")
             with Vertical(id="side"):
-                yield Static(id="status")
-                yield Static(id="next")
-                yield Static(id="sounding")
-                yield Static(id="timing")
-        log_view = RichLog(id="log", max_lines=500, wrap=False, markup=False)
-        log_view.can_focus = False
-        yield log_view
+                yield Static(id="status", markup=False)
+                yield Static(id="next", markup=False)
+                yield Static(id="sounding", markup=False)
+                yield Static(id="timing", markup=False)
+        yield LogPane(id="log")
         yield Footer()
 
     def on_mount(self) -> None:
         # widgets of the main screen, kept: while the picker is open, queries see the picker
-        self._log = self.query_one("#log", RichLog)
+        self._log = self.query_one("#log", LogPane)
         self._next = self.query_one("#next", Static)
         self._sounding = self.query_one("#sounding", Static)
         self._timing = self.query_one("#timing", Static)
         self._status = self.query_one("#status", Static)
-        self._strips = list(self.query(ChannelStrip))
+        self._mixer = self.query_one(Mixer)
         self._bars = [self.query_one(f"#ctl-{name}", ControlBar) for name in self.control_names]
         self.sub_title = self.ctl.preset_name or ""
         self.refresh_all()
@@ -150,9 +144,7 @@ class PlayApp(App[int]):
         per_inst: dict[int, int] = {}
         for inst, _ in self.ctl.sounding:
             per_inst[inst] = per_inst.get(inst, 0) + 1
-        for strip in self._strips:
-            v = self.ctl.voice(strip.channel)
-            strip.show(v, strip.channel == self.channel, per_inst.get(v.inst, 0) if v else 0)
+        self._mixer.show(self.ctl.rig.voices, self.channel, per_inst)
         for k, (name, bar) in enumerate(zip(self.control_names, self._bars)):
             bar.show(
                 self.ctl.rig.controls[name], self.ctl.control_value(name), k == self.control_index)
@@ -170,14 +162,14 @@ class PlayApp(App[int]):
             return
         self._ticks += 1
         events = self.ctl.poll()
-        log_view = self._log
-        for text in self._drain_messages():
-            log_view.write(text)
+        lines = self._drain_messages()
         for e in events:
             if e.kind in ("input", "output"):
                 what = "on " if e.vel else "off"
-                log_view.write(f"{e.kind:<6} {what} {short_name(e.inst, 16):<16} {e.pitch:3d} "
-                               f"{e.vel:3d}")
+                lines.append(f"{e.kind:<6} {what} {short_name(e.inst, 16):<16} {e.pitch:3d} "
+                             f"{e.vel:3d}")
+        if lines:  # one write per tick
+            self._log.write("\n".join(lines[-200:]))
         now = self.ctl.player.clock()
         set_text(self._next, describe_event(self.ctl.next_event, now))
         set_text(self._sounding, describe_sounding(self.ctl.sounding))
@@ -250,12 +242,14 @@ class PlayApp(App[int]):
         self.sub_title = name
         self.refresh_all()
 
-    def on_channel_strip_clicked(self, message: ChannelStrip.Clicked) -> None:
+    def on_mixer_clicked(self, message: Mixer.Clicked) -> None:
         self.channel = message.channel
         if message.what == "mode":
             self.action_mode()
-        else:
+        elif message.what == "inst":
             self.action_instrument()
+        else:
+            self.refresh_all()
 
     def note_exit(self) -> Any:
         """The message to show after the app closed (None for a normal quit)."""

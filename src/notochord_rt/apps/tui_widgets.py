@@ -7,13 +7,15 @@ They only display state handed to them and report clicks; the app
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, OptionList, Static
+from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from .. import events as ev
@@ -29,61 +31,109 @@ def pitch_name(pitch: int, inst: int) -> str:
     return f"{PITCH_NAMES[pitch % 12]}{pitch // 12 - 1}"
 
 
-def set_text(widget: Static, text: str) -> None:
-    """Update a Static only when its text changes (each update costs a layout pass)."""
+def set_text(widget: Static, text: str, layout: bool = False) -> None:
+    """Update a Static only when its text changes, without a layout pass unless asked
+    (the panels have fixed sizes; layout passes cost the model's thread the GIL)."""
     if getattr(widget, "shown_text", None) != text:
         widget.shown_text = text  # type: ignore[attr-defined]
-        widget.update(text)
+        widget.update(text, layout=layout)
 
 
-class ChannelStrip(Vertical):
-    """One MIDI channel: its tag (``-->01``, ``02``, ``01->03``), mode and instrument."""
+class Mixer(Static):
+    """The 16 channels in two rows of 8 cells, drawn as one widget (many small widgets made
+    every repaint cost tens of milliseconds of the GIL on a loaded machine).
+
+    A cell shows the channel's tag (``-->01`` input, ``02`` auto, ``01->03`` follow, with a
+    ``*`` per sounding note), its mode and its instrument. Clicking a cell's mode line or
+    instrument line posts :class:`Mixer.Clicked`; :attr:`cells` holds what is shown.
+    """
+
+    ROWS, LINES = 2, 3  # rows of channels; lines per cell (tag, mode, instrument)
 
     class Clicked(Message):
-        """The mode (``what="mode"``) or instrument (``"inst"``) button was clicked."""
+        """A cell was clicked: ``what`` is ``"mode"``, ``"inst"`` or ``"select"``."""
 
         def __init__(self, channel: int, what: str) -> None:
             super().__init__()
             self.channel, self.what = channel, what
 
-    def __init__(self, channel: int) -> None:
-        super().__init__(id=f"strip-{channel + 1}", classes="strip")
-        self.channel = channel
-        n = channel + 1
-        self.tag = Static(f"ch {n:2d}", id=f"tag-{n}", classes="tag")
-        self.mode = Button("--", id=f"mode-{n}", classes="mode")
-        self.inst = Button("--", id=f"inst-{n}", classes="inst")
-        self.mode.can_focus = self.inst.can_focus = False
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(markup=False, **kw)
+        self.cells: dict[int, tuple[str, str, str]] = {}
+        self.selected = 0
         self._shown: tuple | None = None
 
-    def compose(self) -> ComposeResult:
-        yield self.tag
-        yield self.mode
-        yield self.inst
+    @property
+    def cell_width(self) -> int:
+        return max(8, (self.content_region.width or 96) // 8)
 
-    def show(self, voice: VoiceConfig | None, selected: bool, sounding: int) -> None:
-        """Display ``voice`` (None: unused channel) and how many of its notes sound."""
-        if voice is None:
-            shown = (f"ch {self.channel + 1:2d}", "--", "--", False, selected)
-        else:
-            shown = (f"{voice.label():>6} {'*' * min(sounding, 6)}", voice.state,
-                     short_name(voice.inst), voice.mute, selected)
+    def show(self, voices: dict[int, VoiceConfig], selected: int,
+             sounding: dict[int, int]) -> None:
+        """Display the voices (by channel), the selected channel and the number of sounding
+        notes per instrument."""
+        cells = {}
+        for ch in range(16):
+            v = voices.get(ch)
+            if v is None:
+                cells[ch] = (f"ch {ch + 1}", "--", "--")
+            else:
+                stars = "*" * min(sounding.get(v.inst, 0), 4)
+                cells[ch] = (f"{v.label()} {stars}", v.state, short_name(v.inst))
+        muted = tuple(ch for ch, v in voices.items() if v.mute)
+        shown = (tuple(cells.items()), selected, muted, self.cell_width)
         if shown == self._shown:
             return
-        self._shown = shown
-        self.tag.update(shown[0])
-        self.mode.label, self.inst.label = shown[1], shown[2]
-        self.set_class(shown[3], "muted")
-        self.set_class(selected, "selected")
+        self._shown, self.cells, self.selected = shown, cells, selected
+        w = self.cell_width
+        text = Text()
+        for row in range(self.ROWS):
+            if row:
+                text.append("\n" + "-" * (8 * w) + "\n")
+            for line in range(self.LINES):
+                if line:
+                    text.append("\n")
+                for ch in range(row * 8, row * 8 + 8):
+                    style = "reverse" if ch == selected else ""
+                    if line == 2 and ch in muted:
+                        style += " strike dim"
+                    text.append(cells[ch][line][: w - 1].center(w - 1), style=style.strip())
+                    text.append("|")
+        self.update(text, layout=False)
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        event.stop()
-        what = "mode" if event.button.has_class("mode") else "inst"
-        self.post_message(self.Clicked(self.channel, what))
+    def on_click(self, event: Any) -> None:
+        at = event.get_content_offset(self)
+        if at is None:  # on the border
+            return
+        w = self.cell_width
+        col, y = at.x // w, at.y
+        row, line = divmod(y, self.LINES + 1)
+        if not (0 <= col < 8 and 0 <= row < self.ROWS and line < self.LINES):
+            return
+        what = ("select", "mode", "inst")[line]
+        self.post_message(self.Clicked(row * 8 + col, what))
+
+
+class LogPane(Static):
+    """The last lines of the log in a fixed-size pane. Not a scrolling log on purpose: a
+    growing scroll region re-lays out the whole screen on each write, which took the
+    model's thread the GIL for ~100 ms per write on a loaded 2-core machine."""
+
+    def __init__(self, keep: int = 500, **kw: Any) -> None:
+        super().__init__(markup=False, **kw)
+        self.lines: deque[str] = deque(maxlen=keep)
+
+    def write(self, text: str) -> None:
+        """Add one or more lines (separated by newlines)."""
+        self.lines.extend(text.split("\n"))
+        rows = max(1, self.content_region.height or 10)
+        set_text(self, "\n".join(list(self.lines)[-rows:]))
 
 
 class ControlBar(Static):
     """A control's name, a bar of its value within its range, the value and its CCs."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(markup=False, **kw)
 
     WIDTH = 20
 
@@ -104,9 +154,9 @@ def describe_event(e: Any, now: float) -> str:
     sampled = e.info
     vel = "off" if e.vel == 0 else f"vel {e.vel}"
     end = getattr(sampled, "end", 0.0)
-    ms = (e.t - now) * 1000
+    ms = getattr(sampled, "time", 0.0) * 1000  # the predicted delta, not a countdown
     return (f"next: {short_name(e.inst, 22)}  {pitch_name(e.pitch, e.inst)} ({e.pitch})  "
-            f"in {ms:6.0f} ms  {vel}  end {end:.3f}")
+            f"after {ms:6.0f} ms  {vel}  end {end:.3f}")
 
 
 def describe_sounding(sounding: dict[tuple[int, int], int], limit: int = 12) -> str:
