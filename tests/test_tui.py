@@ -230,7 +230,9 @@ def test_taken_instrument_becomes_anonymous(book):
 
     async def go():
         async with r.app().run_test(size=SIZE) as pilot:
-            await pilot.press("right", "i", "1", "enter")  # id 1 is channel 1's piano
+            await pilot.press("right", "i", *"sax", "down", "down", "enter")
+            assert await until(pilot, lambda: r.policy.rig.voices[1].inst == 67)  # tenor sax
+            await pilot.press("i", "1", "enter")  # id 1 is channel 1's piano
             assert await until(pilot, lambda: r.policy.rig.voices[1].inst != 5)
             v = r.policy.rig.voices[1]
             assert ev.FIRST_ANON <= v.inst <= ev.LAST_ANON and v.program == 0

@@ -71,12 +71,12 @@ class PlayApp(App[int]):
     CSS = CSS
     TITLE = "notochord-rt play"
     BINDINGS = [
-        Binding("left", "channel(-1)", "chan-", priority=True),
-        Binding("right", "channel(1)", "chan+", priority=True),
-        Binding("up", "control(-1)", "ctl-", show=False, priority=True),
-        Binding("down", "control(1)", "ctl+", show=False, priority=True),
-        Binding("plus,equals_sign", "nudge(1)", "+", priority=True),
-        Binding("minus,underscore", "nudge(-1)", "-", priority=True),
+        Binding("left", "channel(-1)", "chan-"),
+        Binding("right", "channel(1)", "chan+"),
+        Binding("up", "control(-1)", "ctl-", show=False),
+        Binding("down", "control(1)", "ctl+", show=False),
+        Binding("plus,equals_sign", "nudge(1)", "+"),
+        Binding("minus,underscore", "nudge(-1)", "-"),
         Binding("o", "mode", "mode"),
         Binding("i", "instrument", "inst"),
         Binding("space", "mute_channel", "mute ch"),
