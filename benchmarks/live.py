@@ -171,9 +171,24 @@ def stats_ms(x: np.ndarray) -> dict:
             "max_ms": round(float(x.max() * 1e3), 3)}
 
 
+def ping_until_answered(probe, channel: int, timeout: float = 120) -> bool:
+    """Play a note every 0.3 s until the app answers on ``channel`` (it is connected)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        probe.clear()
+        probe.send(NOTE_ON, 40, 100)
+        ok = probe.wait_for(lambda m: any(x[0] == NOTE_ON | channel and x[2] > 0 for _, x in m),
+                            0.3)
+        probe.send(0x80, 40, 0)
+        if ok:
+            return True
+    return False
+
+
 @contextlib.contextmanager
-def app(cmd: list[str], probe, timeout: float = 120):
-    """Start an app process and wait for it to be connected (READY or program changes)."""
+def app(cmd: list[str], probe, timeout: float = 120, answer_channel: int | None = None):
+    """Start an app process; wait until it is connected (READY, then answering if
+    ``answer_channel`` is given)."""
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -181,9 +196,11 @@ def app(cmd: list[str], probe, timeout: float = 120):
             line = proc.stdout.readline()
             if line.strip() != "READY":
                 raise RuntimeError(f"{cmd} failed: {proc.stderr.read()[-2000:]}")
-        elif not probe.wait_for(lambda m: any(x[0] & 0xF0 == 0xC0 for _, x in m), timeout):
-            raise RuntimeError(f"{cmd} did not start")
         time.sleep(0.5)  # JACK makes the connections effective a few cycles later
+        if answer_channel is not None and not ping_until_answered(probe, answer_channel,
+                                                                  timeout):
+            raise RuntimeError(f"{cmd} does not answer")
+        time.sleep(0.2)
         yield proc
     finally:
         with contextlib.suppress(OSError):
@@ -285,7 +302,7 @@ def run(args) -> dict:
             else:
                 cmd = me + ["--role", name] + common + ["--events", str(Path(tmp) / "e.json")]
                 channel = 0 if name == "thru" else 1
-            with app(cmd, probe) as proc:
+            with app(cmd, probe, answer_channel=channel) as proc:
                 x, missed = play_notes(probe, args.notes, args.gap, channel, rng)
                 if name == "harmonize":
                     proc.send_signal(2)  # Ctrl-C: a normal stop
