@@ -471,6 +471,14 @@ def test_cli_list_presets_and_bad_prompt(tmp_path, capsys, book):
     assert "prompt" in capsys.readouterr().err
 
 
+def _failed(proc: subprocess.Popen) -> str:
+    """The app's exit status and stderr tail, for an assertion message."""
+    if proc.poll() is None:
+        proc.kill()
+    out, err = proc.communicate(timeout=10)
+    return f"status {proc.returncode}: {err.decode()[-2000:]}"
+
+
 @pytest.fixture
 def jack():
     yield from jack_or_skip()
@@ -490,7 +498,8 @@ def test_cli_through_jack_ports(jack, tmp_path):
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
         try:
             # program changes are sent when the output opens; the input opens right after
-            assert probe.wait_for(lambda ms: any(m[0] & 0xF0 == 0xC0 for _, m in ms), 30)
+            started = probe.wait_for(lambda ms: any(m[0] & 0xF0 == 0xC0 for _, m in ms), 30)
+            assert started, _failed(proc)
             time.sleep(1.0)
             probe.send(0x90, 60, 90)
             assert probe.wait_for(lambda ms: sum(
@@ -510,3 +519,33 @@ def test_cli_through_jack_ports(jack, tmp_path):
         assert not sounding_after(probe.messages(), all_notes_off=False)
     finally:
         probe.close()
+
+
+def test_cli_exits_when_a_port_disappears(jack, tmp_path):
+    """``--on-port-loss exit``: the app ends with status 3 and says which port was lost."""
+    ckpt = tmp_path / "tiny.safetensors"
+    tiny_model().save(ckpt)
+    probe = Probe("lossprobe")
+    closed = False
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "notochord_rt", "play", "--headless", "--duration", "30",
+             "--checkpoint", str(ckpt), "--preset", "follows", "--on-port-loss", "exit",
+             "--midi-api", "jack", "--midi-in", probe.out_port, "--midi-out", probe.in_port],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+        try:
+            started = probe.wait_for(lambda ms: any(m[0] & 0xF0 == 0xC0 for _, m in ms), 30)
+            assert started, _failed(proc)
+            time.sleep(1.0)
+            probe.close()
+            closed = True
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 3, err.decode()[-2000:]
+        assert "MIDI port lost" in err.decode()
+    finally:
+        if not closed:
+            probe.close()
