@@ -448,6 +448,58 @@ def test_prompt_voices_start_and_reset_to_the_prompt(tmp_path, book):
     r.player.stop()
 
 
+def test_layout_hook_moves_channels_and_announces_new_instruments(book):
+    """Voice changes reach the MIDI side: the output map follows the voices, a changed
+    channel gets a program change (only that one), the router feeds the input channels."""
+    from notochord_rt.apps.ports import MidiOut
+
+    class Port:
+        name = "fake"
+
+        def __init__(self) -> None:
+            self.sent: list[mido.Message] = []
+
+        def send(self, msg: mido.Message) -> None:
+            self.sent.append(msg)
+
+    rig = book.rig("duet")
+    port = Port()
+    out = MidiOut([port], ChannelMap(rig.channel_insts(), rig.programs()))
+    assert {m.channel for m in port.sent if m.type == "program_change"} == {0, 1}
+    player = Player(tiny_model(), out, VoicesPolicy(rig))
+    router = InputRouter(player, ChannelMap(rig.input_channels()), controls={}, actions={})
+    hook = layout_hook(router, out)
+    port.sent.clear()
+    new = rig.copy()
+    new.voices[1].inst = CELLO
+    new.voices[2] = VoiceConfig(2, VIOLIN, "input")
+    hook(new)
+    progs = {m.channel: m.program for m in port.sent if m.type == "program_change"}
+    assert progs == {1: CELLO - 1, 2: VIOLIN - 1}
+    assert out.cmap.channel_of(CELLO) == 1 and out.cmap.channel_of(VIOLIN) == 2
+    assert router.cmap.inst == {0: PIANO, 2: VIOLIN}
+    out.note(CELLO, 48, 70)  # notes of the new instrument go to its channel
+    assert port.sent[-1].type == "note_on" and port.sent[-1].channel == 1
+
+
+def test_feed_prompt_file_reports_progress_and_rejects_bad_files(tmp_path, book):
+    from notochord_rt.errors import UserError
+
+    song = tmp_path / "song.mid"
+    song.write_bytes(simple_song(drums=False))
+    calls = []
+    model = tiny_model()
+    rig, state, _ = feed_prompt_file(model, str(song), book.rig("solo"),
+                                     lambda k, n: calls.append((k, n)))
+    assert calls and calls[-1][0] == calls[-1][1] == state.step
+    assert [k for k, _ in calls] == list(range(1, state.step + 1))
+    assert all(v.mode == "auto" for v in rig.voices.values())  # solo has no input voice
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"MThd garbage")
+    with pytest.raises(UserError, match="prompt .*bad.mid"):
+        feed_prompt_file(model, str(bad), book.rig("solo"))
+
+
 # -- the CLI -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv, needle", [
     (["play", "--preset", "nope"], "no preset named 'nope'"),
