@@ -500,6 +500,30 @@ def test_feed_prompt_file_reports_progress_and_rejects_bad_files(tmp_path, book)
         feed_prompt_file(model, str(bad), book.rig("solo"))
 
 
+def test_policy_balances_the_auto_voices():
+    """A voice that has played much more than another makes the policy favour the other
+    (instrument weights), and reset forgets the counts."""
+    from notochord_rt.apps.voices import BALANCE_MARGIN
+
+    rig = Rig(voices={1: VoiceConfig(1, VIOLIN), 2: VoiceConfig(2, CELLO)}).validate()
+    policy = VoicesPolicy(rig)
+
+    class Played:
+        inst, pitch, vel, is_note_on = VIOLIN, 60, 80.0, True
+
+    assert policy.next_constraints(None).inst_weights == {}
+    for _ in range(BALANCE_MARGIN + 3):
+        policy.on_played(None, Played)
+    weights = policy.next_constraints(None).inst_weights
+    assert set(weights) == {CELLO} and weights[CELLO] > 1.0
+
+    class Ctx:
+        model_view = None
+
+    policy.on_reset(Ctx)
+    assert policy.next_constraints(None).inst_weights == {}
+
+
 # -- the CLI -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv, needle", [
     (["play", "--preset", "nope"], "no preset named 'nope'"),

@@ -16,10 +16,12 @@ from notochord_rt import events as ev
 from notochord_rt.apps.ports import ChannelMap
 from notochord_rt.apps.presets import load_presets, parse_presets, prompt_rig
 from notochord_rt.apps.voices import (
+    BALANCE_MARGIN,
     MODES,
     ControlSpec,
     Rig,
     VoiceConfig,
+    balance_weights,
     default_controls,
     instrument_groups,
     short_name,
@@ -124,6 +126,20 @@ def test_steering_controls_move_the_windows():
     rig.controls["pitch_temp"].value = 0.3
     c = rig.constraints()
     assert c.steer_density == 0.8 and c.pitch_temp == 0.3
+
+
+def test_balance_weights_favour_the_voices_that_lag():
+    insts = [VIOLIN, CELLO, BASS]
+    assert balance_weights(insts, {}) == {}
+    assert balance_weights([VIOLIN], {VIOLIN: 30}) == {}  # one voice: nothing to balance
+    assert balance_weights(insts, {VIOLIN: BALANCE_MARGIN}) == {}  # within the margin
+    w = balance_weights(insts, {VIOLIN: 20, CELLO: 15, BASS: 0})
+    assert set(w) == {BASS}  # cello lags by 5 <= margin; bass by 20
+    w2 = balance_weights(insts, {VIOLIN: 24, CELLO: 15, BASS: 0})
+    assert w2[BASS] > w[BASS] > 1.0 and w2[CELLO] > 1.0
+    c = band().constraints({VIOLIN: 30})
+    assert set(c.inst_weights) == {CELLO} and c.inst_weights[CELLO] > 1.0
+    assert band().constraints().inst_weights == {}
 
 
 def test_follow_constraints(model):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,11 +30,12 @@ from typing import Any
 from .. import events as ev
 from .harmonizer import HarmonyState
 from .player import NoteIn, Player, PlayerContext, PlayerEvent, Policy
-from .voices import MODES, N_CHANNELS, Rig, VoiceConfig
+from .voices import MODES, N_CHANNELS, Rig, VoiceConfig, balance_weights
 
 log = logging.getLogger(__name__)
 
 TOGGLES = ("mute", "stop")
+RECENT = 32  # autonomous note-ons counted for balancing the auto voices
 QUERY = ("query", "replan")
 
 
@@ -64,6 +65,7 @@ class VoicesPolicy(Policy):
         self.prompt_state = prompt_state
         self.follow = HarmonyState([])  # follow notes by the note they answer
         self._cons: Any = None
+        self._recent: deque[int] = deque(maxlen=RECENT)  # instruments of recent note-ons
         self._ready = prompt_state is None
         self._changes = 0
         self.view = self._make_view()
@@ -88,7 +90,7 @@ class VoicesPolicy(Policy):
         if not self._ready:
             return None
         if self._cons is None:
-            self._cons = self.rig.constraints() or False
+            self._cons = self.rig.constraints(Counter(self._recent)) or False
         return self._cons or None
 
     def on_input(self, ctx: PlayerContext, note: NoteIn) -> None:
@@ -102,9 +104,22 @@ class VoicesPolicy(Policy):
         key = (int(event.inst), int(event.pitch))
         self._release_answers(ctx, key)
         v = self.rig.voice_of(key[0])
+        if event.is_note_on:
+            self._count(key[0])
         if event.is_note_on and v is not None:
             vel = max(1, min(127, int(round(event.vel))))
             self._answer(ctx, v.channel, key[1], vel, key, None, 0)
+
+    def _count(self, inst: int) -> None:
+        """Remember an autonomous note-on; the balance weights change only at a new max
+        lag, so the constraints are rebuilt only when they would differ."""
+        before = balance_weights(self._auto_insts(), Counter(self._recent))
+        self._recent.append(inst)
+        if balance_weights(self._auto_insts(), Counter(self._recent)) != before:
+            self._cons = None
+
+    def _auto_insts(self) -> list[int]:
+        return [v.inst for v in self.rig.auto_voices()]
 
     def on_control(self, ctx: PlayerContext, name: str, value: float) -> None:
         if name in self.rig.controls:
@@ -126,6 +141,8 @@ class VoicesPolicy(Policy):
 
     def on_reset(self, ctx: PlayerContext) -> None:
         self.follow.clear()
+        self._recent.clear()
+        self._cons = None
         if self.prompt_state is not None:
             ctx.model_view.reset(state=self.prompt_state)
 

@@ -391,20 +391,23 @@ class Rig:
             return []
         return [v for _, v in sorted(self.voices.items()) if v.state == "auto"]
 
-    def constraints(self):
+    def constraints(self, recent: Mapping[int, int] | None = None):
         """The :class:`Constraints` of the next autonomous event, or None (no auto voice).
 
         Note-ons: each auto voice's instrument over its ``range``; note-offs: their held
         notes; per-instrument velocity, polyphony and duration limits from the voices;
         every other voice's instrument is ``external`` (the sampler never ends a person's
-        note); steering windows and temperatures from the controls.
+        note); steering windows and temperatures from the controls. ``recent`` (note-ons
+        per instrument lately) gives :func:`balance_weights` so no auto voice goes quiet.
         """
         from ..engine.constraints import Constraints
 
         autos = self.auto_voices()
         if not autos:
             return None
+        weights = balance_weights([v.inst for v in autos], recent or {})
         return Constraints(
+            inst_weights=weights,
             note_on_map={v.inst: range(v.range[0], v.range[1] + 1) for v in autos},
             min_vel={v.inst: float(v.vel[0]) for v in autos},
             max_vel={v.inst: float(v.vel[1]) for v in autos},
@@ -438,6 +441,25 @@ class Rig:
             pitch_temp=steer["pitch_temp"],  # type: ignore[arg-type]
             truncate_quantile_pitch=steer["truncate_quantile_pitch"],  # type: ignore[arg-type]
             external={voice.inst})
+
+
+BALANCE_MARGIN = 8
+"""Note-ons an auto voice may lag behind the busiest one before it is favoured."""
+
+
+def balance_weights(insts: Iterable[int], recent: Mapping[int, int],
+                    margin: int = BALANCE_MARGIN) -> dict[int, float]:
+    """Instrument weights that favour auto voices which have played less lately (as the
+    reference's homunculus): ``e ** max(0, most - count - margin)`` where ``count`` is an
+    instrument's recent note-ons and ``most`` the largest count. Weights of 1 are left out;
+    an empty dict means no reweighting."""
+    insts = list(insts)
+    if len(insts) < 2:
+        return {}
+    counts = {i: int(recent.get(i, 0)) for i in insts}
+    most = max(counts.values())
+    return {i: math.exp(min(30, most - c - margin)) for i, c in counts.items()
+            if most - c - margin > 0}
 
 
 def names_for_picker() -> list[tuple[int, str]]:
