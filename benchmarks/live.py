@@ -217,7 +217,9 @@ def app(cmd: list[str], probe, timeout: float = 120, answer_channel: int | None 
 
 def play_notes(probe, n: int, gap: float, channel_out: int, rng) -> tuple[np.ndarray, int]:
     """Send ``n`` note-ons (each released before the next); the latency of each answer
-    (the first note-on on ``channel_out`` within half a gap) and the number unanswered."""
+    (the first note-on on ``channel_out`` before the next note is played) and the number
+    unanswered (lost in the ports — JACK drops MIDI from a client that misses a cycle —
+    or later than a gap)."""
     probe.clear()
     sends = []
     for _ in range(n):
@@ -231,11 +233,11 @@ def play_notes(probe, n: int, gap: float, channel_out: int, rng) -> tuple[np.nda
                         if m[0] == NOTE_ON | channel_out and m[2] > 0])
     lat = []
     for t in sends:
-        hit = answers[(answers >= t) & (answers < t + gap / 2)]
+        hit = answers[(answers >= t) & (answers < t + gap * 0.95)]
         if len(hit):
             lat.append(hit[0] - t)
     missed = n - len(lat)
-    if missed > 0.02 * n + 1:
+    if missed > 0.2 * n:
         raise RuntimeError(f"{n} notes sent, only {len(lat)} answered")
     return np.array(lat), missed
 

@@ -115,6 +115,24 @@ def test_min_time_is_never_before_now():
     assert all(d >= s + 0.003 - 0.001 for s, d in zip(starts, dues))
 
 
+def test_lookahead_adapts_to_slow_sampling():
+    """With sampling made 10 ms slower, plans move later and events are not sent late."""
+    sink = Recorder()
+    player = Player(tiny(2), sink, Auto(), PlayerConfig(lookahead=0.002))
+    real_sample = player.model.sample
+
+    def slow_sample(*a, **kw):
+        time.sleep(0.01)
+        return real_sample(*a, **kw)
+
+    player.model.sample = slow_sample
+    run_for(player, 1.2)
+    assert player.lookahead() >= 1.25 * 0.01
+    late = player.stats.values("lateness")[10:]  # after the first plans are measured
+    assert len(late) >= 5
+    assert np.mean(late > 0.003) < 0.25
+
+
 def test_input_replans_and_is_fed_with_wall_clock_deltas():
     class Slow(Policy):  # plans far ahead so that input always comes first
         def next_constraints(self, ctx):

@@ -352,8 +352,21 @@ def load_live_model(args: Any) -> Any:
     return model
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def run_session(session: LiveSession, args: Any, what: str) -> int:
-    """Run until done; log a timing summary (and write it to ``--stats-json``)."""
+    """Run until done; log a timing summary (and write it to ``--stats-json``).
+
+    SIGTERM is handled like Ctrl-C (in the main thread), so a killed app still releases
+    every note.
+    """
+    import signal
+
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _interrupt)
     log.warning("%s: running (Ctrl-C to stop)", what)
     status = 0
     try:
@@ -362,6 +375,8 @@ def run_session(session: LiveSession, args: Any, what: str) -> int:
     except KeyboardInterrupt:
         status = 130
     finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
         if session.player is not None:
             summary = session.player.stats.summary()
             summary["lost_ports"] = session.lost_ports

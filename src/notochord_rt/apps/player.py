@@ -34,6 +34,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -137,6 +138,7 @@ class Player:
         self._stopping = False
         self._input_dt = 0.0
         self._view = ModelView(self)
+        self._plan_times: deque[float] = deque(maxlen=64)
 
     # -- thread-safe API ---------------------------------------------------------------------
     def start(self) -> Player:
@@ -378,7 +380,7 @@ class Player:
         if cons is None:
             return
         t0 = self.clock()
-        earliest = t0 + self.config.lookahead - self._t_last
+        earliest = t0 + self.lookahead() - self._t_last
         if isinstance(cons, Constraints) and earliest > cons.min_time and cons.time is None:
             cons = dataclasses.replace(cons, min_time=min(earliest, ev.TIME_MAX))
         try:
@@ -386,10 +388,22 @@ class Player:
         except NoPossibleEvents as err:
             log.info("no autonomous event possible now: %s", err)
             return
-        self.stats.add("sample", self.clock() - t0)
+        took = self.clock() - t0
+        self.stats.add("sample", took)
+        self._plan_times.append(took)
         due = self._t_last + e.time
         self._plan = (due, e)
         self._emit(PlayerEvent("planned", e.inst, e.pitch, int(round(e.vel)), due, e))
+
+    def lookahead(self) -> float:
+        """The current lookahead: the configured one, or (adaptive) 1.25 × the 95th
+        percentile of recent planning sample times, up to ``max_lookahead``."""
+        cfg = self.config
+        if not cfg.adaptive_lookahead or len(self._plan_times) < 8:
+            return cfg.lookahead
+        recent = sorted(self._plan_times)
+        p95 = recent[min(len(recent) - 1, int(0.95 * len(recent)))]
+        return min(cfg.max_lookahead, max(cfg.lookahead, 1.25 * p95))
 
     def _play_plan(self) -> None:
         due, e = self._plan  # type: ignore[misc]

@@ -113,6 +113,11 @@ class PlayerConfig:
     lookahead: float = 0.004
     """An autonomous event is never planned earlier than this after the sampling starts
     (covers the sample call itself; lateness is recorded when it did not)."""
+    adaptive_lookahead: bool = True
+    """Raise the lookahead to 1.25 × the 95th percentile of the last 64 planning samples
+    (a loaded machine samples slower; an event planned sooner would be sent late)."""
+    max_lookahead: float = 0.03
+    """Upper bound of the adaptive lookahead."""
     spin: float = 0.0015
     """The last stretch before a due time is waited with short yields, not one sleep."""
     late_margin: float = 0.05
