@@ -21,9 +21,11 @@ its distance from the run's median — a constant offset is latency, not jitter)
 The model is the reference's default 17.7 M-parameter architecture with random weights
 (seeded; same cost as the released checkpoint) on the fp32 fused core, or ``--checkpoint``.
 Goals (issue 6): model-added latency p99 ≤ 5 ms (harmonize p99 − thru p99) and jitter
-p99 ≤ 1 ms beyond the port's (improvise − metronome). The numbers depend on the machine's
-load: the header prints it. Run: ``python benchmarks/live.py`` (about 1.5 minutes;
-``--quick`` for a smoke run; ``--json PATH`` writes the numbers).
+p99 ≤ 1 ms beyond the port's (improvise − metronome). Scenarios run in interleaved rounds
+(``--rounds``, default 3) so that a shared machine's changing load falls on all alike;
+the numbers still depend on that load, which the output records (``loadavg``). Run:
+``python benchmarks/live.py`` (about 4 minutes; ``--quick`` for a smoke run; ``--json
+PATH`` writes the numbers; ``--precision int8`` for the int8 core).
 """
 
 from __future__ import annotations
@@ -242,9 +244,10 @@ def play_notes(probe, n: int, gap: float, channel_out: int, rng) -> tuple[np.nda
     return np.array(lat), missed
 
 
-def jitter(probe, events_file: Path, t0: float, t1: float) -> dict:
+def jitter(probe, events_file: Path, t0: float, t1: float) -> tuple[np.ndarray, int, dict]:
     """Match each note the app planned (due in ``t0..t1``) to its arrival at the probe
-    (same pitch and on/off, the first arrival from 2 ms before the due time on)."""
+    (same pitch and on/off, the first arrival from 2 ms before the due time on).
+    Returns ``arrival - due`` per matched note, the number unmatched and the app's stats."""
     data = json.loads(events_file.read_text())
     arrivals: dict[tuple[int, bool], list[float]] = {}
     for t, m in probe.messages():
@@ -260,24 +263,39 @@ def jitter(probe, events_file: Path, t0: float, t1: float) -> dict:
             missing += 1
             continue
         d.append(times.pop(k) - due)
-    if missing > 0.05 * (len(d) + missing) or len(d) < 10:
+    if missing > 0.2 * (len(d) + missing) or len(d) < 5:
         raise RuntimeError(f"could not match arrivals to planned notes ({len(d)} matched, "
                            f"{missing} missing)")
-    x = np.array(d)
-    return {"offset": stats_ms(x), "jitter": stats_ms(np.abs(x - np.median(x))),
-            "lateness_in_app": data["summary"].get("lateness"),
-            "sample_in_app": data["summary"].get("sample")}
+    return np.array(d), missing, data["summary"]
+
+
+def harmonize_cmd(ckpt: str, probe, precision: str) -> list[str]:
+    return [sys.executable, "-m", "notochord_rt", "harmonize", "--live",
+            "--checkpoint", ckpt, "--precision", precision,
+            "--voice", "violin:-12:-1", "--out-channels", "2=violin",
+            "--midi-api", "jack", "--midi-in", probe.out_port,
+            "--midi-out", probe.in_port, "--duration", "36000"]
 
 
 def run(args) -> dict:
+    """Every scenario once per round, rounds interleaved, so that a shared machine's
+    changing load falls on all of them alike."""
     from jack import Probe, jack_server
 
     from notochord_rt.model.checkpoint import save_model
 
     rng = np.random.default_rng(0)
     out: dict = {"machine": machine_info(), "jack_period_frames": args.period,
-                 "jack_period_ms": round(args.period / 48.0, 3)}
+                 "jack_period_ms": round(args.period / 48.0, 3), "rounds": args.rounds,
+                 "precision": args.precision}
     me = [sys.executable, str(Path(__file__).resolve())]
+    lat_x: dict[str, list] = {k: [] for k in ("thru", "echo", "harmonize")}
+    lat_missed = dict.fromkeys(lat_x, 0)
+    jit_x: dict[str, list] = {k: [] for k in ("metronome", "improvise")}
+    jit_missed = dict.fromkeys(jit_x, 0)
+    jit_app: dict[str, list] = {k: [] for k in jit_x}
+    notes = max(1, args.notes // args.rounds)
+    seconds = args.seconds / args.rounds
     with tempfile.TemporaryDirectory() as tmp, jack_server(period=args.period) as server:
         out["jack_server"] = server
         ckpt = args.checkpoint
@@ -292,43 +310,51 @@ def run(args) -> dict:
         probe = Probe("bench")
         common = ["--probe-in", probe.in_port, "--probe-out", probe.out_port,
                   "--checkpoint", ckpt, "--precision", args.precision]
-        lat = {}
-        for name in ("thru", "echo", "harmonize"):
-            if name == "harmonize":
-                cmd = [sys.executable, "-m", "notochord_rt", "harmonize", "--live",
-                       "--checkpoint", ckpt, "--precision", args.precision,
-                       "--voice", "violin:-12:-1", "--out-channels", "2=violin",
-                       "--midi-api", "jack", "--midi-in", probe.out_port,
-                       "--midi-out", probe.in_port, "--duration", "36000"]
-                channel = 1
-            else:
-                cmd = me + ["--role", name] + common + ["--events", str(Path(tmp) / "e.json")]
-                channel = 0 if name == "thru" else 1
-            with app(cmd, probe, answer_channel=channel) as proc:
-                x, missed = play_notes(probe, args.notes, args.gap, channel, rng)
+        for r in range(args.rounds):
+            for name in lat_x:
                 if name == "harmonize":
-                    proc.send_signal(2)  # Ctrl-C: a normal stop
-            lat[name] = {**stats_ms(x), "unanswered": missed}
-            print(f"latency {name:10s} {lat[name]}", flush=True)  # noqa: T201
-        out["latency"] = lat
-        out["model_added_latency_p99_ms"] = round(
-            lat["harmonize"]["p99_ms"] - lat["thru"]["p99_ms"], 3)
-        jit = {}
-        for name in ("metronome", "improvise"):
-            events = Path(tmp) / f"{name}.json"
-            cmd = me + ["--role", name] + common + ["--events", str(events)]
-            probe.clear()
-            with app(cmd, probe):
-                probe.clear()
-                t0 = time.perf_counter()
-                time.sleep(args.seconds)
-                t1 = time.perf_counter() - 0.3
-            jit[name] = jitter(probe, events, t0, t1)
-            print(f"jitter  {name:10s} {jit[name]}", flush=True)  # noqa: T201
-        out["jitter"] = jit
-        out["jitter_beyond_port_p99_ms"] = round(
-            jit["improvise"]["jitter"]["p99_ms"] - jit["metronome"]["jitter"]["p99_ms"], 3)
+                    cmd, channel = harmonize_cmd(ckpt, probe, args.precision), 1
+                else:
+                    cmd = me + ["--role", name] + common + ["--events", str(Path(tmp) / "e")]
+                    channel = 0 if name == "thru" else 1
+                with app(cmd, probe, answer_channel=channel) as proc:
+                    x, missed = play_notes(probe, notes, args.gap, channel, rng)
+                    if name == "harmonize":
+                        proc.send_signal(2)  # Ctrl-C: a normal stop
+                lat_x[name].append(x)
+                lat_missed[name] += missed
+                print(f"round {r} latency {name:10s} {stats_ms(x)}", flush=True)  # noqa: T201
+            for name in jit_x:
+                events = Path(tmp) / f"{name}.json"
+                cmd = me + ["--role", name] + common + ["--events", str(events)]
+                with app(cmd, probe):
+                    probe.clear()
+                    t0 = time.perf_counter()
+                    time.sleep(seconds)
+                    t1 = time.perf_counter() - 0.3
+                d, missed, summary = jitter(probe, events, t0, t1)
+                jit_x[name].append(d)
+                jit_missed[name] += missed
+                jit_app[name].append(summary)
+                print(f"round {r} jitter  {name:10s} {stats_ms(np.abs(d - np.median(d)))}",  # noqa: T201
+                      flush=True)
         probe.close()
+    out["latency"] = {k: {**stats_ms(np.concatenate(v)), "unanswered": lat_missed[k]}
+                      for k, v in lat_x.items()}
+    out["model_added_latency_ms"] = {
+        q: round(out["latency"]["harmonize"][q] - out["latency"]["thru"][q], 3)
+        for q in ("p50_ms", "p99_ms")}
+    out["jitter"] = {}
+    for k, v in jit_x.items():
+        offset = np.concatenate(v)
+        dev = np.concatenate([np.abs(d - np.median(d)) for d in v])  # per-run median
+        out["jitter"][k] = {"offset": stats_ms(offset), "jitter": stats_ms(dev),
+                            "unmatched": jit_missed[k],
+                            "in_app": [{s: a.get(s) for s in ("lateness", "sample")}
+                                       for a in jit_app[k]]}
+    out["jitter_beyond_port_ms"] = {
+        q: round(out["jitter"]["improvise"]["jitter"][q]
+                 - out["jitter"]["metronome"]["jitter"][q], 3) for q in ("p50_ms", "p99_ms")}
     out["machine"]["loadavg_end"] = os.getloadavg()
     return out
 
@@ -336,9 +362,12 @@ def run(args) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="few notes, short runs")
-    ap.add_argument("--notes", type=int, default=200, help="notes per latency scenario")
+    ap.add_argument("--notes", type=int, default=240, help="notes per latency scenario "
+                    "(split over the rounds)")
     ap.add_argument("--gap", type=float, default=0.06, help="seconds between played notes")
-    ap.add_argument("--seconds", type=float, default=12.0, help="length of each jitter run")
+    ap.add_argument("--seconds", type=float, default=15.0, help="total length of each jitter "
+                    "scenario (split over the rounds)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--period", type=int, default=64, help="JACK period in frames at 48 kHz")
     ap.add_argument("--checkpoint", default=None, help="a trained model (default: random)")
     ap.add_argument("--precision", default="fp32")
@@ -352,7 +381,7 @@ def main() -> int:
     if args.role:
         return role_main(args)
     if args.quick:
-        args.notes, args.seconds = 30, 3.0
+        args.notes, args.seconds, args.rounds = 30, 3.0, 1
     result = run(args)
     print(json.dumps(result, indent=1))  # noqa: T201
     if args.json:
