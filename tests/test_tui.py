@@ -24,7 +24,6 @@ from notochord_rt.apps.player import Player
 from notochord_rt.apps.ports import ChannelMap
 from notochord_rt.apps.presets import load_presets
 from notochord_rt.apps.tui import PlayApp
-from notochord_rt.apps.tui_widgets import ControlBar
 from notochord_rt.apps.voices import Rig, VoiceConfig
 from notochord_rt.cli import main
 from notochord_rt.engine.sampler import Notochord
@@ -288,8 +287,9 @@ def test_control_keys_and_ccs_move_the_controls(book):
             window = r.policy.rig.steering()["truncate_quantile_time"]
             assert window[0] == 0.0 and window[1] < 1.0  # faster: the short times are kept
             await pilot.pause(0.1)
-            bar = app.query_one("#ctl-steer_rate", ControlBar)
-            assert f"{want:5.2f}" in str(bar.render())
+            panel = app._controls
+            assert panel.lines["steer_rate"].startswith("> steer_rate")
+            assert f"{want:5.2f}" in panel.lines["steer_rate"]
             await pilot.press("minus")
             assert await until(
                 pilot, lambda: abs(r.policy.view.values["steer_rate"] - (want - 0.05)) < 1e-9)
@@ -303,7 +303,8 @@ def test_control_keys_and_ccs_move_the_controls(book):
             r.router(mido.Message("control_change", channel=0, control=10, value=127))  # mute
             assert await until(pilot, lambda: r.policy.view.muted)
             assert await until(pilot, lambda: "MUTED" in str(app._status.render()))
-            assert f"{0.0:5.2f}" in str(bar.render())  # the UI shows the CC's value
+            assert f"{0.0:5.2f}" in panel.lines["steer_rate"]  # the UI shows the CC's value
+            assert f"{0.0:5.2f}" in str(panel.render()).splitlines()[2]
 
     asyncio.run(go())
     r.player.stop()
@@ -547,6 +548,20 @@ def test_cli_list_presets_and_bad_prompt(tmp_path, capsys, book):
     assert "prompt" in capsys.readouterr().err
 
 
+def _connected(server: str, *ports: str, timeout: float = 30.0) -> bool:
+    """Wait until each of our JACK ``ports`` is connected to something (the app's ports).
+    Messages sent before a connection is active are lost, so tests wait for this."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        lines = subprocess.run(["jack_lsp", "-c", "-s", server], capture_output=True,
+                               text=True, timeout=10).stdout.splitlines()
+        linked = {a for a, b in zip(lines, lines[1:]) if b.startswith(" ")}
+        if all(p in linked for p in ports):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def _failed(proc: subprocess.Popen) -> str:
     """The app's exit status and stderr tail, for an assertion message."""
     if proc.poll() is None:
@@ -573,10 +588,8 @@ def test_cli_through_jack_ports(jack, tmp_path):
              "--midi-api", "jack", "--midi-in", probe.out_port, "--midi-out", probe.in_port],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
         try:
-            # program changes are sent when the output opens; the input opens right after
-            started = probe.wait_for(lambda ms: any(m[0] & 0xF0 == 0xC0 for _, m in ms), 30)
-            assert started, _failed(proc)
-            time.sleep(1.0)
+            assert _connected(jack, probe.out_port, probe.in_port), _failed(proc)
+            time.sleep(0.5)  # connections take effect on a later JACK cycle
             probe.send(0x90, 60, 90)
             assert probe.wait_for(lambda ms: sum(
                 1 for _, m in ms if m[0] & 0xF0 == 0x90 and m[2] > 0) >= 3, 5)
@@ -610,9 +623,8 @@ def test_cli_exits_when_a_port_disappears(jack, tmp_path):
              "--midi-api", "jack", "--midi-in", probe.out_port, "--midi-out", probe.in_port],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
         try:
-            started = probe.wait_for(lambda ms: any(m[0] & 0xF0 == 0xC0 for _, m in ms), 30)
-            assert started, _failed(proc)
-            time.sleep(1.0)
+            assert _connected(jack, probe.out_port, probe.in_port), _failed(proc)
+            time.sleep(0.5)
             probe.close()
             closed = True
             out, err = proc.communicate(timeout=20)

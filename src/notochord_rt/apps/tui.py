@@ -27,7 +27,7 @@ from textual.widgets import Footer, Header, Static
 from .. import events as ev
 from .play import PlayController
 from .tui_widgets import (
-    ControlBar,
+    ControlPanel,
     InstrumentPicker,
     LogPane,
     Mixer,
@@ -42,18 +42,16 @@ log = logging.getLogger(__name__)
 
 CSS = """
 Screen { layout: vertical; }
-#main { height: auto; }
-#mixer { width: 3fr; height: auto; }
+#main { height: 1fr; }
+#left { width: 3fr; }
 Mixer { height: 9; border: round $panel; }
-#controls { height: auto; padding: 0 1; }
-ControlBar.selected { text-style: bold; }
-#side { width: 2fr; height: auto; padding: 0 1; }
+ControlPanel { height: 9; padding: 0 1; }
+#right { width: 2fr; padding: 0 1; }
 #status { height: 2; }
 #next { height: 2; }
-#sounding { height: 14; }
+#sounding { height: 10; }
 #timing { height: 6; }
-ControlBar { height: 1; }
-#log { height: 1fr; min-height: 5; border: round $panel; }
+#log { height: 1fr; min-height: 4; border: round $panel; }
 InstrumentPicker { align: center middle; }
 #picker { width: 70; height: 24; border: thick $accent; background: $surface; }
 #picker-list { height: 1fr; }
@@ -106,18 +104,18 @@ class PlayApp(App[int]):
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Header()
+        # left: what the musician sets up; right: what happens (so that the frequent updates
+        # on the right repaint only that column)
         with Horizontal(id="main"):
-            with Vertical(id="mixer"):
-                yield Mixer(id="mixer-cells")
-                with Vertical(id="controls"):
-                    for name in self.control_names:
-                        yield ControlBar(id=f"ctl-{name}")
-            with Vertical(id="side"):
+            with Vertical(id="left"):
+                yield Mixer(id="mixer")
+                yield ControlPanel(id="controls")
+            with Vertical(id="right"):
                 yield Static(id="status", markup=False)
                 yield Static(id="next", markup=False)
                 yield Static(id="sounding", markup=False)
                 yield Static(id="timing", markup=False)
-        yield LogPane(id="log")
+                yield LogPane(id="log")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -128,7 +126,7 @@ class PlayApp(App[int]):
         self._timing = self.query_one("#timing", Static)
         self._status = self.query_one("#status", Static)
         self._mixer = self.query_one(Mixer)
-        self._bars = [self.query_one(f"#ctl-{name}", ControlBar) for name in self.control_names]
+        self._controls = self.query_one(ControlPanel)
         self.sub_title = self.ctl.preset_name or ""
         self.refresh_all()
         self.set_interval(self.poll_interval, self.tick)
@@ -145,9 +143,9 @@ class PlayApp(App[int]):
         for inst, _ in self.ctl.sounding:
             per_inst[inst] = per_inst.get(inst, 0) + 1
         self._mixer.show(self.ctl.rig.voices, self.channel, per_inst)
-        for k, (name, bar) in enumerate(zip(self.control_names, self._bars)):
-            bar.show(
-                self.ctl.rig.controls[name], self.ctl.control_value(name), k == self.control_index)
+        self._controls.show([self.ctl.rig.controls[n] for n in self.control_names],
+                            [self.ctl.control_value(n) for n in self.control_names],
+                            self.control_index)
         view = self.ctl.policy.view
         flags = [f for f, on in (("MUTED", view.muted), ("STOPPED", view.stopped)) if on]
         v = self.ctl.voice(self.channel)

@@ -129,22 +129,27 @@ class LogPane(Static):
         set_text(self, "\n".join(list(self.lines)[-rows:]))
 
 
-class ControlBar(Static):
-    """A control's name, a bar of its value within its range, the value and its CCs."""
-
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(markup=False, **kw)
+class ControlPanel(Static):
+    """The steering controls, one line each: name, a bar of the value within its range,
+    the value and its CCs; the selected one is marked with ``>``. One widget for all (a
+    repaint costs per widget)."""
 
     WIDTH = 20
 
-    def show(self, spec: ControlSpec, value: float, selected: bool) -> None:
-        frac = spec.to_unit(value)
-        filled = int(round(frac * self.WIDTH))
-        ccs = ",".join(str(c) for c in spec.ccs) or "-"
-        mark = ">" if selected else " "
-        self.set_class(selected, "selected")
-        set_text(self, f"{mark} {spec.name:<15}[{'#' * filled}{'.' * (self.WIDTH - filled)}] "
-                       f"{value:5.2f}  cc {ccs}")
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(markup=False, **kw)
+        self.lines: dict[str, str] = {}
+
+    def show(self, specs: list[ControlSpec], values: list[float], selected: int) -> None:
+        lines = {}
+        for k, (spec, value) in enumerate(zip(specs, values)):
+            filled = int(round(spec.to_unit(value) * self.WIDTH))
+            ccs = ",".join(str(c) for c in spec.ccs) or "-"
+            mark = ">" if k == selected else " "
+            lines[spec.name] = (f"{mark} {spec.name:<15}[{'#' * filled}"
+                                f"{'.' * (self.WIDTH - filled)}] {value:5.2f}  cc {ccs}")
+        self.lines = lines
+        set_text(self, "\n".join(lines.values()))
 
 
 def describe_event(e: Any, now: float) -> str:
