@@ -596,6 +596,8 @@ def test_cli_through_jack_ports(jack, tmp_path):
             ons = {m[0] & 0x0F: m[1] for _, m in probe.messages()
                    if m[0] & 0xF0 == 0x90 and m[2] > 0}
             assert set(ons) == {1, 2, 3} and 63 <= ons[1] <= 75  # channels 2, 3, 4
+            programs = {m[0] & 0x0F: m[1] for _, m in probe.messages() if m[0] & 0xF0 == 0xC0}
+            assert programs == {0: 0, 1: VIBES - 1, 2: MARIMBA - 1, 3: AC_BASS - 1}
             probe.send(0x80, 60, 0)
             assert probe.wait_for(lambda ms: not sounding_after(ms, all_notes_off=False), 5)
             probe.send(0x90, 64, 90)  # held while the app ends: it must release the answers

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from typing import Any
 
 from ..apps.live_args import add_live_arguments, add_model_arguments
@@ -22,6 +23,11 @@ NAME = "play"
 HELP = "live: multi-voice terminal UI (channel modes, instruments, steering, presets)"
 
 log = logging.getLogger(__name__)
+
+ANNOUNCE_AGAIN = 0.5
+"""Seconds after the start at which the program changes are sent once more: messages sent
+before a new JACK connection is active are lost (seen in tests), and a synth that missed
+them would play the wrong instruments."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,8 +130,13 @@ def _run_ui(session: Any, policy: Any, book: Any, preset: str, notes: list[str],
                 ctl.say(n)
             root.handlers = [_ToUI(ctl.say)]
             player.call(policy.start)
+            announce_at = [time.monotonic() + ANNOUNCE_AGAIN] if session.opt.send_programs else []
 
             def check() -> tuple[int, str] | None:
+                if announce_at and time.monotonic() >= announce_at[0]:
+                    announce_at.clear()  # once: a JACK connection may not carry the first ones
+                    for msg in session.out.cmap.program_messages():
+                        session.out.send(msg)
                 if session.lost.is_set():
                     return 3, "MIDI port lost: " + ", ".join(n for n, _ in session.lost_ports)
                 return None
