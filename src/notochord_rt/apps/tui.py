@@ -248,7 +248,3 @@ class PlayApp(App[int]):
             self.action_instrument()
         else:
             self.refresh_all()
-
-    def note_exit(self) -> Any:
-        """The message to show after the app closed (None for a normal quit)."""
-        return self.exit_message

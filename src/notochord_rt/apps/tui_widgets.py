@@ -19,7 +19,7 @@ from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from .. import events as ev
-from .voices import ControlSpec, VoiceConfig, instrument_groups, short_name
+from .voices import ControlSpec, VoiceConfig, names_for_picker, short_name
 
 PITCH_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -202,8 +202,7 @@ class InstrumentPicker(ModalScreen[int | None]):
     def __init__(self, current: int | None = None) -> None:
         super().__init__()
         self.current = current
-        self.items = [(i, f"{group}: {ev.instrument_name(i)}")
-                      for group, insts in instrument_groups() for i in insts]
+        self.items = names_for_picker()
 
     def compose(self) -> ComposeResult:
         with Vertical(id="picker"):
