@@ -134,8 +134,11 @@ def role_main(args) -> int:
         policy = ImprovisePolicy([VIOLIN], max_polyphony=3, max_duration=0.5, max_time=0.25)
     else:
         raise SystemExit(f"unknown role {args.role}")
+    from notochord_rt.apps.player import PlayerConfig
+
     opt = LiveOptions(api="jack", inputs=[args.probe_out], outputs=[args.probe_in],
-                      client_name=args.role, send_programs=False)
+                      client_name=args.role, send_programs=False,
+                      player=PlayerConfig(pause_after_send=args.pause_ms / 1000))
     with LiveSession(model, policy, ChannelMap({0: PIANO}), ChannelMap({1: VIOLIN}),
                      opt) as s:
         s.player.add_listener(lambda e: events.append((e.kind, e.pitch, e.vel, e.t)))
@@ -249,20 +252,23 @@ def jitter(probe, events_file: Path, t0: float, t1: float) -> tuple[np.ndarray, 
     (same pitch and on/off, the first arrival from 2 ms before the due time on).
     Returns ``arrival - due`` per matched note, the number unmatched and the app's stats."""
     data = json.loads(events_file.read_text())
-    arrivals: dict[tuple[int, bool], list[float]] = {}
-    for t, m in probe.messages():
-        if m[0] & 0xF0 in (0x80, 0x90):
-            arrivals.setdefault((m[1], m[0] & 0xF0 == NOTE_ON and m[2] > 0), []).append(t)
-    d, missing = [], 0
+    # MIDI arrives in the order it was sent: walk both sequences together, looking a few
+    # messages ahead for each planned note (a lost message then costs one match, and a
+    # later note of the same pitch is never taken for it)
+    arrivals = [(t, m[1], m[0] & 0xF0 == NOTE_ON and m[2] > 0) for t, m in probe.messages()
+                if m[0] & 0xF0 in (0x80, 0x90)]
+    d, missing, j = [], 0, 0
     for _, pitch, vel, due in data["events"]:
         if not t0 < due < t1:
             continue
-        times = arrivals.get((pitch, vel > 0), [])
-        k = next((k for k, t in enumerate(times) if t > due - 0.002), None)
-        if k is None or times[k] > due + 0.2:
+        for i in range(j, min(j + 8, len(arrivals))):
+            t, p, on = arrivals[i]
+            if p == pitch and on == (vel > 0) and due - 0.002 < t < due + 0.2:
+                d.append(t - due)
+                j = i + 1
+                break
+        else:
             missing += 1
-            continue
-        d.append(times.pop(k) - due)
     if missing > 0.2 * (len(d) + missing) or len(d) < 5:
         raise RuntimeError(f"could not match arrivals to planned notes ({len(d)} matched, "
                            f"{missing} missing)")
@@ -287,7 +293,7 @@ def run(args) -> dict:
     rng = np.random.default_rng(0)
     out: dict = {"machine": machine_info(), "jack_period_frames": args.period,
                  "jack_period_ms": round(args.period / 48.0, 3), "rounds": args.rounds,
-                 "precision": args.precision}
+                 "precision": args.precision, "pause_after_send_ms": args.pause_ms}
     me = [sys.executable, str(Path(__file__).resolve())]
     lat_x: dict[str, list] = {k: [] for k in ("thru", "echo", "harmonize")}
     lat_missed = dict.fromkeys(lat_x, 0)
@@ -309,7 +315,8 @@ def run(args) -> dict:
             save_model(Notochord(seed=0), ckpt)
         probe = Probe("bench")
         common = ["--probe-in", probe.in_port, "--probe-out", probe.out_port,
-                  "--checkpoint", ckpt, "--precision", args.precision]
+                  "--checkpoint", ckpt, "--precision", args.precision,
+                  "--pause-ms", str(args.pause_ms)]
         for r in range(args.rounds):
             for name in lat_x:
                 if name == "harmonize":
@@ -372,6 +379,9 @@ def main() -> int:
     ap.add_argument("--checkpoint", default=None, help="a trained model (default: random)")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--json", default=None, help="also write the numbers here")
+    ap.add_argument("--pause-ms", type=float, default=2.0,
+                    help="the player's pause_after_send in the echo / jitter apps (the "
+                         "harmonize command uses its default, 2 ms)")
     # child roles (internal)
     ap.add_argument("--role", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--probe-in", default=None, help=argparse.SUPPRESS)

@@ -252,3 +252,15 @@ def test_harmonize_live_command_end_to_end(jack, probe, checkpoint):
     assert [p for _, p, _ in on][:3] and all(
         src - 7 <= p <= src - 1 for src, (_, p, _) in zip((60, 64, 67), on))
     assert sounding_after(msgs, all_notes_off=False) == set()  # held notes released
+
+
+def test_default_api_is_one_that_runs(jack):
+    import rtmidi
+
+    from notochord_rt.apps.ports import rt_api
+
+    api = rt_api(None)
+    assert api in rtmidi.get_compiled_api()
+    rtmidi.MidiOut(api, name="check").delete()  # a client can start on it
+    with pytest.raises(UserError, match="not compiled"):
+        rt_api("nosuchapi")

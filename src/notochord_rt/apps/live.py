@@ -260,6 +260,7 @@ class HarmonizePolicy(Policy):
                     skip_off.add(key)
                 ctx.send_now(e.inst, e.pitch, note.vel, t_in=note.t)
                 early.append(key)
+                ctx.yield_to_driver()
 
         view = ctx.model_view
         view.on_sample = send_early

@@ -27,7 +27,7 @@ def add_live_arguments(parser: argparse.ArgumentParser, live_flag: bool = True) 
         g.add_argument("--live", action="store_true",
                        help="run live on MIDI ports (the default when no input file is given)")
     g.add_argument("--midi-api", default=None, choices=["jack", "alsa", "coremidi", "winmm"],
-                   help="rtmidi API (default: rtmidi's choice)")
+                   help="MIDI system (default: the first that runs here)")
     g.add_argument("--midi-in", action="append", metavar="PORT",
                    help="input port to connect (exact name or a unique part); repeatable")
     g.add_argument("--midi-out", action="append", metavar="PORT",

@@ -238,6 +238,12 @@ class Player:
             self.stats.add("latency", self.clock() - t_in)
         self._emit(PlayerEvent("output", inst, pitch, vel, self.clock()))
 
+    def yield_to_driver(self) -> None:
+        """Sleep ``config.pause_after_send`` so the MIDI driver can deliver what was just
+        sent before the model takes the CPU again (see :class:`PlayerConfig`)."""
+        if self.config.pause_after_send > 0:
+            time.sleep(self.config.pause_after_send)
+
     def replan(self) -> None:
         """Discard the planned event; a new one is sampled before waiting again."""
         self._dirty = True
@@ -415,6 +421,7 @@ class Player:
         late = sent - due
         self.stats.add("lateness", late)
         self.stats.count("outputs")
+        self.yield_to_driver()
         if late > self.config.late_margin:
             self.stats.count("late_fed_real")
             self._feed(e.inst, e.pitch, sent - self._t_last, e.vel)

@@ -100,6 +100,7 @@ class PlayerContext(Protocol):
     def play_now(self, inst: int, pitch: int, vel: int, t_in: float | None = None) -> None: ...
     def send_now(self, inst: int, pitch: int, vel: int, t_in: float | None = None) -> None: ...
     def replan(self) -> None: ...
+    def yield_to_driver(self) -> None: ...
     @property
     def model_view(self) -> ModelView: ...
     @property
@@ -120,6 +121,11 @@ class PlayerConfig:
     """Upper bound of the adaptive lookahead."""
     spin: float = 0.0015
     """The last stretch before a due time is waited with short yields, not one sleep."""
+    pause_after_send: float = 0.002
+    """Sleep this long after sending a planned event or an answer, before the model
+    computes again: without realtime scheduling, a MIDI driver thread (JACK's) may
+    otherwise wait for a CPU while the model runs, delaying delivery (measured: output
+    jitter p99 4.9 → 0.7 ms on a loaded 2-core VM with JACK's 1.3 ms period). 0 = off."""
     late_margin: float = 0.05
     """An event sent later than this is fed with its real delta, not the planned one."""
     idle_wait: float = 0.05

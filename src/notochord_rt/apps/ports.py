@@ -46,18 +46,28 @@ ALL_NOTES_OFF, ALL_SOUND_OFF, SUSTAIN = 123, 120, 64
 
 
 def rt_api(api: str | None = None) -> int:
-    """The rtmidi API constant for ``api`` (a key of :data:`APIS`, an rtmidi API name, or
-    None for rtmidi's default); UserError if it is not compiled in."""
+    """The rtmidi API constant for ``api`` (a key of :data:`APIS` or an rtmidi API name);
+    UserError if it is not compiled in. ``None`` picks the first compiled API that can
+    start a client here (e.g. JACK on a Linux box without an ALSA sequencer)."""
     try:
         import rtmidi
     except ImportError as e:  # pragma: no cover - depends on the install
         raise UserError("live MIDI needs python-rtmidi: pip install 'notochord-rt[live]'") from e
+    compiled = rtmidi.get_compiled_api()
     if api is None:
-        return rtmidi.API_UNSPECIFIED
+        errors = []
+        for value in compiled:
+            try:
+                rtmidi.MidiOut(value, name="notochord-rt-probe").delete()
+                return value
+            except Exception as e:  # noqa: BLE001 - rtmidi raises its own error types
+                errors.append(f"{rtmidi.get_api_name(value)}: {e}")
+        raise UserError("no MIDI system is running (" + "; ".join(errors or ["none compiled"])
+                        + "); start JACK or load the ALSA sequencer")
     name = APIS.get(api.lower(), api)
     value = getattr(rtmidi, f"API_{name}", None)
-    if value is None or value not in rtmidi.get_compiled_api():
-        have = ", ".join(rtmidi.get_api_name(a) for a in rtmidi.get_compiled_api()) or "none"
+    if value is None or value not in compiled:
+        have = ", ".join(rtmidi.get_api_name(a) for a in compiled) or "none"
         raise UserError(f"MIDI API {api!r} is not compiled into python-rtmidi here "
                         f"(available: {have})")
     return value
