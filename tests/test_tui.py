@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -577,13 +578,13 @@ def jack():
 
 def test_cli_through_jack_ports(jack, tmp_path):
     """The whole app on real JACK ports: follow voices answer a played note, and every note
-    is off when it ends."""
+    is off when it is killed (SIGTERM)."""
     ckpt = tmp_path / "tiny.safetensors"
     tiny_model().save(ckpt)
     probe = Probe("tuiprobe")
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "notochord_rt", "play", "--headless", "--duration", "6",
+            [sys.executable, "-m", "notochord_rt", "play", "--headless", "--duration", "60",
              "--checkpoint", str(ckpt), "--preset", "follows", "--seed", "0",
              "--midi-api", "jack", "--midi-in", probe.out_port, "--midi-out", probe.in_port],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
@@ -600,13 +601,15 @@ def test_cli_through_jack_ports(jack, tmp_path):
             assert programs == {0: 0, 1: VIBES - 1, 2: MARIMBA - 1, 3: AC_BASS - 1}
             probe.send(0x80, 60, 0)
             assert probe.wait_for(lambda ms: not sounding_after(ms, all_notes_off=False), 5)
-            probe.send(0x90, 64, 90)  # held while the app ends: it must release the answers
+            probe.send(0x90, 64, 90)  # held while the app is killed: it releases the answers
+            assert probe.wait_for(lambda ms: len(sounding_after(ms)) == 3, 5)
+            proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        assert proc.returncode == 0, err.decode()[-2000:]
+        assert proc.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
         assert not sounding_after(probe.messages(), all_notes_off=False)
     finally:
         probe.close()

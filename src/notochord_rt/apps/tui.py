@@ -15,7 +15,9 @@ controller for the player's events. Keys::
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -100,6 +102,7 @@ class PlayApp(App[int]):
         self.exit_message: str | None = None
         self._ticks = 0
         self._view_seen: Any = None
+        self._sigterm = False
 
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -132,8 +135,19 @@ class PlayApp(App[int]):
         self.set_interval(self.poll_interval, self.tick)
         if self.duration is not None:
             self.set_timer(self.duration, lambda: self.exit(0))
+        try:  # a killed app (SIGTERM) quits like ctrl+q: the player releases every note
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._terminated)
+            self._sigterm = True
+        except (NotImplementedError, RuntimeError, ValueError):  # Windows, not main thread
+            self._sigterm = False
+
+    def _terminated(self) -> None:
+        self.exit_message = "terminated"
+        self.exit(128 + signal.SIGTERM)
 
     def on_unmount(self) -> None:
+        if self._sigterm:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
         self.ctl.player.stop()  # releases every sounding note (and the sink's panic)
 
     # -- display -----------------------------------------------------------------------------
