@@ -21,7 +21,6 @@ that change (instrument, mode, mute) release their own notes first.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -272,7 +271,6 @@ class PlayController:
         self.counts = {"input": 0, "output": 0}
         self.preset_name: str | None = None
         self._events: deque[PlayerEvent] = deque(maxlen=10_000)
-        self._lock = threading.Lock()
         player.add_listener(self._events.append)
 
     # -- voices ------------------------------------------------------------------------------
