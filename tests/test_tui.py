@@ -616,20 +616,25 @@ def test_cli_through_jack_ports(jack, tmp_path):
 
 
 def test_cli_exits_when_a_port_disappears(jack, tmp_path):
-    """``--on-port-loss exit``: the app ends with status 3 and says which port was lost."""
+    """``--on-port-loss exit``: the app ends with status 3 and says which port was lost.
+    (Started from a prompt, whose instruments play until then.)"""
     ckpt = tmp_path / "tiny.safetensors"
     tiny_model().save(ckpt)
+    song = tmp_path / "song.mid"
+    song.write_bytes(simple_song())
     probe = Probe("lossprobe")
     closed = False
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "notochord_rt", "play", "--headless", "--duration", "30",
-             "--checkpoint", str(ckpt), "--preset", "follows", "--on-port-loss", "exit",
+             "--checkpoint", str(ckpt), "--prompt", str(song), "--on-port-loss", "exit",
              "--midi-api", "jack", "--midi-in", probe.out_port, "--midi-out", probe.in_port],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
         try:
             assert _connected(jack, probe.out_port, probe.in_port), _failed(proc)
-            time.sleep(0.5)
+            # the prompt's instruments (but the piano, the first preset's input voice) play
+            assert probe.wait_for(lambda ms: sum(
+                1 for _, m in ms if m[0] & 0xF0 == 0x90 and m[2] > 0) >= 3, 10), _failed(proc)
             probe.close()
             closed = True
             out, err = proc.communicate(timeout=20)
