@@ -301,7 +301,7 @@ def test_control_keys_and_ccs_move_the_controls(book):
             assert await until(pilot, lambda: r.policy.view.values["pitch_temp"] == 1.0)
             r.router(mido.Message("pitchwheel", channel=0, pitch=8191))
             assert await until(pilot, lambda: r.policy.view.values["steer_pitch"] == 1.0)
-            r.router(mido.Message("control_change", channel=0, control=10, value=127))  # mute
+            r.router(mido.Message("control_change", channel=0, control=86, value=127))  # mute
             assert await until(pilot, lambda: r.policy.view.muted)
             assert await until(pilot, lambda: "MUTED" in str(app._status.render()))
             assert f"{0.0:5.2f}" in panel.lines["steer_rate"]  # the UI shows the CC's value

@@ -22,6 +22,7 @@ from notochord_rt.apps.voices import (
     Rig,
     VoiceConfig,
     balance_weights,
+    default_actions,
     default_controls,
     instrument_groups,
     short_name,
@@ -218,6 +219,8 @@ def test_default_controls_are_complete_and_valid():
     assert set(controls) == {"steer_pitch", "steer_density", "steer_rate", "steer_velocity",
                              "pitch_temp", "rhythm_temp", "timing_temp"}
     Rig(controls=controls).validate()
+    action_ccs = {cc for ccs in default_actions().values() for cc in ccs}
+    assert not action_ccs & {7, 10, 11, 64}  # volume, pan, expression, sustain never act
 
 
 @pytest.mark.parametrize("change, needle", [

@@ -256,8 +256,10 @@ def default_controls() -> dict[str, ControlSpec]:
 
 
 def default_actions() -> dict[str, tuple[int, ...]]:
-    """Actions and the CCs that trigger them (a CC value > 0 triggers)."""
-    return {"reset": (8, 81), "query": (9,), "mute": (10,), "stop": (11,), "panic": (12,)}
+    """Actions and the CCs that trigger them (a CC value > 0 triggers). Besides the
+    reference's reset CCs, CCs the MIDI spec leaves undefined (85..87, 89), so that pan or
+    an expression pedal never stops the music."""
+    return {"reset": (8, 81), "query": (85,), "mute": (86,), "stop": (87,), "panic": (89,)}
 
 
 def check_ccs(value: object, what: str) -> tuple[int, ...]:
