@@ -65,7 +65,7 @@ class Mixer(Static):
 
     @property
     def cell_width(self) -> int:
-        return max(8, (self.content_region.width or 96) // 8)
+        return max(4, (self.content_region.width or 96) // 8)  # always fits: 8 cells a row
 
     def show(self, voices: dict[int, VoiceConfig], selected: int,
              sounding: dict[int, int]) -> None:
@@ -85,7 +85,7 @@ class Mixer(Static):
             return
         self._shown, self.cells, self.selected = shown, cells, selected
         w = self.cell_width
-        text = Text()
+        text = Text(no_wrap=True, overflow="crop")
         for row in range(self.ROWS):
             if row:
                 text.append("\n" + "-" * (8 * w) + "\n")
