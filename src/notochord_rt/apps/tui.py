@@ -152,7 +152,7 @@ class PlayApp(App[int]):
 
     # -- display -----------------------------------------------------------------------------
     def refresh_all(self) -> None:
-        """Redraw the strips, controls and status from the controller."""
+        """Redraw the mixer, controls and status from the controller."""
         per_inst: dict[int, int] = {}
         for inst, _ in self.ctl.sounding:
             per_inst[inst] = per_inst.get(inst, 0) + 1
