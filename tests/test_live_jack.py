@@ -264,3 +264,25 @@ def test_default_api_is_one_that_runs(jack):
     rtmidi.MidiOut(api, name="check").delete()  # a client can start on it
     with pytest.raises(UserError, match="not compiled"):
         rt_api("nosuchapi")
+
+
+def test_replugged_output_gets_programs_again(jack):
+    keys, synth = Probe("keys3"), Probe("synth3")
+    try:
+        opt = options(keys.out_port, synth.in_port, watch_interval=0.1)
+        with LiveSession(tiny(), HarmonizePolicy([Voice(VIOLIN, 1, 12)]), ChannelMap({0: PIANO}),
+                         ChannelMap({1: VIOLIN}), opt) as s:
+            settle(synth)
+            synth.close()  # the synth is unplugged ...
+            time.sleep(0.4)
+            assert s.lost_ports == [(synth.in_port, "output")]
+            synth = Probe("synth3")  # ... and plugged back in
+            assert synth.wait_for(lambda m: [0xC1, VIOLIN - 1] in [x for _, x in m],
+                                  timeout=5)
+            time.sleep(0.2)
+            keys.send(NOTE_ON, 60, 90)
+            assert synth.wait_for(lambda m: len(notes_on(m, 1)) == 1)
+        assert sounding_after(synth.messages(), all_notes_off=False) == set()
+    finally:
+        keys.close()
+        synth.close()

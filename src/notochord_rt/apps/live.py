@@ -131,6 +131,7 @@ class LiveSession:
         self._inputs: list[OpenedPort] = []
         self._outputs: list[OpenedPort] = []
         self._watch: PortWatch | None = None
+        self._announce: threading.Timer | None = None
 
     def __enter__(self) -> LiveSession:
         try:
@@ -150,7 +151,8 @@ class LiveSession:
             raise UserError("no MIDI output: give --midi-out NAME or --virtual-out NAME")
         api = rt_api(o.api)
         fb = FeedbackFilter(o.suppress_feedback) if o.suppress_feedback else None
-        self._watch = PortWatch(api, o.client_name, o.watch_interval, on_lost=self._on_lost)
+        self._watch = PortWatch(api, o.client_name, o.watch_interval, on_lost=self._on_lost,
+                                on_back=self._on_back)
         self._outputs = open_ports("output", api, o.outputs, o.virtual_out, o.client_name,
                                    self._watch.listers["output"])
         self._inputs = open_ports("input", api, o.inputs, o.virtual_in, o.client_name,
@@ -166,6 +168,14 @@ class LiveSession:
             p.listen(self.router)
         self._watch.watch(self._inputs + self._outputs)
         self._watch.start()
+        # a fresh JACK connection may lose what is sent before it is active: say it again
+        self._announce = threading.Timer(0.5, self.out.announce)
+        self._announce.daemon = True
+        self._announce.start()
+
+    def _on_back(self, name: str, kind: str) -> None:
+        if kind == "output" and self.out is not None:
+            self.out.announce()  # a re-plugged synth needs its programs again
 
     def _on_lost(self, name: str, kind: str) -> None:
         self.lost_ports.append((name, kind))
@@ -191,6 +201,9 @@ class LiveSession:
 
     def close(self) -> None:
         """Inputs first (no more callbacks), then the player (releases notes), then outputs."""
+        if self._announce is not None:
+            self._announce.cancel()
+            self._announce.join()
         if self._watch is not None:
             self._watch.stop()
         for p in self._inputs:

@@ -214,8 +214,13 @@ class MidiOut:
         self._sounding: set[tuple[int, int]] = set()  # (channel, pitch)
         self._unmapped: set[int] = set()
         self.sent = 0
-        if send_programs:
-            for msg in cmap.program_messages():
+        self.send_programs = send_programs
+        self.announce()
+
+    def announce(self) -> None:
+        """Send the bank selects and program changes of every channel (if enabled)."""
+        if self.send_programs:
+            for msg in self.cmap.program_messages():
                 self.send(msg)
 
     def send(self, msg: mido.Message) -> None:
