@@ -25,7 +25,8 @@ p99 ≤ 1 ms beyond the port's (improvise − metronome). Scenarios run in inter
 (``--rounds``, default 3) so that a shared machine's changing load falls on all alike;
 the numbers still depend on that load, which the output records (``loadavg``). Run:
 ``python benchmarks/live.py`` (about 4 minutes; ``--quick`` for a smoke run; ``--json
-PATH`` writes the numbers; ``--precision int8`` for the int8 core).
+PATH`` writes the numbers; ``--precision int8`` for the int8 core). The OSC query round
+trip of ``notochord-rt serve`` is measured by ``benchmarks/live_osc.py``.
 """
 
 from __future__ import annotations
