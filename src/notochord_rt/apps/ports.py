@@ -40,6 +40,9 @@ from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
+FLUSH_SECONDS = 0.25
+"""How long an output port stays open after its last message, so the backend sends it."""
+
 APIS = {"jack": "UNIX_JACK", "alsa": "LINUX_ALSA", "coremidi": "MACOSX_CORE",
         "winmm": "WINDOWS_MM"}
 ALL_NOTES_OFF, ALL_SOUND_OFF, SUSTAIN = 123, 120, 64
@@ -283,6 +286,7 @@ class OpenedPort:
         self.rt = _new_client(kind, api, client_name)
         self.callback: Callable[[mido.Message], None] | None = None
         self.closed = False
+        self._last_send = -1e9
         self._lock = threading.Lock()
         if kind == "input":
             self.rt.ignore_types(sysex=True, timing=True, active_sense=True)
@@ -341,12 +345,18 @@ class OpenedPort:
         with self._lock:
             if not self.closed:
                 self.rt.send_message(msg.bytes())
+                self._last_send = time.monotonic()
 
     def close(self) -> None:
         with self._lock:
             if self.closed:
                 return
             self.closed = True
+            # A backend such as JACK delivers queued messages on its own process cycle:
+            # closing right after the final note-offs would drop them. Give it time.
+            wait = self._last_send + FLUSH_SECONDS - time.monotonic()
+            if self.kind == "output" and wait > 0:
+                time.sleep(wait)
             if self.kind == "input":
                 self.rt.cancel_callback()
             self.rt.close_port()
