@@ -175,3 +175,10 @@ def test_cli_user_errors(tmp_path, checkpoint, capsys):
     assert "no MIDI files" in capsys.readouterr().err
     assert cli_main(["eval", str(tmp_path / "missing.safetensors"), str(tmp_path)]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_default_name_resolves_to_the_bundled_model():
+    from notochord_rt.model.checkpoint import default_checkpoint
+    from notochord_rt.train.checkpoints import resolve_checkpoint
+
+    assert resolve_checkpoint("default") == default_checkpoint()

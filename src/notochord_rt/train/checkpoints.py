@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..model.checkpoint import DEFAULT_NAME, default_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +150,14 @@ def prune(ckpt_dir: Path, keep: int) -> None:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint folder from a run folder, a ``checkpoints`` folder or the folder itself.
+    """A checkpoint folder from a run folder, a ``checkpoints`` folder or the folder itself;
+    ``"default"`` (when no such file exists) is the bundled default model.
 
     Raises :class:`CheckpointError` if nothing usable is there.
     """
     p = Path(path)
+    if str(path) == DEFAULT_NAME and not p.exists():
+        return default_checkpoint()
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
     if p.is_file() or _NAME.match(p.name):
