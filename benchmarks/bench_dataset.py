@@ -7,12 +7,12 @@ whole pieces instead of windows. Usage: python benchmarks/bench_dataset.py [--pi
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 
 import numpy as np
 import torch
+from machine import cpu_name
 
 from notochord_rt import events as ev
 from notochord_rt.data import augment as aug
@@ -28,16 +28,6 @@ def synthetic_piece(rng: np.random.Generator, notes: int) -> ev.EventArrays:
     vel = rng.integers(1, 128, notes)
     return ev.EventArrays.build(np.r_[inst, inst], np.r_[pitch, pitch], np.r_[on, off],
                                 np.r_[vel, np.zeros(notes)]).sorted()
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ It prints the machine (CPU model, cores, load, torch version) with the numbers.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.metadata
 import math
 import os
@@ -27,14 +26,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from machine import cpu_name
+
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     try:
         torch_version = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:

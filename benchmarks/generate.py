@@ -19,7 +19,6 @@ model of the reference's size (``ref``) or a small one (``small``) to time the m
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -33,6 +32,8 @@ import torch
 
 torch.set_num_threads(1)
 
+from machine import cpu_name  # noqa: E402
+
 from notochord_rt.apps.generate import GenerateOptions, build_constraints, generate  # noqa: E402
 from notochord_rt.engine.sampler import Notochord  # noqa: E402
 from notochord_rt.engine.support import compile_constraints  # noqa: E402
@@ -45,12 +46,7 @@ SIZES = {
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version(),
             "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None}

@@ -44,6 +44,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -159,12 +160,7 @@ def _ready_and_wait() -> None:
 def machine_info() -> dict:
     import torch
 
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(), "loadavg": os.getloadavg()}
 

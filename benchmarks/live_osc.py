@@ -24,7 +24,6 @@ for a smoke run; ``--json PATH`` also writes the numbers).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name
 from pythonosc.osc_message import OscMessage
 
 from notochord_rt.apps.osc_server import build_message
@@ -52,12 +52,7 @@ torch.set_num_threads(1)
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(),
             "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None}

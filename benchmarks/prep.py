@@ -32,17 +32,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_name
+
 
 def machine() -> str:
     import symusic
     import torch
 
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"torch {torch.__version__}, symusic {symusic.__version__}")
 

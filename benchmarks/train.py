@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MIDI = Path("/work/shared/corpus/mma")
@@ -47,18 +47,7 @@ WARM = 3  # steps left out of the steady-state rate (worker start, compilation)
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} torch thread(s), python {platform.python_version()}")
+    return machine_line()
 
 
 # -- data -----------------------------------------------------------------------------------
