@@ -419,3 +419,11 @@ def test_default_resolves_inside_the_installed_package():
     import notochord_rt
 
     assert path.parent.parent == Path(notochord_rt.__file__).parent
+
+
+def test_cli_generate_makes_a_missing_output_folder(tmp_path, capsys):
+    from notochord_rt.cli.generate import check_output
+
+    target = tmp_path / "new" / "deeper" / "piece.mid"
+    assert check_output(str(target), "--out", (".mid",)) == target
+    assert target.parent.is_dir()

@@ -59,7 +59,11 @@ def check_output(path: str | None, option: str, suffixes: tuple[str, ...]) -> Pa
         raise UserError(f"{option} {path}: is a folder")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise UserError(f"{option} {path}: folder {parent} does not exist")
+        try:  # a missing output folder is made, as users expect (`--out out/piece.mid`)
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{option} {path}: cannot create folder {parent} "
+                            f"({e.strerror or e})") from None
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise UserError(f"{option} {path}: not writable")
     return p
