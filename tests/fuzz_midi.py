@@ -22,19 +22,8 @@ import struct
 import sys
 from pathlib import Path
 
-MAX_VARLEN = (1 << 28) - 1  # the largest delta a 4-byte variable-length quantity holds
-
-
-def varlen(value: int) -> bytes:
-    """MIDI variable-length quantity (7 bits a byte, high bit = more bytes follow)."""
-    if not 0 <= value <= MAX_VARLEN:
-        raise ValueError(f"varlen value out of range: {value}")
-    out = [value & 0x7F]
-    value >>= 7
-    while value:
-        out.append(0x80 | (value & 0x7F))
-        value >>= 7
-    return bytes(reversed(out))
+sys.path.insert(0, str(Path(__file__).parent))
+from midifiles import MAX_VARLEN, varlen  # noqa: E402
 
 
 def header(fmt: int, ntracks: int, division: int, length: int = 6) -> bytes:

@@ -16,10 +16,13 @@ Message = bytes
 TrackEvents = Sequence[tuple[int, Message]]
 
 
+MAX_VARLEN = (1 << 28) - 1  # the largest delta a 4-byte variable-length quantity holds
+
+
 def varlen(value: int) -> bytes:
     """MIDI variable-length quantity (7 bits a byte, high bit = more bytes follow)."""
-    if value < 0:
-        raise ValueError(f"varlen of a negative number: {value}")
+    if not 0 <= value <= MAX_VARLEN:
+        raise ValueError(f"varlen value out of range: {value}")
     out = [value & 0x7F]
     value >>= 7
     while value:

@@ -24,18 +24,10 @@ from notochord_rt.model import checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from midifiles import simple_song  # noqa: E402
+from tiny import tiny_model  # noqa: E402
 
-TINY = {"emb_size": 16, "rnn_hidden": 32, "rnn_layers": 1, "mlp_layers": 1, "dropout": 0.0}
 HAS_FLUIDSYNTH = shutil.which("fluidsynth") is not None
 
-
-def tiny_model(seed: int = 0) -> Notochord:
-    torch.manual_seed(seed)
-    m = Notochord(**TINY)
-    with torch.no_grad():  # random, far-from-uniform weights
-        for p in m.parameters():
-            p.normal_(0.0, 0.5)
-    return m
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from notochord_rt import events as ev
 from notochord_rt.apps.harmonizer import (
@@ -25,18 +24,10 @@ from notochord_rt.midi.ingest import load_midi
 
 sys.path.insert(0, str(Path(__file__).parent))
 from midifiles import simple_song  # noqa: E402
+from tiny import tiny_model  # noqa: E402
 
-TINY = {"emb_size": 16, "rnn_hidden": 32, "rnn_layers": 1, "mlp_layers": 1, "dropout": 0.0}
 VIOLIN, FLUTE, PIANO, BASS = 41, 74, 1, 34
 
-
-def tiny_model(seed: int = 0) -> Notochord:
-    torch.manual_seed(seed)
-    m = Notochord(**TINY)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0.0, 0.5)
-    return m
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import mido
 import pytest
-import torch
 
 from notochord_rt import events as ev
 from notochord_rt.apps.live import InputRouter
@@ -27,25 +26,16 @@ from notochord_rt.apps.presets import load_presets
 from notochord_rt.apps.tui import PlayApp
 from notochord_rt.apps.voices import Rig, VoiceConfig
 from notochord_rt.cli import main
-from notochord_rt.engine.sampler import Notochord
 
 sys.path.insert(0, str(Path(__file__).parent))
 from jack import Probe, jack_or_skip, sounding_after  # noqa: E402
 from midifiles import simple_song  # noqa: E402
+from tiny import tiny_model  # noqa: E402
 
-TINY = {"emb_size": 16, "rnn_hidden": 32, "rnn_layers": 1, "mlp_layers": 1, "dropout": 0.0}
 PIANO, VIOLIN, CELLO = 1, 41, 43
 VIBES, MARIMBA, AC_BASS = 12, 13, 33
 SIZE = (160, 48)
 
-
-def tiny_model(seed: int = 0) -> Notochord:
-    torch.manual_seed(seed)
-    m = Notochord(**TINY)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0.0, 0.5)
-    return m
 
 
 class Recorder:
