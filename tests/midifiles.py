@@ -172,3 +172,20 @@ def simple_song(ticks_per_beat: int = 480, *, tempo_change: bool = True,
         hits = [(k * q // 2, q // 4, (36, 42, 38, 42)[k % 4], 100) for k in range(32)]
         tracks.append(notes_track(hits, channel=9, name="Drums"))
     return write_midi_bytes(tracks, ticks_per_beat)
+
+
+def note_spans(events) -> list[tuple[int, int, float, float]]:
+    """(inst, pitch, start, end) per note of an EventArrays; asserts strict pairing: no
+    note-on of a sounding note, no note-off of a silent one, every note released."""
+    held: dict[tuple[int, int], float] = {}
+    out = []
+    for i, p, t, v in zip(events.inst.tolist(), events.pitch.tolist(), events.time.tolist(),
+                          events.vel.tolist()):
+        if v > 0:
+            assert (i, p) not in held, f"note-on of a sounding note {(i, p)} at {t}"
+            held[(i, p)] = t
+        else:
+            assert (i, p) in held, f"note-off of a silent note {(i, p)} at {t}"
+            out.append((i, p, held.pop((i, p)), t))
+    assert not held, f"notes never released: {held}"
+    return out

@@ -23,6 +23,7 @@ from notochord_rt.errors import InputError
 from notochord_rt.midi.ingest import load_midi
 
 sys.path.insert(0, str(Path(__file__).parent))
+from midifiles import note_spans as note_rows  # noqa: E402
 from midifiles import simple_song  # noqa: E402
 from tiny import tiny_model  # noqa: E402
 
@@ -43,22 +44,6 @@ def files(tmp_path_factory) -> dict[str, Path]:
     song = d / "song.mid"
     song.write_bytes(simple_song(drums=False))
     return {"ckpt": ckpt, "song": song}
-
-
-def note_rows(events: ev.EventArrays) -> list[tuple[int, int, float, float]]:
-    """(inst, pitch, start, end) per note; asserts strict pairing."""
-    held: dict[tuple[int, int], float] = {}
-    out = []
-    for i, p, t, v in zip(events.inst.tolist(), events.pitch.tolist(), events.time.tolist(),
-                          events.vel.tolist()):
-        if v > 0:
-            assert (i, p) not in held, f"note-on of a sounding note {(i, p)} at {t}"
-            held[(i, p)] = t
-        else:
-            assert (i, p) in held, f"note-off of a silent note {(i, p)} at {t}"
-            out.append((i, p, held.pop((i, p)), t))
-    assert not held, f"unreleased: {held}"
-    return out
 
 
 # -- voices ----------------------------------------------------------------------------------------

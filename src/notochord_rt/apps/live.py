@@ -342,28 +342,11 @@ def options_from_args(args: Any) -> LiveOptions:
 def load_live_model(args: Any) -> Any:
     """The model named by ``args.checkpoint`` on the CPU core chosen by ``args.precision``
     (``args.threads`` torch threads; 1 is best for one live stream)."""
-    from pathlib import Path
+    from .loading import load_sampler
 
-    import torch
-
-    from ..engine.sampler import Notochord
-    from ..errors import CheckpointError
-
-    threads = int(getattr(args, "threads", 1) or 1)
-    if threads < 1:
-        raise UserError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
-    checkpoint = getattr(args, "checkpoint", None) or "default"
-    if checkpoint != "default" and not Path(checkpoint).exists():
-        raise UserError(f"--checkpoint {checkpoint}: no such file")
-    try:
-        model = Notochord.load(checkpoint)
-    except CheckpointError as e:
-        raise UserError(str(e)) from None
-    precision = getattr(args, "precision", "fp32")
-    if precision and precision != "module":
-        model.use_core(precision)
-    return model
+    return load_sampler(getattr(args, "checkpoint", None) or "default",
+                        getattr(args, "precision", "fp32"),
+                        int(getattr(args, "threads", 1) or 1))
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -16,6 +16,8 @@ import logging
 import os
 from pathlib import Path
 
+from ..apps.loading import load_sampler as load_model
+
 NAME = "generate"
 HELP = "generate a piece (or continue a MIDI file) and write MIDI, WAV and PNG"
 
@@ -67,29 +69,6 @@ def check_output(path: str | None, option: str, suffixes: tuple[str, ...]) -> Pa
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise UserError(f"{option} {path}: not writable")
     return p
-
-
-def load_model(checkpoint: str, precision: str = "fp32", threads: int = 1):
-    """The sampler for ``checkpoint`` (path or ``"default"``) on the chosen core;
-    UserError if it cannot be loaded."""
-    import torch
-
-    from ..engine.sampler import Notochord
-    from ..errors import CheckpointError, UserError
-
-    if threads < 1:
-        raise UserError(f"--threads must be >= 1, got {threads}")
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    if checkpoint != "default" and not Path(checkpoint).exists():
-        raise UserError(f"--checkpoint {checkpoint}: no such file")
-    try:
-        model = Notochord.load(checkpoint)
-    except CheckpointError as e:
-        raise UserError(str(e)) from None
-    if precision != "module":
-        model.use_core(precision)
-    return model
 
 
 @contextlib.contextmanager
