@@ -25,16 +25,22 @@ Design points:
 - **Resumable**: finished files are committed in chunks every ``flush_every`` files or
   ``flush_seconds`` seconds and when the run stops (Ctrl-C included), so an interrupted run
   loses at most the files in flight (or the last ``flush_seconds`` if the process is killed).
+- **Cheap per file**: files go to the workers in batches and come back as one compact
+  message per batch (:func:`.prep_worker.pack_results`); the ledger appends raw arrays and
+  the splits are streamed from its memory-mapped chunks, so little but the ingest itself
+  costs anything per file.
 - The minimum number of events is applied when the splits are written, so changing it
   needs no re-parsing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import UserError
@@ -51,6 +57,8 @@ VALID_FRACTION = 0.03
 TEST_FRACTION = 0.02
 DEFAULT_MIN_EVENTS = 64
 DEFAULT_TIMEOUT = 60.0
+MAX_MESSAGE_EVENTS = 1 << 22
+"""A worker sends its results early once they hold this many events (~56 MB)."""
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: files finished so far out of the files to process this run."""
@@ -71,8 +79,8 @@ def discover(sources: Iterable[str | os.PathLike]) -> tuple[list[str], list[str]
     not_files: list[str] = []
     seen: set[str] = set()
 
-    def add(path: str, into: list[str]) -> None:
-        key = os.path.abspath(path)
+    def add(path: str, into: list[str], key: str | None = None) -> None:
+        key = key or os.path.abspath(path)
         if key not in seen:
             seen.add(key)
             into.append(path)
@@ -84,12 +92,13 @@ def discover(sources: Iterable[str | os.PathLike]) -> tuple[list[str], list[str]
         elif os.path.isdir(src):
             for root, dirs, names in os.walk(src):
                 dirs.sort()
+                absroot = os.path.abspath(root)  # once per folder, not once per file
                 for d in dirs:
                     if is_midi_name(d):
-                        add(os.path.join(root, d), not_files)
+                        add(os.path.join(root, d), not_files, os.path.join(absroot, d))
                 for name in sorted(names):
                     if is_midi_name(name):
-                        add(os.path.join(root, name), files)
+                        add(os.path.join(root, name), files, os.path.join(absroot, name))
         elif os.path.lexists(src):
             add(src, files)  # a broken link or a special file: the worker reports it
         else:
@@ -156,11 +165,37 @@ def prepare(
     if max_bytes <= 0 or max_hours <= 0:
         raise UserError(f"size and duration limits must be positive, got {max_bytes} bytes, "
                         f"{max_hours} hours")
+    with frozen_heap():
+        return _prepare(sources, Path(dest), jobs, min_events, limit, timeout, max_bytes,
+                        max_hours, retry_failed, flush_every, flush_seconds, progress, loader)
+
+
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Keep the objects that exist now out of the garbage collector's scans for a while.
+
+    A full collection walks every object of the process: with torch or a big cache
+    loaded, one costs as much as preprocessing a few hundred files. Nothing made before a
+    run takes part in its cycles, so ``gc.freeze`` them (unless someone else froze
+    objects already: theirs is the say) and thaw them afterwards.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _prepare(sources, dest: Path, jobs, min_events, limit, timeout, max_bytes, max_hours,
+             retry_failed, flush_every, flush_seconds, progress, loader) -> PrepSummary:
+    """:func:`prepare` after its arguments are checked."""
     started, cpu_started, worker_cpu = time.monotonic(), time.process_time(), 0.0
     files, not_files = discover(sources)
     if limit is not None:
         files = files[:limit]
-    dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise UserError(f"--out {dest} exists and is not a folder")
     dest.mkdir(parents=True, exist_ok=True)
@@ -169,7 +204,7 @@ def prepare(
         records: dict[str, dict] = {}
         todo = []
         for path in files:
-            rec = ledger.lookup(path, *pw.file_identity(path))
+            rec = ledger.lookup(path, *pw.file_identity(path)) if ledger.by_stat else None
             if rec is not None and not (retry_failed and rec["status"] in RETRYABLE):
                 records[path] = rec
             else:
@@ -201,7 +236,9 @@ def _process(todo, ledger, records, config, jobs, timeout, flush_every, flush_se
     last_flush = time.monotonic()
     module = config.loader.partition(":")[0]
     pool = SupervisedPool(pw.process_file, config, jobs=min(jobs, len(todo)), timeout=timeout,
-                          preload=[pw.__name__, module])
+                          preload=[pw.__name__, module], encode=pw.pack_results,
+                          decode=pw.unpack_results, weigh=pw.result_weight,
+                          max_message=MAX_MESSAGE_EVENTS)
     try:
         for done, outcome in enumerate(pool.run(todo), 1):
             result = _result_of(outcome)
@@ -247,11 +284,10 @@ def _finalize(dest, ledger, files, not_files, records, min_events) -> PrepSummar
     summary = PrepSummary(dest=str(dest), min_events=min_events,
                           split_fractions={"valid": VALID_FRACTION, "test": TEST_FRACTION})
     hist = InstrumentHistogram()
-    pieces = ledger.load_pieces([rec["hash"] for s in SPLITS for _, rec in chosen[s]])
     for split in SPLITS:
         entries = chosen[split]
-        write_split(
-            dest, split, [pieces[rec["hash"]] for _, rec in entries],
+        write_split(  # the pieces are views of the ledger's memory-mapped chunks
+            dest, split, [ledger.piece(rec["hash"]) for _, rec in entries],
             [{"path": p, "hash": rec["hash"], "events": rec["events"], "seconds": rec["seconds"]}
              for p, rec in entries],
         )

@@ -2,10 +2,21 @@
 
 ``concurrent.futures`` and ``multiprocessing.Pool`` cannot tell which task killed a worker,
 and cannot stop one hung task without tearing the whole pool down. Here each worker process
-gets **one task at a time** over its own pipe, so the parent always knows what every worker
-is doing: when a worker dies (segfault, abort, ``os._exit``) its task is reported as a crash
-with the exit status, when a task runs past ``timeout`` seconds the worker is killed and the
-task reported as a timeout, and in both cases a fresh worker takes its place.
+has its own pipe and works through **batches** of tasks in order; before each task it writes
+the task's number and start time into a small shared-memory slot. So the parent always
+knows what every worker is doing, without a message per task:
+
+- when a worker dies (segfault, abort, ``os._exit``) the task it had started is reported as
+  a crash with the exit status, and the other tasks it held (including those of the batch
+  it had finished but not yet sent) go back to the queue;
+- when a task runs past ``timeout`` seconds the worker is killed, that task is reported as
+  a timeout and the others go back to the queue;
+- in both cases a fresh worker takes its place.
+
+A worker sends the results of a batch as one message when the batch is done (or earlier,
+when they grow past ``max_message`` units of ``weigh``), optionally packed by an
+``encode`` function (and unpacked in the parent by ``decode``), so that many small tasks
+cost one pipe message, not one each.
 
 Workers ignore SIGINT, so Ctrl-C reaches only the parent, which then kills the workers
 (see :meth:`SupervisedPool.close`).
@@ -13,7 +24,9 @@ Workers ignore SIGINT, so Ctrl-C reaches only the parent, which then kills the w
 
 from __future__ import annotations
 
+import gc
 import logging
+import math
 import multiprocessing as mp
 import selectors
 import signal
@@ -26,6 +39,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+_START, _NUMBER = 0, 1  # slots of a worker's shared state: start time, task number
+
 
 @dataclass
 class TaskOutcome:
@@ -37,22 +52,57 @@ class TaskOutcome:
     detail: str = ""
 
 
-def _worker_main(conn: Connection, func: Callable, config: Any) -> None:
+@dataclass
+class _Hooks:
+    """The worker's optional functions: pack a list of values, weigh one value."""
+
+    encode: Callable[[list], Any] | None = None
+    weigh: Callable[[Any], int] | None = None
+    max_message: int = 0
+
+
+def _worker_main(conn: Connection, func: Callable, config: Any, state, hooks: _Hooks) -> None:
+    """Run batches of tasks; before each task, note its number and start in ``state``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gc.freeze()  # what the fork server had stays out of collections (and shared with it)
+    number, cpu = 0, time.process_time()
     while True:
         try:
-            task = conn.recv()
+            tasks = conn.recv()
         except (EOFError, OSError):
             return
-        if task is None:
+        if tasks is None:
             return
-        cpu = time.process_time()
-        try:
-            value = func(task, config)
-        except BaseException as e:  # noqa: BLE001 - reported to the parent as a crash
-            conn.send(("error", f"{type(e).__name__}: {e}", time.process_time() - cpu))
-        else:
-            conn.send(("done", value, time.process_time() - cpu))
+        values: list = []
+        raised: dict[int, str] = {}  # position in the message -> what the task raised
+        count = weight = 0
+        for task in tasks:
+            state[_START] = time.monotonic()
+            state[_NUMBER] = number  # written after the start: a reader never pairs the
+            number += 1  # new task with the old start (see SupervisedPool._current)
+            try:
+                value = func(task, config)
+            except BaseException as e:  # noqa: BLE001 - reported to the parent as a crash
+                raised[count] = f"{type(e).__name__}: {e}"
+            else:
+                values.append(value)
+                if hooks.weigh is not None:
+                    weight += hooks.weigh(value)
+            count += 1
+            if count < len(tasks) and hooks.max_message and weight >= hooks.max_message:
+                cpu = _send(conn, count, raised, values, hooks, cpu)
+                values, raised, count, weight = [], {}, 0, 0
+        if count:
+            cpu = _send(conn, count, raised, values, hooks, cpu)
+
+
+def _send(conn: Connection, count: int, raised: dict, values: list, hooks: _Hooks,
+          cpu: float) -> float:
+    """Send the results of the next ``count`` tasks with the CPU time since ``cpu``."""
+    payload = hooks.encode(values) if hooks.encode is not None else values
+    now = time.process_time()
+    conn.send((count, raised, payload, now - cpu))
+    return now
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -69,21 +119,53 @@ def describe_exit(exitcode: int | None) -> str:
 
 
 class _Worker:
-    """One worker process and the tasks sent to it, oldest (the one it works on) first."""
+    """One worker process, its shared state and the tasks sent to it, oldest first."""
 
-    def __init__(self, ctx, func: Callable, config: Any):
+    def __init__(self, ctx, func: Callable, config: Any, hooks: _Hooks):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, func, config), daemon=True)
+        self.state = ctx.RawArray("d", [0.0, -1.0])
+        self.process = ctx.Process(target=_worker_main,
+                                   args=(child, func, config, self.state, hooks), daemon=True)
         self.process.start()
         child.close()
-        self.tasks: deque = deque()
-        self.started = 0.0  # when the oldest task started (as far as the parent knows)
+        self.tasks: deque = deque()  # sent, results not yet received
+        self.ends: deque[int] = deque()  # number after the last task of each batch in flight
+        self.answered = 0  # number of the oldest task in self.tasks (tasks are numbered 0, 1..)
+        self.since = 0.0  # when the parent last saw this worker make progress
+        self.broken = False  # its pipe is broken: it gets no more tasks
 
-    def assign(self, task: Any) -> None:
+    @property
+    def batches(self) -> int:
+        """Batches sent and not fully answered."""
+        return len(self.ends)
+
+    def assign(self, batch: list) -> None:
         if not self.tasks:
-            self.started = time.monotonic()
-        self.tasks.append(task)
-        self.conn.send(task)
+            self.since = time.monotonic()
+        self.tasks.extend(batch)
+        self.ends.append(self.answered + len(self.tasks))
+        try:
+            self.conn.send(batch)
+        except OSError:  # it died: its exit is noticed next, and its tasks go elsewhere
+            self.broken = True
+
+    def current(self) -> tuple[int, float]:
+        """Position in ``tasks`` of the task being worked on (-1: none yet), and its start."""
+        number = int(self.state[_NUMBER])  # read before the start time (written after it)
+        started = self.state[_START]
+        position = number - self.answered
+        if 0 <= position < len(self.tasks):
+            return position, max(started, self.since)
+        return -1, self.since
+
+    def take(self, count: int) -> list:
+        """Remove and return the ``count`` oldest tasks (their results arrived)."""
+        done = [self.tasks.popleft() for _ in range(count)]
+        self.answered += count
+        self.since = time.monotonic()
+        while self.ends and self.ends[0] <= self.answered:
+            self.ends.popleft()
+        return done
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -95,13 +177,16 @@ class _Worker:
 class SupervisedPool:
     """Run ``func(task, config)`` on many tasks in ``jobs`` worker processes.
 
-    ``func`` and ``config`` must be picklable (a module-level function and a dataclass).
-    Use as a context manager; :meth:`run` yields a :class:`TaskOutcome` per task in
-    completion order. Each worker holds up to ``prefetch`` tasks so that it never waits
-    for the parent; it works on them in order, so when it dies the oldest is the culprit
-    and the others go back to the queue. Workers are forked from a fork server where there
-    is one (else spawned); ``preload`` names modules the fork server imports once, so that
-    new workers start fast. The time limit of a task includes the start of a fresh worker.
+    ``func``, ``config`` and the hooks must be picklable (module-level functions and a
+    dataclass). Use as a context manager; :meth:`run` yields a :class:`TaskOutcome` per
+    task in completion order. Tasks go to workers in batches of ``batch_size`` (default:
+    about a quarter of each worker's share of the tasks, at most 64), and each worker holds
+    up to ``prefetch`` batches so that it never waits for the parent. ``encode(values)``
+    (in the worker) and ``decode(payload) -> values`` (in the parent) may pack the results
+    of a batch; ``weigh(value)`` and ``max_message`` make a worker send early once its
+    results weigh that much. Workers are forked from a fork server where there is one
+    (else spawned); ``preload`` names modules the fork server imports once, so that new
+    workers start fast. The time limit of a task includes the start of a fresh worker.
     As with any ``multiprocessing`` code, a script using this needs the
     ``if __name__ == "__main__":`` guard.
     """
@@ -113,14 +198,25 @@ class SupervisedPool:
         jobs: int = 1,
         timeout: float = 60.0,
         preload: Sequence[str] = (),
-        prefetch: int = 8,
+        prefetch: int = 2,
+        batch_size: int | None = None,
+        encode: Callable[[list], Any] | None = None,
+        decode: Callable[[Any], list] | None = None,
+        weigh: Callable[[Any], int] | None = None,
+        max_message: int = 0,
     ):
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, got {jobs}")
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if (encode is None) != (decode is None):
+            raise ValueError("encode and decode go together")
         self.func, self.config, self.jobs, self.timeout = func, config, jobs, timeout
-        self.prefetch = prefetch
+        self.prefetch, self.batch_size = prefetch, batch_size
+        self.hooks = _Hooks(encode, weigh, max_message)
+        self.decode = decode
         methods = mp.get_all_start_methods()
         self.ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
         if preload and "forkserver" in methods:
@@ -128,7 +224,7 @@ class SupervisedPool:
             self.ctx.set_forkserver_preload(list(preload))
         self.workers: list[_Worker] = []
         self.cpu_seconds = 0.0
-        """CPU time the workers spent in ``func`` on the tasks that returned."""
+        """CPU time the workers spent on the batches they answered (not their start)."""
 
     def __enter__(self) -> SupervisedPool:
         return self
@@ -138,19 +234,20 @@ class SupervisedPool:
 
     def run(self, tasks: Iterable[Any]) -> Iterator[TaskOutcome]:
         pending = deque(tasks)
+        size = self.batch_size or max(1, min(64, math.ceil(len(pending) / (4 * self.jobs))))
         selector = selectors.DefaultSelector()  # one poll set for the whole run
         for worker in self.workers:
             self._watch(selector, worker)
         try:
             while pending or any(w.tasks for w in self.workers):
                 while pending and len(self.workers) < self.jobs:
-                    worker = _Worker(self.ctx, self.func, self.config)
+                    worker = _Worker(self.ctx, self.func, self.config, self.hooks)
                     self.workers.append(worker)
                     self._watch(selector, worker)
                 for worker in self.workers:
-                    while pending and len(worker.tasks) < self.prefetch:
-                        worker.assign(pending.popleft())
-                deadline = min(w.started + self.timeout for w in self.workers if w.tasks)
+                    while pending and worker.batches < self.prefetch and not worker.broken:
+                        worker.assign([pending.popleft() for _ in range(min(size, len(pending)))])
+                deadline = min(w.current()[1] + self.timeout for w in self.workers if w.tasks)
                 ready = {key.data for key, _ in
                          selector.select(max(0.0, deadline - time.monotonic()))}
                 for worker in list(self.workers):
@@ -158,7 +255,7 @@ class SupervisedPool:
                         worker, (worker, "result") in ready, (worker, "exit") in ready
                     )
                     if dead:
-                        pending.extendleft(reversed(worker.tasks))  # not started: elsewhere
+                        pending.extendleft(reversed(worker.tasks))  # not finished: elsewhere
                         worker.tasks.clear()
                         selector.unregister(worker.conn)
                         selector.unregister(worker.process.sentinel)
@@ -176,42 +273,62 @@ class SupervisedPool:
     def _collect(
         self, worker: _Worker, has_result: bool, exited: bool
     ) -> tuple[list[TaskOutcome], bool]:
-        """The outcome ``worker`` has now (at most one), and whether it is dead or must be.
+        """The outcomes ``worker`` has now, and whether it is dead or must be.
 
         Results are read before an exit is believed: a worker that died after sending
-        some results has them all counted, and its death is blamed on the next task.
+        some results has them all counted, and its death is blamed on the task it started
+        next. A dead worker's culprit is removed from ``worker.tasks``; what is left there
+        is for the caller to queue again.
         """
         if has_result:
             try:
-                kind, value, cpu = worker.conn.recv()
+                count, raised, payload, cpu = worker.conn.recv()
             except (EOFError, OSError):
                 return self._died(worker), True
             self.cpu_seconds += cpu
-            task = worker.tasks.popleft()
-            worker.started = time.monotonic()
-            if kind == "done":
-                return [TaskOutcome(task, "done", value)], False
-            log.warning("worker raised on %r: %s", task, value)
-            return [TaskOutcome(task, "crash", detail=f"worker raised {value}")], False
+            values = iter(self.decode(payload) if self.decode is not None else payload)
+            outcomes = []
+            for k, task in enumerate(worker.take(count)):
+                if k in raised:
+                    log.warning("worker raised on %r: %s", task, raised[k])
+                    outcomes.append(TaskOutcome(task, "crash", detail=f"worker raised {raised[k]}"))
+                else:
+                    outcomes.append(TaskOutcome(task, "done", next(values)))
+            return outcomes, False
         if exited:
             if worker.conn.poll():
                 return [], False  # read what it sent first
             return self._died(worker), True
-        elapsed = time.monotonic() - worker.started
-        if worker.tasks and elapsed >= self.timeout:
-            task = worker.tasks.popleft()
+        if not worker.tasks:
+            return [], False
+        position, started = worker.current()
+        elapsed = time.monotonic() - started
+        if elapsed >= self.timeout:
+            task = self._pop(worker, max(position, 0))
             return [TaskOutcome(task, "timeout", detail=f"no result after {elapsed:.0f} s")], True
         return [], False
 
     @staticmethod
-    def _died(worker: _Worker) -> list[TaskOutcome]:
-        """The crash outcome of a dead worker's current task (none if it was idle)."""
+    def _pop(worker: _Worker, position: int) -> Any:
+        task = worker.tasks[position]
+        del worker.tasks[position]
+        return task
+
+    def _died(self, worker: _Worker) -> list[TaskOutcome]:
+        """The crash outcome of a dead worker's current task (none if it was between tasks).
+
+        A worker that dies before starting any task takes the blame for its oldest task,
+        so that a worker that cannot start at all still lets the run end.
+        """
         worker.process.join(1)
         detail = describe_exit(worker.process.exitcode)
-        if not worker.tasks:
-            log.warning("an idle worker died (%s)", detail)
+        position, _ = worker.current()
+        if position < 0 and worker.tasks and worker.state[_NUMBER] < 0:
+            position, detail = 0, f"{detail} before its first task"
+        if position < 0:
+            log.warning("a worker died between tasks (%s)", detail)
             return []
-        return [TaskOutcome(worker.tasks.popleft(), "crash", detail=detail)]
+        return [TaskOutcome(self._pop(worker, position), "crash", detail=detail)]
 
     def close(self) -> None:
         """Stop every worker now (tasks in flight are abandoned)."""

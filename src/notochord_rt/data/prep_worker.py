@@ -8,6 +8,11 @@ exception, so the parent only has to deal with crashes and hangs. An ingest erro
 ``corrupt`` unless its message starts with ``too long`` (category ``too-long``) or
 ``no notes`` (``too-short``: the file parsed into no events).
 
+The results of a batch of files travel to the parent as one compact message
+(:func:`pack_results` / :func:`unpack_results`): a tuple of plain values per file and the
+events of all its pieces concatenated into four arrays, instead of one pickled object
+(and four small arrays) per file.
+
 Fault injection (tests only)
 ----------------------------
 The environment variable ``NOTOCHORD_RT_PREP_FAULT`` makes a worker misbehave on purpose, so
@@ -109,7 +114,9 @@ def _midi_error_category(message: str) -> str:
 
 def _quiet_logging(level: int) -> None:
     """Per-file warnings of the ingest go to report.json; show them only at ``level``."""
-    logging.getLogger("notochord_rt").setLevel(level)
+    logger = logging.getLogger("notochord_rt")
+    if logger.level != level:  # setLevel clears every logger's cache: not once per file
+        logger.setLevel(level)
 
 
 def _inject_fault(path: str, spec: str | None) -> None:
@@ -129,9 +136,14 @@ def _inject_fault(path: str, spec: str | None) -> None:
 
 
 def note_on_counts(events: EventArrays) -> dict[int, int]:
-    """Number of note-ons of each instrument id in a piece."""
-    ids, counts = np.unique(events.inst[events.vel > 0], return_counts=True)
-    return {int(i): int(c) for i, c in zip(ids, counts)}
+    """Number of note-ons of each instrument id in a piece (ids in increasing order)."""
+    inst = events.inst[events.vel > 0]
+    if len(inst) and inst.min() < 0:  # not an instrument id: count it all the same
+        ids, counts = np.unique(inst, return_counts=True)
+        return dict(zip(ids.tolist(), counts.tolist()))
+    counts = np.bincount(inst)
+    ids = np.flatnonzero(counts)
+    return dict(zip(ids.tolist(), counts[ids].tolist()))
 
 
 def file_identity(path: str) -> tuple[int, int]:
@@ -150,6 +162,11 @@ def file_identity(path: str) -> tuple[int, int]:
 
 def check_events(events: EventArrays, max_seconds: float) -> tuple[str, str]:
     """Status and reason for ingested events that are unusable although they parsed."""
+    if not len(events):
+        return OK, ""
+    lo, hi = events.time.min(), events.time.max()
+    if lo >= 0 and hi <= max_seconds:  # NaN fails both tests, infinity the second
+        return OK, ""  # the common case, in two passes over the times
     if len(events) and not np.isfinite(events.time).all():
         return CORRUPT, "event times are not finite (division 0 or a broken tempo map?)"
     if len(events) and (events.time < 0).any():
@@ -160,26 +177,25 @@ def check_events(events: EventArrays, max_seconds: float) -> tuple[str, str]:
     return OK, ""
 
 
-def process_file(path: str, config: WorkerConfig) -> FileResult:
-    """Read, hash and ingest one file; every failure is returned as a categorised result."""
-    _quiet_logging(config.log_level)
-    _inject_fault(path, config.fault)
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        size, mtime = file_identity(path)  # a broken link still has its own size and time
-        return FileResult(path, size, mtime, UNREADABLE, reason=f"cannot open: {e.strerror or e}")
-    result = FileResult(path, st.st_size, st.st_mtime_ns, OK)
-    if st.st_size > config.max_bytes:
-        result.status = TOO_LARGE
-        result.reason = f"{st.st_size} bytes, more than the limit of {config.max_bytes}"
-        return result
-    try:
-        with open(path, "rb") as f:
-            data = f.read(config.max_bytes + 1)
-    except OSError as e:
-        result.status, result.reason = UNREADABLE, f"cannot read: {e.strerror or e}"
-        return result
+def _read_capped(fd: int, size: int, cap: int) -> bytes:
+    """The bytes of an open file, at most ``cap + 1`` of them (so ``> cap`` means too big).
+
+    ``size`` (from ``fstat``) sizes the first read, so a regular file takes one read and
+    one more to see its end; special files and files that grow are read on to the cap.
+    """
+    parts = [os.read(fd, min(size, cap) + 1)]
+    total = len(parts[0])
+    while total <= cap:
+        more = os.read(fd, min(cap + 1 - total, 1 << 20))
+        if not more:
+            break
+        parts.append(more)
+        total += len(more)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _ingest(result: FileResult, data: bytes, config: WorkerConfig) -> FileResult:
+    """Hash ``data`` and, unless the content is known, ingest and check it."""
     result.hash = content_hash(data)
     if result.hash in config.known_hashes:
         result.status = KNOWN
@@ -201,3 +217,80 @@ def process_file(path: str, config: WorkerConfig) -> FileResult:
         result.seconds = events.duration
         result.instruments = note_on_counts(events)
     return result
+
+
+def process_file(path: str, config: WorkerConfig) -> FileResult:
+    """Read, hash and ingest one file; every failure is returned as a categorised result."""
+    _quiet_logging(config.log_level)
+    _inject_fault(path, config.fault)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        size, mtime = file_identity(path)  # a broken link still has its own size and time
+        return FileResult(path, size, mtime, UNREADABLE, reason=f"cannot open: {e.strerror or e}")
+    try:
+        st = os.fstat(fd)
+        result = FileResult(path, st.st_size, st.st_mtime_ns, OK)
+        if st.st_size > config.max_bytes:
+            result.status = TOO_LARGE
+            result.reason = f"{st.st_size} bytes, more than the limit of {config.max_bytes}"
+            return result
+        try:
+            data = _read_capped(fd, st.st_size, config.max_bytes)
+        except OSError as e:
+            result.status, result.reason = UNREADABLE, f"cannot read: {e.strerror or e}"
+            return result
+    finally:
+        os.close(fd)
+    if len(data) > config.max_bytes:  # it grew, or a special file without a size
+        result.status = TOO_LARGE
+        result.reason = f"more than the limit of {config.max_bytes} bytes"
+        return result
+    return _ingest(result, data, config)
+
+
+# -- a batch of results as one message ------------------------------------------------------
+_EMPTY = EventArrays.empty()
+
+
+def result_weight(result: FileResult) -> int:
+    """Size of a result in a batch message, in events (see ``SupervisedPool(weigh=...)``)."""
+    return result.num_events
+
+
+def pack_results(results: list[FileResult]) -> tuple:
+    """The results of a batch as one compact, cheaply pickled value (see :func:`unpack_results`).
+
+    Per file a tuple of plain values (the instrument counts as two lists); the events of
+    all pieces concatenated into one array per column.
+    """
+    rows, pieces = [], []
+    for r in results:
+        counts = r.instruments
+        rows.append((r.path, r.size, r.mtime_ns, r.status, r.hash, r.reason, r.seconds,
+                     r.num_events, list(counts), list(counts.values())))
+        if r.events is not None and len(r.events):
+            pieces.append(r.events)
+    if not pieces:
+        return rows, _EMPTY
+    if len(pieces) == 1:
+        return rows, EventArrays(*(np.ascontiguousarray(c, d.dtype)
+                                   for c, d in zip(pieces[0], _EMPTY)))
+    return rows, EventArrays(*(np.concatenate([p[k] for p in pieces], dtype=_EMPTY[k].dtype)
+                               for k in range(4)))
+
+
+def unpack_results(packed: tuple) -> list[FileResult]:
+    """The :class:`FileResult` list of :func:`pack_results`; events are views of its arrays."""
+    rows, columns = packed
+    out, at = [], 0
+    inst, pitch, times, vel = columns
+    for path, size, mtime, status, h, reason, seconds, n, ids, counts in rows:
+        result = FileResult(path, size, mtime, status, h, reason, None, seconds,
+                            dict(zip(ids, counts)))
+        if status == OK:
+            hi = at + n
+            result.events = EventArrays(inst[at:hi], pitch[at:hi], times[at:hi], vel[at:hi])
+            at = hi
+        out.append(result)
+    return out

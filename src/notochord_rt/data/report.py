@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..events import instrument_name
@@ -55,7 +55,9 @@ class PrepSummary:
     """CPU seconds of this process plus the workers' time on their files (not their start)."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["splits"] = {k: asdict(v) for k, v in self.splits.items()}
+        return out
 
     def lines(self) -> list[str]:
         """A short human-readable summary (the CLI prints it)."""
@@ -108,21 +110,39 @@ def empty_splits() -> dict[str, SplitStats]:
     return {s: SplitStats() for s in SPLITS}
 
 
-def _write_json(path: Path, obj) -> None:
+def readable_json(obj, levels: int = 2, indent: str = "") -> str:
+    """JSON with one entry per line for the first ``levels`` levels, compact below.
+
+    As readable as ``indent=1`` for a report of thousands of entries, but the entries
+    are written by the C encoder (``indent`` makes ``json`` use its slow Python one).
+    """
+    if (levels <= 0 or not isinstance(obj, (dict, list)) or not obj
+            or (isinstance(obj, dict) and not all(isinstance(k, str) for k in obj))):
+        return json.dumps(obj)
+    inner = indent + " "
+    if isinstance(obj, dict):
+        items = [f"{inner}{json.dumps(k)}: {readable_json(v, levels - 1, inner)}"
+                 for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    items = [inner + readable_json(v, levels - 1, inner) for v in obj]
+    return "[\n" + ",\n".join(items) + "\n" + indent + "]"
+
+
+def _write_json(path: Path, obj, levels: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.write_text(readable_json(obj, levels) + "\n")
     os.replace(tmp, path)
 
 
 def write_report(dest: str | os.PathLike, skipped: list[dict]) -> Path:
     path = Path(dest) / "report.json"
-    _write_json(path, {"version": REPORT_VERSION, "skipped": skipped})
+    _write_json(path, {"version": REPORT_VERSION, "skipped": skipped}, levels=2)
     return path
 
 
 def write_summary(dest: str | os.PathLike, summary: PrepSummary) -> Path:
     path = Path(dest) / "summary.json"
-    _write_json(path, summary.to_dict())
+    _write_json(path, summary.to_dict(), levels=2)
     return path
 
 

@@ -7,7 +7,8 @@ Layout of a prepared dataset folder ``DEST``::
     DEST/<split>/time.npy     float64 absolute seconds from each piece's start
     DEST/<split>/vel.npy      int16   0 = note-off
     DEST/<split>/offsets.npy  int64   piece k is events[offsets[k]:offsets[k+1]]
-    DEST/<split>/pieces.json  one record per piece: source path, content hash, events, seconds
+    DEST/<split>/pieces.json  one record per piece (one per line): source path, content hash,
+                              events, seconds
 
 ``split`` is ``train``, ``valid`` or ``test``. Only numpy arrays and JSON: nothing is
 unpickled when reading.
@@ -26,6 +27,7 @@ from ..events import EventArrays
 
 SPLITS = ("train", "valid", "test")
 COLUMNS = ("inst", "pitch", "time", "vel")
+_DTYPES = tuple(np.dtype(a.dtype) for a in EventArrays.empty())
 
 
 def write_split(
@@ -33,29 +35,36 @@ def write_split(
 ) -> Path:
     """Write ``pieces`` (with one metadata record each) as split ``split`` under ``dest``.
 
-    Files are written to temporary names and renamed, so a reader never sees a half
-    written split.
+    Each column is streamed piece by piece into its ``.npy`` file (no concatenated copy
+    of the split in memory), so the pieces may be views of memory-mapped files. Files are
+    written to temporary names and renamed, so a reader never sees a half written split.
     """
     folder = Path(dest) / split
     folder.mkdir(parents=True, exist_ok=True)
     pieces = list(pieces)
     if len(pieces) != len(records):
         raise ValueError("write_split: one record per piece is required")
-    lengths = np.array([len(p) for p in pieces], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    arrays = {"offsets": offsets}
+    lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
+    offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    tmp = folder / ".offsets.tmp.npy"
+    np.save(tmp, offsets)
+    os.replace(tmp, folder / "offsets.npy")
     for k, name in enumerate(COLUMNS):
-        dtype = EventArrays.empty()[k].dtype
-        if pieces:
-            arrays[name] = np.concatenate([p[k] for p in pieces]).astype(dtype)
-        else:
-            arrays[name] = np.zeros(0, dtype=dtype)
-    for name, arr in arrays.items():
+        dtype = _DTYPES[k]
         tmp = folder / f".{name}.tmp.npy"
-        np.save(tmp, arr)
+        with open(tmp, "wb", buffering=1 << 20) as f:
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                      "shape": (int(offsets[-1]),)}
+            np.lib.format.write_array_header_1_0(f, header)
+            for piece in pieces:
+                column = piece[k]
+                if column.dtype != dtype:
+                    column = column.astype(dtype)
+                f.write(np.ascontiguousarray(column).data)
         os.replace(tmp, folder / f"{name}.npy")
     tmp = folder / ".pieces.tmp.json"
-    tmp.write_text(json.dumps(list(records), indent=0))
+    tmp.write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
     os.replace(tmp, folder / "pieces.json")
     return folder
 
