@@ -1,4 +1,8 @@
-"""Build of the optional compiled MIDI ingest; everything else is in pyproject.toml.
+"""Build of the optional C extensions; everything else is in pyproject.toml.
+
+``notochord_rt.engine._int8gemv`` holds the batch-1 int8 kernels of FastCore (AVX-512 VNNI
+GEMV, fused GLU + LayerNorm, tanh), chosen per function with ``target`` attributes and
+used only when the CPU has VNNI at run time; elsewhere FastCore uses FBGEMM. Also optional.
 
 ``notochord_rt.midi._cingest`` is plain C99 against the Python C API. It is optional: on a
 machine without a C compiler the install still succeeds and ``load_midi`` uses the Python
@@ -25,6 +29,12 @@ setup(
             depends=["src/notochord_rt/midi/_cingest.h"],
             optional=True,
             extra_compile_args=FLAGS,
-        )
+        ),
+        Extension(
+            "notochord_rt.engine._int8gemv",
+            ["src/notochord_rt/engine/_int8gemv.c"],
+            optional=True,
+            extra_compile_args=[] if sys.platform == "win32" else ["-O3", "-Wall"],
+        ),
     ]
 )

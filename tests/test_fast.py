@@ -14,6 +14,7 @@ from notochord_rt.engine.quant import (
     PRECISIONS,
     PackedLinear,
     available_precisions,
+    default_min_reduced,
     pack_linear,
 )
 from notochord_rt.errors import InputError
@@ -221,11 +222,15 @@ def test_hugepage_copy_is_an_exact_contiguous_copy():
 
 
 def test_small_layers_stay_fp32():
-    small, big = torch.randn(129, 512), torch.randn(1024, 512)
+    tiny, small, big = torch.randn(16, 512), torch.randn(129, 512), torch.randn(1024, 512)
     for p in available_precisions():
-        assert pack_linear(small, None, p).precision == "fp32"
+        assert pack_linear(tiny, None, p).precision == "fp32"
+        # with the compiled int8 kernel (~1 µs a call) the 512→129 layer is worth int8
+        want = p if default_min_reduced(p) <= small.numel() else "fp32"
+        assert pack_linear(small, None, p).precision == want
         assert pack_linear(big, None, p).precision == p
         assert pack_linear(small, None, p, min_reduced=0).precision == p
+        assert pack_linear(big, None, p, min_reduced=10**9).precision == "fp32"
 
 
 def test_int8_worst_case_does_not_saturate():

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .quant import MIN_REDUCED, PRECISIONS, PackedLinear, available_precisions, pack_linear
+from .quant import PRECISIONS, PackedLinear, available_precisions, c_kernels, pack_linear
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,10 @@ def _sine_parts(module: nn.Module) -> tuple[Tensor, nn.Linear]:
 class _MlpSpec:
     layers: list  # (PackedLinear, ln_weight | None, ln_bias | None, eps)
     final: PackedLinear
+    fused: list | None = None  # batch 1 with the compiled kernels: see _fuse
 
 
-def _glu_mlp(module: nn.Module, precision: str, min_reduced: int,
+def _glu_mlp(module: nn.Module, precision: str, min_reduced: int | None,
              out_bias: Tensor | None = None) -> _MlpSpec:
     """Pack a GLU-MLP: ``[Linear → GLU → LayerNorm?] * L → Linear`` (dropout ignored).
 
@@ -121,6 +122,30 @@ def _run_mlp(spec: _MlpSpec, x: Tensor) -> Tensor:
         x = F.glu(lin(x), -1)  # a * sigmoid(b) for the two halves, in one op
         if w is not None:
             x = F.layer_norm(x, w.shape, w, b, eps)
+    return spec.final(x)
+
+
+def _fuse(spec: _MlpSpec) -> None:
+    """Prepare the batch-1 path on the compiled kernels: each hidden layer writes into its
+    own preallocated buffers and GLU + LayerNorm are one C call (``glu_ln``)."""
+    fused = []
+    for lin, w, b, eps in spec.layers:
+        half = lin.out_features // 2
+        pre, post = torch.empty(1, lin.out_features), torch.empty(1, half)
+        fused.append((lin, pre, post, pre.data_ptr(), post.data_ptr(), half,
+                      0 if w is None else w.data_ptr(), 0 if b is None else b.data_ptr(), eps))
+    spec.fused = fused
+
+
+def _run_mlp1(spec: _MlpSpec, x: Tensor, kernels) -> Tensor:
+    """:func:`_run_mlp` for one contiguous row ``(1, in)``; returns a fresh tensor."""
+    if spec.fused is None:
+        return _run_mlp(spec, x)
+    glu_ln = kernels.glu_ln
+    for lin, pre, post, p_pre, p_post, half, p_w, p_b, eps in spec.fused:
+        lin(x, pre)
+        glu_ln(p_pre, p_post, half, p_w, p_b, eps)
+        x = post
     return spec.final(x)
 
 
@@ -165,7 +190,7 @@ class FastCore:
     """
 
     def __init__(self, model: nn.Module, precision: str = "fp32", threads: int | None = 1,
-                 check: bool = True, min_reduced: int = MIN_REDUCED) -> None:
+                 check: bool = True, min_reduced: int | None = None) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision not in available_precisions():
@@ -178,7 +203,7 @@ class FastCore:
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.precision = precision
-        self.min_reduced = int(min_reduced)
+        self.min_reduced = None if min_reduced is None else int(min_reduced)
         with torch.inference_mode(False), torch.no_grad():
             self._pack(_parts(model), precision)
             if check:
@@ -201,10 +226,6 @@ class FastCore:
         # embeddings for conditioning the heads (sampler adds them to the context)
         self._inst_tab, self._pitch_tab = inst_tab.clone(), pitch_tab.clone()
         self._f_t, self._f_v = f_t.clone(), f_v.clone()
-        self._pt_wt = lin_t.weight.detach().float().t().contiguous()
-        self._pt_b = lin_t.bias.detach().float().clone()
-        self._pv_wt = lin_v.weight.detach().float().t().contiguous()
-        self._pv_b = lin_v.bias.detach().float().clone()
         self._n_t = f_t.numel()
 
         # GRU layer 0 folded into the embeddings
@@ -217,7 +238,9 @@ class FastCore:
         emb_bias = lin_t.bias.detach().float() + lin_v.bias.detach().float()
         folded_b = [self._gate_bias(b_ih[k], b_hh[k], H) for k in range(L)]
         folded_b[0] = folded_b[0] + w_ih0 @ emb_bias
-        mr = getattr(self, "min_reduced", MIN_REDUCED)
+        mr = getattr(self, "min_reduced", None)
+        self._emb_t = pack_linear(lin_t.weight, lin_t.bias, precision, mr)
+        self._emb_v = pack_linear(lin_v.weight, lin_v.bias, precision, mr)
         self._in0 = pack_linear(w_ih0 @ sines_w, folded_b[0], precision, mr)
         self._f_cat = torch.cat((f_t, f_v))
         self._phase = torch.zeros(1, self._f_cat.numel())
@@ -239,6 +262,13 @@ class FastCore:
         for sub, h in zip("iptv", parts["heads"]):
             mix = self._mix.get(sub)
             self._heads[sub] = _glu_mlp(h, precision, mr, None if mix is None else mix.bias)
+        # batch 1 on the compiled kernels (int8 with AVX-512 VNNI): fused GLU + LayerNorm
+        self._k = c_kernels() if precision == "int8" else None
+        self._tanh_buf = None
+        if self._k is not None:
+            for spec in (self._proj, *self._heads.values()):
+                _fuse(spec)
+            self._tanh_buf = torch.empty(1, self.emb_size)
         end = parts["end"]
         ew, eb = end.weight.detach().float(), end.bias.detach().float()
         self._end_w = (ew[1] - ew[0]).contiguous()  # softmax of 2 logits = sigmoid of diff
@@ -329,14 +359,17 @@ class FastCore:
         if sub == "p":
             return self._pitch_tab.index_select(0, values.long())
         if sub == "t":
-            return torch.addmm(self._pt_b, torch.sin(values.float()[:, None] * self._f_t),
-                               self._pt_wt)
+            return self._emb_t(torch.sin(values.float()[:, None] * self._f_t))
         if sub == "v":
-            return torch.addmm(self._pv_b, torch.sin(values.float()[:, None] * self._f_v),
-                               self._pv_wt)
+            return self._emb_v(torch.sin(values.float()[:, None] * self._f_v))
         raise InputError(f"sub must be one of 'i', 'p', 't', 'v', got {sub!r}")
 
     def _head_raw(self, sub: str, x: Tensor) -> Tensor:
+        k = self._k
+        if k is not None and x.shape[0] == 1:  # batch 1 on the compiled kernels
+            x = x.contiguous()
+            k.tanh(x.data_ptr(), self._tanh_buf.data_ptr(), self.emb_size)
+            return _run_mlp1(self._heads[sub], self._tanh_buf, k)
         return _run_mlp(self._heads[sub], torch.tanh(x))
 
     def head_batch(self, sub: str, x: Tensor) -> Tensor:
@@ -395,7 +428,7 @@ class FastCore:
     def context(self, state: Tensor) -> Tensor:
         """``h_proj`` of the top GRU output: ``Tensor[E]``."""
         with torch.inference_mode():
-            return _run_mlp(self._proj, state[-1]).view(-1)
+            return _run_mlp1(self._proj, state[-1], self._k).view(-1)
 
     def embed(self, sub: str, value: float) -> Tensor:
         """Embedding of one sub-event value (a fresh tensor): ``Tensor[E]``."""
@@ -405,11 +438,9 @@ class FastCore:
             if sub == "p":
                 return self._pitch_tab[int(value)].clone()
             if sub == "t":
-                return torch.addmm(self._pt_b, torch.sin(self._f_t * float(value))[None],
-                                   self._pt_wt)[0]
+                return self._emb_t(torch.sin(self._f_t * float(value))[None])[0]
             if sub == "v":
-                return torch.addmm(self._pv_b, torch.sin(self._f_v * float(value))[None],
-                                   self._pv_wt)[0]
+                return self._emb_v(torch.sin(self._f_v * float(value))[None])[0]
         raise InputError(f"sub must be one of 'i', 'p', 't', 'v', got {sub!r}")
 
     def head(self, sub: str, x: Tensor) -> Tensor:

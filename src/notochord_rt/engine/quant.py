@@ -32,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import mmap
+import os
 import warnings
 from functools import lru_cache
 
@@ -118,6 +119,21 @@ class PackedLinear:
             self._packed = torch.ops.quantized.linear_prepack(qweight, self._bias)
         self._reduce_range = int8_reduce_range()
         self._call = self._int8
+        kernel = _vnni_kernel()
+        if kernel is not None:
+            # rows padded to 64 bytes for the VNNI kernel; row sums undo the u8 offset
+            pad = -self.in_features % 64
+            q = qweight.int_repr()
+            self._q = hugepage_copy(_interleave4(F.pad(q, (0, pad))), min_bytes=1 << 20)
+            self._q_scale = scale.float().contiguous()
+            self._q_rowsum = q.to(torch.int32).sum(1, dtype=torch.int32).contiguous()
+            self._q_buf = torch.zeros(self.in_features + pad, dtype=torch.uint8)
+            self._q_args = (self._q.data_ptr(), self._q_scale.data_ptr(),
+                            self._q_rowsum.data_ptr(), self._bias.data_ptr())
+            self._q_sizes = (self.out_features, self.in_features, self.in_features + pad,
+                             self._q_buf.data_ptr())
+            self._gemv = kernel.gemv
+            self._call = self._int8_vnni
 
     # -- kernels ----------------------------------------------------------------------
     def _fp32(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
@@ -143,6 +159,16 @@ class PackedLinear:
     def _int8(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         y = torch.ops.quantized.linear_dynamic(x, self._packed, self._reduce_range)
         return _into(y, out)
+
+    def _int8_vnni(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        if x.shape[0] != 1 or not x.is_contiguous():
+            return self._int8(x, out)  # batches: FBGEMM reads the weights once for all rows
+        if out is None or not out.is_contiguous():
+            y = torch.empty(1, self.out_features)
+            self._gemv(*self._q_args, x.data_ptr(), y.data_ptr(), *self._q_sizes, 1)
+            return y if out is None else out.copy_(y)
+        self._gemv(*self._q_args, x.data_ptr(), out.data_ptr(), *self._q_sizes, 1)
+        return out
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the layer; with ``out`` the result is written there (and returned)."""
@@ -184,19 +210,71 @@ def hugepage_copy(t: torch.Tensor, min_bytes: int = 1 << 20) -> torch.Tensor:
     return out.view(t.shape).copy_(t)
 
 
+def _interleave4(q: torch.Tensor) -> torch.Tensor:
+    """int8 ``(out, in)`` (``in`` a multiple of 64) in the VNNI kernel's layout.
+
+    Rows go in blocks of 4 (zero rows pad the last block); inside a block the 64-byte
+    pieces of the 4 rows alternate, so the kernel reads the matrix as one sequential stream.
+    """
+    out, n = q.shape
+    q = F.pad(q, (0, 0, 0, -out % 4))
+    return q.view(-1, 4, n // 64, 64).transpose(1, 2).contiguous().view(-1, n)
+
+
+@lru_cache(maxsize=1)
+def _vnni_kernel():
+    """The compiled AVX-512 VNNI int8 GEMV (``_int8gemv``) if built and usable, else None.
+
+    ``NOTOCHORD_RT_INT8_KERNEL=fbgemm`` in the environment keeps FBGEMM for every call.
+    """
+    if os.environ.get("NOTOCHORD_RT_INT8_KERNEL", "").lower() == "fbgemm":
+        return None
+    try:
+        from . import _int8gemv
+    except ImportError as e:
+        log.info("int8: compiled VNNI kernel not built (%s); using FBGEMM", e)
+        return None
+    if not _int8gemv.available():
+        log.info("int8: this CPU has no AVX-512 VNNI; using FBGEMM")
+        return None
+    return _int8gemv
+
+
 MIN_REDUCED = 100_000
 """Layers with fewer weights than this stay fp32 in every precision (see :func:`pack_linear`)."""
 
 
+def c_kernels():
+    """The compiled batch-1 kernels (module ``_int8gemv``: ``gemv``, ``glu_ln``, ``tanh``)
+    when they are built and this CPU has AVX-512 VNNI, else None."""
+    return _vnni_kernel()
+
+
+MIN_REDUCED_VNNI = 16_384
+"""The same threshold for int8 when the compiled VNNI kernel is used (about 1 µs per call)."""
+
+
+def default_min_reduced(precision: str) -> int:
+    """Smallest layer (in weights) worth a reduced-precision kernel call in ``precision``."""
+    if precision == "int8" and _vnni_kernel() is not None:
+        return MIN_REDUCED_VNNI
+    return MIN_REDUCED
+
+
 def pack_linear(weight: torch.Tensor, bias: torch.Tensor | None, precision: str,
-                min_reduced: int = MIN_REDUCED) -> PackedLinear:
+                min_reduced: int | None = None) -> PackedLinear:
     """A :class:`PackedLinear` in ``precision``, or fp32 for layers under ``min_reduced`` weights.
 
-    The reduced-precision kernels cost 15-20 µs per call before touching a weight
+    The library reduced-precision kernels cost 15-20 µs per call before touching a weight
     (activation conversion or quantisation, oneDNN/FBGEMM dispatch), fp32 ``addmm`` about
     2 µs; streaming fp32 weights costs ~0.2 ns per weight more than int8 at ~20 GB/s. Below
     ~100 k weights (e.g. the 512→129 pitch logits) fp32 is therefore both faster and exact.
+    The compiled VNNI int8 kernel costs about 1 µs per call, so with it only layers under
+    16 k weights stay fp32. ``None`` picks the threshold for ``precision``
+    (:func:`default_min_reduced`).
     """
+    if min_reduced is None:
+        min_reduced = default_min_reduced(precision)
     if precision != "fp32" and weight.numel() < min_reduced:
         precision = "fp32"
     return PackedLinear(weight, bias, precision)

@@ -1,0 +1,96 @@
+"""The compiled batch-1 kernels (``engine/_int8gemv.c``): int8 GEMV, GLU + LayerNorm, tanh.
+
+Skipped where the extension is not built or the CPU lacks AVX-512 VNNI (FastCore then
+uses FBGEMM, which tests/test_fast.py covers).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from notochord_rt.engine.quant import PackedLinear, c_kernels
+
+K = c_kernels()
+pytestmark = pytest.mark.skipif(K is None, reason="compiled VNNI kernels not available here")
+
+
+def _exact_int8(w: torch.Tensor) -> torch.Tensor:
+    """The weights the int8 kernel really multiplies by (per-row symmetric rounding)."""
+    scale = (w.abs().amax(1) / 127.0).clamp_min(1e-12)
+    return torch.round(w / scale[:, None]).clamp(-127, 127) * scale[:, None]
+
+
+@pytest.mark.parametrize("out_f,in_f", [(1024, 512), (129, 512), (7, 70), (3, 1), (96, 256)])
+def test_gemv_matches_float(out_f, in_f):
+    """Odd sizes too (rows not a multiple of 4, inputs not of 64): only rounding differs."""
+    g = torch.Generator().manual_seed(out_f * 1000 + in_f)
+    w, b = torch.randn(out_f, in_f, generator=g), torch.randn(out_f, generator=g)
+    lin = PackedLinear(w, b, "int8")
+    assert lin._call == lin._int8_vnni
+    for x in (torch.randn(1, in_f, generator=g), torch.rand(1, in_f, generator=g) + 3.0,
+              -torch.rand(1, in_f, generator=g)):
+        want = x @ _exact_int8(w).t() + b
+        got = lin(x)
+        # activations are rounded to 256 levels over their range: error <= range/510 each
+        bound = (x.max() - x.min()) / 510 * _exact_int8(w).abs().sum(1) + 1e-4
+        assert got.shape == (1, out_f)
+        assert ((got - want).abs() <= bound * 1.01).all()
+        out = torch.full((1, out_f), float("nan"))
+        assert lin(x, out) is out and torch.equal(out, got)
+
+
+def test_gemv_constant_and_zero_input():
+    w, b = torch.randn(8, 64), torch.randn(8)
+    lin = PackedLinear(w, b, "int8")
+    assert torch.allclose(lin(torch.zeros(1, 64)), b[None])
+    x = torch.full((1, 64), 0.5)
+    assert torch.allclose(lin(x), x @ _exact_int8(w).t() + b, atol=1e-5)
+
+
+def test_batches_use_fbgemm_and_agree():
+    w, b = torch.randn(256, 128), torch.randn(256)
+    lin = PackedLinear(w, b, "int8")
+    x = torch.randn(5, 128)
+    batched = lin(x)
+    rows = torch.cat([lin(x[i : i + 1]) for i in range(5)])
+    scale = (x @ w.t()).abs().max()
+    assert (batched - rows).abs().max() < 0.05 * scale  # two int8 kernels, both rounded
+    # non-contiguous rows go to FBGEMM too, with the same result as a contiguous copy
+    xt = torch.randn(1, 256)[:, ::2]
+    assert not xt.is_contiguous()
+    assert (lin(xt) - lin(xt.contiguous())).abs().max() < 0.05 * scale
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_glu_ln_matches_torch(norm):
+    g = torch.Generator().manual_seed(1)
+    for half in (512, 17, 1):
+        x = torch.randn(1, 2 * half, generator=g) * 4
+        w, b = torch.randn(half, generator=g), torch.randn(half, generator=g)
+        y = torch.empty(1, half)
+        K.glu_ln(x.data_ptr(), y.data_ptr(), half, w.data_ptr() if norm else 0,
+                 b.data_ptr() if norm else 0, 1e-5)
+        want = F.glu(x, -1)
+        if norm:
+            want = F.layer_norm(want, (half,), w, b, 1e-5)
+        assert torch.allclose(y, want, atol=2e-5, rtol=1e-5)
+
+
+def test_tanh_matches_torch():
+    x = torch.cat([torch.linspace(-30, 30, 1001), torch.tensor([0.0, 1e-6, -1e-6])])[None]
+    y = torch.empty_like(x)
+    K.tanh(x.data_ptr(), y.data_ptr(), x.numel())
+    assert torch.allclose(y, torch.tanh(x), atol=3e-7, rtol=0)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(TypeError):
+        K.gemv(1, 2, 3)
+    with pytest.raises(ValueError):
+        K.gemv(0, 0, 0, 0, 0, 0, 4, 4, 64, 0, 1)
+    with pytest.raises(ValueError):
+        K.glu_ln(0, 0, 4, 0, 0, 1e-5)
+    with pytest.raises(ValueError):
+        K.tanh(0, 0, 4)
