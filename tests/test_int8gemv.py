@@ -94,3 +94,32 @@ def test_bad_arguments_raise():
         K.glu_ln(0, 0, 4, 0, 0, 1e-5)
     with pytest.raises(ValueError):
         K.tanh(0, 0, 4)
+
+
+def test_gru_cell_matches_torch_gru():
+    g = torch.Generator().manual_seed(2)
+    for H in (64, 37):
+        cell = torch.nn.GRUCell(8, H)
+        x, h = torch.randn(1, 8, generator=g), torch.randn(1, H, generator=g)
+        with torch.no_grad():
+            gi = x @ cell.weight_ih.t() + cell.bias_ih
+            gh = h @ cell.weight_hh.t()
+            gi[:, : 2 * H] += cell.bias_hh[: 2 * H]  # r/z biases folded, as FastCore does
+            gh[:, 2 * H :] += cell.bias_hh[2 * H :]
+            want = cell(x, h)
+        out = torch.empty(1, H)
+        K.gru_cell(gi.data_ptr(), gh.data_ptr(), h.data_ptr(), out.data_ptr(), H)
+        assert torch.allclose(out, want, atol=1e-6, rtol=1e-5)
+
+
+def test_mixture_decode_matches_torch():
+    k = 32
+    raw = torch.cat([torch.randn(k) * 5, torch.linspace(-12, 12, k),
+                     torch.linspace(-30, 30, k)])[None]
+    x = raw.clone()
+    K.mixture_decode(x.data_ptr(), k, -10.0, 10.0, 1e-4, 2e3)
+    want = raw.view(3, k).clone()
+    want[0] = torch.log_softmax(want[0], -1)
+    want[1] = want[1].clamp(-10.0, 10.0)
+    want[2] = F.softplus(want[2]).clamp(1e-4, 2e3)
+    assert torch.allclose(x.view(3, k), want, atol=1e-6, rtol=1e-6)

@@ -159,6 +159,53 @@ static void tanh_n(const float *x, float *y, int64_t n)
                                                 _mm512_loadu_ps(x + i))), one));
     for (; i < n; i++) y[i] = tanhf(x[i]);
 }
+
+/* One GRU step from the gate pre-activations (biases already in): gi, gh are [r | z | n]
+ * (3H each; gh's n part carries the hidden bias), h the old state, out the new one:
+ * r, z = sigmoid(gi + gh), n = tanh(gi_n + r * gh_n), out = n + z * (h - n). */
+__attribute__((target("avx512f")))
+static void gru_cell(const float *gi, const float *gh, const float *h, float *out, int64_t H)
+{
+    const __m512 two = _mm512_set1_ps(2.0f), one = _mm512_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 16 <= H; i += 16) {
+        __m512 r = sigmoid16(_mm512_add_ps(_mm512_loadu_ps(gi + i), _mm512_loadu_ps(gh + i)));
+        __m512 z = sigmoid16(_mm512_add_ps(_mm512_loadu_ps(gi + H + i),
+                                           _mm512_loadu_ps(gh + H + i)));
+        __m512 a = _mm512_fmadd_ps(r, _mm512_loadu_ps(gh + 2 * H + i),
+                                   _mm512_loadu_ps(gi + 2 * H + i));
+        __m512 n = _mm512_fmsub_ps(two, sigmoid16(_mm512_mul_ps(two, a)), one);
+        __m512 hv = _mm512_loadu_ps(h + i);
+        _mm512_storeu_ps(out + i, _mm512_fmadd_ps(z, _mm512_sub_ps(hv, n), n));
+    }
+    for (; i < H; i++) {
+        float r = 1.0f / (1.0f + expf(-(gi[i] + gh[i])));
+        float z = 1.0f / (1.0f + expf(-(gi[H + i] + gh[H + i])));
+        float n = tanhf(gi[2 * H + i] + r * gh[2 * H + i]);
+        out[i] = n + z * (h[i] - n);
+    }
+}
+
+/* Decode a logistic mixture's raw head output in place: x = [logits | loc | raw sharpness]
+ * (k each) -> [log-softmax | clamped loc | clamped softplus]. */
+static void mixture_decode(float *x, int64_t k, float loc_lo, float loc_hi, float s_lo,
+                           float s_hi)
+{
+    float m = x[0];
+    for (int64_t i = 1; i < k; i++)
+        if (x[i] > m) m = x[i];
+    double sum = 0.0;
+    for (int64_t i = 0; i < k; i++) sum += exp((double)(x[i] - m));
+    const float lse = m + (float)log(sum);
+    for (int64_t i = 0; i < k; i++) x[i] -= lse;
+    for (int64_t i = k; i < 2 * k; i++) x[i] = x[i] < loc_lo ? loc_lo : x[i] > loc_hi ? loc_hi : x[i];
+    for (int64_t i = 2 * k; i < 3 * k; i++) {
+        float v = x[i];
+        /* softplus as torch computes it (threshold 20: linear above) */
+        float sp = v > 20.0f ? v : log1pf(expf(v));
+        x[i] = sp < s_lo ? s_lo : sp > s_hi ? s_hi : sp;
+    }
+}
 #endif
 
 static int vnni_available(void)
@@ -290,6 +337,60 @@ static PyObject *py_tanh(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 #endif
 }
 
+/* gru_cell(gi, gh, h, out, H) */
+static PyObject *py_gru_cell(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "gru_cell expects 5 arguments");
+        return NULL;
+    }
+    void *p[4];
+    for (int k = 0; k < 4; k++) {
+        p[k] = PyLong_AsVoidPtr(args[k]);
+        if (PyErr_Occurred()) return NULL;
+    }
+    int64_t H = PyLong_AsLongLong(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    if (!p[0] || !p[1] || !p[2] || !p[3] || H <= 0) {
+        PyErr_SetString(PyExc_ValueError, "gru_cell: bad pointer or size");
+        return NULL;
+    }
+#if HAVE_X86
+    if (!vnni_available()) {
+        PyErr_SetString(PyExc_RuntimeError, "gru_cell: this CPU has no AVX-512");
+        return NULL;
+    }
+    gru_cell((const float *)p[0], (const float *)p[1], (const float *)p[2], (float *)p[3], H);
+    Py_RETURN_NONE;
+#else
+    PyErr_SetString(PyExc_RuntimeError, "gru_cell: not built for x86-64");
+    return NULL;
+#endif
+}
+
+/* mixture_decode(x, k, loc_lo, loc_hi, sharp_lo, sharp_hi) */
+static PyObject *py_mixture_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "mixture_decode expects 6 arguments");
+        return NULL;
+    }
+    void *x = PyLong_AsVoidPtr(args[0]);
+    if (PyErr_Occurred()) return NULL;
+    int64_t k = PyLong_AsLongLong(args[1]);
+    double b[4];
+    for (int i = 0; i < 4; i++) b[i] = PyFloat_AsDouble(args[2 + i]);
+    if (PyErr_Occurred()) return NULL;
+    if (!x || k <= 0) {
+        PyErr_SetString(PyExc_ValueError, "mixture_decode: bad pointer or size");
+        return NULL;
+    }
+    mixture_decode((float *)x, k, (float)b[0], (float)b[1], (float)b[2], (float)b[3]);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"available", py_available, METH_NOARGS, "True if this CPU can run the VNNI kernel."},
     {"gemv", (PyCFunction)(void (*)(void))py_gemv, METH_FASTCALL,
@@ -297,6 +398,10 @@ static PyMethodDef methods[] = {
     {"glu_ln", (PyCFunction)(void (*)(void))py_glu_ln, METH_FASTCALL,
      "glu_ln(x, y, half, ln_w, ln_b, eps): y = LayerNorm(a * sigmoid(b)) of x = [a | b]."},
     {"tanh", (PyCFunction)(void (*)(void))py_tanh, METH_FASTCALL, "tanh(x, y, n): y = tanh(x)."},
+    {"gru_cell", (PyCFunction)(void (*)(void))py_gru_cell, METH_FASTCALL,
+     "gru_cell(gi, gh, h, out, H): one GRU step from gate pre-activations."},
+    {"mixture_decode", (PyCFunction)(void (*)(void))py_mixture_decode, METH_FASTCALL,
+     "mixture_decode(x, k, loc_lo, loc_hi, sharp_lo, sharp_hi): decode a mixture in place."},
     {NULL, NULL, 0, NULL},
 };
 

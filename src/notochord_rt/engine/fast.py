@@ -343,6 +343,9 @@ class FastCore:
 
     def _cell(self, gi: Tensor, gh: Tensor, h: Tensor, out: Tensor) -> None:
         H = self.hidden
+        if self._k is not None and gi.shape[0] == 1 and h.is_contiguous():
+            self._k.gru_cell(gi.data_ptr(), gh.data_ptr(), h.data_ptr(), out.data_ptr(), H)
+            return
         rz = gi[:, : 2 * H].add_(gh[:, : 2 * H]).sigmoid_()
         cand = torch.addcmul(gi[:, 2 * H:], rz[:, :H], gh[:, 2 * H:]).tanh_()
         # h' = (1 - z) * n + z * h = n + z * (h - n)
@@ -378,6 +381,10 @@ class FastCore:
         mix = self._mix.get(sub)
         if mix is None:
             return raw
+        if self._k is not None and raw.shape[0] == 1:
+            self._k.mixture_decode(raw.data_ptr(), mix.k, mix.loc_lo, mix.loc_hi,
+                                   mix.sharp_lo, mix.sharp_hi)
+            return raw.view(1, 3, mix.k)
         out = raw.view(-1, 3, mix.k)  # bias already folded into the output layer
         out[:, 0] = torch.log_softmax(out[:, 0], -1)  # cheaper than logsumexp here
         out[:, 1].clamp_(mix.loc_lo, mix.loc_hi)
