@@ -25,10 +25,10 @@ Design points:
 - **Resumable**: finished files are committed in chunks every ``flush_every`` files or
   ``flush_seconds`` seconds and when the run stops (Ctrl-C included), so an interrupted run
   loses at most the files in flight (or the last ``flush_seconds`` if the process is killed).
-- **Cheap per file**: files go to the workers in batches and come back as one compact
-  message per batch (:func:`.prep_worker.pack_results`); the ledger appends raw arrays and
-  the splits are streamed from its memory-mapped chunks, so little but the ingest itself
-  costs anything per file.
+- **Cheap per file**: files go to the workers in batches, and the results of a batch come
+  back as one small message (:func:`.prep_worker.pack_results`); the events stay where the
+  worker spooled them (:mod:`.prep_spool`) until the splits are streamed from the
+  memory-mapped spools, so little but the ingest itself costs anything per file.
 - The minimum number of events is applied when the splits are written, so changing it
   needs no re-parsing.
 """
@@ -211,7 +211,8 @@ def _prepare(sources, dest: Path, jobs, min_events, limit, timeout, max_bytes, m
                 todo.append(path)
         log.info("%d files found, %d to process, %d known", len(files), len(todo), len(records))
         if todo:
-            config = pw.WorkerConfig(frozenset(ledger.by_hash), max_bytes, max_hours * 3600)
+            config = pw.WorkerConfig(frozenset(ledger.by_hash), max_bytes, max_hours * 3600,
+                                     spool_dir=str(ledger.folder))
             if loader:
                 config.loader = loader
             if logging.getLogger("notochord_rt").getEffectiveLevel() < logging.WARNING:

@@ -1,25 +1,20 @@
 """The resume record of ``prep``: what has been done, kept in a few chunk files.
 
-``DEST/.prep/chunk-NNNNNN.bin`` each hold a batch of finished files, in a raw layout that is
-written with a few large writes and read back memory-mapped, without parsing or copying::
-
-    b"NRTPREP2"                    magic (8 bytes)
-    header length                  uint64, little-endian
-    header                         UTF-8 JSON, zero-padded to a multiple of 8 bytes
-    time                           float64[n]  (little-endian, like the columns below)
-    inst, pitch, vel               int16[n] each
-
-The JSON header holds the ledger version, ``n`` (``"events"``), the new pieces of the
-chunk as ``[content hash, first event, end event]`` and one record per file (path,
-absolute path, size, mtime, content hash, status, reason, events, seconds, note-ons per
-instrument).
+``DEST/.prep/chunk-NNNNNN.json`` each record a batch of finished files: the ledger version,
+one record per file (path, absolute path, size, mtime, content hash, status, reason,
+events, seconds, note-ons per instrument) and, for each content first stored in the
+chunk, where its events are: ``[content hash, spool file, byte offset, events]``. The
+events themselves are in the workers' spool files (:mod:`.prep_spool`), which a chunk
+makes durable (``fsync``) before it is written.
 
 A chunk is written to a temporary name, synced to disk and renamed, so it is either
 complete or absent; everything in a chunk counts as done. Nothing here is pickled. A file
 is recognised without reading it by (absolute path, size, mtime); a file whose content is
 known under another name is recognised by its hash and not ingested again. Chunks of
-another :data:`LEDGER_VERSION` (including the ``.npz`` chunks of version 1), and chunks
-whose size does not match their header, are ignored: their files are simply redone.
+another :data:`LEDGER_VERSION` (or format: the ``.npz`` chunks of version 1) are ignored,
+and so are stored pieces whose spool is missing or too short: their files are redone.
+Spools that no chunk refers to (left by crashed workers or killed runs) are deleted when
+the ledger is opened.
 """
 
 from __future__ import annotations
@@ -28,24 +23,19 @@ import contextlib
 import fcntl
 import json
 import logging
-import mmap
 import os
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import UserError
-from ..events import SUB_EVENTS as COLUMNS
 from ..events import EventArrays
 from . import prep_worker as pw
+from .prep_spool import Location, SpoolReader, SpoolWriter, is_spool_name
+from .prep_spool import sync as sync_spools
 
 log = logging.getLogger(__name__)
 
 LEDGER_VERSION = 2
 LEDGER_DIR = ".prep"
-MAGIC = b"NRTPREP2"
-LAYOUT = (("time", "<f8"), ("inst", "<i2"), ("pitch", "<i2"), ("vel", "<i2"))
-"""The columns of a chunk in file order, with their on-disk dtypes."""
 CONTENT_STATUSES = (pw.OK, pw.CORRUPT, pw.TOO_LONG)
 """Outcomes that depend on the content only, so they carry over to identical files."""
 RETRYABLE = (pw.CRASH, pw.TIMEOUT, pw.UNREADABLE)
@@ -71,51 +61,14 @@ def record_of(result: pw.FileResult) -> dict:
     }
 
 
-def _data_start(header_len: int) -> int:
-    return 16 + -(-header_len // 8) * 8
-
-
-def write_chunk(path: Path, header: dict, pieces: list[EventArrays]) -> None:
-    """Write a chunk (``header`` plus ``"events"``) of ``pieces`` atomically and durably."""
-    n = sum(len(p) for p in pieces)
-    text = json.dumps({**header, "events": n}, separators=(",", ":")).encode()
-    start = _data_start(len(text))
+def write_json_atomically(path: Path, obj) -> None:
+    """Write ``obj`` as compact JSON to ``path``: temporary name, ``fsync``, rename."""
     tmp = path.with_name(f".{path.stem}.tmp")
     with open(tmp, "wb") as f:
-        f.write(MAGIC + len(text).to_bytes(8, "little") + text + bytes(start - 16 - len(text)))
-        for name, dtype in LAYOUT:
-            k = COLUMNS.index(name)
-            parts = [p[k] for p in pieces]
-            if parts:
-                f.write(np.concatenate(parts).astype(dtype, copy=False).data)
+        f.write(json.dumps(obj, separators=(",", ":")).encode())
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def read_chunk(path: Path) -> tuple[dict, dict[str, np.ndarray] | None]:
-    """The header of a chunk and its columns (memory-mapped; None when it has no events).
-
-    Raises ``ValueError`` for a file that is not a complete chunk.
-    """
-    with open(path, "rb") as f:
-        head = f.read(16)
-        if len(head) != 16 or head[:8] != MAGIC:
-            raise ValueError("not a ledger chunk")
-        size = int.from_bytes(head[8:], "little")
-        header = json.loads(f.read(size).decode("utf-8"))
-        n = int(header["events"])
-        start = _data_start(size)
-        if os.fstat(f.fileno()).st_size != start + 14 * n:
-            raise ValueError("size does not match its header (truncated?)")
-        if n == 0:
-            return header, None
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    columns, at = {}, start
-    for name, dtype in LAYOUT:
-        columns[name] = np.frombuffer(buf, dtype=dtype, count=n, offset=at)
-        at += n * columns[name].itemsize
-    return header, columns
 
 
 class Ledger:
@@ -133,38 +86,51 @@ class Ledger:
             raise UserError(f"another prep is writing to {dest} (lock {lock})") from None
         self.by_stat: dict[tuple[str, int, int], dict] = {}
         self.by_hash: dict[str, dict] = {}
-        self.piece_at: dict[str, tuple[Path, int, int]] = {}
-        """Where the events of each stored content are: chunk, first event, end event."""
-        self._columns: dict[Path, dict[str, np.ndarray]] = {}
+        self.piece_at: dict[str, Location] = {}
+        """Where the events of each stored content are (a spool location)."""
+        self.spools = SpoolReader(self.folder)
+        self._writer: SpoolWriter | None = None  # for pieces given in memory
         self._pending_records: list[dict] = []
-        self._pending_pieces: dict[str, EventArrays] = {}
+        self._pending_pieces: dict[str, Location] = {}
         self._next = 0
         for tmp in self.folder.glob(".chunk-*.tmp"):  # left by a run killed while writing
             tmp.unlink(missing_ok=True)
+        records: list[dict] = []
         for path in sorted(self.folder.glob("chunk-*")):
             with contextlib.suppress(ValueError):
                 self._next = max(self._next, int(path.name[6:12]) + 1)
-            if path.suffix == ".bin":
-                self._load_chunk(path)
+            records += self._load_chunk(path)
+        for rec in records:
+            if rec["status"] == pw.OK and rec["hash"] not in self.piece_at:
+                log.warning("redoing %s: its stored events are missing", rec["path"])
+                self.by_stat.pop(stat_key(rec["abspath"], rec["size"], rec["mtime_ns"]), None)
             else:
-                log.info("ignoring chunk %s of an older ledger version", path)
+                self._index(rec)
+        used = {where[0] for where in self.piece_at.values()}
+        for spool in self.folder.iterdir():
+            if is_spool_name(spool.name) and spool.name not in used:
+                spool.unlink(missing_ok=True)  # nothing committed refers to it
 
-    def _load_chunk(self, path: Path) -> None:
+    def _load_chunk(self, path: Path) -> list[dict]:
+        """Note the pieces of a chunk that their spools hold; return its file records."""
+        if path.suffix != ".json":
+            log.info("ignoring chunk %s of an older ledger format", path)
+            return []
         try:
-            header, columns = read_chunk(path)
-            if header.get("version") != LEDGER_VERSION:
-                log.info("ignoring chunk %s of ledger version %s", path, header.get("version"))
-                return
-            files, pieces = header["files"], header["pieces"]
+            chunk = json.loads(path.read_bytes())
+            if chunk.get("version") != LEDGER_VERSION:
+                log.info("ignoring chunk %s of ledger version %s", path, chunk.get("version"))
+                return []
+            files, pieces = chunk["files"], chunk["pieces"]
         except Exception as e:  # noqa: BLE001 - a damaged chunk only costs redoing its files
             log.warning("ignoring unreadable chunk %s: %s", path, e)
-            return
-        if columns is not None:
-            self._columns[path] = columns
-        for h, lo, hi in pieces:
-            self.piece_at.setdefault(h, (path, lo, hi))
-        for rec in files:
-            self._index(rec)
+            return []
+        for h, name, offset, n in pieces:
+            where = (name, offset, n)
+            if h not in self.piece_at and self.spools.holds(where):
+                self.piece_at[h] = where
+        return files
+
     def _index(self, rec: dict) -> None:
         self.by_stat[stat_key(rec["abspath"], rec["size"], rec["mtime_ns"])] = rec
         if rec["hash"] and rec["status"] in CONTENT_STATUSES:
@@ -175,7 +141,11 @@ class Ledger:
         return self.by_stat.get(stat_key(os.path.abspath(path), size, mtime_ns))
 
     def add(self, result: pw.FileResult) -> dict:
-        """Remember a finished file (in memory until :meth:`flush`); returns its record."""
+        """Remember a finished file (in memory until :meth:`flush`); returns its record.
+
+        The piece of an ``OK`` result is taken from ``result.events_at`` (where a worker
+        spooled it) or else from ``result.events`` (spooled here).
+        """
         if result.status == pw.KNOWN:
             known = self.by_hash[result.hash]
             result.status, result.reason = known["status"], known["reason"]
@@ -185,9 +155,15 @@ class Ledger:
             rec["events"] = known["events"]
         else:
             rec = record_of(result)
-        if result.status == pw.OK and result.events is not None:
-            if result.hash not in self.piece_at and result.hash not in self._pending_pieces:
-                self._pending_pieces[result.hash] = result.events
+            h = result.hash
+            if (result.status == pw.OK and h not in self.piece_at
+                    and h not in self._pending_pieces):
+                where = result.events_at
+                if where is None:
+                    if self._writer is None:
+                        self._writer = SpoolWriter(self.folder)
+                    where = self._writer.write(result.events or EventArrays.empty())
+                self._pending_pieces[h] = where
         self._pending_records.append(rec)
         self._index(rec)
         return rec
@@ -197,34 +173,34 @@ class Ledger:
         return len(self._pending_records)
 
     def flush(self) -> Path | None:
-        """Write the pending records and pieces as one new chunk (atomically)."""
+        """Commit the pending records and pieces as one new chunk (atomically, durably)."""
         if not self._pending_records:
             return None
-        where, at = [], 0
-        for h, piece in self._pending_pieces.items():
-            where.append((h, at, at + len(piece)))
-            at += len(piece)
-        path = self.folder / f"chunk-{self._next:06d}.bin"
-        header = {"version": LEDGER_VERSION, "pieces": where, "files": self._pending_records}
-        write_chunk(path, header, list(self._pending_pieces.values()))
+        if self._writer is not None:
+            self._writer.flush()
+        sync_spools(self.folder, {where[0] for where in self._pending_pieces.values()})
+        path = self.folder / f"chunk-{self._next:06d}.json"
+        pieces = [[h, *where] for h, where in self._pending_pieces.items()]
+        write_json_atomically(path, {"version": LEDGER_VERSION, "pieces": pieces,
+                                     "files": self._pending_records})
         self._next += 1
-        self._load_chunk(path)  # maps the new events (the page cache still has them)
+        self.piece_at.update(self._pending_pieces)
         self._pending_records = []
         self._pending_pieces = {}
         return path
 
     def piece(self, content_hash: str) -> EventArrays:
-        """The events of a stored content (in a flushed chunk), as read-only views."""
-        path, lo, hi = self.piece_at[content_hash]
-        cols = self._columns[path]
-        return EventArrays(*(cols[c][lo:hi] for c in COLUMNS))
+        """The events of a stored content (committed by :meth:`flush`), as read-only views."""
+        return self.spools.piece(self.piece_at[content_hash])
 
     def load_pieces(self, hashes: list[str]) -> dict[str, EventArrays]:
-        """The events of the given content hashes (all must be in flushed chunks)."""
+        """The events of the given content hashes (all must be committed)."""
         return {h: self.piece(h) for h in hashes}
 
     def close(self) -> None:
-        self._columns.clear()  # the maps close when the last view of them goes
+        if self._writer is not None:
+            self._writer.close()
+        self.spools.close()  # the maps close when the last view of them goes
         if not self._lock.closed:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()

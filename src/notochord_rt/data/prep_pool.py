@@ -16,7 +16,7 @@ knows what every worker is doing, without a message per task:
 A worker sends the results of a batch as one message when the batch is done (or earlier,
 when they grow past ``max_message`` units of ``weigh``), optionally packed by an
 ``encode`` function (and unpacked in the parent by ``decode``), so that many small tasks
-cost one pipe message, not one each.
+cost one pipe message, not one each. Its CPU time is reported with each message.
 
 Workers ignore SIGINT, so Ctrl-C reaches only the parent, which then kills the workers
 (see :meth:`SupervisedPool.close`).
@@ -56,7 +56,7 @@ class TaskOutcome:
 class _Hooks:
     """The worker's optional functions: pack a list of values, weigh one value."""
 
-    encode: Callable[[list], Any] | None = None
+    encode: Callable[[list, Any], Any] | None = None
     weigh: Callable[[Any], int] | None = None
     max_message: int = 0
 
@@ -90,16 +90,16 @@ def _worker_main(conn: Connection, func: Callable, config: Any, state, hooks: _H
                     weight += hooks.weigh(value)
             count += 1
             if count < len(tasks) and hooks.max_message and weight >= hooks.max_message:
-                cpu = _send(conn, count, raised, values, hooks, cpu)
+                cpu = _send(conn, count, raised, values, hooks, config, cpu)
                 values, raised, count, weight = [], {}, 0, 0
         if count:
-            cpu = _send(conn, count, raised, values, hooks, cpu)
+            cpu = _send(conn, count, raised, values, hooks, config, cpu)
 
 
-def _send(conn: Connection, count: int, raised: dict, values: list, hooks: _Hooks,
+def _send(conn: Connection, count: int, raised: dict, values: list, hooks: _Hooks, config: Any,
           cpu: float) -> float:
     """Send the results of the next ``count`` tasks with the CPU time since ``cpu``."""
-    payload = hooks.encode(values) if hooks.encode is not None else values
+    payload = hooks.encode(values, config) if hooks.encode is not None else values
     now = time.process_time()
     conn.send((count, raised, payload, now - cpu))
     return now
@@ -181,14 +181,14 @@ class SupervisedPool:
     dataclass). Use as a context manager; :meth:`run` yields a :class:`TaskOutcome` per
     task in completion order. Tasks go to workers in batches of ``batch_size`` (default:
     about a quarter of each worker's share of the tasks, at most 64), and each worker holds
-    up to ``prefetch`` batches so that it never waits for the parent. ``encode(values)``
-    (in the worker) and ``decode(payload) -> values`` (in the parent) may pack the results
-    of a batch; ``weigh(value)`` and ``max_message`` make a worker send early once its
-    results weigh that much. Workers are forked from a fork server where there is one
-    (else spawned); ``preload`` names modules the fork server imports once, so that new
-    workers start fast. The time limit of a task includes the start of a fresh worker.
-    As with any ``multiprocessing`` code, a script using this needs the
-    ``if __name__ == "__main__":`` guard.
+    up to ``prefetch`` batches so that it never waits for the parent.
+    ``encode(values, config)`` (in the worker) and ``decode(payload) -> values`` (in the
+    parent) may pack the results of a batch; ``weigh(value)`` and ``max_message`` make a
+    worker send early once its results weigh that much. Workers are forked from a fork
+    server where there is one (else spawned); ``preload`` names modules the fork server
+    imports once, so that new workers start fast. The time limit of a task includes the
+    start of a fresh worker. As with any ``multiprocessing`` code, a script using this
+    needs the ``if __name__ == "__main__":`` guard.
     """
 
     def __init__(
@@ -200,7 +200,7 @@ class SupervisedPool:
         preload: Sequence[str] = (),
         prefetch: int = 2,
         batch_size: int | None = None,
-        encode: Callable[[list], Any] | None = None,
+        encode: Callable[[list, Any], Any] | None = None,
         decode: Callable[[Any], list] | None = None,
         weigh: Callable[[Any], int] | None = None,
         max_message: int = 0,

@@ -8,10 +8,10 @@ exception, so the parent only has to deal with crashes and hangs. An ingest erro
 ``corrupt`` unless its message starts with ``too long`` (category ``too-long``) or
 ``no notes`` (``too-short``: the file parsed into no events).
 
-The results of a batch of files travel to the parent as one compact message
-(:func:`pack_results` / :func:`unpack_results`): a tuple of plain values per file and the
-events of all its pieces concatenated into four arrays, instead of one pickled object
-(and four small arrays) per file.
+The results of a batch of files travel to the parent as one small message
+(:func:`pack_results` / :func:`unpack_results`): a tuple of plain values per file. The
+events themselves go to the worker's spool file (:mod:`.prep_spool`) and only their
+location travels, so they are never pickled, piped or copied by the parent.
 
 Fault injection (tests only)
 ----------------------------
@@ -33,6 +33,7 @@ import importlib
 import logging
 import os
 import signal
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ import numpy as np
 
 from ..errors import MidiError
 from ..events import EventArrays
+from .prep_spool import Location, SpoolWriter
 
 FAULT_ENV = "NOTOCHORD_RT_PREP_FAULT"
 
@@ -75,11 +77,17 @@ class WorkerConfig:
     """The fault-injection spec, read from the environment of the process making the config."""
     log_level: int = logging.ERROR
     """Level of this package's loggers in the workers (ingest warns about odd files)."""
+    spool_dir: str | None = None
+    """Folder of the workers' spool files (needed by :func:`pack_results`)."""
 
 
 @dataclass
 class FileResult:
-    """What happened to one file. ``events`` is set only for ``status == OK``."""
+    """What happened to one file.
+
+    For ``status == OK`` the piece is in ``events`` (in the worker) or at ``events_at``
+    (a spool location, once :func:`pack_results` has stored it).
+    """
 
     path: str
     size: int
@@ -90,10 +98,13 @@ class FileResult:
     events: EventArrays | None = None
     seconds: float = 0.0
     instruments: dict[int, int] = field(default_factory=dict)
+    events_at: Location | None = None
 
     @property
     def num_events(self) -> int:
-        return len(self.events) if self.events is not None else 0
+        if self.events is not None:
+            return len(self.events)
+        return self.events_at[2] if self.events_at is not None else 0
 
 
 @functools.lru_cache(maxsize=4)
@@ -138,11 +149,12 @@ def _inject_fault(path: str, spec: str | None) -> None:
 def note_on_counts(events: EventArrays) -> dict[int, int]:
     """Number of note-ons of each instrument id in a piece (ids in increasing order)."""
     inst = events.inst[events.vel > 0]
-    if len(inst) and inst.min() < 0:  # not an instrument id: count it all the same
+    try:
+        counts = np.bincount(inst)
+    except ValueError:  # negative: not an instrument id, but count it all the same
         ids, counts = np.unique(inst, return_counts=True)
         return dict(zip(ids.tolist(), counts.tolist()))
-    counts = np.bincount(inst)
-    ids = np.flatnonzero(counts)
+    ids = counts.nonzero()[0]
     return dict(zip(ids.tolist(), counts[ids].tolist()))
 
 
@@ -151,9 +163,9 @@ def file_identity(path: str) -> tuple[int, int]:
 
     With the absolute path this is how the resume ledger recognises a file unread.
     """
-    for stat in (os.stat, os.lstat):
+    for stat_of in (os.stat, os.lstat):
         try:
-            st = stat(path)
+            st = stat_of(path)
             return st.st_size, st.st_mtime_ns
         except OSError:
             continue
@@ -177,14 +189,16 @@ def check_events(events: EventArrays, max_seconds: float) -> tuple[str, str]:
     return OK, ""
 
 
-def _read_capped(fd: int, size: int, cap: int) -> bytes:
+def _read_capped(fd: int, size: int, cap: int, regular: bool = False) -> bytes:
     """The bytes of an open file, at most ``cap + 1`` of them (so ``> cap`` means too big).
 
-    ``size`` (from ``fstat``) sizes the first read, so a regular file takes one read and
-    one more to see its end; special files and files that grow are read on to the cap.
+    ``size`` (from ``fstat``) sizes the first read, so a ``regular`` file takes one read;
+    special files and files that grow are read on to their end or the cap.
     """
     parts = [os.read(fd, min(size, cap) + 1)]
     total = len(parts[0])
+    if total <= size and regular:
+        return parts[0]  # a short read of a regular file is its end
     while total <= cap:
         more = os.read(fd, min(cap + 1 - total, 1 << 20))
         if not more:
@@ -236,7 +250,7 @@ def process_file(path: str, config: WorkerConfig) -> FileResult:
             result.reason = f"{st.st_size} bytes, more than the limit of {config.max_bytes}"
             return result
         try:
-            data = _read_capped(fd, st.st_size, config.max_bytes)
+            data = _read_capped(fd, st.st_size, config.max_bytes, stat.S_ISREG(st.st_mode))
         except OSError as e:
             result.status, result.reason = UNREADABLE, f"cannot read: {e.strerror or e}"
             return result
@@ -250,7 +264,7 @@ def process_file(path: str, config: WorkerConfig) -> FileResult:
 
 
 # -- a batch of results as one message ------------------------------------------------------
-_EMPTY = EventArrays.empty()
+_spools: dict[str, SpoolWriter] = {}
 
 
 def result_weight(result: FileResult) -> int:
@@ -258,39 +272,33 @@ def result_weight(result: FileResult) -> int:
     return result.num_events
 
 
-def pack_results(results: list[FileResult]) -> tuple:
-    """The results of a batch as one compact, cheaply pickled value (see :func:`unpack_results`).
+def pack_results(results: list[FileResult], config: WorkerConfig) -> list[tuple]:
+    """The results of a batch as a list of plain tuples (see :func:`unpack_results`).
 
-    Per file a tuple of plain values (the instrument counts as two lists); the events of
-    all pieces concatenated into one array per column.
+    The events of each piece are appended to this process's spool file in
+    ``config.spool_dir`` (flushed before this returns); only their location is packed.
     """
-    rows, pieces = [], []
+    if config.spool_dir is None:
+        raise ValueError("pack_results needs WorkerConfig.spool_dir")
+    spool = _spools.get(config.spool_dir)
+    if spool is None:
+        spool = _spools[config.spool_dir] = SpoolWriter(config.spool_dir)
+    rows = []
     for r in results:
+        where = r.events_at
+        if r.events is not None and len(r.events):
+            where = spool.write(r.events)
         counts = r.instruments
         rows.append((r.path, r.size, r.mtime_ns, r.status, r.hash, r.reason, r.seconds,
-                     r.num_events, list(counts), list(counts.values())))
-        if r.events is not None and len(r.events):
-            pieces.append(r.events)
-    if not pieces:
-        return rows, _EMPTY
-    if len(pieces) == 1:
-        return rows, EventArrays(*(np.ascontiguousarray(c, d.dtype)
-                                   for c, d in zip(pieces[0], _EMPTY)))
-    return rows, EventArrays(*(np.concatenate([p[k] for p in pieces], dtype=_EMPTY[k].dtype)
-                               for k in range(4)))
+                     where, list(counts), list(counts.values())))
+    spool.flush()
+    return rows
 
 
-def unpack_results(packed: tuple) -> list[FileResult]:
-    """The :class:`FileResult` list of :func:`pack_results`; events are views of its arrays."""
-    rows, columns = packed
-    out, at = [], 0
-    inst, pitch, times, vel = columns
-    for path, size, mtime, status, h, reason, seconds, n, ids, counts in rows:
-        result = FileResult(path, size, mtime, status, h, reason, None, seconds,
-                            dict(zip(ids, counts)))
-        if status == OK:
-            hi = at + n
-            result.events = EventArrays(inst[at:hi], pitch[at:hi], times[at:hi], vel[at:hi])
-            at = hi
-        out.append(result)
-    return out
+def unpack_results(rows: list[tuple]) -> list[FileResult]:
+    """The :class:`FileResult` list of :func:`pack_results` (pieces as ``events_at``)."""
+    return [
+        FileResult(path, size, mtime, status, h, reason, None, seconds, dict(zip(ids, counts)),
+                   where)
+        for path, size, mtime, status, h, reason, seconds, where, ids, counts in rows
+    ]
