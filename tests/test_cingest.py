@@ -10,6 +10,7 @@ files, and on random multi-track songs full of collisions, overlaps and program 
 
 from __future__ import annotations
 
+import logging
 import random
 
 import numpy as np
@@ -234,6 +235,24 @@ def test_many_tempo_changes_in_two_tracks():
     other = [(k * 5 + 1, bpm(200 - k % 50)) for k in range(3000)]
     notes = notes_track([(k * 7, 5, 60 + k % 12, 80) for k in range(2000)], channel=0)
     assert assert_same(write_midi_bytes([conductor, other, notes], 96)) == "ok"
+
+
+@pytest.mark.parametrize("name", ["tempo_0", "more_tracks_than_declared", "forced"])
+def test_same_log_records(name, caplog):
+    if name == "forced":
+        data = write_midi_bytes([notes_track([(k, 480, 60, 80)], channel=0) for k in range(40)])
+    else:
+        data = corrupt_cases(0)[name]
+    records = []
+    for impl in ("c", "python"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="notochord_rt.midi"):
+            try:
+                load_midi(data, impl=impl)
+            except MidiError:
+                pass
+        records.append([(r.name, r.levelno, r.getMessage()) for r in caplog.records])
+    assert records[0] == records[1] and records[0]
 
 
 # -- choosing the implementation -----------------------------------------------------------

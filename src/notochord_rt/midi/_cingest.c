@@ -245,13 +245,16 @@ static int build_parts(Work *w)
 {
     Note *notes = NOTES(w);
     size_t nn = NNOTES(w), i = 0, j;
-    int64_t table[LOCAL_PARTS], touched[LOCAL_PARTS], tmp[LOCAL_PARTS], *offset;
-    for (int k = 0; k < LOCAL_PARTS; k++)
-        table[k] = -1;
+    int64_t *table = alloc_array(3 * LOCAL_PARTS, sizeof *table), *offset;
+    int64_t *touched = table + LOCAL_PARTS, *tmp = table + 2 * LOCAL_PARTS;
     w->parts = alloc_array(nn, sizeof *w->parts);
     w->part_notes = alloc_array(nn, sizeof *w->part_notes);
-    if (!w->parts || !w->part_notes)
+    if (!table || !w->parts || !w->part_notes) {
+        free(table);
         return -1;
+    }
+    for (int k = 0; k < LOCAL_PARTS; k++)
+        table[k] = -1;
     while (i < nn) { /* notes are in walk order: one track after the other */
         int64_t track = notes[i].track;
         size_t nt = 0;
@@ -279,6 +282,7 @@ static int build_parts(Work *w)
         w->nparts += nt;
         i = j;
     }
+    free(table);
     offset = alloc_array(w->nparts + 1, sizeof *offset);
     if (!offset)
         return -1;
