@@ -18,8 +18,9 @@ The reference is timed with ``sample(EventConstraints)`` and with its legacy ``q
 (harmonizer: ``next_inst/next_time/next_vel/include_pitch``; no polyphony/duration there).
 All implementations of a scenario run interleaved, 50 timed events at a time (after 3
 untimed ones to refill the caches), so a shared machine's changing load hits them alike.
-Then the network alone per precision, and events/s of the batched many-stream engine for
-1, 8, 32 and 128 streams.
+Where the compiled AVX-512 VNNI int8 kernel is in use, int8 also runs on FBGEMM alone
+(row ``ours int8 FBGEMM``) for comparison. Then the network alone per precision, and
+events/s of the batched many-stream engine for 1, 8, 32 and 128 streams.
 
 Run on a quiet machine: ``python benchmarks/latency.py`` (about 3 minutes; ``--quick``
 for a smoke run). ``--json PATH`` also writes the numbers.
@@ -46,6 +47,7 @@ import torch
 warnings.filterwarnings("ignore")
 torch.set_num_threads(1)
 
+from notochord_rt.engine import quant  # noqa: E402
 from notochord_rt.engine.constraints import Constraints  # noqa: E402
 from notochord_rt.engine.quant import available_precisions  # noqa: E402
 from notochord_rt.engine.sampler import Notochord  # noqa: E402
@@ -242,6 +244,22 @@ def ours_loop(model: Notochord, scenario: str, prepare: bool = False):
     return loop(sample, feed, release, model.reset, idle=idle)
 
 
+def fbgemm_int8(net: NotochordNet, seed: int) -> Notochord | None:
+    """int8 on FBGEMM alone (as before the compiled VNNI kernel), or None if that is all
+    this machine has anyway."""
+    if quant.c_kernels() is None:
+        return None
+    os.environ["NOTOCHORD_RT_INT8_KERNEL"] = "fbgemm"
+    quant._vnni_kernel.cache_clear()
+    try:
+        model = Notochord.from_net(net, seed=seed)
+        model.use_core("int8")
+    finally:
+        del os.environ["NOTOCHORD_RT_INT8_KERNEL"]
+        quant._vnni_kernel.cache_clear()
+    return model
+
+
 def bench_core(model: Notochord, n: int, warmup: int) -> dict:
     """The network alone: feed, then context + the four heads with three embeddings (vtip)."""
     core = model.core
@@ -381,6 +399,8 @@ def main(argv=None) -> int:
             model = Notochord.from_net(net, seed=args.seed)
             model.use_core(prec)
             impls[f"ours {prec}" + (" +prepare" if prepare else "")] = (model, prepare)
+        if prec == "int8" and (model := fbgemm_int8(net, args.seed)) is not None:
+            impls["ours int8 FBGEMM"] = (model, False)
     gc.collect()
     gc.freeze()  # long-lived model objects out of the collector's way (all sides)
     rows: dict = {name: {} for name in impls}
@@ -398,8 +418,9 @@ def main(argv=None) -> int:
         for name, r in rows_s.items():
             rows[name][scen] = r
         print(f"done: {scen}", file=sys.stderr)
-    for prec in precisions:
-        res["network"][prec] = bench_core(impls[f"ours {prec}"][0], args.iters, args.warmup)
+    for name, (obj, prepare) in impls.items():
+        if name.startswith("ours") and not prepare:
+            res["network"][name[5:]] = bench_core(obj, args.iters, args.warmup)
     res["goals"] = goals(rows)
     sizes = [1, 8, 32, 128]
     fastest = "int8" if "int8" in available_precisions() else "fp32"

@@ -244,6 +244,7 @@ class FastCore:
         self._in0 = pack_linear(w_ih0 @ sines_w, folded_b[0], precision, mr)
         self._f_cat = torch.cat((f_t, f_v))
         self._phase = torch.zeros(1, self._f_cat.numel())
+        self._phase_t, self._phase_v = self._phase[0, : self._n_t], self._phase[0, self._n_t:]
         self._in = [None] + [
             pack_linear(getattr(rnn, f"weight_ih_l{k}"), folded_b[k], precision, mr)
             for k in range(1, L)
@@ -403,10 +404,9 @@ class FastCore:
     def feed(self, state: Tensor, inst: int, pitch: int, time: float, vel: float) -> Tensor:
         """One GRU step on the event's summed embeddings; returns a new state tensor."""
         with torch.inference_mode():
-            ph = self._phase
-            torch.mul(self._f_cat[: self._n_t], float(time), out=ph[0, : self._n_t])
-            torch.mul(self._f_cat[self._n_t:], float(vel), out=ph[0, self._n_t:])
-            gi = self._in0(ph.sin_())
+            torch.mul(self._f_t, float(time), out=self._phase_t)
+            torch.mul(self._f_v, float(vel), out=self._phase_v)
+            gi = self._in0(self._phase.sin_())
             gi += self._gate_inst[int(inst)]
             gi += self._gate_pitch[int(pitch)]
             prepared = self._prepared
