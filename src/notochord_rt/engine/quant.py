@@ -161,9 +161,11 @@ class PackedLinear:
         return _into(y, out)
 
     def _int8_vnni(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-        if x.shape[0] != 1 or not x.is_contiguous():
+        if (x.dim() != 2 or x.shape[0] != 1 or x.shape[1] != self.in_features
+                or not x.is_contiguous() or x.dtype != torch.float32):
             return self._int8(x, out)  # batches: FBGEMM reads the weights once for all rows
-        if out is None or not out.is_contiguous():
+        if (out is None or not out.is_contiguous() or out.dtype != torch.float32
+                or out.numel() != self.out_features):
             y = torch.empty(1, self.out_features)
             self._gemv(*self._q_args, x.data_ptr(), y.data_ptr(), *self._q_sizes, 1)
             return y if out is None else out.copy_(y)
