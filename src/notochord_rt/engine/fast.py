@@ -370,8 +370,8 @@ class FastCore:
 
     def _head_raw(self, sub: str, x: Tensor) -> Tensor:
         k = self._k
-        if k is not None and x.shape[0] == 1:  # batch 1 on the compiled kernels
-            x = x.contiguous()
+        if k is not None and x.shape == (1, self.emb_size) and x.dtype == torch.float32:
+            x = x.contiguous()  # batch 1 on the compiled kernels
             k.tanh(x.data_ptr(), self._tanh_buf.data_ptr(), self.emb_size)
             return _run_mlp1(self._heads[sub], self._tanh_buf, k)
         return _run_mlp(self._heads[sub], torch.tanh(x))
