@@ -19,7 +19,7 @@ if sys.platform == "win32":
 else:
     FLAGS = ["-std=c99", "-O2", "-ffp-contract=off", "-fno-fast-math", "-Wall"]
 
-SOURCES = ["_cingest.c", "_cingest_smf.c", "_cingest_sort.c"]
+SOURCES = ["_cingest.c", "_cingest_smf.c", "_cingest_parts.c", "_cingest_sort.c"]
 
 setup(
     ext_modules=[

@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timing passes (best is kept)")
     args = parser.parse_args(argv)
 
-    from notochord_rt.midi.ingest import compiled_available
+    from notochord_rt.midi import compiled
 
-    if not compiled_available():
+    if not compiled.available():
         print("the compiled ingest is not built (pip install -e . with a C compiler)",
               file=sys.stderr)
         return 2

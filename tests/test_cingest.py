@@ -32,10 +32,10 @@ from midifiles import (
 )
 
 from notochord_rt.errors import InputError, MidiError
-from notochord_rt.midi import ingest
-from notochord_rt.midi.ingest import compiled_available, load_midi
+from notochord_rt.midi import compiled, ingest
+from notochord_rt.midi.ingest import load_midi
 
-if not compiled_available():
+if not compiled.available():
     pytest.skip("the compiled ingest is not built (no C compiler at install time)",
                 allow_module_level=True)
 
@@ -104,7 +104,7 @@ def test_the_wrapper_compares_and_is_used():
 
 
 def _compare_with_a_wrong_result():
-    real = ingest._cingest.ingest
+    real = compiled._cingest.ingest
 
     def off_by_one(data, merge, max_note):
         out = real(data, merge, max_note)
@@ -112,11 +112,11 @@ def _compare_with_a_wrong_result():
         time[0] ^= 1  # one bit of the first time
         return (out[0], out[1], time, *out[3:])
 
-    ingest._cingest.ingest = off_by_one
+    compiled._cingest.ingest = off_by_one
     try:
         assert_same(simple_song())
     finally:
-        ingest._cingest.ingest = real
+        compiled._cingest.ingest = real
 
 
 # -- fuzz cases and mutations --------------------------------------------------------------
@@ -258,13 +258,13 @@ def test_same_log_records(name, caplog):
 # -- choosing the implementation -----------------------------------------------------------
 def test_impl_choice_and_environment(monkeypatch):
     calls = []
-    real = ingest._cingest.ingest
+    real = compiled._cingest.ingest
 
     def counting(*args):
         calls.append(1)
         return real(*args)
 
-    monkeypatch.setattr(ingest._cingest, "ingest", counting)
+    monkeypatch.setattr(compiled._cingest, "ingest", counting)
     load_midi(simple_song())
     assert len(calls) == 1
     load_midi(simple_song(), impl="python")
@@ -276,8 +276,8 @@ def test_impl_choice_and_environment(monkeypatch):
     assert len(calls) == 2
     with pytest.raises(InputError, match="impl"):
         load_midi(simple_song(), impl="fortran")
-    monkeypatch.setattr(ingest, "_cingest", None)
-    assert not compiled_available()
+    monkeypatch.setattr(compiled, "_cingest", None)
+    assert not compiled.available()
     with pytest.raises(InputError, match="not built"):
         load_midi(simple_song(), impl="c")
     monkeypatch.delenv("NOTOCHORD_RT_PURE_INGEST")
@@ -287,6 +287,6 @@ def test_impl_choice_and_environment(monkeypatch):
 
 def test_bad_arguments_to_the_extension_raise():
     with pytest.raises(TypeError):
-        ingest._cingest.ingest("not bytes", True, 60.0)
+        compiled._cingest.ingest("not bytes", True, 60.0)
     with pytest.raises(TypeError):
-        ingest._cingest.ingest(b"MThd", True)
+        compiled._cingest.ingest(b"MThd", True)

@@ -79,22 +79,10 @@ import numpy as np
 
 from .. import events as ev
 from ..errors import InputError, MidiError
+from . import compiled
 from .smf import CHAN, DUP, END, PITCH, SEQ, START, TRACK, UNENDED, VEL, SmfNotes, read_smf
-from .smf import log as smf_log
-
-try:
-    from . import _cingest
-except ImportError:  # built without a C compiler: the numpy ingest does the work
-    _cingest = None
 
 log = logging.getLogger(__name__)
-
-PURE_ENV = "NOTOCHORD_RT_PURE_INGEST"  # "1": load_midi(impl="auto") uses the numpy ingest
-# the stats keys, in the order load_midi fills them (the compiled ingest returns values)
-_STATS = ("format", "tracks", "ticks_per_quarter", "unended_notes", "invalid_tempos",
-          "tempo_changes", "min_bpm", "max_bpm", "clipped_notes", "forced_merges",
-          "duplicate_strikes", "zero_length_notes", "notes", "events", "parts", "instruments",
-          "repaired_note_ons", "dropped_note_offs", "duration")
 
 DEFAULT_TEMPO_US = 500_000  # 120 bpm, the SMF default
 MAX_PIECE_SECONDS = 6 * 3600.0
@@ -154,52 +142,18 @@ def load_midi(
     ``impl`` picks the implementation (see "Implementations" in the module docstring):
     ``"auto"`` the compiled one when it is built and ``NOTOCHORD_RT_PURE_INGEST`` is not
     ``1``, ``"c"`` the compiled one (``InputError`` if it is not built), ``"python"`` this
-    module's numpy code. Both give identical results.
+    module's numpy code. Both give identical results; :func:`compiled.available
+    <notochord_rt.midi.compiled.available>` says whether the compiled one is built.
     """
     if not max_note_seconds > 0:
         raise InputError(f"max_note_seconds must be > 0, got {max_note_seconds!r}")
-    if _use_compiled(impl, max_note_seconds):
-        return _load_compiled(_read_source(source), merge, float(max_note_seconds))
+    if compiled.wanted(impl, max_note_seconds):
+        out = compiled.run(_read_source(source), merge, float(max_note_seconds))
+        if isinstance(out, float):
+            raise _too_long(out)
+        events, parts, stats = out
+        return Ingested(events, [PartInfo(*p) for p in parts], stats)
     return _load_python(_read_source(source), merge, max_note_seconds)
-
-
-def compiled_available() -> bool:
-    """True when the compiled ingest (``notochord_rt.midi._cingest``) is built."""
-    return _cingest is not None
-
-
-def _use_compiled(impl: str, max_note_seconds) -> bool:
-    if impl == "python":
-        return False
-    if impl not in ("auto", "c"):
-        raise InputError(f"impl must be 'auto', 'c' or 'python', got {impl!r}")
-    if impl == "c" and _cingest is None:
-        raise InputError("impl='c' but the compiled ingest (notochord_rt.midi._cingest) is not "
-                         "built; reinstall with a C compiler")
-    if impl == "auto" and (_cingest is None or os.environ.get(PURE_ENV) == "1"):
-        return False
-    # other number types (Decimal, longdouble) keep numpy's own arithmetic
-    return isinstance(max_note_seconds, (int, float, np.integer, np.float16, np.float32))
-
-
-def _load_compiled(data: bytes, merge: bool, max_note_seconds: float) -> Ingested:
-    """The compiled ingest, wrapped into the same Ingested (and the same log records)."""
-    out = _cingest.ingest(data, merge, max_note_seconds)
-    header_tracks, tracks, invalid_tempos, forced = out[-1]
-    if tracks >= 0 and header_tracks != tracks:
-        smf_log.info("header announces %d tracks, the file has %d", header_tracks, tracks)
-    if invalid_tempos > 0:
-        log.warning("ignoring %d tempo events of 0 µs per quarter note", invalid_tempos)
-    if forced > 0:
-        log.warning("more parts than anonymous ids: %d parts merged with collisions", forced)
-    if len(out) == 2:
-        if isinstance(out[0], float):
-            raise _too_long(out[0])
-        raise MidiError(out[0])
-    inst, pitch, time, vel, parts, stats, _ = out
-    events = ev.EventArrays(np.frombuffer(inst, np.int16), np.frombuffer(pitch, np.int16),
-                            np.frombuffer(time, np.float64), np.frombuffer(vel, np.int16))
-    return Ingested(events, [PartInfo(*p) for p in parts], dict(zip(_STATS, stats)))
 
 
 def _too_long(duration: float) -> MidiError:
