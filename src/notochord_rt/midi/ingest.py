@@ -60,8 +60,8 @@ Time
 Implementations
     Two implementations give identical results (events bit for bit, stats, parts, error
     messages and log records): the compiled ``notochord_rt.midi._cingest`` (C, built by
-    ``setup.py`` when a C compiler is there; ~0.05 ms for a file of 1,400 events) and the
-    numpy code of this module with :mod:`~notochord_rt.midi.smf` (~1 ms; the reference,
+    ``setup.py`` when a C compiler is there; ~0.07 ms for a file of 1,400 events) and the
+    numpy code of this module with :mod:`~notochord_rt.midi.smf` (~1.1 ms; the reference,
     and the fallback when the extension is not built). ``load_midi`` uses the compiled one
     when it imports; ``impl="python"`` or the environment variable
     ``NOTOCHORD_RT_PURE_INGEST=1`` force the numpy one, ``impl="c"`` insists on the
