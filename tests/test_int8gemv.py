@@ -70,8 +70,8 @@ def test_glu_ln_matches_torch(norm):
         x = torch.randn(1, 2 * half, generator=g) * 4
         w, b = torch.randn(half, generator=g), torch.randn(half, generator=g)
         y = torch.empty(1, half)
-        K.glu_ln(x.data_ptr(), y.data_ptr(), half, w.data_ptr() if norm else 0,
-                 b.data_ptr() if norm else 0, 1e-5)
+        K.glu_ln(x.data_ptr(), y.data_ptr(), w.data_ptr() if norm else 0,
+                 b.data_ptr() if norm else 0, half, 1e-5)
         want = F.glu(x, -1)
         if norm:
             want = F.layer_norm(want, (half,), w, b, 1e-5)
@@ -86,14 +86,24 @@ def test_tanh_matches_torch():
 
 
 def test_bad_arguments_raise():
-    with pytest.raises(TypeError):
+    x = torch.zeros(64)
+    p = x.data_ptr()
+    with pytest.raises(TypeError, match="expects 11 arguments"):
         K.gemv(1, 2, 3)
-    with pytest.raises(ValueError):
-        K.gemv(0, 0, 0, 0, 0, 0, 4, 4, 64, 0, 1)
-    with pytest.raises(ValueError):
-        K.glu_ln(0, 0, 4, 0, 0, 1e-5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="null pointer"):
+        K.gemv(0, 0, 0, 0, 0, 0, 0, 4, 4, 64, 1)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        K.gemv(p, p, p, 0, p, p, p, 4, 4, 32, 1)
+    with pytest.raises(ValueError, match="must be > 0"):
+        K.gemv(p, p, p, 0, p, p, p, 0, 4, 64, 1)
+    with pytest.raises(ValueError, match="null pointer"):
+        K.glu_ln(0, 0, 0, 0, 4, 1e-5)
+    with pytest.raises(ValueError, match="null pointer"):
+        K.glu_ln(p, p, p, 0, 4, 1e-5)  # a norm weight without its bias
+    with pytest.raises(ValueError, match="null pointer"):
         K.tanh(0, 0, 4)
+    with pytest.raises(TypeError):
+        K.mixture_decode(p, 4, "a", 1.0, 1.0, 1.0)
 
 
 def test_gru_cell_matches_torch_gru():

@@ -226,167 +226,124 @@ static PyObject *py_available(PyObject *self, PyObject *noargs)
     return PyBool_FromLong(vnni_available());
 }
 
-/* gemv(w, scale, rowsum, bias_or_0, x, y, out, in, in_pad, xq_buf, rows)
+/* Arguments of every kernel wrapper: `spec` has one letter per argument, 'p' a pointer
+ * (an int, 0 allowed only where the kernel accepts NULL: checked by the caller), 'n' a
+ * size > 0, 'f' a float. Returns 0 and sets a Python error on failure. */
+static int parse(const char *name, PyObject *const *args, Py_ssize_t nargs, const char *spec,
+                 void **ptr, int64_t *num, double *flt)
+{
+    Py_ssize_t want = (Py_ssize_t)strlen(spec);
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s expects %zd arguments, got %zd", name, want, nargs);
+        return 0;
+    }
+    for (Py_ssize_t k = 0; k < want; k++) {
+        if (spec[k] == 'p') {
+            *ptr++ = PyLong_AsVoidPtr(args[k]);
+        } else if (spec[k] == 'n') {
+            int64_t v = PyLong_AsLongLong(args[k]);
+            if (!PyErr_Occurred() && v <= 0) {
+                PyErr_Format(PyExc_ValueError, "%s: size argument %zd must be > 0", name, k);
+                return 0;
+            }
+            *num++ = v;
+        } else {
+            *flt++ = PyFloat_AsDouble(args[k]);
+        }
+        if (PyErr_Occurred()) return 0;
+    }
+#if HAVE_X86
+    if (vnni_available()) return 1;
+#endif
+    PyErr_Format(PyExc_RuntimeError, "%s: this CPU has no AVX-512 VNNI", name);
+    return 0;
+}
+
+static int null_pointer(const char *name)
+{
+    PyErr_Format(PyExc_ValueError, "%s: null pointer", name);
+    return 0;
+}
+
+/* gemv(w, scale, rowsum, bias_or_0, x, y, xq_buf, out, in, in_pad, rows)
  * rows > 1 applies the product to `rows` consecutive inputs/outputs (x: rows x in,
  * y: rows x out), reading the weights once per row. */
 static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 11) {
-        PyErr_SetString(PyExc_TypeError, "gemv expects 11 arguments");
-        return NULL;
-    }
-    void *p[6];
-    for (int k = 0; k < 6; k++) {
-        p[k] = PyLong_AsVoidPtr(args[k]);
-        if (PyErr_Occurred()) return NULL;
-    }
-    int64_t n[5];
-    for (int k = 0; k < 5; k++) {
-        n[k] = PyLong_AsLongLong(args[6 + k]);
-        if (PyErr_Occurred()) return NULL;
-    }
-    int64_t out = n[0], in = n[1], in_pad = n[2], rows = n[4];
-    void *xq = PyLong_AsVoidPtr(args[9]);
-    if (PyErr_Occurred()) return NULL;
-    if (!p[0] || !p[1] || !p[2] || !p[4] || !p[5] || !xq || out <= 0 || in <= 0 ||
-        in_pad < in || in_pad % 64 || rows <= 0) {
-        PyErr_SetString(PyExc_ValueError, "gemv: bad pointer or size");
+    void *p[7];
+    int64_t n[4];
+    if (!parse("gemv", args, nargs, "pppppppnnnn", p, n, NULL)) return NULL;
+    if (!p[0] || !p[1] || !p[2] || !p[4] || !p[5] || !p[6]) return null_pointer("gemv"), NULL;
+    int64_t out = n[0], in = n[1], in_pad = n[2], rows = n[3];
+    if (in_pad < in || in_pad % 64) {
+        PyErr_SetString(PyExc_ValueError, "gemv: in_pad must be a multiple of 64 >= in");
         return NULL;
     }
 #if HAVE_X86
-    if (!vnni_available()) {
-        PyErr_SetString(PyExc_RuntimeError, "gemv: this CPU has no AVX-512 VNNI");
-        return NULL;
-    }
     Py_BEGIN_ALLOW_THREADS
     for (int64_t r = 0; r < rows; r++)
         gemv_vnni((const int8_t *)p[0], (const float *)p[1], (const int32_t *)p[2],
                   (const float *)p[3], (const float *)p[4] + r * in, (float *)p[5] + r * out,
-                  out, in, in_pad, (uint8_t *)xq);
+                  out, in, in_pad, (uint8_t *)p[6]);
     Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-#else
-    PyErr_SetString(PyExc_RuntimeError, "gemv: not built for x86-64");
-    return NULL;
 #endif
+    Py_RETURN_NONE;
 }
 
-/* glu_ln(x, y, half, ln_w_or_0, ln_b_or_0, eps) */
+/* glu_ln(x, y, ln_w_or_0, ln_b_or_0, half, eps) */
 static PyObject *py_glu_ln(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "glu_ln expects 6 arguments");
-        return NULL;
-    }
-    void *p[5];
-    for (int k = 0; k < 5; k++) {
-        p[k] = k == 2 ? NULL : PyLong_AsVoidPtr(args[k]);
-        if (PyErr_Occurred()) return NULL;
-    }
-    int64_t half = PyLong_AsLongLong(args[2]);
-    double eps = PyFloat_AsDouble(args[5]);
-    if (PyErr_Occurred()) return NULL;
-    if (!p[0] || !p[1] || half <= 0 || (p[3] && !p[4])) {
-        PyErr_SetString(PyExc_ValueError, "glu_ln: bad pointer or size");
-        return NULL;
-    }
+    void *p[4];
+    int64_t half;
+    double eps;
+    if (!parse("glu_ln", args, nargs, "ppppnf", p, &half, &eps)) return NULL;
+    if (!p[0] || !p[1] || (p[2] && !p[3])) return null_pointer("glu_ln"), NULL;
 #if HAVE_X86
-    if (!vnni_available()) {
-        PyErr_SetString(PyExc_RuntimeError, "glu_ln: this CPU has no AVX-512");
-        return NULL;
-    }
-    glu_ln((const float *)p[0], (float *)p[1], half, (const float *)p[3],
-           (const float *)p[4], (float)eps);
-    Py_RETURN_NONE;
-#else
-    PyErr_SetString(PyExc_RuntimeError, "glu_ln: not built for x86-64");
-    return NULL;
+    glu_ln((const float *)p[0], (float *)p[1], half, (const float *)p[2], (const float *)p[3],
+           (float)eps);
 #endif
+    Py_RETURN_NONE;
 }
 
 /* tanh(x, y, n) */
 static PyObject *py_tanh(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "tanh expects 3 arguments");
-        return NULL;
-    }
-    void *x = PyLong_AsVoidPtr(args[0]);
-    if (PyErr_Occurred()) return NULL;
-    void *y = PyLong_AsVoidPtr(args[1]);
-    if (PyErr_Occurred()) return NULL;
-    int64_t n = PyLong_AsLongLong(args[2]);
-    if (PyErr_Occurred()) return NULL;
-    if (!x || !y || n <= 0) {
-        PyErr_SetString(PyExc_ValueError, "tanh: bad pointer or size");
-        return NULL;
-    }
+    void *p[2];
+    int64_t n;
+    if (!parse("tanh", args, nargs, "ppn", p, &n, NULL)) return NULL;
+    if (!p[0] || !p[1]) return null_pointer("tanh"), NULL;
 #if HAVE_X86
-    if (!vnni_available()) {
-        PyErr_SetString(PyExc_RuntimeError, "tanh: this CPU has no AVX-512");
-        return NULL;
-    }
-    tanh_n((const float *)x, (float *)y, n);
-    Py_RETURN_NONE;
-#else
-    PyErr_SetString(PyExc_RuntimeError, "tanh: not built for x86-64");
-    return NULL;
+    tanh_n((const float *)p[0], (float *)p[1], n);
 #endif
+    Py_RETURN_NONE;
 }
 
 /* gru_cell(gi, gh, h, out, H) */
 static PyObject *py_gru_cell(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "gru_cell expects 5 arguments");
-        return NULL;
-    }
     void *p[4];
-    for (int k = 0; k < 4; k++) {
-        p[k] = PyLong_AsVoidPtr(args[k]);
-        if (PyErr_Occurred()) return NULL;
-    }
-    int64_t H = PyLong_AsLongLong(args[4]);
-    if (PyErr_Occurred()) return NULL;
-    if (!p[0] || !p[1] || !p[2] || !p[3] || H <= 0) {
-        PyErr_SetString(PyExc_ValueError, "gru_cell: bad pointer or size");
-        return NULL;
-    }
+    int64_t H;
+    if (!parse("gru_cell", args, nargs, "ppppn", p, &H, NULL)) return NULL;
+    if (!p[0] || !p[1] || !p[2] || !p[3]) return null_pointer("gru_cell"), NULL;
 #if HAVE_X86
-    if (!vnni_available()) {
-        PyErr_SetString(PyExc_RuntimeError, "gru_cell: this CPU has no AVX-512");
-        return NULL;
-    }
     gru_cell((const float *)p[0], (const float *)p[1], (const float *)p[2], (float *)p[3], H);
-    Py_RETURN_NONE;
-#else
-    PyErr_SetString(PyExc_RuntimeError, "gru_cell: not built for x86-64");
-    return NULL;
 #endif
+    Py_RETURN_NONE;
 }
 
 /* mixture_decode(x, k, loc_lo, loc_hi, sharp_lo, sharp_hi) */
 static PyObject *py_mixture_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "mixture_decode expects 6 arguments");
-        return NULL;
-    }
-    void *x = PyLong_AsVoidPtr(args[0]);
-    if (PyErr_Occurred()) return NULL;
-    int64_t k = PyLong_AsLongLong(args[1]);
+    void *x;
+    int64_t k;
     double b[4];
-    for (int i = 0; i < 4; i++) b[i] = PyFloat_AsDouble(args[2 + i]);
-    if (PyErr_Occurred()) return NULL;
-    if (!x || k <= 0) {
-        PyErr_SetString(PyExc_ValueError, "mixture_decode: bad pointer or size");
-        return NULL;
-    }
+    if (!parse("mixture_decode", args, nargs, "pnffff", &x, &k, b)) return NULL;
+    if (!x) return null_pointer("mixture_decode"), NULL;
     mixture_decode((float *)x, k, (float)b[0], (float)b[1], (float)b[2], (float)b[3]);
     Py_RETURN_NONE;
 }
@@ -394,9 +351,9 @@ static PyObject *py_mixture_decode(PyObject *self, PyObject *const *args, Py_ssi
 static PyMethodDef methods[] = {
     {"available", py_available, METH_NOARGS, "True if this CPU can run the VNNI kernel."},
     {"gemv", (PyCFunction)(void (*)(void))py_gemv, METH_FASTCALL,
-     "gemv(w, scale, rowsum, bias, x, y, out, in, in_pad, xq, rows): int8 GEMV (pointers as ints)."},
+     "gemv(w, scale, rowsum, bias, x, y, xq, out, in, in_pad, rows): int8 GEMV (pointers as ints)."},
     {"glu_ln", (PyCFunction)(void (*)(void))py_glu_ln, METH_FASTCALL,
-     "glu_ln(x, y, half, ln_w, ln_b, eps): y = LayerNorm(a * sigmoid(b)) of x = [a | b]."},
+     "glu_ln(x, y, ln_w, ln_b, half, eps): y = LayerNorm(a * sigmoid(b)) of x = [a | b]."},
     {"tanh", (PyCFunction)(void (*)(void))py_tanh, METH_FASTCALL, "tanh(x, y, n): y = tanh(x)."},
     {"gru_cell", (PyCFunction)(void (*)(void))py_gru_cell, METH_FASTCALL,
      "gru_cell(gi, gh, h, out, H): one GRU step from gate pre-activations."},

@@ -132,8 +132,9 @@ def _fuse(spec: _MlpSpec) -> None:
     for lin, w, b, eps in spec.layers:
         half = lin.out_features // 2
         pre, post = torch.empty(1, lin.out_features), torch.empty(1, half)
-        fused.append((lin, pre, post, pre.data_ptr(), post.data_ptr(), half,
-                      0 if w is None else w.data_ptr(), 0 if b is None else b.data_ptr(), eps))
+        fused.append((lin, pre, post, pre.data_ptr(), post.data_ptr(),
+                      0 if w is None else w.data_ptr(), 0 if b is None else b.data_ptr(), half,
+                      eps))
     spec.fused = fused
 
 
@@ -142,9 +143,9 @@ def _run_mlp1(spec: _MlpSpec, x: Tensor, kernels) -> Tensor:
     if spec.fused is None:
         return _run_mlp(spec, x)
     glu_ln = kernels.glu_ln
-    for lin, pre, post, p_pre, p_post, half, p_w, p_b, eps in spec.fused:
+    for lin, pre, post, p_pre, p_post, p_w, p_b, half, eps in spec.fused:
         lin(x, pre)
-        glu_ln(p_pre, p_post, half, p_w, p_b, eps)
+        glu_ln(p_pre, p_post, p_w, p_b, half, eps)
         x = post
     return spec.final(x)
 

@@ -130,8 +130,8 @@ class PackedLinear:
             self._q_buf = torch.zeros(self.in_features + pad, dtype=torch.uint8)
             self._q_args = (self._q.data_ptr(), self._q_scale.data_ptr(),
                             self._q_rowsum.data_ptr(), self._bias.data_ptr())
-            self._q_sizes = (self.out_features, self.in_features, self.in_features + pad,
-                             self._q_buf.data_ptr())
+            self._q_sizes = (self._q_buf.data_ptr(), self.out_features, self.in_features,
+                             self.in_features + pad)
             self._gemv = kernel.gemv
             self._call = self._int8_vnni
 
@@ -247,8 +247,8 @@ MIN_REDUCED = 100_000
 
 
 def c_kernels():
-    """The compiled batch-1 kernels (module ``_int8gemv``: ``gemv``, ``glu_ln``, ``tanh``)
-    when they are built and this CPU has AVX-512 VNNI, else None."""
+    """The compiled batch-1 kernels (module ``_int8gemv``: ``gemv``, ``glu_ln``, ``tanh``,
+    ``gru_cell``, ``mixture_decode``) when built and this CPU has AVX-512 VNNI, else None."""
     return _vnni_kernel()
 
 
