@@ -139,7 +139,7 @@ def load_cache(path: str) -> None:
             _CACHE[data] = _Cached(EventArrays(*(c[lo:hi].copy() for c in cols)))
 
 
-if os.environ.get(CACHE_ENV) and __name__ != "__main__":
+if os.environ.get(CACHE_ENV) and __name__ == "prep":
     load_cache(os.environ[CACHE_ENV])  # in workers (their fork server imports this module)
 
 

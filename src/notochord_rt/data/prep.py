@@ -46,9 +46,9 @@ from pathlib import Path
 from ..errors import UserError
 from . import prep_worker as pw
 from .prep_ledger import RETRYABLE, Ledger
-from .prep_pool import SupervisedPool, TaskOutcome
+from .prep_pool import PoolError, SupervisedPool, TaskOutcome
 from .report import InstrumentHistogram, PrepSummary, SplitStats, write_report, write_summary
-from .store import SPLITS, write_split
+from .store import SPLITS, SplitWriter
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +75,22 @@ def discover(sources: Iterable[str | os.PathLike]) -> tuple[list[str], list[str]
     is, whatever its name). A path reached twice is listed once. Raises
     :class:`UserError` for a source that does not exist.
     """
+    files, not_files, _ = _discover(sources)
+    return files, not_files
+
+
+def _discover(sources: Iterable[str | os.PathLike]) -> tuple[list[str], list[str], dict[str, str]]:
+    """:func:`discover`, plus the absolute path of everything found (made once, here)."""
     files: list[str] = []
     not_files: list[str] = []
     seen: set[str] = set()
+    absolute: dict[str, str] = {}
 
     def add(path: str, into: list[str], key: str | None = None) -> None:
         key = key or os.path.abspath(path)
         if key not in seen:
             seen.add(key)
+            absolute[path] = key
             into.append(path)
 
     for src in sources:
@@ -103,7 +111,7 @@ def discover(sources: Iterable[str | os.PathLike]) -> tuple[list[str], list[str]
             add(src, files)  # a broken link or a special file: the worker reports it
         else:
             raise UserError(f"no such file or folder: {src}")
-    return files, not_files
+    return files, not_files, absolute
 
 
 def split_of(content_hash: str) -> str:
@@ -193,7 +201,7 @@ def _prepare(sources, dest: Path, jobs, min_events, limit, timeout, max_bytes, m
              retry_failed, flush_every, flush_seconds, progress, loader) -> PrepSummary:
     """:func:`prepare` after its arguments are checked."""
     started, cpu_started, worker_cpu = time.monotonic(), time.process_time(), 0.0
-    files, not_files = discover(sources)
+    files, not_files, absolute = _discover(sources)
     if limit is not None:
         files = files[:limit]
     if dest.exists() and not dest.is_dir():
@@ -204,7 +212,8 @@ def _prepare(sources, dest: Path, jobs, min_events, limit, timeout, max_bytes, m
         records: dict[str, dict] = {}
         todo = []
         for path in files:
-            rec = ledger.lookup(path, *pw.file_identity(path)) if ledger.by_stat else None
+            rec = (ledger.lookup(path, *pw.file_identity(path), absolute[path])
+                   if ledger.by_stat else None)
             if rec is not None and not (retry_failed and rec["status"] in RETRYABLE):
                 records[path] = rec
             else:
@@ -217,8 +226,9 @@ def _prepare(sources, dest: Path, jobs, min_events, limit, timeout, max_bytes, m
                 config.loader = loader
             if logging.getLogger("notochord_rt").getEffectiveLevel() < logging.WARNING:
                 config.log_level = logging.getLogger("notochord_rt").getEffectiveLevel()
-            worker_cpu = _process(todo, ledger, records, config, jobs or os.cpu_count() or 1,
-                                  timeout, flush_every, flush_seconds, progress)
+            worker_cpu = _process(todo, absolute, ledger, records, config,
+                                  jobs or os.cpu_count() or 1, timeout, flush_every,
+                                  flush_seconds, progress)
         summary = _finalize(dest, ledger, files, not_files, records, min_events)
     finally:
         ledger.close()
@@ -230,7 +240,8 @@ def _prepare(sources, dest: Path, jobs, min_events, limit, timeout, max_bytes, m
     return summary
 
 
-def _process(todo, ledger, records, config, jobs, timeout, flush_every, flush_seconds, progress):
+def _process(todo, absolute, ledger, records, config, jobs, timeout, flush_every, flush_seconds,
+             progress):
     """Run the workers over ``todo``, committing results to the ledger as they come."""
     if progress:
         progress(0, len(todo))
@@ -241,9 +252,9 @@ def _process(todo, ledger, records, config, jobs, timeout, flush_every, flush_se
                           decode=pw.unpack_results, weigh=pw.result_weight,
                           max_message=MAX_MESSAGE_EVENTS)
     try:
-        for done, outcome in enumerate(pool.run(todo), 1):
+        for done, outcome in enumerate(_outcomes(pool, todo), 1):
             result = _result_of(outcome)
-            records[result.path] = ledger.add(result)
+            records[result.path] = ledger.add(result, absolute[result.path])
             if progress:
                 progress(done, len(todo))
             now = time.monotonic()
@@ -254,6 +265,14 @@ def _process(todo, ledger, records, config, jobs, timeout, flush_every, flush_se
         pool.close()
         ledger.flush()
     return pool.cpu_seconds
+
+
+def _outcomes(pool: SupervisedPool, todo: list[str]) -> Iterator[TaskOutcome]:
+    """The pool's outcomes; a failure to store results (disk full?) is the user's to fix."""
+    try:
+        yield from pool.run(todo)
+    except PoolError as e:
+        raise UserError(f"prep stopped: {e}") from e
 
 
 def _finalize(dest, ledger, files, not_files, records, min_events) -> PrepSummary:
@@ -287,16 +306,17 @@ def _finalize(dest, ledger, files, not_files, records, min_events) -> PrepSummar
     hist = InstrumentHistogram()
     for split in SPLITS:
         entries = chosen[split]
-        write_split(  # the pieces are views of the ledger's memory-mapped chunks
-            dest, split, [ledger.piece(rec["hash"]) for _, rec in entries],
-            [{"path": p, "hash": rec["hash"], "events": rec["events"], "seconds": rec["seconds"]}
-             for p, rec in entries],
-        )
+        where = [ledger.piece_at[rec["hash"]] for _, rec in entries]
+        with SplitWriter(dest, split, sum(n for _, _, n in where)) as writer:
+            for w in where:  # bytes straight from the memory-mapped spools
+                writer.add_raw(ledger.spools.raw(w), w[2])
+            writer.finish([{"path": p, "hash": rec["hash"], "events": rec["events"],
+                            "seconds": rec["seconds"]} for p, rec in entries])
         stats = SplitStats(len(entries), sum(r["events"] for _, r in entries),
                            sum(r["seconds"] for _, r in entries) / 3600)
         summary.splits[split] = stats
         for _, rec in entries:
-            hist.add({int(k): v for k, v in rec["instruments"].items()})
+            hist.add(rec["instruments"])
     write_report(dest, skipped)
     summary.files_seen = len(files) + len(not_files)
     summary.files_ok = sum(s.pieces for s in summary.splits.values())

@@ -45,11 +45,11 @@ def stat_key(abspath: str, size: int, mtime_ns: int) -> tuple[str, int, int]:
     return (abspath, int(size), int(mtime_ns))
 
 
-def record_of(result: pw.FileResult) -> dict:
+def record_of(result: pw.FileResult, abspath: str | None = None) -> dict:
     """The JSON record of a file's result (without its events)."""
     return {
         "path": result.path,
-        "abspath": os.path.abspath(result.path),
+        "abspath": abspath or os.path.abspath(result.path),
         "size": result.size,
         "mtime_ns": result.mtime_ns,
         "hash": result.hash,
@@ -136,25 +136,27 @@ class Ledger:
         if rec["hash"] and rec["status"] in CONTENT_STATUSES:
             self.by_hash.setdefault(rec["hash"], rec)
 
-    def lookup(self, path: str, size: int, mtime_ns: int) -> dict | None:
-        """The record of an unchanged file, or None."""
-        return self.by_stat.get(stat_key(os.path.abspath(path), size, mtime_ns))
+    def lookup(self, path: str, size: int, mtime_ns: int, abspath: str | None = None
+               ) -> dict | None:
+        """The record of an unchanged file (``abspath``: its absolute path, if known), or None."""
+        return self.by_stat.get(stat_key(abspath or os.path.abspath(path), size, mtime_ns))
 
-    def add(self, result: pw.FileResult) -> dict:
+    def add(self, result: pw.FileResult, abspath: str | None = None) -> dict:
         """Remember a finished file (in memory until :meth:`flush`); returns its record.
 
         The piece of an ``OK`` result is taken from ``result.events_at`` (where a worker
-        spooled it) or else from ``result.events`` (spooled here).
+        spooled it) or else from ``result.events`` (spooled here). ``abspath`` is the
+        file's absolute path, if the caller has it already.
         """
         if result.status == pw.KNOWN:
             known = self.by_hash[result.hash]
             result.status, result.reason = known["status"], known["reason"]
             result.seconds = known["seconds"]
             result.instruments = {int(k): v for k, v in known["instruments"].items()}
-            rec = record_of(result)
+            rec = record_of(result, abspath)
             rec["events"] = known["events"]
         else:
-            rec = record_of(result)
+            rec = record_of(result, abspath)
             h = result.hash
             if (result.status == pw.OK and h not in self.piece_at
                     and h not in self._pending_pieces):

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 _START, _NUMBER = 0, 1  # slots of a worker's shared state: start time, task number
 
 
+class PoolError(RuntimeError):
+    """A worker could not pack the results of its tasks (the run cannot go on)."""
+
+
 @dataclass
 class TaskOutcome:
     """The fate of one task: ``kind`` is ``"done"``, ``"crash"`` or ``"timeout"``."""
@@ -98,10 +102,19 @@ def _worker_main(conn: Connection, func: Callable, config: Any, state, hooks: _H
 
 def _send(conn: Connection, count: int, raised: dict, values: list, hooks: _Hooks, config: Any,
           cpu: float) -> float:
-    """Send the results of the next ``count`` tasks with the CPU time since ``cpu``."""
-    payload = hooks.encode(values, config) if hooks.encode is not None else values
+    """Send the results of the next ``count`` tasks with the CPU time since ``cpu``.
+
+    A failing ``encode`` (a full disk, say) is not any task's fault: it is sent as an
+    error that stops the run (see :class:`PoolError`).
+    """
+    payload, error = values, None
+    if hooks.encode is not None:
+        try:
+            payload = hooks.encode(values, config)
+        except Exception as e:  # noqa: BLE001 - reported to the parent
+            payload, error = None, f"{type(e).__name__}: {e}"
     now = time.process_time()
-    conn.send((count, raised, payload, now - cpu))
+    conn.send((count, raised, payload, now - cpu, error))
     return now
 
 
@@ -282,10 +295,12 @@ class SupervisedPool:
         """
         if has_result:
             try:
-                count, raised, payload, cpu = worker.conn.recv()
+                count, raised, payload, cpu, error = worker.conn.recv()
             except (EOFError, OSError):
                 return self._died(worker), True
             self.cpu_seconds += cpu
+            if error is not None:
+                raise PoolError(f"a worker could not pack its results: {error}")
             values = iter(self.decode(payload) if self.decode is not None else payload)
             outcomes = []
             for k, task in enumerate(worker.take(count)):

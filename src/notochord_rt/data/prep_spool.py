@@ -28,7 +28,7 @@ from ..events import EventArrays
 
 PREFIX = "events-"
 SUFFIX = ".bin"
-_LAYOUT = ((2, "<f8"), (0, "<i2"), (1, "<i2"), (3, "<i2"))
+_LAYOUT = tuple((k, np.dtype(t)) for k, t in ((2, "<f8"), (0, "<i2"), (1, "<i2"), (3, "<i2")))
 """(index in EventArrays, on-disk dtype) of each column, in file order."""
 _ZEROS = bytes(8)
 
@@ -67,7 +67,10 @@ class SpoolWriter:
         n, offset = len(events), self._size
         write = self._file.write
         for k, dtype in _LAYOUT:
-            write(np.ascontiguousarray(events[k], dtype=dtype).data)
+            column = events[k]
+            if column.dtype != dtype or not column.flags.c_contiguous:
+                column = np.ascontiguousarray(column, dtype=dtype)
+            write(column)
         pad = piece_nbytes(n) - 14 * n
         if pad:
             write(_ZEROS[:pad])
@@ -91,6 +94,7 @@ class SpoolReader:
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         self._maps: dict[str, mmap.mmap] = {}
+        self._views: dict[str, memoryview] = {}
         self._sizes: dict[str, int] = {}
 
     def size(self, name: str) -> int:
@@ -107,15 +111,31 @@ class SpoolReader:
         name, offset, n = where
         return is_spool_name(name) and offset >= 0 and self.size(name) >= offset + 14 * n
 
+    def _map(self, name: str, end: int) -> mmap.mmap:
+        buf = self._maps.get(name)
+        if buf is None or len(buf) < end:  # not mapped yet, or grown since
+            with open(self.folder / name, "rb") as f:
+                buf = self._maps[name] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._views[name] = memoryview(buf)
+        return buf
+
+    def raw(self, where: Location) -> tuple[memoryview, memoryview, memoryview, memoryview]:
+        """The bytes of a piece's columns in ``EventArrays`` order (inst, pitch, time, vel),
+        as views of the mapped spool: what a split writer copies, with no array made."""
+        name, offset, n = where
+        if n == 0:
+            return (memoryview(b""),) * 4
+        self._map(name, offset + 14 * n)
+        view = self._views[name]
+        t, i, p, v = offset, offset + 8 * n, offset + 10 * n, offset + 12 * n
+        return view[i:p], view[p:v], view[t:i], view[v:v + 2 * n]
+
     def piece(self, where: Location) -> EventArrays:
         """The events of a piece (its spool must hold it)."""
         name, offset, n = where
         if n == 0:
             return EventArrays.empty()
-        buf = self._maps.get(name)
-        if buf is None or len(buf) < offset + 14 * n:  # not mapped yet, or grown since
-            with open(self.folder / name, "rb") as f:
-                buf = self._maps[name] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        buf = self._map(name, offset + 14 * n)
         cols: list = [None] * 4
         for k, dtype in _LAYOUT:
             cols[k] = np.frombuffer(buf, dtype=dtype, count=n, offset=offset)

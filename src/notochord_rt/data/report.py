@@ -92,7 +92,8 @@ class InstrumentHistogram:
         self.pieces: Counter[int] = Counter()
         self.notes: Counter[int] = Counter()
 
-    def add(self, note_ons: dict[int, int]) -> None:
+    def add(self, note_ons: dict[int, int] | dict[str, int]) -> None:
+        """Count a piece with these note-ons per instrument id (ids as ints or strings)."""
         for inst, n in note_ons.items():
             self.pieces[int(inst)] += 1
             self.notes[int(inst)] += int(n)

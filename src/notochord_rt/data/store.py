@@ -27,7 +27,9 @@ from ..events import EventArrays
 
 SPLITS = ("train", "valid", "test")
 COLUMNS = ("inst", "pitch", "time", "vel")
-_DTYPES = tuple(np.dtype(a.dtype) for a in EventArrays.empty())
+DTYPES = (np.dtype("<i2"), np.dtype("<i2"), np.dtype("<f8"), np.dtype("<i2"))
+"""On-disk dtypes of the columns (little-endian: the bytes of a split never depend on the
+machine that wrote it; on the usual little-endian machines they are the native ones)."""
 
 
 def write_split(
@@ -35,38 +37,91 @@ def write_split(
 ) -> Path:
     """Write ``pieces`` (with one metadata record each) as split ``split`` under ``dest``.
 
-    Each column is streamed piece by piece into its ``.npy`` file (no concatenated copy
-    of the split in memory), so the pieces may be views of memory-mapped files. Files are
-    written to temporary names and renamed, so a reader never sees a half written split.
+    See :class:`SplitWriter` (the pieces may be views of memory-mapped files).
     """
-    folder = Path(dest) / split
-    folder.mkdir(parents=True, exist_ok=True)
     pieces = list(pieces)
     if len(pieces) != len(records):
         raise ValueError("write_split: one record per piece is required")
-    lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
-    offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    tmp = folder / ".offsets.tmp.npy"
-    np.save(tmp, offsets)
-    os.replace(tmp, folder / "offsets.npy")
-    for k, name in enumerate(COLUMNS):
-        dtype = _DTYPES[k]
-        tmp = folder / f".{name}.tmp.npy"
-        with open(tmp, "wb", buffering=1 << 20) as f:
-            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                      "shape": (int(offsets[-1]),)}
-            np.lib.format.write_array_header_1_0(f, header)
-            for piece in pieces:
-                column = piece[k]
-                if column.dtype != dtype:
-                    column = column.astype(dtype)
-                f.write(np.ascontiguousarray(column).data)
-        os.replace(tmp, folder / f"{name}.npy")
-    tmp = folder / ".pieces.tmp.json"
-    tmp.write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
-    os.replace(tmp, folder / "pieces.json")
-    return folder
+    with SplitWriter(dest, split, sum(len(p) for p in pieces)) as writer:
+        for piece in pieces:
+            writer.add(piece)
+        return writer.finish(records)
+
+
+class SplitWriter:
+    """Streams pieces into split ``split`` of ``dest``: :meth:`add` them in order, then
+    :meth:`finish` with one record per piece.
+
+    ``total_events`` (the sum of the pieces' lengths) goes into the ``.npy`` headers up
+    front, so each column is written piece by piece, without a concatenated copy of the
+    split in memory. Everything is written to temporary names and renamed at the end, so
+    a reader never sees a half written file; leaving the ``with`` block without
+    :meth:`finish` removes the temporary files.
+    """
+
+    def __init__(self, dest: str | os.PathLike, split: str, total_events: int):
+        self.folder = Path(dest) / split
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.total = int(total_events)
+        self._lengths: list[int] = []
+        self._files = []
+        for name, dtype in zip(COLUMNS, DTYPES):
+            f = open(self._tmp(f"{name}.npy"), "wb", buffering=1 << 20)  # noqa: SIM115
+            self._files.append(f)
+            np.lib.format.write_array_header_1_0(f, {
+                "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                "shape": (self.total,)})
+
+    def _tmp(self, name: str) -> Path:
+        return self.folder / f".{name}.tmp"
+
+    def __enter__(self) -> SplitWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._files:  # not finished
+            for f in self._files:
+                f.close()
+            self._files = []
+            for name in (*(f"{c}.npy" for c in COLUMNS), "offsets.npy", "pieces.json"):
+                self._tmp(name).unlink(missing_ok=True)
+
+    def add(self, piece: EventArrays) -> None:
+        """Append a piece (any dtypes and strides; converted as needed)."""
+        for f, column, dtype in zip(self._files, piece, DTYPES):
+            if column.dtype != dtype or not column.flags.c_contiguous:
+                column = np.ascontiguousarray(column, dtype=dtype)
+            f.write(column)
+        self._lengths.append(len(piece))
+
+    def add_raw(self, columns: Sequence, n: int) -> None:
+        """Append a piece of ``n`` events given as the bytes of its columns, in
+        :data:`COLUMNS` order and :data:`DTYPES` (e.g. memoryviews of a mapped file)."""
+        for f, column, dtype in zip(self._files, columns, DTYPES):
+            if memoryview(column).nbytes != n * dtype.itemsize:
+                raise ValueError(f"add_raw: {memoryview(column).nbytes} bytes for {n} "
+                                 f"events of {dtype}")
+            f.write(column)
+        self._lengths.append(n)
+
+    def finish(self, records: Sequence[dict]) -> Path:
+        """Write the offsets and ``pieces.json`` and put every file in place."""
+        if len(records) != len(self._lengths):
+            raise ValueError("SplitWriter: one record per piece is required")
+        offsets = np.zeros(len(self._lengths) + 1, dtype=np.int64)
+        np.cumsum(self._lengths, out=offsets[1:])
+        if offsets[-1] != self.total:
+            raise ValueError(f"SplitWriter: {offsets[-1]} events added, {self.total} announced")
+        for f in self._files:
+            f.close()
+        self._files = []
+        with open(self._tmp("offsets.npy"), "wb") as f:
+            np.save(f, offsets)
+        self._tmp("pieces.json").write_text(
+            "[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
+        for name in (*(f"{c}.npy" for c in COLUMNS), "offsets.npy", "pieces.json"):
+            os.replace(self._tmp(name), self.folder / name)
+        return self.folder
 
 
 class EventStore:
