@@ -30,6 +30,9 @@
 #define HAVE_X86 0
 #endif
 
+#ifndef PF_HINT
+#define PF_HINT _MM_HINT_T0
+#endif
 #ifndef PF_BYTES
 #define PF_BYTES 2048
 #endif
@@ -79,10 +82,10 @@ static void gemv_vnni(const int8_t *w, const float *scale, const int32_t *rowsum
         __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
         for (int64_t k = 0; k < in_pad; k += 64) {
             const int8_t *b = blk + 4 * k;
-            _mm_prefetch((const char *)b + PF_BYTES, _MM_HINT_T0);
-            _mm_prefetch((const char *)b + PF_BYTES + 64, _MM_HINT_T0);
-            _mm_prefetch((const char *)b + PF_BYTES + 128, _MM_HINT_T0);
-            _mm_prefetch((const char *)b + PF_BYTES + 192, _MM_HINT_T0);
+            _mm_prefetch((const char *)b + PF_BYTES, PF_HINT);
+            _mm_prefetch((const char *)b + PF_BYTES + 64, PF_HINT);
+            _mm_prefetch((const char *)b + PF_BYTES + 128, PF_HINT);
+            _mm_prefetch((const char *)b + PF_BYTES + 192, PF_HINT);
             __m512i xv = _mm512_loadu_si512((const void *)(xq + k));
             a0 = _mm512_dpbusd_epi32(a0, xv, _mm512_loadu_si512((const void *)(b)));
             a1 = _mm512_dpbusd_epi32(a1, xv, _mm512_loadu_si512((const void *)(b + 64)));
