@@ -230,7 +230,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the reference (ratios are then not printed)")
     parser.add_argument("--profile", action="store_true",
                         help="also print cProfile tables of the parent and the worker")
+    parser.add_argument("--phases", action="store_true",
+                        help="log prepare's CPU time per phase (parent) and in the workers")
     args = parser.parse_args(argv)
+    if args.phases:
+        import logging
+
+        logging.basicConfig(format="  %(message)s")
+        logging.getLogger("notochord_rt.data.prep").setLevel(logging.INFO)
 
     import torch
 
@@ -252,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cached_ingest:
             build_cache(files, tmp / "cache.npz")
             os.environ[CACHE_ENV] = str(tmp / "cache.npz")
+            # The fork server (Python 3.11) ignores this script's sys.path: without this it
+            # could not preload the cache module, and each worker would load the cache
+            # inside its first (timed) batch.
+            here = str(Path(__file__).resolve().parent)
+            os.environ["PYTHONPATH"] = os.pathsep.join(
+                p for p in (here, os.environ.get("PYTHONPATH")) if p)
             loader = CACHED_LOADER
             ours_name = "ours, cached ingest (prepare, jobs=1)"
             print("ingest: cached (precomputed with load_midi; the pipeline alone is timed)")

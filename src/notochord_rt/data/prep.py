@@ -202,6 +202,7 @@ def _prepare(sources, dest: Path, jobs, min_events, limit, timeout, max_bytes, m
     """:func:`prepare` after its arguments are checked."""
     started, cpu_started, worker_cpu = time.monotonic(), time.process_time(), 0.0
     files, not_files, absolute = _discover(sources)
+    cpu = [time.process_time()]  # after each phase: discovery, ledger, workers, outputs
     if limit is not None:
         files = files[:limit]
     if dest.exists() and not dest.is_dir():
@@ -219,6 +220,7 @@ def _prepare(sources, dest: Path, jobs, min_events, limit, timeout, max_bytes, m
             else:
                 todo.append(path)
         log.info("%d files found, %d to process, %d known", len(files), len(todo), len(records))
+        cpu.append(time.process_time())
         if todo:
             config = pw.WorkerConfig(frozenset(ledger.by_hash), max_bytes, max_hours * 3600,
                                      spool_dir=str(ledger.folder))
@@ -229,9 +231,15 @@ def _prepare(sources, dest: Path, jobs, min_events, limit, timeout, max_bytes, m
             worker_cpu = _process(todo, absolute, ledger, records, config,
                                   jobs or os.cpu_count() or 1, timeout, flush_every,
                                   flush_seconds, progress)
+        cpu.append(time.process_time())
         summary = _finalize(dest, ledger, files, not_files, records, min_events)
     finally:
         ledger.close()
+    cpu.append(time.process_time())
+    phases = ("finding files", "reading the ledger", "running the workers", "writing outputs")
+    log.info("CPU ms in this process: %s; in the workers: %.1f", ", ".join(
+        f"{name} {1e3 * (b - a):.1f}" for name, a, b in zip(phases, [cpu_started, *cpu], cpu)),
+        1e3 * worker_cpu)
     summary.processed_now = len(todo)
     summary.reused = len(files) - len(todo)
     summary.elapsed_s = time.monotonic() - started

@@ -28,6 +28,9 @@ import gc
 import logging
 import math
 import multiprocessing as mp
+import multiprocessing.forkserver  # noqa: F401 - imported with this module rather than lazily
+import multiprocessing.popen_forkserver  # noqa: F401   on the first run (a run's CPU time
+import multiprocessing.sharedctypes  # noqa: F401        counts its files, not imports)
 import selectors
 import signal
 import time
@@ -299,6 +302,7 @@ class SupervisedPool:
             except (EOFError, OSError):
                 return self._died(worker), True
             self.cpu_seconds += cpu
+            log.debug("worker %d: %d results, %.2f ms CPU", worker.process.pid, count, 1e3 * cpu)
             if error is not None:
                 raise PoolError(f"a worker could not pack its results: {error}")
             values = iter(self.decode(payload) if self.decode is not None else payload)

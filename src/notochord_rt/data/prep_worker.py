@@ -148,14 +148,13 @@ def _inject_fault(path: str, spec: str | None) -> None:
 
 def note_on_counts(events: EventArrays) -> dict[int, int]:
     """Number of note-ons of each instrument id in a piece (ids in increasing order)."""
-    inst = events.inst[events.vel > 0]
-    try:
-        counts = np.bincount(inst)
+    try:  # weights instead of a masked copy: one pass less (this runs once per file)
+        counts = np.bincount(events.inst, weights=events.vel > 0)
     except ValueError:  # negative: not an instrument id, but count it all the same
-        ids, counts = np.unique(inst, return_counts=True)
-        return dict(zip(ids.tolist(), counts.tolist()))
+        ids, n = np.unique(events.inst[events.vel > 0], return_counts=True)
+        return dict(zip(ids.tolist(), n.tolist()))
     ids = counts.nonzero()[0]
-    return dict(zip(ids.tolist(), counts[ids].tolist()))
+    return dict(zip(ids.tolist(), counts[ids].astype(np.int64).tolist()))
 
 
 def file_identity(path: str) -> tuple[int, int]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -89,14 +88,16 @@ class InstrumentHistogram:
     """Pieces and note-ons per instrument, by name."""
 
     def __init__(self) -> None:
-        self.pieces: Counter[int] = Counter()
-        self.notes: Counter[int] = Counter()
+        self.pieces: dict[int, int] = {}
+        self.notes: dict[int, int] = {}
 
     def add(self, note_ons: dict[int, int] | dict[str, int]) -> None:
         """Count a piece with these note-ons per instrument id (ids as ints or strings)."""
+        pieces, notes = self.pieces, self.notes
         for inst, n in note_ons.items():
-            self.pieces[int(inst)] += 1
-            self.notes[int(inst)] += int(n)
+            inst = int(inst)
+            pieces[inst] = pieces.get(inst, 0) + 1
+            notes[inst] = notes.get(inst, 0) + int(n)
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         """``{name: {"id", "pieces", "notes"}}``, most used first."""
