@@ -24,7 +24,9 @@ Design points:
   errors are remembered like any other outcome; ``retry_failed=True`` tries them again.
 - **Resumable**: finished files are committed in chunks every ``flush_every`` files or
   ``flush_seconds`` seconds and when the run stops (Ctrl-C included), so an interrupted run
-  loses at most the files in flight (or the last ``flush_seconds`` if the process is killed).
+  loses at most the files in flight (the batches the workers hold), or the last
+  ``flush_seconds`` if the process is killed; a file is either committed with its events or
+  done again.
 - **Cheap per file**: files go to the workers in batches, and the results of a batch come
   back as one small message (:func:`.prep_worker.pack_results`); the events stay where the
   worker spooled them (:mod:`.prep_spool`) until the splits are streamed from the

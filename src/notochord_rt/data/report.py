@@ -51,7 +51,8 @@ class PrepSummary:
     min_events: int = 0
     elapsed_s: float = 0.0
     cpu_s: float = 0.0
-    """CPU seconds of this process plus the workers' time on their files (not their start)."""
+    """CPU seconds of this process plus the workers' time on their batches of files (reading,
+    ingest, spooling the events, packing the results; not the workers' start)."""
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
