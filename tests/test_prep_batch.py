@@ -10,7 +10,6 @@ Every corpus is generated here; nothing depends on /work/shared.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from notochord_rt.data.prep import prepare
 from notochord_rt.data.prep_ledger import Ledger
 from notochord_rt.data.prep_pool import PoolError, SupervisedPool
 from notochord_rt.data.prep_spool import SpoolReader, SpoolWriter, is_spool_name
+from notochord_rt.data.prep_spool import runs as spool_runs
 from notochord_rt.data.report import read_report, read_summary, readable_json
 from notochord_rt.data.store import SPLITS, EventStore, SplitWriter, write_split
 from notochord_rt.errors import UserError
@@ -119,6 +119,7 @@ def test_early_messages_by_weight_and_packing_round_trip(tmp_path):
         result = outcomes[path]
         assert result.events is None and result.events_at is not None
         expected = load_midi(Path(path).read_bytes()).events
+        assert result.num_events == len(expected)
         for got, want in zip(reader.piece(result.events_at), expected):
             np.testing.assert_array_equal(got, want)
         assert result.instruments == pw.note_on_counts(expected)
@@ -257,17 +258,18 @@ def test_report_and_summary_are_readable_json(clean):
     assert json.loads(readable_json(nested)) == json.loads(json.dumps(nested))
 
 
-def test_spool_layout_round_trip(tmp_path):
+def test_spool_blocks_round_trip_and_runs(tmp_path):
     rng = np.random.default_rng(1)
     writer = SpoolWriter(tmp_path)
     pieces, places = [], []
-    for n in (1, 3, 7, 0, 64):
-        p = EventArrays.build(rng.integers(1, 300, n), rng.integers(0, 128, n),
-                              np.sort(rng.random(n)), rng.integers(0, 128, n))
-        pieces.append(p)
-        places.append(writer.write(p))
-    writer.flush()
-    assert all(offset % 8 == 0 for _, offset, _ in places)
+    for block in ((1, 3, 7), (0,), (64, 5)):
+        made = [EventArrays.build(rng.integers(1, 300, n), rng.integers(0, 128, n),
+                                  np.sort(rng.random(n)), rng.integers(0, 128, n))
+                for n in block]
+        pieces += made
+        places += writer.write_block(made)
+    assert all(offset % 8 == 0 for _, offset, _, _, _ in places)
+    assert len({(offset, total) for _, offset, total, _, _ in places}) == 3  # a block a call
     reader = SpoolReader(tmp_path)
     for p, where in zip(pieces, places):
         assert reader.holds(where)
@@ -276,7 +278,20 @@ def test_spool_layout_round_trip(tmp_path):
         for k in range(4):
             np.testing.assert_array_equal(got[k], p[k])
             assert bytes(raw[k]) == p[k].astype(p[k].dtype.newbyteorder("<")).tobytes()
-    assert not reader.holds((writer.name, places[-1][1], 65))
+    name, offset, total, start, n = places[-1]
+    assert not reader.holds((name, offset, total, start, n + 1))  # past its block
+    assert not reader.holds((name, offset + 8, total, start, n))  # past the file
+    # pieces that follow each other in a block are copied as one run, in order
+    order = [0, 1, 2, 4, 5, 3]
+    grouped = spool_runs([places[k] for k in order])
+    assert [lengths for _, lengths in grouped] == [[1, 3, 7], [64, 5], [0]]
+    with SplitWriter(tmp_path / "out", "train", sum(len(pieces[k]) for k in order)) as w:
+        for run, lengths in grouped:
+            w.add_raw(reader.raw(run), lengths)
+        w.finish([{"k": k} for k in order])
+    store = EventStore(tmp_path / "out", "train")
+    for j, k in enumerate([0, 1, 2, 4, 5, 3]):
+        for got, want in zip(store[j], pieces[k]):
+            np.testing.assert_array_equal(got, want)
     writer.close()
     reader.close()
-    os.remove(tmp_path / writer.name)

@@ -49,6 +49,7 @@ from ..errors import UserError
 from . import prep_worker as pw
 from .prep_ledger import RETRYABLE, Ledger
 from .prep_pool import PoolError, SupervisedPool, TaskOutcome
+from .prep_spool import runs as spool_runs
 from .report import InstrumentHistogram, PrepSummary, SplitStats, write_report, write_summary
 from .store import SPLITS, SplitWriter
 
@@ -316,10 +317,10 @@ def _finalize(dest, ledger, files, not_files, records, min_events) -> PrepSummar
     hist = InstrumentHistogram()
     for split in SPLITS:
         entries = chosen[split]
-        where = [ledger.piece_at[rec["hash"]] for _, rec in entries]
-        with SplitWriter(dest, split, sum(n for _, _, n in where)) as writer:
-            for w in where:  # bytes straight from the memory-mapped spools
-                writer.add_raw(ledger.spools.raw(w), w[2])
+        places = [ledger.piece_at[rec["hash"]] for _, rec in entries]
+        with SplitWriter(dest, split, sum(w[4] for w in places)) as writer:
+            for run, lengths in spool_runs(places):  # bytes straight from the mapped spools
+                writer.add_raw(ledger.spools.raw(run), lengths)
             writer.finish([{"path": p, "hash": rec["hash"], "events": rec["events"],
                             "seconds": rec["seconds"]} for p, rec in entries])
         stats = SplitStats(len(entries), sum(r["events"] for _, r in entries),

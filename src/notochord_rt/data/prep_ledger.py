@@ -3,7 +3,8 @@
 ``DEST/.prep/chunk-NNNNNN.json`` each record a batch of finished files: the ledger version,
 one record per file (path, absolute path, size, mtime, content hash, status, reason,
 events, seconds, note-ons per instrument) and, for each content first stored in the
-chunk, where its events are: ``[content hash, spool file, byte offset, events]``. The
+chunk, where its events are: ``[content hash, *location]`` (a spool location, see
+:data:`.prep_spool.Location`). The
 events themselves are in the workers' spool files (:mod:`.prep_spool`), which a chunk
 makes durable (``fsync``) before it is written.
 
@@ -125,9 +126,9 @@ class Ledger:
         except Exception as e:  # noqa: BLE001 - a damaged chunk only costs redoing its files
             log.warning("ignoring unreadable chunk %s: %s", path, e)
             return []
-        for h, name, offset, n in pieces:
-            where = (name, offset, n)
-            if h not in self.piece_at and self.spools.holds(where):
+        for h, *place in pieces:
+            where = tuple(place)
+            if len(where) == 5 and h not in self.piece_at and self.spools.holds(where):
                 self.piece_at[h] = where
         return files
 
@@ -164,7 +165,8 @@ class Ledger:
                 if where is None:
                     if self._writer is None:
                         self._writer = SpoolWriter(self.folder)
-                    where = self._writer.write(result.events or EventArrays.empty())
+                    events = result.events if result.events is not None else EventArrays.empty()
+                    where = self._writer.write_block([events])[0]
                 self._pending_pieces[h] = where
         self._pending_records.append(rec)
         self._index(rec)
@@ -178,8 +180,6 @@ class Ledger:
         """Commit the pending records and pieces as one new chunk (atomically, durably)."""
         if not self._pending_records:
             return None
-        if self._writer is not None:
-            self._writer.flush()
         sync_spools(self.folder, {where[0] for where in self._pending_pieces.values()})
         path = self.folder / f"chunk-{self._next:06d}.json"
         pieces = [[h, *where] for h, where in self._pending_pieces.items()]

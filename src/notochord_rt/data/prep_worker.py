@@ -104,7 +104,7 @@ class FileResult:
     def num_events(self) -> int:
         if self.events is not None:
             return len(self.events)
-        return self.events_at[2] if self.events_at is not None else 0
+        return self.events_at[-1] if self.events_at is not None else 0
 
 
 @functools.lru_cache(maxsize=4)
@@ -274,23 +274,23 @@ def result_weight(result: FileResult) -> int:
 def pack_results(results: list[FileResult], config: WorkerConfig) -> list[tuple]:
     """The results of a batch as a list of plain tuples (see :func:`unpack_results`).
 
-    The events of each piece are appended to this process's spool file in
-    ``config.spool_dir`` (flushed before this returns); only their location is packed.
+    The events of the batch's pieces are appended to this process's spool file in
+    ``config.spool_dir`` as one block (written out before this returns); only their
+    locations are packed.
     """
     if config.spool_dir is None:
         raise ValueError("pack_results needs WorkerConfig.spool_dir")
     spool = _spools.get(config.spool_dir)
     if spool is None:
         spool = _spools[config.spool_dir] = SpoolWriter(config.spool_dir)
+    spooled = [r for r in results if r.events is not None]
+    places = iter(spool.write_block([r.events for r in spooled]) if spooled else ())
     rows = []
     for r in results:
-        where = r.events_at
-        if r.events is not None and len(r.events):
-            where = spool.write(r.events)
+        where = next(places) if r.events is not None else r.events_at
         counts = r.instruments
         rows.append((r.path, r.size, r.mtime_ns, r.status, r.hash, r.reason, r.seconds,
                      where, list(counts), list(counts.values())))
-    spool.flush()
     return rows
 
 

@@ -94,15 +94,19 @@ class SplitWriter:
             f.write(column)
         self._lengths.append(len(piece))
 
-    def add_raw(self, columns: Sequence, n: int) -> None:
-        """Append a piece of ``n`` events given as the bytes of its columns, in
-        :data:`COLUMNS` order and :data:`DTYPES` (e.g. memoryviews of a mapped file)."""
-        for f, column, dtype in zip(self._files, columns, DTYPES):
+    def add_raw(self, columns: Sequence, lengths: int | Sequence[int]) -> None:
+        """Append pieces given as the bytes of their columns, in :data:`COLUMNS` order and
+        :data:`DTYPES` (e.g. memoryviews of a mapped file): one piece of ``lengths`` events,
+        or several that follow each other, of ``lengths[k]`` events each."""
+        lengths = [lengths] if isinstance(lengths, int) else list(lengths)
+        n = sum(lengths)
+        for column, dtype in zip(columns, DTYPES):
             if memoryview(column).nbytes != n * dtype.itemsize:
                 raise ValueError(f"add_raw: {memoryview(column).nbytes} bytes for {n} "
                                  f"events of {dtype}")
+        for f, column in zip(self._files, columns):
             f.write(column)
-        self._lengths.append(n)
+        self._lengths += lengths
 
     def finish(self, records: Sequence[dict]) -> Path:
         """Write the offsets and ``pieces.json`` and put every file in place."""
