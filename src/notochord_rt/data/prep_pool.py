@@ -86,7 +86,7 @@ def _worker_main(conn: Connection, func: Callable, config: Any, state, hooks: _H
         for task in tasks:
             state[_START] = time.monotonic()
             state[_NUMBER] = number  # written after the start: a reader never pairs the
-            number += 1  # new task with the old start (see SupervisedPool._current)
+            number += 1  # new task with the old start (see _Worker.current)
             try:
                 value = func(task, config)
             except BaseException as e:  # noqa: BLE001 - reported to the parent as a crash
