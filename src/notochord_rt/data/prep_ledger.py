@@ -101,12 +101,16 @@ class Ledger:
             with contextlib.suppress(ValueError):
                 self._next = max(self._next, int(path.name[6:12]) + 1)
             records += self._load_chunk(path)
+        lost = 0
         for rec in records:
             if rec["status"] == pw.OK and rec["hash"] not in self.piece_at:
-                log.warning("redoing %s: its stored events are missing", rec["path"])
+                lost += 1  # its events are gone (a spool cut short or deleted): redo it
                 self.by_stat.pop(stat_key(rec["abspath"], rec["size"], rec["mtime_ns"]), None)
             else:
                 self._index(rec)
+        if lost:
+            log.warning("%d finished files will be done again: their stored events are missing "
+                        "from %s", lost, self.folder)
         used = {where[0] for where in self.piece_at.values()}
         for spool in self.folder.iterdir():
             if is_spool_name(spool.name) and spool.name not in used:
