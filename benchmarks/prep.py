@@ -221,17 +221,21 @@ def profile_ours(files: list[str], tmp: Path, loader: str | None, top: int = 25)
     prof.runcall(prepare, files, tmp / "profiled", jobs=1, loader=loader)
     print("\n--- parent (prepare, jobs=1), by own CPU time ---")
     pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(top)
-    config = pw.WorkerConfig(fault=None)
+    spool = tmp / "profiled-spool"
+    spool.mkdir()
+    config = pw.WorkerConfig(fault=None, spool_dir=str(spool))
     if loader:
         config.loader = loader
 
-    def worker_loop():
-        for f in files:
-            pickle.dumps(("done", pw.process_file(f, config), 0.0), pickle.HIGHEST_PROTOCOL)
+    def worker_loop(batch: int = 50):
+        for k in range(0, len(files), batch):
+            results = [pw.process_file(f, config) for f in files[k:k + batch]]
+            pickle.dumps(pw.pack_results(results, config), pickle.HIGHEST_PROTOCOL)
 
     prof = cProfile.Profile(time.process_time)
     prof.runcall(worker_loop)
-    print("\n--- worker (process_file + pickling the result), by own CPU time ---")
+    print("\n--- worker (process_file, then spooling and packing each batch of 50), "
+          "by own CPU time ---")
     pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(top)
 
 
