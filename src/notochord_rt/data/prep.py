@@ -4,7 +4,7 @@
 reads each file once in a worker process, hashes its bytes, ingests it with
 :func:`notochord_rt.midi.ingest.load_midi` and writes:
 
-- ``DEST/train``, ``DEST/valid``, ``DEST/test``: the pieces, with :func:`.store.write_split`
+- ``DEST/train``, ``DEST/valid``, ``DEST/test``: the pieces, with :class:`.store.SplitWriter`
   (read them with :class:`.store.EventStore`);
 - ``DEST/summary.json`` and ``DEST/report.json`` (see :mod:`.report`);
 - ``DEST/.prep/``: the resume record (see :mod:`.prep_ledger`).
