@@ -261,7 +261,7 @@ def _process(todo, absolute, ledger, records, config, jobs, timeout, flush_every
     pool = SupervisedPool(pw.process_file, config, jobs=min(jobs, len(todo)), timeout=timeout,
                           preload=[pw.__name__, module], encode=pw.pack_results,
                           decode=pw.unpack_results, weigh=pw.result_weight,
-                          max_message=MAX_MESSAGE_EVENTS)
+                          max_message=MAX_MESSAGE_EVENTS, setup=pw.worker_setup)
     try:
         for done, outcome in enumerate(_outcomes(pool, todo), 1):
             result = _result_of(outcome)

@@ -16,7 +16,8 @@ knows what every worker is doing, without a message per task:
 A worker sends the results of a batch as one message when the batch is done (or earlier,
 when they grow past ``max_message`` units of ``weigh``), optionally packed by an
 ``encode`` function (and unpacked in the parent by ``decode``), so that many small tasks
-cost one pipe message, not one each. Its CPU time is reported with each message.
+cost one pipe message, not one each. Its CPU time is reported with each message. An
+optional ``setup(config)`` runs once in every worker before its first task.
 
 Workers ignore SIGINT, so Ctrl-C reaches only the parent, which then kills the workers
 (see :meth:`SupervisedPool.close`).
@@ -61,17 +62,20 @@ class TaskOutcome:
 
 @dataclass
 class _Hooks:
-    """The worker's optional functions: pack a list of values, weigh one value."""
+    """The worker's optional functions: set up, pack a list of values, weigh one value."""
 
     encode: Callable[[list, Any], Any] | None = None
     weigh: Callable[[Any], int] | None = None
     max_message: int = 0
+    setup: Callable[[Any], None] | None = None
 
 
 def _worker_main(conn: Connection, func: Callable, config: Any, state, hooks: _Hooks) -> None:
     """Run batches of tasks; before each task, note its number and start in ``state``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     gc.freeze()  # what the fork server had stays out of collections (and shared with it)
+    if hooks.setup is not None:
+        hooks.setup(config)
     number, cpu = 0, time.process_time()
     while True:
         try:
@@ -220,6 +224,7 @@ class SupervisedPool:
         decode: Callable[[Any], list] | None = None,
         weigh: Callable[[Any], int] | None = None,
         max_message: int = 0,
+        setup: Callable[[Any], None] | None = None,
     ):
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, got {jobs}")
@@ -231,7 +236,7 @@ class SupervisedPool:
             raise ValueError("encode and decode go together")
         self.func, self.config, self.jobs, self.timeout = func, config, jobs, timeout
         self.prefetch, self.batch_size = prefetch, batch_size
-        self.hooks = _Hooks(encode, weigh, max_message)
+        self.hooks = _Hooks(encode, weigh, max_message, setup)
         self.decode = decode
         methods = mp.get_all_start_methods()
         self.ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")

@@ -123,11 +123,11 @@ def _midi_error_category(message: str) -> str:
     return CORRUPT
 
 
-def _quiet_logging(level: int) -> None:
-    """Per-file warnings of the ingest go to report.json; show them only at ``level``."""
-    logger = logging.getLogger("notochord_rt")
-    if logger.level != level:  # setLevel clears every logger's cache: not once per file
-        logger.setLevel(level)
+def worker_setup(config: WorkerConfig) -> None:
+    """Once per worker process: per-file warnings of the ingest go to report.json, so this
+    package's loggers only show records at ``config.log_level`` there. (Not done by
+    :func:`process_file`, which may run in a caller's process whose logging is its own.)"""
+    logging.getLogger("notochord_rt").setLevel(config.log_level)
 
 
 def _inject_fault(path: str, spec: str | None) -> None:
@@ -234,7 +234,6 @@ def _ingest(result: FileResult, data: bytes, config: WorkerConfig) -> FileResult
 
 def process_file(path: str, config: WorkerConfig) -> FileResult:
     """Read, hash and ingest one file; every failure is returned as a categorised result."""
-    _quiet_logging(config.log_level)
     _inject_fault(path, config.fault)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
