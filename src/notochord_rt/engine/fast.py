@@ -87,7 +87,7 @@ def _sine_parts(module: nn.Module) -> tuple[Tensor, nn.Linear]:
 class _MlpSpec:
     layers: list  # (PackedLinear, ln_weight | None, ln_bias | None, eps)
     final: PackedLinear
-    fused: list | None = None  # batch 1 with the compiled kernels: see _fuse
+    fused: tuple | None = None  # batch 1 with the compiled kernels: see _fuse
 
 
 def _glu_mlp(module: nn.Module, precision: str, min_reduced: int | None,
@@ -127,27 +127,36 @@ def _run_mlp(spec: _MlpSpec, x: Tensor) -> Tensor:
 
 def _fuse(spec: _MlpSpec) -> None:
     """Prepare the batch-1 path on the compiled kernels: each hidden layer writes into its
-    own preallocated buffers and GLU + LayerNorm are one C call (``glu_ln``)."""
+    own preallocated buffers, GLU + LayerNorm are one C call (``glu_ln``), and layers on
+    the compiled GEMV are called with their argument lists made here (no wrapper)."""
     fused = []
     for lin, w, b, eps in spec.layers:
         half = lin.out_features // 2
         pre, post = torch.empty(1, lin.out_features), torch.empty(1, half)
-        fused.append((lin, pre, post, pre.data_ptr(), post.data_ptr(),
+        fused.append((lin, lin.vnni_args(), pre, post, pre.data_ptr(), post.data_ptr(),
                       0 if w is None else w.data_ptr(), 0 if b is None else b.data_ptr(), half,
                       eps))
-    spec.fused = fused
+    spec.fused = (fused, spec.final.vnni_args())
 
 
 def _run_mlp1(spec: _MlpSpec, x: Tensor, kernels) -> Tensor:
-    """:func:`_run_mlp` for one contiguous row ``(1, in)``; returns a fresh tensor."""
+    """:func:`_run_mlp` for one contiguous float32 row ``(1, in)``; returns a fresh tensor."""
     if spec.fused is None:
         return _run_mlp(spec, x)
-    glu_ln = kernels.glu_ln
-    for lin, pre, post, p_pre, p_post, p_w, p_b, half, eps in spec.fused:
-        lin(x, pre)
+    layers, final = spec.fused
+    glu_ln, gemv = kernels.glu_ln, kernels.gemv
+    for lin, direct, pre, post, p_pre, p_post, p_w, p_b, half, eps in layers:
+        if direct is None:
+            lin(x, pre)
+        else:
+            gemv(*direct[0], x.data_ptr(), p_pre, *direct[1])
         glu_ln(p_pre, p_post, p_w, p_b, half, eps)
         x = post
-    return spec.final(x)
+    if final is None:
+        return spec.final(x)
+    y = torch.empty(1, spec.final.out_features)
+    gemv(*final[0], x.data_ptr(), y.data_ptr(), *final[1])
+    return y
 
 
 @dataclass
@@ -435,7 +444,7 @@ class FastCore:
 
     def context(self, state: Tensor) -> Tensor:
         """``h_proj`` of the top GRU output: ``Tensor[E]``."""
-        return _run_mlp1(self._proj, state[-1], self._k).view(-1)
+        return _run_mlp1(self._proj, state[-1].float().contiguous(), self._k).view(-1)
 
     def embed(self, sub: str, value: float) -> Tensor:
         """Embedding of one sub-event value (a fresh tensor): ``Tensor[E]``."""

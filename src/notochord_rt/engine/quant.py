@@ -172,6 +172,14 @@ class PackedLinear:
         self._gemv(*self._q_args, x.data_ptr(), out.data_ptr(), *self._q_sizes, 1)
         return out
 
+    def vnni_args(self) -> tuple[tuple, tuple] | None:
+        """``(before, after)``: the compiled kernel's call is ``gemv(*before, x, y, *after)``
+        with ``x`` / ``y`` the data pointers of a float32 ``(1, in)`` input and ``(1, out)``
+        output. None when this layer does not run on the compiled kernel."""
+        if self._call != self._int8_vnni:
+            return None
+        return self._q_args, (*self._q_sizes, 1)
+
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the layer; with ``out`` the result is written there (and returned)."""
         return self._call(x, out)
