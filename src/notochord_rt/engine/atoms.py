@@ -116,7 +116,7 @@ class Support:
 
     def _full(self, local: np.ndarray | None, size: int, start: int, n: int) -> np.ndarray:
         if local is not None and n == size:
-            return local.copy()
+            return local  # an atom's cached reduction: read-only for callers
         out = np.zeros(size, dtype=bool)
         if local is not None:
             out[start:start + n] = local
@@ -131,7 +131,7 @@ class Support:
         return out  # type: ignore[return-value]
 
     def marginal_pitch(self) -> np.ndarray:
-        """Boolean ``(129,)``: pitches of some remaining event."""
+        """Boolean ``(129,)``: pitches of some remaining event (do not modify)."""
         local = None
         for a in self.atoms:
             local = _or(local, _or(a.on_c(), a.off_c()))
@@ -144,8 +144,8 @@ class Support:
                 if mask is not None and rows is not None and rows.any():
                     if np.count_nonzero(mask[int(np.argmax(rows))]) >= 2:
                         return None
-        m = np.flatnonzero(self.marginal_pitch())
-        return int(m[0]) if m.size == 1 else None
+        m = self.marginal_pitch()
+        return int(np.argmax(m)) if np.count_nonzero(m) == 1 else None
 
     def time_pieces(self) -> np.ndarray:
         """Disjoint ``(n, 3)`` time pieces ``[lo, hi, weight]`` of the remaining events."""
@@ -264,9 +264,9 @@ class Support:
         newly: list[str] = []
         while self.atoms:
             if "i" not in self.fixed:
-                m = np.flatnonzero(self.marginal_inst())
-                if m.size == 1:
-                    self.fix_inst(int(m[0]))
+                m = self.marginal_inst()
+                if np.count_nonzero(m) == 1:
+                    self.fix_inst(int(np.argmax(m)))
                     newly.append("i")
                     continue
             if "p" not in self.fixed:
