@@ -38,7 +38,6 @@ import gc
 import io
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -50,6 +49,8 @@ import torch
 
 warnings.filterwarnings("ignore")
 torch.set_num_threads(1)
+
+from machine import machine_info as base_machine_info  # noqa: E402
 
 from notochord_rt.engine import quant  # noqa: E402
 from notochord_rt.engine.constraints import Constraints  # noqa: E402
@@ -65,20 +66,15 @@ POLY_PITCHES = list(range(48, 84))
 
 # -- machine -----------------------------------------------------------------------------
 def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    info = base_machine_info()
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
+        "cpu": info["cpu"],
+        "cores": info["cores"],
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "python": info["python"],
+        "loadavg_start": info["loadavg"],
         "precisions": list(available_precisions()),
     }
 
