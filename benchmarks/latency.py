@@ -250,13 +250,13 @@ def fbgemm_int8(net: NotochordNet, seed: int) -> Notochord | None:
     if quant.c_kernels() is None:
         return None
     os.environ["NOTOCHORD_RT_INT8_KERNEL"] = "fbgemm"
-    quant._vnni_kernel.cache_clear()
+    quant.c_kernels.cache_clear()
     try:
         model = Notochord.from_net(net, seed=seed)
         model.use_core("int8")
     finally:
         del os.environ["NOTOCHORD_RT_INT8_KERNEL"]
-        quant._vnni_kernel.cache_clear()
+        quant.c_kernels.cache_clear()
     return model
 
 

@@ -119,9 +119,10 @@ class PackedLinear:
             self._packed = torch.ops.quantized.linear_prepack(qweight, self._bias)
         self._reduce_range = int8_reduce_range()
         self._call = self._int8
-        kernel = _vnni_kernel()
+        kernel = c_kernels()
         if kernel is not None:
-            # rows padded to 64 bytes for the VNNI kernel; row sums undo the u8 offset
+            # rows padded to 64 bytes for the VNNI kernel; with the row sums it adds back
+            # the offset of the activations' 8-bit range
             pad = -self.in_features % 64
             q = qweight.int_repr()
             self._q = hugepage_copy(_interleave4(F.pad(q, (0, pad))), min_bytes=1 << 20)
@@ -232,10 +233,12 @@ def _interleave4(q: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=1)
-def _vnni_kernel():
-    """The compiled AVX-512 VNNI int8 GEMV (``_int8gemv``) if built and usable, else None.
+def c_kernels():
+    """The compiled batch-1 kernels (module ``_int8gemv``: ``gemv``, ``glu_ln``, ``tanh``,
+    ``gru_cell``, ``mixture_decode``) when built and this CPU has AVX-512 VNNI, else None.
 
-    ``NOTOCHORD_RT_INT8_KERNEL=fbgemm`` in the environment keeps FBGEMM for every call.
+    ``NOTOCHORD_RT_INT8_KERNEL=fbgemm`` in the environment keeps FBGEMM for every call
+    (read on the first call; ``c_kernels.cache_clear()`` reads it again).
     """
     if os.environ.get("NOTOCHORD_RT_INT8_KERNEL", "").lower() == "fbgemm":
         return None
@@ -254,19 +257,13 @@ MIN_REDUCED = 100_000
 """Layers with fewer weights than this stay fp32 in every precision (see :func:`pack_linear`)."""
 
 
-def c_kernels():
-    """The compiled batch-1 kernels (module ``_int8gemv``: ``gemv``, ``glu_ln``, ``tanh``,
-    ``gru_cell``, ``mixture_decode``) when built and this CPU has AVX-512 VNNI, else None."""
-    return _vnni_kernel()
-
-
 MIN_REDUCED_VNNI = 16_384
 """The same threshold for int8 when the compiled VNNI kernel is used (about 1 µs per call)."""
 
 
 def default_min_reduced(precision: str) -> int:
     """Smallest layer (in weights) worth a reduced-precision kernel call in ``precision``."""
-    if precision == "int8" and _vnni_kernel() is not None:
+    if precision == "int8" and c_kernels() is not None:
         return MIN_REDUCED_VNNI
     return MIN_REDUCED
 
