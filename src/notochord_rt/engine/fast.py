@@ -356,7 +356,8 @@ class FastCore:
 
     def _cell(self, gi: Tensor, gh: Tensor, h: Tensor, out: Tensor) -> None:
         H = self.hidden
-        if self._k is not None and gi.shape[0] == 1 and h.is_contiguous():
+        if (self._k is not None and gi.shape[0] == 1 and h.is_contiguous()
+                and h.dtype == torch.float32 and gh.is_contiguous()):
             self._k.gru_cell(gi.data_ptr(), gh.data_ptr(), h.data_ptr(), out.data_ptr(), H)
             return
         rz = gi[:, : 2 * H].add_(gh[:, : 2 * H]).sigmoid_()
