@@ -199,10 +199,6 @@ class Ledger:
         """The events of a stored content (committed by :meth:`flush`), as read-only views."""
         return self.spools.piece(self.piece_at[content_hash])
 
-    def load_pieces(self, hashes: list[str]) -> dict[str, EventArrays]:
-        """The events of the given content hashes (all must be committed)."""
-        return {h: self.piece(h) for h in hashes}
-
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

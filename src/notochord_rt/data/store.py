@@ -135,9 +135,12 @@ class EventStore:
         self.folder = Path(root) / split
         if not (self.folder / "offsets.npy").exists():
             raise FileNotFoundError(f"no prepared split {split!r} under {root}")
+        self.split = split
+        self._open()
+
+    def _open(self) -> None:
         self.offsets = np.load(self.folder / "offsets.npy")
         self._cols = [np.load(self.folder / f"{c}.npy", mmap_mode="r") for c in COLUMNS]
-        self.split = split
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -177,8 +180,7 @@ class EventStore:
     def __setstate__(self, state: dict) -> None:
         self.folder = Path(state["folder"])
         self.split = state["split"]
-        self.offsets = np.load(self.folder / "offsets.npy")
-        self._cols = [np.load(self.folder / f"{c}.npy", mmap_mode="r") for c in COLUMNS]
+        self._open()
 
     def records(self) -> list[dict]:
         """The metadata records of the pieces, in order."""
