@@ -30,6 +30,7 @@ Nothing here prints; progress is reported through the ``progress`` callback.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time as _time
@@ -40,6 +41,7 @@ import numpy as np
 
 from .. import events as ev
 from ..errors import InputError, NoPossibleEvents
+from .musical import DEFAULTS, InstrumentBalance
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,11 @@ class GenerateOptions:
     ``steer_pitch`` high → higher pitches, ``steer_rate`` high → shorter gaps (more
     events), ``steer_velocity`` high → louder, ``steer_density`` high → more note-ons
     relative to note-offs (more simultaneous notes).
+
+    Musical defaults (:mod:`.musical`): temperatures, ``min_duration`` (seconds, melodic
+    notes; a soft limit) and ``balance`` (instrument weights steered against the running
+    share of note-ons, so that no instrument takes over and every named one is heard)
+    default to :data:`~.musical.DEFAULTS`; :meth:`raw` samples the model as it is.
     """
 
     seconds: float | None = 30.0
@@ -90,11 +97,13 @@ class GenerateOptions:
     instruments: list[int] | None = None
     allow_anonymous: bool = False
     max_instruments: int | None = 6
-    pitch_temp: float = 1.0
+    pitch_temp: float = DEFAULTS.pitch_temp
     rhythm_temp: float = 1.0
     timing_temp: float = 1.0
-    inst_temp: float = 1.0
-    vel_temp: float = 1.0
+    inst_temp: float = DEFAULTS.inst_temp
+    vel_temp: float = DEFAULTS.vel_temp
+    min_duration: float = DEFAULTS.min_duration
+    balance: bool = DEFAULTS.balance
     steer_density: float = 0.5
     steer_pitch: float | None = None
     steer_rate: float | None = None
@@ -104,6 +113,13 @@ class GenerateOptions:
     max_total_polyphony: int = 24
     max_gap: float = 3.0
     order: str | None = None
+
+    @classmethod
+    def raw(cls, **values) -> GenerateOptions:
+        """Options that sample the model as it is (no musical defaults), with ``values``."""
+        base = dict(pitch_temp=1.0, inst_temp=1.0, vel_temp=1.0, min_duration=0.0,
+                    balance=False)
+        return cls(**{**base, **values})
 
     def validate(self) -> GenerateOptions:
         """Raise :class:`InputError` naming the first bad option; return ``self``."""
@@ -126,6 +142,10 @@ class GenerateOptions:
                              f"{self.max_instruments!r}")
         if not (self.max_gap > 0):
             raise InputError(f"max_gap must be > 0, got {self.max_gap!r}")
+        if not (isinstance(self.min_duration, (int, float))
+                and 0 <= self.min_duration < self.max_note_seconds):
+            raise InputError("min_duration must be >= 0 and below max_note_seconds, got "
+                             f"{self.min_duration!r}")
         if self.instruments is not None:
             if not self.instruments:
                 raise InputError("instruments must not be empty (None means any)")
@@ -187,6 +207,7 @@ def build_constraints(options: GenerateOptions, instruments: Iterable[int] | Non
         max_time=float(options.max_gap),
         max_polyphony=int(options.max_polyphony),
         max_duration=_max_durations(options.max_note_seconds),
+        min_duration=_min_durations(options.min_duration),
         inst_temp=options.inst_temp,
         pitch_temp=options.pitch_temp,
         rhythm_temp=options.rhythm_temp,
@@ -200,6 +221,13 @@ def build_constraints(options: GenerateOptions, instruments: Iterable[int] | Non
         order=options.order,
         vel=0.0 if release_only else None,
     ).validate()
+
+
+def _min_durations(seconds: float) -> dict[int, float]:
+    if seconds <= 0:
+        return {}
+    return {i: float(seconds) for i in range(ev.FIRST_MELODIC, ev.NUM_INSTRUMENTS + 1)
+            if not ev.is_drum(i)}
 
 
 def _max_durations(seconds: float) -> dict[int, float]:
@@ -262,7 +290,7 @@ def generate(model, options: GenerateOptions, prompt: ev.EventArrays | None = No
     while len(rows) < max_events:
         full = len(model.held_notes) >= options.max_total_polyphony
         try:
-            e = model.sample(palette.release_only if full else palette.comp)
+            e = model.sample(palette.release_only if full else palette.balanced())
         except NoPossibleEvents as err:
             stopped = f"no possible event: {err}"
             log.warning("generation stopped early after %d events: %s", len(rows), err)
@@ -292,6 +320,20 @@ def generate(model, options: GenerateOptions, prompt: ev.EventArrays | None = No
         instruments=sorted(palette.used))
 
 
+def _balance(options: GenerateOptions, prompt: ev.EventArrays) -> InstrumentBalance:
+    """Equal shares for named instruments; a prompt's own shares for its continuation."""
+    if options.instruments is not None:
+        return InstrumentBalance(options.instruments)
+    ons = prompt.inst[prompt.vel > 0]
+    if not len(ons):
+        return InstrumentBalance()
+    ids, counts = np.unique(ons, return_counts=True)
+    balance = InstrumentBalance({int(i): float(c) for i, c in zip(ids, counts)})
+    for i in ons[-256:].tolist():  # start from the prompt's recent history
+        balance.played(i)
+    return balance
+
+
 class _Palette:
     """The instruments that may start notes, and the compiled constraints for them."""
 
@@ -305,6 +347,8 @@ class _Palette:
         self.allowed = insts
         self.capped = options.instruments is None and not len(prompt)  # not chosen by hand
         self.used: set[int] = set()
+        self.balance = _balance(options, prompt) if options.balance else None
+        self._balanced = None
         self._compile(insts)
 
     def _compile(self, insts: list[int] | None) -> None:
@@ -313,9 +357,23 @@ class _Palette:
         self.comp = compile_constraints(build_constraints(self.options, insts))
         self.release_only = compile_constraints(
             build_constraints(self.options, insts, release_only=True))
+        self._balanced = None
+
+    def balanced(self):
+        """``comp`` with the instrument balance's current weights (cached until a note-on)."""
+        if self.balance is None:
+            return self.comp
+        if self._balanced is None:
+            lw = self.balance.log_weights()
+            self._balanced = self.comp if lw is None else dataclasses.replace(
+                self.comp, inst_log_weights=lw)
+        return self._balanced
 
     def played(self, inst: int) -> None:
         """Note an instrument's note-on; at the instrument cap, keep only the ones used."""
+        if self.balance is not None:
+            self.balance.played(inst)
+            self._balanced = None
         if inst in self.used:
             return
         self.used.add(inst)

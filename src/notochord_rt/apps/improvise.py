@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from .. import events as ev
 from ..engine.constraints import Constraints
+from .musical import DEFAULTS, MusicalDefaults
 from .player import PlayerContext, Policy
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ class ImprovisePolicy(Policy):
     """Autonomous voices on ``model_insts`` that hear ``player_insts``.
 
     ``ranges`` optionally limits a model instrument's pitches (``{inst: (lo, hi)}``).
-    ``max_time`` (soft) keeps the voices from pausing longer than that.
+    ``max_time`` (soft) keeps the voices from pausing longer than that. ``musical``: the
+    sampling defaults of :mod:`.musical` (``pitch_temp`` given here overrides its own).
     """
 
     CONTROLS = {"steer_pitch": "pitch", "steer_density": "density", "steer_rate": "rate"}
@@ -56,8 +58,8 @@ class ImprovisePolicy(Policy):
     def __init__(self, model_insts: Sequence[int], player_insts: Sequence[int] = (), *,
                  ranges: Mapping[int, tuple[int, int]] | None = None, max_polyphony: int = 4,
                  max_duration: float = 5.0, max_time: float = math.inf,
-                 pitch_temp: float = 1.0, rhythm_temp: float = 1.0,
-                 timing_temp: float = 1.0) -> None:
+                 pitch_temp: float | None = None, rhythm_temp: float = 1.0,
+                 timing_temp: float = 1.0, musical: MusicalDefaults = DEFAULTS) -> None:
         if not model_insts:
             raise ValueError("the improviser needs at least one model instrument")
         self.model_insts = [int(i) for i in model_insts]
@@ -65,7 +67,10 @@ class ImprovisePolicy(Policy):
         self.ranges = dict(ranges or {})
         self.max_polyphony, self.max_duration = int(max_polyphony), float(max_duration)
         self.max_time = float(max_time)
+        if pitch_temp is None:
+            pitch_temp = musical.pitch_temp
         self.temps = (float(pitch_temp), float(rhythm_temp), float(timing_temp))
+        self.musical = musical
         self.steer = Steering()
         self.muted = False
         self._cons: Constraints | None = None
@@ -84,7 +89,10 @@ class ImprovisePolicy(Policy):
                 truncate_quantile_pitch=quantile_window(self.steer.pitch),
                 truncate_quantile_time=quantile_window(1.0 - self.steer.rate),
                 steer_density=min(1.0, max(0.0, self.steer.density)),
-                pitch_temp=self.temps[0], rhythm_temp=self.temps[1], timing_temp=self.temps[2])
+                pitch_temp=self.temps[0], rhythm_temp=self.temps[1], timing_temp=self.temps[2],
+                vel_temp=self.musical.vel_temp,
+                min_duration={i: self.musical.min_duration for i in self.model_insts
+                              if not ev.is_drum(i)})
         return self._cons
 
     def next_constraints(self, ctx: PlayerContext) -> Constraints | None:

@@ -164,11 +164,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --prompt: instruments that continue it (default: the "
                              "prompt's own instruments)")
     add_output_arguments(parser, "out.mid")
-    temps = parser.add_argument_group("temperatures (<= 1: nucleus/top-p, > 1: temperature)")
-    for name, what in (("pitch", "pitch"), ("rhythm", "time mixture component (coarse rhythm)"),
-                       ("timing", "width of the chosen time component (fine timing; 0 = exact)"),
-                       ("inst", "instrument"), ("vel", "velocity component width")):
-        temps.add_argument(f"--{name}-temp", type=float, default=1.0, help=what)
+    from ..apps.musical import DEFAULTS
+
+    temps = parser.add_argument_group(
+        "temperatures (<= 1: nucleus/top-p, > 1: temperature) and musical defaults "
+        "(docs/model-card.md)")
+    for name, what, default in (
+            ("pitch", "pitch", DEFAULTS.pitch_temp),
+            ("rhythm", "time mixture component (coarse rhythm)", 1.0),
+            ("timing", "width of the chosen time component (fine timing; 0 = exact)", 1.0),
+            ("inst", "instrument", DEFAULTS.inst_temp),
+            ("vel", "velocity component width", DEFAULTS.vel_temp)):
+        temps.add_argument(f"--{name}-temp", type=float, default=None,
+                           help=f"{what} (default {default}; 1 with --raw)")
+    temps.add_argument("--min-duration", type=float, default=None,
+                       help="seconds: avoid shorter melodic notes, a soft limit (default "
+                            f"{DEFAULTS.min_duration}; 0 with --raw)")
+    temps.add_argument("--no-balance", dest="balance", action="store_false", default=None,
+                       help="do not steer instrument weights against the running share "
+                            "(the balance keeps named instruments heard and drums from "
+                            "taking over)")
+    temps.add_argument("--raw", action="store_true",
+                       help="sample the model as it is: no truncation, no minimum duration, "
+                            "no instrument balance (explicit flags still apply)")
     steer = parser.add_argument_group("steering (0..1, 0.5 = neutral)")
     steer.add_argument("--steer-density", type=float, default=0.5,
                        help="more note-ons than note-offs above 0.5 (thicker texture)")
@@ -195,11 +213,15 @@ def _options(args: argparse.Namespace, instruments):
     from ..errors import InputError, UserError
 
     seconds = args.seconds if args.seconds is not None or args.events is not None else 30.0
+    base = GenerateOptions.raw() if args.raw else GenerateOptions()
+    chosen = {name: getattr(args, name) for name in (
+        "pitch_temp", "rhythm_temp", "timing_temp", "inst_temp", "vel_temp", "min_duration",
+        "balance")}
+    musical = {k: (getattr(base, k) if v is None else v) for k, v in chosen.items()}
     opts = GenerateOptions(
         seconds=seconds, events=args.events, seed=args.seed, instruments=instruments,
         allow_anonymous=args.allow_anonymous, max_instruments=args.max_instruments or None,
-        pitch_temp=args.pitch_temp, rhythm_temp=args.rhythm_temp,
-        timing_temp=args.timing_temp, inst_temp=args.inst_temp, vel_temp=args.vel_temp,
+        **musical,
         steer_density=args.steer_density, steer_pitch=args.steer_pitch,
         steer_rate=args.steer_rate, steer_velocity=args.steer_velocity,
         max_note_seconds=args.max_note_seconds, max_polyphony=args.max_polyphony,

@@ -59,8 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parts", action="append", metavar="INSTS",
                         help="input instruments to harmonize (names or ids, comma separated "
                              "or repeated; default all)")
-    parser.add_argument("--pitch-temp", type=float, default=1.0,
-                        help="pitch temperature of the voices (<= 1 nucleus, > 1 temperature)")
+    parser.add_argument("--pitch-temp", type=float, default=None,
+                        help="pitch temperature of the voices (<= 1 nucleus, > 1 temperature; "
+                             "default 0.7, 1 with --raw)")
+    parser.add_argument("--raw", action="store_true",
+                        help="sample the voices from the model as it is (pitch temperature 1)")
     add_output_arguments(parser, "harmonized.mid")
     if _module_exists(_LIVE_ARGS):
         try:
@@ -103,10 +106,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ..apps.harmonizer import harmonize_piece
+    from ..apps.musical import defaults_for
     from ..errors import MidiError, UserError
     from ..events import instrument_name
     from ..midi.ingest import load_midi
 
+    if args.pitch_temp is None:
+        args.pitch_temp = defaults_for(args.raw).harmony_pitch_temp
     if args.input is None or getattr(args, "live", False):
         return _run_live(args)
     voices = parse_voices(args.voice)

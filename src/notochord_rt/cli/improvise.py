@@ -28,16 +28,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds after which a model note is released")
     parser.add_argument("--max-time", type=float, default=math.inf,
                         help="longest pause between model events (soft)")
-    parser.add_argument("--pitch-temp", type=float, default=1.0)
+    parser.add_argument("--pitch-temp", type=float, default=None,
+                        help="pitch top-p (<= 1) or temperature (> 1); default 0.9, 1 with --raw")
     parser.add_argument("--rhythm-temp", type=float, default=1.0)
     parser.add_argument("--timing-temp", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--raw", action="store_true",
+                        help="sample the model as it is: no pitch truncation, velocity "
+                             "narrowing or minimum note duration (docs/model-card.md)")
     add_live_arguments(parser, live_flag=False)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..apps.improvise import ImprovisePolicy
     from ..apps.live import LiveSession, load_live_model, options_from_args, run_session
+    from ..apps.musical import defaults_for
     from ..apps.ports import ChannelMap
     from ..errors import UserError
 
@@ -61,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
         list(cmap_out.inst.values()), list(cmap_in.inst.values()),
         max_polyphony=args.max_polyphony, max_duration=args.max_duration,
         max_time=args.max_time, pitch_temp=args.pitch_temp, rhythm_temp=args.rhythm_temp,
-        timing_temp=args.timing_temp)
+        timing_temp=args.timing_temp, musical=defaults_for(args.raw))
     session = LiveSession(model, policy, cmap_in, cmap_out, options_from_args(args))
     return run_session(session, args, "improvise")

@@ -1,0 +1,152 @@
+"""Musical defaults of the apps, in one place, and the instrument balance.
+
+The model's raw distribution is what it learned; what a listener hears also depends on
+how it is sampled. The figures below were chosen with ``notochord-rt stats`` against the
+test split of the project corpus (``docs/model-card.md`` has the table and the commands):
+
+* ``min_duration``: melodic notes shorter than this are avoided (a soft constraint: a
+  note-off younger than this is only sampled when nothing else can happen). Without it a
+  small model plays swarms of near-zero-length notes, which sound like clicks.
+* ``pitch_temp`` / ``inst_temp``: nucleus (top-p) truncation of the pitch and instrument
+  distributions. The tails of a small model's pitch distribution are mostly out-of-key
+  notes; cutting them keeps the key without making the music repetitive.
+* ``vel_temp``: narrower velocity components (less random loudness).
+* ``harmony_pitch_temp``: the harmonizer's voices answer a melody, where a wrong note is
+  heard at once, so they are truncated harder.
+
+Every app takes ``--raw`` to sample the model as it is (all of these at 1 / 0, and no
+instrument balance), which is what evaluations of the model itself should use.
+
+:class:`InstrumentBalance` keeps every instrument that was asked for audible and stops
+any one instrument (drums included) from taking over a free-running piece: it tracks the
+recent share of note-ons of each instrument and gives the sampler per-instrument weights
+that pull those shares toward fair ones. It only re-weights the model's own choice of
+instrument; pitch, timing and velocity are untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import events as ev
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class MusicalDefaults:
+    """Sampling settings the apps use unless told otherwise (see the module doc)."""
+
+    min_duration: float = 0.05
+    """Seconds; melodic notes only (drum notes have no audible length)."""
+    pitch_temp: float = 0.9
+    inst_temp: float = 0.95
+    vel_temp: float = 0.5
+    harmony_pitch_temp: float = 0.7
+    balance: bool = True
+    """Steer instrument weights against the running share (:class:`InstrumentBalance`)."""
+
+    @classmethod
+    def raw(cls) -> MusicalDefaults:
+        """The model as it is: no truncation, no minimum duration, no balance."""
+        return cls(min_duration=0.0, pitch_temp=1.0, inst_temp=1.0, vel_temp=1.0,
+                   harmony_pitch_temp=1.0, balance=False)
+
+    def min_durations(self) -> dict[int, float]:
+        """``min_duration`` as a per-instrument map: melodic instruments only."""
+        if self.min_duration <= 0:
+            return {}
+        return {i: self.min_duration for i in range(ev.FIRST_MELODIC, ev.NUM_INSTRUMENTS + 1)
+                if not ev.is_drum(i)}
+
+
+DEFAULTS = MusicalDefaults()
+RAW = MusicalDefaults.raw()
+
+
+def defaults_for(raw: bool) -> MusicalDefaults:
+    """:data:`RAW` when ``raw`` (the apps' ``--raw`` flag), else :data:`DEFAULTS`."""
+    return RAW if raw else DEFAULTS
+
+
+class InstrumentBalance:
+    """Per-instrument sampling weights that keep the note-on shares fair.
+
+    ``targets``: the instruments that should all be heard (e.g. the ones a user named):
+    each gets an equal share of the note-ons, or the share given when ``targets`` maps
+    instruments to shares (e.g. a prompt's own shares, so a continuation keeps its
+    instrumentation). With no targets (free choice), only
+    the drum share is held near ``drum_share`` and no single melodic instrument may
+    take more than ``max_share``. Shares are exponentially weighted over about
+    ``memory`` recent note-ons, and a weight is ``(wanted / share) ** strength`` clipped
+    to ``[1 / max_weight, max_weight]``: mild where the model already plays fairly,
+    firm where one instrument crowds out the rest.
+    """
+
+    def __init__(self, targets: Iterable[int] | Mapping[int, float] | None = None, *,
+                 drum_share: float = 0.35,
+                 max_share: float = 0.6, memory: int = 64, strength: float = 1.0,
+                 max_weight: float = 20.0) -> None:
+        if targets is None:
+            targets = {}
+        elif not isinstance(targets, Mapping):
+            targets = dict.fromkeys(targets, 1.0)
+        for i, w in targets.items():
+            if not ev.is_valid_instrument(i):
+                raise InputError(f"instrument ids are 1..{ev.NUM_INSTRUMENTS}, got {i!r}")
+            if not (isinstance(w, (int, float)) and math.isfinite(w) and w > 0):
+                raise InputError(f"the share of instrument {i} must be > 0, got {w!r}")
+        total = float(sum(targets.values()))
+        self.targets = sorted(int(i) for i in targets)
+        self.wanted = np.array([targets[i] / total for i in self.targets])
+        for name, value, lo, hi in (("drum_share", drum_share, 0.0, 1.0),
+                                    ("max_share", max_share, 0.0, 1.0),
+                                    ("strength", strength, 0.0, 10.0)):
+            if not (isinstance(value, (int, float)) and lo < value <= hi):
+                raise InputError(f"{name} must be in ({lo}, {hi}], got {value!r}")
+        if not (isinstance(memory, int) and memory >= 1):
+            raise InputError(f"memory must be an integer >= 1, got {memory!r}")
+        if not (isinstance(max_weight, (int, float)) and max_weight >= 1):
+            raise InputError(f"max_weight must be >= 1, got {max_weight!r}")
+        self.drum_share, self.max_share = float(drum_share), float(max_share)
+        self.decay = 1.0 - 1.0 / memory
+        self.strength, self.max_weight = float(strength), float(max_weight)
+        self.counts = np.zeros(ev.N_INST_CLASSES)
+        self.total = 0.0
+
+    def played(self, inst: int) -> None:
+        """Count one note-on of ``inst`` (older note-ons fade)."""
+        self.counts *= self.decay
+        self.total = self.total * self.decay + 1.0
+        self.counts[int(inst)] += 1.0
+
+    def shares(self) -> np.ndarray:
+        """The recent share of note-ons of each instrument id (sums to 1 once any played)."""
+        return self.counts / self.total if self.total > 0 else self.counts.copy()
+
+    def log_weights(self) -> np.ndarray | None:
+        """``(321,)`` log weights for the sampler, or ``None`` while nothing is to correct.
+
+        Nothing is corrected before a handful of note-ons, when shares mean little.
+        """
+        if self.total < 4.0:
+            return None
+        share = self.shares()
+        lw = np.zeros(ev.N_INST_CLASSES)
+        cap = math.log(self.max_weight)
+        if self.targets:
+            wanted, idx = self.wanted, np.asarray(self.targets)
+            ratio = wanted / np.maximum(share[idx], wanted / self.max_weight)
+            lw[idx] = self.strength * np.log(ratio)
+        else:
+            drums = ev.is_drum(np.arange(ev.N_INST_CLASSES)) & (np.arange(ev.N_INST_CLASSES) > 0)
+            drum_total = float(share[drums].sum())
+            if drum_total > self.drum_share:
+                lw[drums] = self.strength * math.log(self.drum_share / drum_total)
+            over = (~drums) & (share > self.max_share)
+            lw[over] = self.strength * np.log(self.max_share / share[over])
+        np.clip(lw, -cap, cap, out=lw)
+        return lw if np.any(lw) else None

@@ -1,0 +1,124 @@
+"""Musical defaults and the instrument balance (apps/musical.py), alone and in generate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_model
+
+from notochord_rt import events as ev
+from notochord_rt.apps.generate import GenerateOptions, generate
+from notochord_rt.apps.musical import DEFAULTS, RAW, InstrumentBalance, defaults_for
+from notochord_rt.errors import InputError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_raw_switches_everything_off():
+    assert defaults_for(True) is RAW and defaults_for(False) is DEFAULTS
+    assert RAW.pitch_temp == RAW.inst_temp == RAW.vel_temp == 1.0
+    assert RAW.min_duration == 0 and not RAW.balance and RAW.min_durations() == {}
+    mins = DEFAULTS.min_durations()
+    assert mins[1] == DEFAULTS.min_duration and ev.STANDARD_KIT not in mins
+
+
+def test_balance_pulls_named_instruments_toward_equal_shares():
+    bal = InstrumentBalance([1, 41, ev.STANDARD_KIT])
+    assert bal.log_weights() is None  # nothing to correct before a few note-ons
+    for _ in range(30):
+        bal.played(ev.STANDARD_KIT)
+    for _ in range(3):
+        bal.played(1)
+    lw = bal.log_weights()
+    assert lw[ev.STANDARD_KIT] < 0 < lw[1] < lw[41]  # the silent one is pulled hardest
+    assert lw[2] == 0  # instruments not named are left alone
+    assert np.all(np.abs(lw) <= np.log(bal.max_weight) + 1e-12)
+
+
+def test_balance_caps_drums_in_free_choice():
+    bal = InstrumentBalance(drum_share=0.3)
+    for k in range(40):
+        bal.played(ev.STANDARD_KIT if k % 10 else 1)  # 90 % drums
+    lw = bal.log_weights()
+    assert lw[ev.STANDARD_KIT] < 0 and lw[ev.FIRST_ANON_DRUM] < 0
+    assert lw[1] == 0
+    fair = InstrumentBalance(drum_share=0.3)
+    for k in range(40):
+        fair.played([1, 33, 41, ev.STANDARD_KIT][k % 4])
+    assert fair.log_weights() is None  # 25 % drums, no melodic hog: nothing to do
+
+
+def test_balance_keeps_a_prompt_like_mix():
+    bal = InstrumentBalance({1: 3.0, 33: 1.0})
+    for k in range(40):
+        bal.played(1 if k % 4 else 33)  # already 3:1
+    lw = bal.log_weights()
+    assert lw is None or np.all(np.abs(lw[[1, 33]]) < 0.05)
+
+
+@pytest.mark.parametrize("kwargs", [dict(drum_share=0), dict(drum_share=1.5),
+                                    dict(memory=0), dict(max_weight=0.5),
+                                    dict(targets=[0]), dict(targets={1: -1.0})])
+def test_balance_rejects_bad_settings(kwargs):
+    with pytest.raises(InputError):
+        InstrumentBalance(**kwargs)
+
+
+def _counts(result, insts):
+    e = result.events
+    ons = e.inst[(e.vel > 0)]
+    return [int((ons == i).sum()) for i in insts]
+
+
+def test_generate_balance_lets_every_named_instrument_play():
+    insts = [1, 41, 74, ev.STANDARD_KIT]
+    raw, balanced = [], []
+    for seed in range(3):
+        model = tiny_model(seed)
+        length = dict(seconds=120, events=1500, seed=seed, instruments=insts)
+        for out, opts in ((raw, GenerateOptions.raw(**length)),
+                          (balanced, GenerateOptions(**length))):
+            counts = _counts(generate(model, opts), insts)
+            out.append(min(counts) / max(sum(counts), 1))
+    # a random tiny model favours some instruments; the balance lifts the quietest one
+    assert np.mean(balanced) > np.mean(raw) + 0.03
+
+
+def _short_share(result) -> float:
+    """Share of melodic notes shorter than 10 ms (note-on to its note-off)."""
+    e = result.events
+    start: dict[tuple[int, int], float] = {}
+    short = total = 0
+    for i, p, t, v in zip(e.inst.tolist(), e.pitch.tolist(), e.time.tolist(), e.vel.tolist()):
+        if ev.is_drum(i):
+            continue
+        if v > 0:
+            start[(i, p)] = t
+        elif (i, p) in start:
+            total += 1
+            short += (t - start.pop((i, p))) < 0.01
+    return short / max(total, 1)
+
+
+def test_generate_min_duration_avoids_click_notes():
+    model = tiny_model(3)
+    insts = [1, 41]
+    raw = generate(model, GenerateOptions.raw(events=400, seed=1, instruments=insts))
+    musical = generate(model, GenerateOptions(events=400, seed=1, instruments=insts,
+                                              min_duration=0.05))
+    assert _short_share(raw) > 0.05  # the tiny model makes plenty of them
+    assert _short_share(musical) < _short_share(raw) / 2
+
+
+def test_generate_options_validate_min_duration():
+    with pytest.raises(InputError, match="min_duration"):
+        GenerateOptions(min_duration=-1).validate()
+    with pytest.raises(InputError, match="min_duration"):
+        GenerateOptions(min_duration=10.0, max_note_seconds=5.0).validate()
