@@ -25,3 +25,7 @@ class InputError(NotochordError, ValueError):
 
 class NoPossibleEvents(NotochordError):
     """A set of constraints that no event can satisfy; the message names the conflict."""
+
+
+class DataError(NotochordError):
+    """A prepared data folder that is incomplete or whose parts disagree; names the part."""

@@ -7,8 +7,12 @@
 * ``config`` = the :class:`~.config.NotochordConfig` as JSON,
 * any extra string metadata given to :func:`save_model` (e.g. ``source``).
 
-Loading is strict: a missing, unexpected or mis-shaped tensor is a
-:class:`~notochord_rt.errors.CheckpointError` naming it. Nothing is unpickled.
+Loading is strict and checks before it builds (:mod:`.checkpoint_checks`): the config
+must lie within its declared bounds, and the tensor names, dtypes and shapes read from the
+safetensors header must be those the config implies; then the weights must be finite.
+Only then is the network built, so a file cannot make us allocate more than it holds.
+Every failure is a :class:`~notochord_rt.errors.CheckpointError` naming what is wrong.
+Nothing is unpickled.
 
 **Training state** for resuming (optimizer state, step counters, RNG states) goes to a
 separate ``NAME.train.pt`` (:func:`training_state_path`), written with ``torch.save`` and
@@ -17,7 +21,8 @@ read back with ``torch.load(weights_only=True)``: only tensors and plain Python 
 **Reference checkpoints** (a torch pickle with ``kw['model']`` hyper-parameters and
 ``model_state``) are read with ``torch.load(weights_only=True)`` plus an allow-list of a
 few harmless types the reference trainer stores (paths, numpy arrays/scalars in its RNG
-state). Any other pickled object, such as one whose ``__reduce__`` would call
+state); their hyper-parameters and tensors then pass the same checks as ours. Any other
+pickled object, such as one whose ``__reduce__`` would call
 ``os.system``, makes the load fail *before* it is constructed; that is reported as a
 refused, possibly malicious file. Parameter names are then converted to ours.
 
@@ -44,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
+from . import checkpoint_checks as checks
 from .config import NotochordConfig
 
 log = logging.getLogger(__name__)
@@ -96,8 +102,11 @@ def _file_kind(path: Path) -> str:
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; a checkpoint is a .safetensors file")
-    with open(path, "rb") as f:
-        head = f.read(9)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return "torch"
     if len(head) == 9 and head[8:9] == b"{":
@@ -123,10 +132,11 @@ def read_metadata(path: PathLike) -> dict[str, str]:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    checks.check_header_size(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a notochord-rt checkpoint (no format={FORMAT!r})")
@@ -136,15 +146,43 @@ def read_metadata(path: PathLike) -> dict[str, str]:
     return meta
 
 
-def _read_ours(path: Path, device: str | torch.device) -> tuple[NotochordConfig, dict]:
-    from safetensors.torch import load_file
+def read_checked(path: PathLike) -> tuple[NotochordConfig, dict[str, Tensor]]:
+    """Config and tensors (on the CPU) of one of our checkpoints, every check passed.
 
+    The config and the header's names, dtypes and shapes are checked before a single
+    tensor is read; the weights are then checked to be finite.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
     meta = read_metadata(path)
+    if "config" not in meta:
+        raise CheckpointError(f"{path}: bad config in metadata (no 'config' entry)")
+    config = checks.parse_config_json(meta["config"], str(path))
     try:
-        config = NotochordConfig.from_dict(json.loads(meta["config"]))
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: bad config in metadata ({e})") from None
-    return config, load_file(str(path), device=str(device))
+        with safe_open(str(path), framework="pt") as f:
+            checks.check_header_tensors(path, f, config)
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as e:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
+    checks.check_finite(state, str(path))
+    return config, state
+
+
+def build_model(cls: type, config: NotochordConfig, state: Mapping[str, Tensor],
+                source: str) -> Any:
+    """``cls(config)`` with ``state`` loaded strictly; call only after the checks passed.
+
+    A failure here (memory, a subclass refusing the config) is still a CheckpointError.
+    """
+    try:
+        model = cls(config)
+        load_state_strict(model, state, source)
+    except CheckpointError:
+        raise
+    except (RuntimeError, MemoryError, ValueError) as e:
+        raise CheckpointError(f"{source}: cannot build the network ({e})") from None
+    return model
 
 
 def load_state_strict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
@@ -177,10 +215,8 @@ def load_model(cls: type, path: PathLike, map_location: str | torch.device = "cp
     if _file_kind(path) == "torch":
         config, state = read_reference(path)
     else:
-        config, state = _read_ours(path, "cpu")
-    model = cls(config)
-    load_state_strict(model, state, str(path))
-    return model.to(map_location).eval()
+        config, state = read_checked(path)
+    return build_model(cls, config, state, str(path)).to(map_location).eval()
 
 
 # -- reference checkpoints -------------------------------------------------------------------
@@ -220,8 +256,9 @@ def safe_torch_load(path: PathLike, allow_numpy_and_paths: bool = True) -> Any:
         raise CheckpointError(
             f"refused to load {path}: it contains a pickled object that is not plain data"
             f"{what}. Unpickling it could run arbitrary code, so nothing was loaded.") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable torch checkpoint ({e})") from None
+    except (RuntimeError, OSError, EOFError, ValueError, MemoryError) as e:
+        text = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path}: unreadable torch checkpoint ({text})") from None
 
 
 _GLU = re.compile(r"^net\.(\d+)\.(\d+)\.(weight|bias)$")
@@ -258,6 +295,8 @@ def convert_reference_state(state: Mapping[str, Tensor], config: NotochordConfig
     unknown: list[str] = []
     bounds = {"time_dist": config.time_bounds, "vel_dist": config.vel_bounds}
     for key, value in state.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{source}: model_state has a key that is not a string")
         if not isinstance(value, Tensor):
             raise CheckpointError(f"{source}: model_state[{key!r}] is not a tensor")
         if key.startswith("cell_state_"):
@@ -265,7 +304,9 @@ def convert_reference_state(state: Mapping[str, Tensor], config: NotochordConfig
         dist, _, attr = key.partition(".")
         if dist in bounds and attr in ("lo", "hi"):
             want = bounds[dist][0 if attr == "lo" else 1]
-            if abs(float(value) - want) > 1e-6 * max(1.0, abs(want)):
+            if value.numel() != 1 or not value.dtype.is_floating_point:
+                raise CheckpointError(f"{source}: {key} is not a single number")
+            if not abs(float(value) - want) <= 1e-6 * max(1.0, abs(want)):
                 raise CheckpointError(f"{source}: {key} = {float(value)} but the "
                                       f"hyper-parameters say {want}")
             continue
@@ -307,21 +348,27 @@ def _check_frequencies(state: Mapping[str, Tensor], config: NotochordConfig, sou
 
 
 def read_reference(path: PathLike) -> tuple[NotochordConfig, dict[str, Tensor]]:
-    """Safely read a reference checkpoint: (our config, our-named state dict)."""
+    """Safely read a reference checkpoint: (our config, our-named state dict).
+
+    The hyper-parameters must lie within our config's bounds, and the tensors must have
+    the names, dtypes and shapes they imply and be finite
+    (:func:`.checkpoint_checks.check_state`), all before anything is built.
+    """
     path = Path(path)
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, Mapping) or "model_state" not in ckpt:
         raise CheckpointError(f"{path}: not a reference Notochord checkpoint (no model_state)")
+    if not isinstance(ckpt["model_state"], Mapping):
+        raise CheckpointError(f"{path}: model_state is not a dict of tensors")
     kw = ckpt.get("kw") or {}
     hparams = kw.get("model", {}) if isinstance(kw, Mapping) else {}
     if not isinstance(hparams, Mapping):
         raise CheckpointError(f"{path}: kw['model'] is not a dict of hyper-parameters")
-    try:
-        config = NotochordConfig.from_reference(hparams)
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: unsupported hyper-parameters ({e})") from None
+    config = checks.config_from(lambda: NotochordConfig.from_reference(hparams), str(path),
+                                "unsupported hyper-parameters")
     config = dataclasses.replace(config, extra={"converted_from": path.name})
     state = convert_reference_state(ckpt["model_state"], config, str(path))
+    checks.check_state(state, config, str(path))
     _check_frequencies(state, config, str(path))
     return config, state
 

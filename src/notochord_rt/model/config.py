@@ -37,13 +37,53 @@ _REFERENCE_SAME_NAME = (
 
 
 def _pair(value: Any, name: str) -> tuple[float, float]:
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"{name} must be a pair of numbers, got {value!r}")
     try:
         lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must be a pair of numbers, got {value!r}") from e
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"{name} must be a pair of numbers, got {_short(value)}") from e
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"{name} must be finite with lo < hi, got {value!r}")
+        raise ValueError(f"{name} must be finite with lo < hi, got {_short(value)}")
     return lo, hi
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (error messages stay one short line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- declared bounds ------------------------------------------------------------------------
+# A config is checked against these before anything is built from it, so a checkpoint
+# cannot ask for a network of terabytes or for bounds that break sampling later. They are
+# far above any model trained so far (the reference's default is emb 512, GRU 1024 x 2).
+INT_LIMITS: dict[str, tuple[int, int]] = {
+    "emb_size": (1, 8192),
+    "rnn_hidden": (1, 8192),
+    "rnn_layers": (1, 16),
+    "mlp_layers": (0, 16),
+    "num_pitches": (1, 1024),
+    "num_instruments": (1, 4096),
+    "time_sines": (1, 4096),
+    "vel_sines": (1, 4096),
+    "time_components": (1, 1024),
+    "vel_components": (1, 1024),
+}
+"""Inclusive ``(min, max)`` of every integer hyper-parameter."""
+
+PAIR_LIMITS: dict[str, tuple[float, float]] = {
+    "time_bounds": (0.0, 3600.0),        # seconds between events: at most an hour
+    "vel_bounds": (0.0, 1024.0),         # MIDI velocities are 0..127
+    "time_wavelengths": (1e-6, 1e6),     # seconds
+    "vel_wavelengths": (1e-3, 1e6),
+    "time_sharp_bounds": (1e-9, 1e9),    # inverse logistic scales
+    "vel_sharp_bounds": (1e-9, 1e9),
+}
+"""Inclusive range that both ends of every ``(lo, hi)`` pair must lie in."""
+
+MAX_BINS = 10_000_000
+"""Most bins ``(hi - lo) / res`` a time or velocity distribution may have."""
 
 
 @dataclass(frozen=True)
@@ -86,31 +126,38 @@ class NotochordConfig:
     """Free-form notes (e.g. where a converted model came from); not used by the network."""
 
     def __post_init__(self) -> None:
-        for name in ("emb_size", "rnn_hidden", "rnn_layers", "num_pitches",
-                     "num_instruments", "time_sines", "vel_sines", "time_components",
-                     "vel_components"):
+        for name, (lo, hi) in INT_LIMITS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.mlp_layers, bool) or not isinstance(self.mlp_layers, int) \
-                or self.mlp_layers < 0:
-            raise ValueError(f"mlp_layers must be an integer >= 0, got {self.mlp_layers!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {_short(value)}")
+        try:
+            dropout = float(self.dropout)
+        except (TypeError, ValueError):
+            raise ValueError(f"dropout must be a number, got {_short(self.dropout)}") from None
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {_short(self.dropout)}")
         if self.norm not in (None, "layer"):
-            raise ValueError(f"norm must be 'layer' or None, got {self.norm!r}")
-        for name in ("time_res", "vel_res"):
-            value = float(getattr(self, name))
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name in ("time_wavelengths", "vel_wavelengths", "time_bounds", "vel_bounds",
-                     "time_sharp_bounds", "vel_sharp_bounds"):
-            object.__setattr__(self, name, _pair(getattr(self, name), name))
-        if self.time_wavelengths[0] <= 0:
-            raise ValueError("time_wavelengths must be positive (they are log-spaced)")
-        object.__setattr__(self, "dropout", float(self.dropout))
-        object.__setattr__(self, "time_res", float(self.time_res))
-        object.__setattr__(self, "vel_res", float(self.vel_res))
+            raise ValueError(f"norm must be 'layer' or None, got {_short(self.norm)}")
+        for name, (lo, hi) in PAIR_LIMITS.items():
+            pair = _pair(getattr(self, name), name)
+            if not (lo <= pair[0] and pair[1] <= hi):
+                raise ValueError(f"{name} must lie within [{lo:g}, {hi:g}], got "
+                                 f"{_short(getattr(self, name))}")
+            object.__setattr__(self, name, pair)
+        for name, bounds in (("time_res", self.time_bounds), ("vel_res", self.vel_bounds)):
+            try:
+                value = float(getattr(self, name))
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be a number, got "
+                                 f"{_short(getattr(self, name))}") from None
+            width = bounds[1] - bounds[0]
+            if not (math.isfinite(value) and value > 0 and width / value <= MAX_BINS):
+                raise ValueError(f"{name} must be a positive number giving at most {MAX_BINS:,} "
+                                 f"bins over {bounds}, got {_short(getattr(self, name))}")
+            object.__setattr__(self, name, value)
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra must be a dict, got {_short(self.extra)}")
+        object.__setattr__(self, "dropout", dropout)
 
     # -- derived sizes ---------------------------------------------------------------------
     @property
