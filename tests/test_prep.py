@@ -13,6 +13,7 @@ from pathlib import Path
 import fuzz_midi
 import numpy as np
 import pytest
+from split_files import folder_bytes
 
 from notochord_rt.cli import main as cli_main
 from notochord_rt.data import prep_worker as pw
@@ -61,13 +62,6 @@ def stored(dest: Path) -> dict[str, tuple[str, object]]:
         for k, rec in enumerate(store.records()):
             out[rec["path"]] = (split, store[k])
     return out
-
-
-def folder_bytes(dest: Path) -> dict[str, bytes]:
-    """The bytes of the splits and the report (everything that must be deterministic)."""
-    files = {f"{s}/{f.name}": f.read_bytes() for s in SPLITS for f in (dest / s).iterdir()}
-    files["report.json"] = (dest / "report.json").read_bytes()
-    return files
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from pathlib import Path
 import fuzz_midi
 import numpy as np
 import pytest
+from split_files import folder_bytes
 
 from notochord_rt.data import prep_worker as pw
 from notochord_rt.data.prep import prepare
@@ -27,7 +28,7 @@ from notochord_rt.data.prep_pool import PoolError, SupervisedPool
 from notochord_rt.data.prep_spool import SpoolReader, SpoolWriter, is_spool_name
 from notochord_rt.data.prep_spool import runs as spool_runs
 from notochord_rt.data.report import read_report, read_summary, readable_json
-from notochord_rt.data.store import SPLITS, EventStore, SplitWriter, write_split
+from notochord_rt.data.store import EventStore, SplitWriter, write_split
 from notochord_rt.errors import UserError
 from notochord_rt.events import EventArrays
 from notochord_rt.midi.ingest import load_midi
@@ -41,12 +42,6 @@ def songs(folder: Path, n: int, first_seed: int = 0) -> list[Path]:
         path.write_bytes(fuzz_midi.valid_song(first_seed + i, n_notes=40))
         paths.append(path)
     return paths
-
-
-def folder_bytes(dest: Path) -> dict[str, bytes]:
-    files = {f"{s}/{f.name}": f.read_bytes() for s in SPLITS for f in (dest / s).iterdir()}
-    files["report.json"] = (dest / "report.json").read_bytes()
-    return files
 
 
 def spools(dest: Path) -> list[Path]:

@@ -39,11 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def pick_split(root: Path, split: str | None) -> str:
     """The requested split, or test (else valid) when none is given."""
-    from ..data.store import EventStore
+    from ..data.store import EventStore, has_split
 
     candidates = [split] if split else ["test", "valid"]
     for name in candidates:
-        if (root / name / "offsets.npy").exists() and len(EventStore(root, name)) > 0:
+        if has_split(root, name) and len(EventStore(root, name)) > 0:
             return name
     if split:
         raise UserError(f"{root} has no non-empty prepared split {split!r}")
@@ -52,6 +52,7 @@ def pick_split(root: Path, split: str | None) -> str:
 
 def open_pieces(data: str, split: str | None, skipped: list) -> tuple[int, object, dict]:
     """(count, iterator of pieces, description) for DATA."""
+    from ..data.store import has_split
     from ..train.evaluate import midi_pieces, store_pieces
 
     root = Path(data)
@@ -63,7 +64,7 @@ def open_pieces(data: str, split: str | None, skipped: list) -> tuple[int, objec
         from ..midi.ingest import load_midi
 
         return 1, iter([load_midi(root).events]), {"midi": str(root)}
-    if any((root / s / "offsets.npy").exists() for s in ("train", "valid", "test")):
+    if any(has_split(root, s) for s in ("train", "valid", "test")):
         name = pick_split(root, split)
         count, pieces = store_pieces(root, name)
         return count, pieces, {"prepared": str(root), "split": name}
@@ -94,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ..errors import CheckpointError
     from ..train.checkpoints import resolve_checkpoint
-    from ..train.evaluate import ALL_ORDERS, CANONICAL_ORDER, evaluate
+    from ..train.evaluate import ALL_ORDERS, CANONICAL_ORDER, evaluate, json_safe
     from ..train.sources import load_model
 
     if args.chunk < 2:
@@ -125,8 +127,13 @@ def run(args: argparse.Namespace) -> int:
         result["skipped"] = [{"path": p, "reason": r} for p, r in skipped]
     if result["events"] == 0:
         raise UserError(f"no events to evaluate in {args.data}")
-    text = json.dumps(result, indent=2)
+    clean, not_finite = json_safe(result)
+    text = json.dumps(clean, indent=2, allow_nan=False)  # NaN is not JSON: null instead
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text if args.json else _table(result), file=sys.stdout)  # noqa: T201
+    if not_finite:
+        shown = ", ".join(not_finite[:6]) + (" ..." if len(not_finite) > 6 else "")
+        raise CheckpointError(f"the model gives non-finite figures on this data ({shown}; "
+                              "written as null): its weights are broken or overflow")
     return 0

@@ -2,27 +2,43 @@
 
 Layout of a prepared dataset folder ``DEST``::
 
-    DEST/<split>/inst.npy     int16   all events of all pieces of the split, concatenated
-    DEST/<split>/pitch.npy    int16
-    DEST/<split>/time.npy     float64 absolute seconds from each piece's start
-    DEST/<split>/vel.npy      int16   0 = note-off
-    DEST/<split>/offsets.npy  int64   piece k is events[offsets[k]:offsets[k+1]]
-    DEST/<split>/pieces.json  one record per piece (one per line): source path, content hash,
-                              events, seconds
+    DEST/<split>/manifest.json       names the files of the split (written last, see below)
+    DEST/<split>/inst.<gen>.npy      int16   all events of all pieces of the split, concatenated
+    DEST/<split>/pitch.<gen>.npy     int16
+    DEST/<split>/time.<gen>.npy      float64 absolute seconds from each piece's start
+    DEST/<split>/vel.<gen>.npy       int16   0 = note-off
+    DEST/<split>/offsets.<gen>.npy   int64   piece k is events[offsets[k]:offsets[k+1]]
+    DEST/<split>/pieces.<gen>.json   one record per piece (one per line): source path,
+                                     content hash, events, seconds
 
-``split`` is ``train``, ``valid`` or ``test``. Only numpy arrays and JSON: nothing is
-unpickled when reading.
+``split`` is ``train``, ``valid`` or ``test``; ``<gen>`` is a fresh name per write.
+
+**Publication is one rename.** A writer puts the files of a new generation next to the
+old ones (which it never touches), flushes them to disk, and only then replaces
+``manifest.json`` atomically; the old generation's files are removed afterwards. A reader
+opens the files the manifest names, so whenever a writer is killed it sees the old split
+or the new one, never a mix. Files no manifest names are leftovers of killed writes,
+removed by the next write.
+
+**Readers check** that the columns, offsets and manifest agree (dtypes, lengths, sizes)
+and raise :class:`~notochord_rt.errors.DataError` naming the part that does not, so a
+damaged split never opens. Folders written before manifests existed (fixed names
+``inst.npy`` ... ``pieces.json``) are still read, with the same checks.
+
+Only numpy arrays and JSON: nothing is unpickled when reading.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
 from ..events import EventArrays
 
 SPLITS = ("train", "valid", "test")
@@ -30,6 +46,83 @@ COLUMNS = ("inst", "pitch", "time", "vel")
 DTYPES = (np.dtype("<i2"), np.dtype("<i2"), np.dtype("<f8"), np.dtype("<i2"))
 """On-disk dtypes of the columns (little-endian: the bytes of a split never depend on the
 machine that wrote it; on the usual little-endian machines they are the native ones)."""
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "notochord-rt-split"
+MANIFEST_VERSION = 2
+PARTS = (*COLUMNS, "offsets", "pieces")
+"""The files of a split, by role (the manifest maps each to its file name)."""
+LEGACY_NAMES = {**{c: f"{c}.npy" for c in COLUMNS}, "offsets": "offsets.npy",
+                "pieces": "pieces.json"}
+"""File names of splits written before manifests (version 1 folders)."""
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+def has_split(root: str | os.PathLike, split: str) -> bool:
+    """Whether ``root`` holds split ``split`` (with a manifest, or in the older layout)."""
+    folder = Path(root) / split
+    return (folder / MANIFEST).is_file() or (folder / LEGACY_NAMES["offsets"]).is_file()
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms that cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _gen_of(name: str) -> str | None:
+    """The generation in a file name ``<part>.<gen>.<ext>``, else None."""
+    parts = name.split(".")
+    if len(parts) == 3 and parts[0] in PARTS and parts[2] in ("npy", "json"):
+        return parts[1]
+    return None
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The checked manifest of a split folder, or None for a folder of the older layout."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ValueError("too large")
+        m = json.loads(path.read_bytes())
+        if m.get("format") != MANIFEST_FORMAT or m.get("version") != MANIFEST_VERSION:
+            raise ValueError(f"format {m.get('format')!r} version {m.get('version')!r}, "
+                             f"expected {MANIFEST_FORMAT!r} version {MANIFEST_VERSION}")
+        files, sizes = m["files"], m["bytes"]
+        for part in PARTS:
+            name = files[part]
+            if not isinstance(name, str) or _gen_of(name) is None or "/" in name:
+                raise ValueError(f"bad file name for {part}: {name!r}")
+            if not isinstance(sizes[part], int):
+                raise ValueError(f"bad size for {part}")
+        if not (isinstance(m["pieces"], int) and isinstance(m["events"], int)):
+            raise ValueError("bad piece or event count")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise DataError(f"{path}: unreadable split manifest ({e})") from None
+    return m
+
+
+def sweep_split(folder: Path) -> None:
+    """Remove what killed writes left in a split folder: files of generations the manifest
+    does not name, temporary files, and the older layout's files once a manifest exists."""
+    manifest = read_manifest(folder) if (folder / MANIFEST).exists() else None
+    keep = set(manifest["files"].values()) if manifest else set()
+    legacy = set(LEGACY_NAMES.values())
+    for p in folder.iterdir() if folder.is_dir() else ():
+        name = p.name
+        stale = (name.startswith(".") and name.endswith(".tmp")) or \
+            (_gen_of(name) is not None and name not in keep) or \
+            (manifest is not None and name in legacy)
+        if stale and p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def write_split(
@@ -54,37 +147,38 @@ class SplitWriter:
 
     ``total_events`` (the sum of the pieces' lengths) goes into the ``.npy`` headers up
     front, so each column is written piece by piece, without a concatenated copy of the
-    split in memory. Everything is written to temporary names and renamed at the end, so
-    a reader never sees a half written file; leaving the ``with`` block without
-    :meth:`finish` removes the temporary files.
+    split in memory. The files are a new generation that readers do not see until
+    :meth:`finish` replaces the manifest (one atomic rename; see the module docstring).
+    Leaving the ``with`` block without :meth:`finish` removes them.
     """
 
     def __init__(self, dest: str | os.PathLike, split: str, total_events: int):
         self.folder = Path(dest) / split
         self.folder.mkdir(parents=True, exist_ok=True)
+        sweep_split(self.folder)
         self.total = int(total_events)
         self._lengths: list[int] = []
+        gen = secrets.token_hex(6)
+        self.names = {p: f"{p}.{gen}.{'json' if p == 'pieces' else 'npy'}" for p in PARTS}
         self._files = []
+        self._published = False
         for name, dtype in zip(COLUMNS, DTYPES):
-            f = open(self._tmp(f"{name}.npy"), "wb", buffering=1 << 20)  # noqa: SIM115
+            f = open(self.folder / self.names[name], "wb", buffering=1 << 20)  # noqa: SIM115
             self._files.append(f)
             np.lib.format.write_array_header_1_0(f, {
                 "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
                 "shape": (self.total,)})
 
-    def _tmp(self, name: str) -> Path:
-        return self.folder / f".{name}.tmp"
-
     def __enter__(self) -> SplitWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._files:  # not finished
-            for f in self._files:
-                f.close()
-            self._files = []
-            for name in (*(f"{c}.npy" for c in COLUMNS), "offsets.npy", "pieces.json"):
-                self._tmp(name).unlink(missing_ok=True)
+        for f in self._files:
+            f.close()
+        self._files = []
+        if not self._published:  # not finished: this generation was never visible
+            for name in self.names.values():
+                (self.folder / name).unlink(missing_ok=True)
 
     def add(self, piece: EventArrays) -> None:
         """Append a piece (any dtypes and strides; converted as needed)."""
@@ -109,7 +203,7 @@ class SplitWriter:
         self._lengths += lengths
 
     def finish(self, records: Sequence[dict]) -> Path:
-        """Write the offsets and ``pieces.json`` and put every file in place."""
+        """Write the offsets and piece records, flush everything, then publish the manifest."""
         if len(records) != len(self._lengths):
             raise ValueError("SplitWriter: one record per piece is required")
         offsets = np.zeros(len(self._lengths) + 1, dtype=np.int64)
@@ -117,30 +211,86 @@ class SplitWriter:
         if offsets[-1] != self.total:
             raise ValueError(f"SplitWriter: {offsets[-1]} events added, {self.total} announced")
         for f in self._files:
+            f.flush()
+            os.fsync(f.fileno())
             f.close()
         self._files = []
-        with open(self._tmp("offsets.npy"), "wb") as f:
+        with open(self.folder / self.names["offsets"], "wb") as f:
             np.save(f, offsets)
-        self._tmp("pieces.json").write_text(
-            "[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
-        for name in (*(f"{c}.npy" for c in COLUMNS), "offsets.npy", "pieces.json"):
-            os.replace(self._tmp(name), self.folder / name)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(self.folder / self.names["pieces"], "w", encoding="utf-8") as f:
+            f.write("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
+            f.flush()
+            os.fsync(f.fileno())
+        manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
+                    "pieces": len(self._lengths), "events": self.total, "files": self.names,
+                    "bytes": {p: (self.folder / n).stat().st_size
+                              for p, n in self.names.items()}}
+        tmp = self.folder / f".{MANIFEST}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(manifest, indent=1) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.folder / MANIFEST)  # the one step that publishes the split
+        self._published = True
+        _fsync(self.folder)
+        sweep_split(self.folder)  # the previous generation, now unreachable
         return self.folder
 
 
 class EventStore:
-    """Read-only, memory-mapped view of one split: ``store[k]`` is piece k as EventArrays."""
+    """Read-only, memory-mapped view of one split: ``store[k]`` is piece k as EventArrays.
+
+    Opening checks that the parts of the split agree (see the module docstring):
+    :class:`FileNotFoundError` if there is no such split, :class:`DataError` if it is
+    damaged or half written.
+    """
 
     def __init__(self, root: str | os.PathLike, split: str = "train"):
         self.folder = Path(root) / split
-        if not (self.folder / "offsets.npy").exists():
+        if not has_split(root, split):
             raise FileNotFoundError(f"no prepared split {split!r} under {root}")
         self.split = split
         self._open()
 
+    def _fail(self, what: str) -> DataError:
+        return DataError(f"prepared split {self.folder} is damaged or half written: {what}; "
+                         "prepare the data again")
+
     def _open(self) -> None:
-        self.offsets = np.load(self.folder / "offsets.npy")
-        self._cols = [np.load(self.folder / f"{c}.npy", mmap_mode="r") for c in COLUMNS]
+        manifest = read_manifest(self.folder)
+        self._names = manifest["files"] if manifest else dict(LEGACY_NAMES)
+        for part, name in self._names.items():
+            path = self.folder / name
+            if not path.is_file():
+                raise self._fail(f"{name} ({part}) is missing")
+            if manifest and path.stat().st_size != manifest["bytes"][part]:
+                raise self._fail(f"{name} has {path.stat().st_size} bytes, the manifest says "
+                                 f"{manifest['bytes'][part]}")
+        offsets = self._load("offsets", None)
+        if offsets.dtype.kind not in "iu" or offsets.ndim != 1 or len(offsets) < 1 \
+                or offsets[0] != 0 or (np.diff(offsets) < 0).any():
+            raise self._fail(f"{self._names['offsets']} is not a list of piece offsets")
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        events = int(self.offsets[-1])
+        if manifest and (len(self) != manifest["pieces"] or events != manifest["events"]):
+            raise self._fail(f"the offsets give {len(self)} pieces / {events} events, the "
+                             f"manifest {manifest['pieces']} / {manifest['events']}")
+        self._cols = []
+        for column, dtype in zip(COLUMNS, DTYPES):
+            col = self._load(column, "r")
+            if col.dtype != dtype or col.shape != (events,):
+                raise self._fail(f"column {column} holds {col.shape} {col.dtype}, the "
+                                 f"offsets need ({events},) {dtype}")
+            self._cols.append(col)
+
+    def _load(self, part: str, mmap_mode: str | None) -> np.ndarray:
+        name = self._names[part]
+        try:
+            return np.load(self.folder / name, mmap_mode=mmap_mode, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise self._fail(f"{name} is unreadable ({e})") from None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -183,8 +333,15 @@ class EventStore:
         self._open()
 
     def records(self) -> list[dict]:
-        """The metadata records of the pieces, in order."""
-        return json.loads((self.folder / "pieces.json").read_text())
+        """The metadata records of the pieces, in order (DataError if they do not fit)."""
+        name = self._names["pieces"]
+        try:
+            records = json.loads((self.folder / name).read_bytes())
+        except (OSError, ValueError, RecursionError) as e:
+            raise self._fail(f"{name} is unreadable ({e})") from None
+        if not isinstance(records, list) or len(records) != len(self):
+            raise self._fail(f"{name} does not hold one record per piece ({len(self)})")
+        return records
 
     @property
     def num_events(self) -> int:

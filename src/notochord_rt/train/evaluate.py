@@ -198,6 +198,27 @@ def evaluate(model: NotochordNet, pieces: Iterable[EventArrays], *,
     return totals.result()
 
 
+def json_safe(value: object, where: str = "") -> tuple[object, list[str]]:
+    """``value`` with every non-finite float replaced by ``None``, and where they were.
+
+    ``json.dumps`` writes NaN and infinity as ``NaN`` / ``Infinity``, which is not JSON;
+    a broken model must still give output that JSON readers accept (the CLI then exits
+    with an error naming the figures). Paths are dotted keys such as ``nll.total``.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, [where or "value"]
+    if isinstance(value, dict):
+        out, bad = {}, []
+        for k, v in value.items():
+            out[k], b = json_safe(v, f"{where}.{k}" if where else str(k))
+            bad += b
+        return out, bad
+    if isinstance(value, (list, tuple)):
+        items = [json_safe(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [v for v, _ in items], [b for _, bs in items for b in bs]
+    return value, []
+
+
 # -- where pieces come from -------------------------------------------------------------
 def store_pieces(root: str | Path, split: str) -> tuple[int, Iterator[EventArrays]]:
     """(count, pieces) of a prepared split."""
