@@ -33,6 +33,10 @@ Design points:
   memory-mapped spools, so little but the ingest itself costs anything per file.
 - The minimum number of events is applied when the splits are written, so changing it
   needs no re-parsing.
+- **Nothing found is silently dropped**: a folder that cannot be listed is reported
+  (category ``unreadable``), and names that are not valid UTF-8 are written readably
+  into the JSON outputs (each undecodable byte as ``\\xNN``, see
+  :func:`.report.readable_text`).
 """
 
 from __future__ import annotations
@@ -50,7 +54,14 @@ from . import prep_worker as pw
 from .prep_ledger import RETRYABLE, Ledger
 from .prep_pool import PoolError, SupervisedPool, TaskOutcome
 from .prep_spool import runs as spool_runs
-from .report import InstrumentHistogram, PrepSummary, SplitStats, write_report, write_summary
+from .report import (
+    InstrumentHistogram,
+    PrepSummary,
+    SplitStats,
+    readable_text,
+    write_report,
+    write_summary,
+)
 from .store import SPLITS, SplitWriter
 
 log = logging.getLogger(__name__)
@@ -78,16 +89,23 @@ def discover(sources: Iterable[str | os.PathLike]) -> tuple[list[str], list[str]
     is, whatever its name). A path reached twice is listed once. Raises
     :class:`UserError` for a source that does not exist.
     """
-    files, not_files, _ = _discover(sources)
+    files, not_files, _, _ = _discover(sources)
     return files, not_files
 
 
-def _discover(sources: Iterable[str | os.PathLike]) -> tuple[list[str], list[str], dict[str, str]]:
-    """:func:`discover`, plus the absolute path of everything found (made once, here)."""
+def _discover(sources: Iterable[str | os.PathLike]
+              ) -> tuple[list[str], list[str], dict[str, str], list[tuple[str, str]]]:
+    """:func:`discover`, plus the absolute path of everything found (made once, here) and
+    the folders that could not be listed, as (path, reason)."""
     files: list[str] = []
     not_files: list[str] = []
     seen: set[str] = set()
     absolute: dict[str, str] = {}
+    unreadable: list[tuple[str, str]] = []
+
+    def refused(e: OSError) -> None:
+        unreadable.append((os.fsdecode(e.filename) if e.filename is not None else "?",
+                           e.strerror or str(e)))
 
     def add(path: str, into: list[str], key: str | None = None) -> None:
         key = key or os.path.abspath(path)
@@ -101,7 +119,7 @@ def _discover(sources: Iterable[str | os.PathLike]) -> tuple[list[str], list[str
         if os.path.isfile(src):
             add(src, files)
         elif os.path.isdir(src):
-            for root, dirs, names in os.walk(src):
+            for root, dirs, names in os.walk(src, onerror=refused):
                 dirs.sort()
                 absroot = os.path.abspath(root)  # once per folder, not once per file
                 for d in dirs:
@@ -113,8 +131,8 @@ def _discover(sources: Iterable[str | os.PathLike]) -> tuple[list[str], list[str
         elif os.path.lexists(src):
             add(src, files)  # a broken link or a special file: the worker reports it
         else:
-            raise UserError(f"no such file or folder: {src}")
-    return files, not_files, absolute
+            raise UserError(f"no such file or folder: {readable_text(src)}")
+    return files, not_files, absolute, unreadable
 
 
 def split_of(content_hash: str) -> str:
@@ -204,7 +222,7 @@ def _prepare(sources, dest: Path, jobs, min_events, limit, timeout, max_bytes, m
              retry_failed, flush_every, flush_seconds, progress, loader) -> PrepSummary:
     """:func:`prepare` after its arguments are checked."""
     started, cpu_started, worker_cpu = time.monotonic(), time.process_time(), 0.0
-    files, not_files, absolute = _discover(sources)
+    files, not_files, absolute, unreadable = _discover(sources)
     cpu = [time.process_time()]  # after each phase: discovery, ledger, workers, outputs
     if limit is not None:
         files = files[:limit]
@@ -235,7 +253,7 @@ def _prepare(sources, dest: Path, jobs, min_events, limit, timeout, max_bytes, m
                                   jobs or os.cpu_count() or 1, timeout, flush_every,
                                   flush_seconds, progress)
         cpu.append(time.process_time())
-        summary = _finalize(dest, ledger, files, not_files, records, min_events)
+        summary = _finalize(dest, ledger, files, not_files, records, min_events, unreadable)
     finally:
         ledger.close()
     cpu.append(time.process_time())
@@ -286,9 +304,15 @@ def _outcomes(pool: SupervisedPool, todo: list[str]) -> Iterator[TaskOutcome]:
         raise UserError(f"prep stopped: {e}") from e
 
 
-def _finalize(dest, ledger, files, not_files, records, min_events) -> PrepSummary:
+def _finalize(dest, ledger, files, not_files, records, min_events, unreadable=()
+              ) -> PrepSummary:
     """Apply duplicates and the minimum length, write the splits, report and summary."""
     skipped: list[dict] = [
+        {"path": d, "category": pw.UNREADABLE,
+         "reason": f"the folder cannot be read ({why}); nothing in it was prepared"}
+        for d, why in unreadable
+    ]
+    skipped += [
         {"path": d, "category": pw.NOT_A_FILE, "reason": "is a folder, not a MIDI file"}
         for d in not_files
     ]
@@ -321,15 +345,16 @@ def _finalize(dest, ledger, files, not_files, records, min_events) -> PrepSummar
         with SplitWriter(dest, split, sum(w[4] for w in places)) as writer:
             for run, lengths in spool_runs(places):  # bytes straight from the mapped spools
                 writer.add_raw(ledger.spools.raw(run), lengths)
-            writer.finish([{"path": p, "hash": rec["hash"], "events": rec["events"],
-                            "seconds": rec["seconds"]} for p, rec in entries])
+            writer.finish([{"path": readable_text(p), "hash": rec["hash"],
+                            "events": rec["events"], "seconds": rec["seconds"]}
+                           for p, rec in entries])
         stats = SplitStats(len(entries), sum(r["events"] for _, r in entries),
                            sum(r["seconds"] for _, r in entries) / 3600)
         summary.splits[split] = stats
         for _, rec in entries:
             hist.add(rec["instruments"])
     write_report(dest, skipped)
-    summary.files_seen = len(files) + len(not_files)
+    summary.files_seen = len(files) + len(not_files) + len(unreadable)
     summary.files_ok = sum(s.pieces for s in summary.splits.values())
     summary.duplicates = duplicates
     summary.files_skipped = len(skipped) - duplicates

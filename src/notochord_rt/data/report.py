@@ -4,11 +4,16 @@
 in the store: ``path``, ``category`` (see below), ``reason`` (a sentence a person can act on)
 and, for duplicates, ``duplicate_of`` (the first path, in discovery order, with that content).
 
-Categories: ``not-a-file`` (e.g. a directory named ``x.mid``), ``unreadable`` (I/O error),
-``too-large`` (file size or memory), ``corrupt`` (does not parse, or parses into unusable
-times), ``too-long`` (longer than the duration limit), ``too-short`` (fewer events than the
-minimum), ``duplicate`` (same bytes as an earlier file), ``crash`` (the parser killed its
-process), ``timeout`` (the parser ran past the per-file time limit).
+Paths are written as text: a name that is not valid UTF-8 (on POSIX a file name is any
+bytes) shows each undecodable byte as ``\\xNN`` (:func:`readable_text`), so the JSON is
+valid UTF-8 and a person can still find the file.
+
+Categories: ``not-a-file`` (e.g. a directory named ``x.mid``), ``unreadable`` (I/O error,
+or a folder that cannot be listed), ``too-large`` (file size or memory), ``corrupt`` (does
+not parse, or parses into unusable times), ``too-long`` (longer than the duration limit),
+``too-short`` (fewer events than the minimum), ``duplicate`` (same bytes as an earlier
+file), ``crash`` (the parser killed its process), ``timeout`` (the parser ran past the
+per-file time limit).
 """
 
 from __future__ import annotations
@@ -22,6 +27,36 @@ from ..events import instrument_name
 from .store import SPLITS
 
 REPORT_VERSION = 1
+
+
+def readable_text(text: str) -> str:
+    """``text`` as valid Unicode: the undecodable bytes of a file name (which Python keeps
+    as lone surrogates, ``surrogateescape``) become ``\\xNN``; other text is unchanged.
+
+    JSON written from lone surrogates is refused by strict readers, and they mean nothing
+    to a person; ``\\xNN`` is what ``ls -b`` shows.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that did not come from a byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _readable(obj):
+    """``obj`` (parsed-JSON shapes) with every string passed through :func:`readable_text`."""
+    if isinstance(obj, str):
+        return readable_text(obj)
+    if isinstance(obj, dict):
+        return {readable_text(str(k)): _readable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_readable(v) for v in obj]
+    return obj
 
 
 @dataclass
@@ -139,13 +174,13 @@ def _write_json(path: Path, obj, levels: int) -> None:
 
 def write_report(dest: str | os.PathLike, skipped: list[dict]) -> Path:
     path = Path(dest) / "report.json"
-    _write_json(path, {"version": REPORT_VERSION, "skipped": skipped}, levels=2)
+    _write_json(path, {"version": REPORT_VERSION, "skipped": _readable(skipped)}, levels=2)
     return path
 
 
 def write_summary(dest: str | os.PathLike, summary: PrepSummary) -> Path:
     path = Path(dest) / "summary.json"
-    _write_json(path, summary.to_dict(), levels=2)
+    _write_json(path, _readable(summary.to_dict()), levels=2)
     return path
 
 
