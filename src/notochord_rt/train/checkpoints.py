@@ -9,10 +9,18 @@ Layout of a run folder ``RUN``::
 
 A checkpoint is first written into a hidden temporary folder next to its final place,
 flushed to disk, and only then renamed into place (``os.replace`` is atomic); the
-``latest`` pointer is replaced the same way afterwards. A run killed at any moment
-therefore leaves the previous checkpoint valid and ``latest`` pointing at a complete
-folder; a stray ``.tmp-*`` folder is all that a killed write can leave behind, and it
-is ignored and swept on the next write.
+``latest`` pointer is replaced the same way afterwards, and only then are older
+checkpoints pruned. A run killed at any moment therefore keeps a complete checkpoint,
+whatever ``keep`` is:
+
+* a killed first write leaves a stray ``.tmp-*`` folder, which is ignored;
+* rewriting a step that exists (end of an epoch and of the run) moves the old folder
+  aside into ``.old-*/`` before renaming the new one into place. A kill between those two
+  renames leaves the only copy of that step in ``.old-*/``: :func:`list_checkpoints` and
+  :func:`latest_checkpoint` still find it there, and :func:`sweep_partial` moves it back.
+
+:func:`sweep_partial` (called when a run starts or resumes) removes the rest: ``.tmp-*``
+and ``.old-*`` folders and the temporary files of killed :func:`write_text_atomic` calls.
 """
 
 from __future__ import annotations
@@ -74,20 +82,57 @@ def write_text_atomic(path: Path, text: str) -> None:
     _fsync_path(path.parent)
 
 
+def _is_temp_file(name: str) -> bool:
+    """A temporary file of :func:`write_text_atomic` (``.NAME.XXXX.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def stranded_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints a rewrite killed between its two renames left in ``.old-*/``
+    (only those whose step has no folder in ``ckpt_dir``), as (step, folder)."""
+    found = []
+    if not ckpt_dir.is_dir():
+        return found
+    for aside in ckpt_dir.iterdir():
+        if not (aside.name.startswith(".old-") and aside.is_dir()):
+            continue
+        for p in aside.iterdir():
+            m = _NAME.match(p.name)
+            if m and p.is_dir() and not (ckpt_dir / p.name).exists():
+                found.append((int(m.group(1)), p))
+    return found
+
+
 def sweep_partial(ckpt_dir: Path) -> None:
-    """Delete temporary folders left behind by killed writes."""
+    """Clean up after killed writes: move stranded checkpoints back into place, then
+    delete ``.tmp-*`` / ``.old-*`` folders and temporary files, in ``ckpt_dir`` and (for
+    the run's ``config.json``) in the run folder above it.
+
+    Call it only where nothing else writes the run (the trainer does, when it starts).
+    """
     if not ckpt_dir.is_dir():
         return
+    for _, folder in stranded_checkpoints(ckpt_dir):
+        if not (ckpt_dir / folder.name).exists():
+            os.replace(folder, ckpt_dir / folder.name)
+            log.warning("recovered checkpoint %s from an interrupted rewrite", folder.name)
+    _fsync_path(ckpt_dir)
     for p in ckpt_dir.iterdir():
         if p.name.startswith((".tmp-", ".old-")) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
+        elif _is_temp_file(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+    if ckpt_dir.name == CHECKPOINTS:
+        for p in ckpt_dir.parent.glob(".config.json.*.tmp"):
+            p.unlink(missing_ok=True)
 
 
 def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints in ``ckpt_dir`` as (step, folder), oldest first."""
+    """Complete checkpoints in ``ckpt_dir`` as (step, folder), oldest first; a stranded
+    one (see :func:`stranded_checkpoints`) counts, from where it is."""
     if not ckpt_dir.is_dir():
         return []
-    found = []
+    found = stranded_checkpoints(ckpt_dir)
     for p in ckpt_dir.iterdir():
         m = _NAME.match(p.name)
         if m and p.is_dir():
@@ -102,7 +147,7 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
         candidate = ckpt_dir / pointer.read_text().strip()
         if _NAME.match(candidate.name) and candidate.is_dir():
             return candidate
-        log.warning("%s names a missing checkpoint; using the newest folder", pointer)
+        log.warning("%s names a missing checkpoint; using the newest complete one", pointer)
     found = list_checkpoints(ckpt_dir)
     return found[-1][1] if found else None
 
@@ -113,7 +158,8 @@ def write_checkpoint(
     """Write checkpoint ``step`` by calling ``write(tmp_folder)``, then commit it atomically.
 
     If ``write`` raises, the temporary folder is removed and nothing else changes.
-    Afterwards only the newest ``keep`` checkpoints are kept (None keeps all).
+    Afterwards only the newest ``keep`` checkpoints are kept (None keeps all): they are
+    pruned only once the new one is complete and ``latest`` names it.
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
@@ -129,7 +175,13 @@ def write_checkpoint(
         # the same step written again (e.g. at the end of an epoch and of the run)
         old = Path(tempfile.mkdtemp(prefix=f".old-{name}-", dir=ckpt_dir))
         os.replace(final, old / name)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(old / name, final)  # put the complete old one back
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        # a kill before this line leaves old/name, which sweep_partial moves back
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)

@@ -228,10 +228,13 @@ class Trainer:
         return logs
 
     def _diverged_message(self, what: str) -> str:
-        where = self.last_checkpoint or "none was written"
+        if self.last_checkpoint is None:
+            return (f"training stopped at step {self.step + 1}: {what}. No checkpoint was "
+                    f"written by this run yet (any earlier one in {self.ckpt_dir} is "
+                    "untouched). Lower the learning rate or check the data, then start again.")
         return (f"training stopped at step {self.step + 1}: {what}. "
-                f"The last good checkpoint is {where}. Lower the learning rate, "
-                f"check the data, or resume from that checkpoint.")
+                f"The last good checkpoint is {self.last_checkpoint}. Lower the learning "
+                "rate, check the data, or resume from that checkpoint.")
 
     # -- validation -------------------------------------------------------------------------
     def _valid_index_batches(self) -> list[list[tuple[int, int]]]:
