@@ -9,29 +9,46 @@ Arguments follow the reference server: optional positional arguments (the event 
 ``feed``, the path of ``prompt``/``load``), then ``key value`` pairs. A string value that
 parses as JSON is decoded (``"[60, 64, 67]"`` is a list, ``"false"`` is False), so
 lists and dicts can be sent by clients without OSC arrays; OSC arrays are accepted too.
-Three keys are understood by every address: ``session`` (which session; default 0, the
-shared one), ``handle`` (any value, echoed in the reply) and ``port`` (reply port).
+Three keys are understood by every address: ``session`` (0, the shared one, or the token
+that ``session/open`` returned), ``handle`` (a short value echoed in the reply) and
+``port`` (reply port, if the server allows it).
+
+Values are checked and bounded by :mod:`.osc_values`; any exception from checking or
+compiling constraints becomes a :class:`RequestError`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import events as ev
-from ..engine.constraints import Constraints, Soft
 from ..engine.query import query_constraints
 from ..engine.sampler import _check_feed
 from ..engine.support import Compiled, compile_constraints
 from ..errors import InputError, NoPossibleEvents
+from .osc_values import (
+    MAX_ABS,
+    MAX_MESSAGE,
+    PREFIX,
+    SHARED,
+    _bool,
+    _int,
+    _short,
+    check_handle,
+    constraint_value,
+    decode,
+    sample_constraints,
+    session_key,
+)
+
+__all__ = ["MAX_MESSAGE", "OPS", "PREFIX", "RETURN", "SHARED", "Draw", "Parser", "Request",
+           "RequestError", "constraint_value", "decode", "encode", "find_handle", "flatten",
+           "pairs", "sample_constraints"]
 
 RETURN = "/return"
-PREFIX = "/notochord"
 COMMON_KEYS = ("session", "handle", "port")
 # reference query() outputs (splatting a reply back into feed is legal, as in the reference)
 FEED_IGNORED = ("end", "step")
@@ -62,17 +79,10 @@ CONTROL_KEYS: dict[str, tuple[str, ...]] = {
     "session/open": ("seed",),
     "session/close": (),
     "held": (),
-    "status": (),
+    "status": ("detail",),
     "ping": (),
 }
 SAMPLE_EXTRA = ("feed", "allow_end")
-_CONSTRAINT_FIELDS = {f.name for f in dataclasses.fields(Constraints)}
-_PER_INST = ("min_vel", "max_vel", "min_polyphony", "max_polyphony", "min_duration",
-             "max_duration")
-_FLOATS = ("time", "vel", "min_time", "max_time", "inst_temp", "pitch_temp", "rhythm_temp",
-           "timing_temp", "vel_temp", "steer_density")
-_PAIRS = ("truncate_quantile_time", "truncate_quantile_pitch", "truncate_quantile_vel")
-
 
 class RequestError(InputError):
     """A message that cannot be served; ``handle`` and ``address`` go into the error reply."""
@@ -101,7 +111,7 @@ class Request:
 
     op: str
     address: str
-    session: int = 0
+    session: int | str = SHARED
     handle: Any = None
     port: int | None = None
     event: tuple[int, int, float, float] | None = None
@@ -118,24 +128,14 @@ class Request:
         return f"{RETURN}{PREFIX}/{name}"
 
 
-# -- values ---------------------------------------------------------------------------------
-def decode(value: Any) -> Any:
-    """A string that parses as JSON becomes the decoded value; anything else is unchanged."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    if isinstance(value, (list, tuple)):
-        return [decode(v) for v in value]
-    return value
-
-
 def find_handle(params: Sequence[Any]) -> Any:
     """The value after a ``"handle"`` key, if any (used even when parsing fails)."""
     for k in range(len(params) - 1):
         if params[k] == "handle":
-            return params[k + 1]
+            try:
+                return check_handle(params[k + 1])
+            except InputError:
+                return None
     return None
 
 
@@ -147,121 +147,13 @@ def pairs(params: Sequence[Any], address: str, handle: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k in range(0, len(params), 2):
         key, value = params[k], params[k + 1]
-        if not isinstance(key, str):
-            raise RequestError(f"argument {k + 1}: expected a key name (a string), got "
-                               f"{key!r}", address, handle)
+        if not isinstance(key, str) or len(key) > 64:
+            raise RequestError(f"argument {k + 1}: expected a key name (a short string), got "
+                               f"{_short(key)}", address, handle)
         if key in out:
             raise RequestError(f"key {key!r} given twice", address, handle)
-        out[key] = value if key == "handle" else decode(value)
+        out[key] = value if key in ("handle", "session") else decode(value)
     return out
-
-
-def _int(value: Any, name: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            isinstance(value, float) and not value.is_integer()):
-        raise InputError(f"{name} must be an integer, got {value!r}")
-    if not lo <= int(value) <= hi:
-        raise InputError(f"{name} must be in {lo}..{hi}, got {int(value)}")
-    return int(value)
-
-
-def _bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    raise InputError(f"{name} must be true/false (or 1/0), got {value!r}")
-
-
-def _float(value: Any, name: str) -> float:
-    if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", "infinity"):
-        return math.inf
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{name} must be a number, got {value!r}")
-    return float(value)
-
-
-def _inst(value: Any, name: str) -> int:
-    """An instrument id, or a name such as ``"violin"`` / ``"drums"`` / ``"anon2"``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InputError(f"{name}: expected an instrument id or name, got {value!r}")
-    if isinstance(value, float):
-        value = _int(value, name, ev.FIRST_MELODIC, ev.NUM_INSTRUMENTS)
-    try:
-        return ev.parse_instrument(value)
-    except ValueError as e:
-        raise InputError(f"{name}: {e}") from None
-
-
-def _inst_dict(value: Any, name: str, convert) -> dict[int, Any]:
-    if not isinstance(value, Mapping):
-        raise InputError(f"{name} must be a dict {{instrument: ...}}, got {value!r}")
-    return {_inst(k, f"{name} key"): convert(v, f"{name}[{k}]") for k, v in value.items()}
-
-
-def _ints(value: Any, name: str) -> list[int]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, list):
-        raise InputError(f"{name} must be a list of integers, got {value!r}")
-    return [_int(v, name, -2**31, 2**31 - 1) for v in value]
-
-
-def _intervals(value: Any, name: str) -> list[tuple[float, ...]]:
-    if not isinstance(value, list) or not all(isinstance(r, list) for r in value):
-        raise InputError(f"{name} must be a list of [lo, hi] or [lo, hi, weight], got {value!r}")
-    return [tuple(_float(x, name) for x in r) for r in value]
-
-
-# -- our sample: Constraints fields by name --------------------------------------------------
-def constraint_value(name: str, value: Any) -> Any:
-    """Convert one decoded OSC value to the type of the :class:`Constraints` field ``name``."""
-    if name in ("note_on_map", "note_off_map"):
-        return _inst_dict(value, name, _ints)
-    if name == "inst":
-        return None if value is None else _inst(value, name)
-    if name in ("pitch", "index_pitch"):
-        return None if value is None else _int(value, name, 0, ev.NUM_PITCHES)
-    if name in _FLOATS:
-        return None if value is None and name in ("time", "vel", "steer_density") else _float(
-            value, name)
-    if name in _PER_INST:
-        if isinstance(value, Mapping):
-            return _inst_dict(value, name, _float)
-        return _float(value, name)
-    if name in ("time_ranges", "vel_ranges"):
-        return None if value is None else _intervals(value, name)
-    if name in _PAIRS:
-        if not isinstance(value, list) or len(value) != 2:
-            raise InputError(f"{name} must be a pair [lo, hi], got {value!r}")
-        return (_float(value[0], name), _float(value[1], name))
-    if name == "penalty":
-        if not isinstance(value, Mapping):
-            raise InputError(f"penalty must be a dict {{name: cost}}, got {value!r}")
-        known = {s.value: s for s in Soft}
-        bad = [k for k in value if k not in known]
-        if bad:
-            raise InputError(f"penalty: unknown name(s) {bad} (known: {', '.join(known)})")
-        return {known[k]: _float(v, f"penalty[{k}]") for k, v in value.items()}
-    if name == "inst_weights":
-        return _inst_dict(value, name, _float)
-    if name == "external":
-        items = value if isinstance(value, list) else [value]
-        return {_inst(v, name) for v in items}
-    if name == "order":
-        if not isinstance(value, str):
-            raise InputError(f"order must be a string such as 'vtip', got {value!r}")
-        return value
-    raise InputError(f"unknown constraint {name!r}")
-
-
-def sample_constraints(kw: Mapping[str, Any]) -> Constraints:
-    """A validated :class:`Constraints` from ``{field name: decoded OSC value}``."""
-    unknown = sorted(set(kw) - _CONSTRAINT_FIELDS)
-    if unknown:
-        raise InputError(f"unknown constraint(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(sorted(_CONSTRAINT_FIELDS))}")
-    return Constraints(**{k: constraint_value(k, v) for k, v in kw.items()}).validate()
 
 
 # -- the parser ------------------------------------------------------------------------------
@@ -277,21 +169,26 @@ class Parser:
         self._cache: OrderedDict[str, tuple[Compiled, str]] = OrderedDict()
 
     def parse(self, address: str, params: Sequence[Any]) -> Request:
-        """Check one message; raises :class:`RequestError`."""
+        """Check one message; raises :class:`RequestError` (and nothing else: an
+        unexpected exception while checking becomes one too)."""
         handle = find_handle(params)
         if not isinstance(address, str) or not address.startswith(PREFIX + "/"):
-            raise RequestError(f"unknown address {address!r} (addresses start with "
-                               f"{PREFIX}/)", str(address), handle)
+            raise RequestError(f"unknown address (addresses start with {PREFIX}/)",
+                               str(address)[:64], handle)
         op = address[len(PREFIX) + 1:]
         if op not in OPS:
-            raise RequestError(f"unknown address {address!r}; known: "
-                               f"{', '.join(PREFIX + '/' + o for o in OPS)}", address, handle)
+            raise RequestError("unknown address (see docs/osc.md)", address[:64], handle)
         try:
             return self._parse(op, address, list(params), handle)
         except RequestError:
             raise
         except (InputError, NoPossibleEvents) as e:
             raise RequestError(str(e), address, handle) from None
+        except RecursionError:
+            raise RequestError("a value is nested too deeply", address, handle) from None
+        except Exception as e:  # checking must never take the server down
+            raise RequestError(f"bad argument: {type(e).__name__}: {e}", address,
+                               handle) from None
 
     def _parse(self, op: str, address: str, params: list[Any], handle: Any) -> Request:
         feeds, samples, kind = OPS[op]
@@ -339,16 +236,18 @@ class Parser:
             values, rest = [decode(v) for v in params[:4]], params[4:]
         for name, v in zip(EVENT_KEYS, values):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise InputError(f"{name} must be a number, got {v!r}")
+                raise InputError(f"{name} must be a number, got {_short(v)}")
+        if isinstance(values[2], (int, float)) and abs(values[2]) > MAX_ABS:
+            raise InputError(f"time must be at most {MAX_ABS:g} seconds, got {values[2]!r}")
         req.event = _check_feed(*values)
         return rest
 
     @staticmethod
     def _common(req: Request, kw: dict[str, Any]) -> None:
         if "handle" in kw:
-            req.handle = kw.pop("handle")
+            req.handle = check_handle(kw.pop("handle"))
         if "session" in kw:
-            req.session = _int(kw.pop("session"), "session", 0, 2**31 - 1)
+            req.session = session_key(kw.pop("session"))
         if "port" in kw:
             req.port = _int(kw.pop("port"), "port", 1, 65535)
 
@@ -364,13 +263,19 @@ class Parser:
         key = kind + json.dumps(sorted(kw.items()), default=repr)
         hit = self._cache.get(key)
         if hit is None:
-            if kind == "query":
-                cons, order = query_constraints(kw)
-                cons.order = order
-            else:
-                cons = sample_constraints(kw)
-                order = cons.order or "vtip"
-            hit = (compile_constraints(cons), order)
+            try:
+                if kind == "query":
+                    cons, order = query_constraints(kw)
+                    cons.order = order
+                else:
+                    cons = sample_constraints(kw)
+                    order = cons.order or "vtip"
+                hit = (compile_constraints(cons), order)
+            except (InputError, NoPossibleEvents):
+                raise
+            except Exception as e:  # the engine's checks are its own; any failure is bad input
+                raise InputError(f"{kind}: bad constraint value ({type(e).__name__}: "
+                                 f"{str(e)[:80]})") from None
             self._cache[key] = hit
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
@@ -384,6 +289,8 @@ class Parser:
             req.args["start"] = _bool(kw["start"], "start")
         if "merge" in kw:
             req.args["merge"] = _bool(kw["merge"], "merge")
+        if "detail" in kw:
+            req.args["detail"] = _bool(kw["detail"], "detail")
         if "seed" in kw:
             req.args["seed"] = _int(kw["seed"], "seed", 0, 2**63 - 1)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 
-from ..errors import CheckpointError, MidiError, UserError
+from ..errors import CheckpointError, InputError, MidiError, UserError
 
 NAME = "serve"
 HELP = "serve the model over OSC (/notochord/query, feed, sample, sessions ...)"
@@ -16,13 +17,16 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1; 0.0.0.0 = every "
-                             "interface, only on a trusted network)")
+                        help="address to listen on (default 127.0.0.1; any other address "
+                             "prints a warning and disables files)")
     parser.add_argument("--port", "--receive-port", dest="port", type=int, default=9999,
                         help="UDP port to listen on (default 9999; 0 = any free port)")
     parser.add_argument("--send-port", type=int,
                         help="send replies to this port of the sender's host (default: the "
-                             "port the request came from; a request's 'port' key wins)")
+                             "port the request came from)")
+    parser.add_argument("--allow-reply-port", action="store_true",
+                        help="honour a request's 'port' key (reply to another port of the "
+                             "sender's host; default: refused)")
     parser.add_argument("--checkpoint", default="default",
                         help="model: a .safetensors file, a reference checkpoint, or "
                              "'default' (the bundled model; the default)")
@@ -35,13 +39,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sessions", type=int, default=64,
                         help="client sessions open at once, besides the shared session 0 "
                              "(default 64)")
-    parser.add_argument("--session-timeout", type=float, default=3600.0,
-                        help="close sessions idle for this many seconds (default 3600; "
+    parser.add_argument("--sessions-per-host", type=int, default=16,
+                        help="client sessions one host may have open at once (default 16)")
+    parser.add_argument("--session-timeout", type=float, default=600.0,
+                        help="close sessions idle for this many seconds (default 600; "
                              "0 = never)")
+    parser.add_argument("--rate", type=float, default=1000.0,
+                        help="OSC messages per second one sender (host and port) may send; "
+                             "the rest are dropped unread (default 1000, bursts of 200)")
     parser.add_argument("--seed", type=int, help="seed every session (reproducible runs)")
-    parser.add_argument("--no-files", dest="allow_files", action="store_false",
-                        help="refuse /notochord/prompt and /notochord/load (which read "
-                             "files on this machine)")
+    parser.add_argument("--allow-files", metavar="DIR",
+                        help="let /notochord/prompt and /notochord/load read regular files "
+                             "inside DIR (default: no file is read; loopback --host only)")
+    parser.add_argument("--max-checkpoint-mb", type=float, default=256.0,
+                        help="largest checkpoint /notochord/load may read (default 256)")
+    parser.add_argument("--no-files", action="store_true",
+                        help="(the default now) read no files")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _check(args: argparse.Namespace) -> None:
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {args.port}")
+    if args.send_port is not None and not 1 <= args.send_port <= 65535:
+        raise UserError(f"--send-port must be in 1..65535, got {args.send_port}")
+    for name in ("max_sessions", "session_timeout"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got "
+                            f"{getattr(args, name)}")
+    for name in ("sessions_per_host", "rate", "max_checkpoint_mb"):
+        if not getattr(args, name) > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be > 0, got "
+                            f"{getattr(args, name)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,40 +85,52 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise UserError(f"{e.name or e} is needed to serve OSC: pip install "
                         "'notochord-rt[live]' (or python-osc)") from None
+    from ..apps.osc_files import FileRoot
     from ..apps.osc_sessions import Sessions
     from ..model.network import NotochordNet
 
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port must be in 0..65535, got {args.port}")
-    if args.send_port is not None and not 1 <= args.send_port <= 65535:
-        raise UserError(f"--send-port must be in 1..65535, got {args.send_port}")
-    if args.max_sessions < 0:
-        raise UserError(f"--max-sessions must be >= 0, got {args.max_sessions}")
-    if args.session_timeout < 0:
-        raise UserError(f"--session-timeout must be >= 0, got {args.session_timeout}")
+    _check(args)
+    files = None
+    if args.allow_files and args.no_files:
+        raise UserError("--allow-files and --no-files contradict each other")
+    if args.allow_files:
+        try:
+            files = FileRoot(args.allow_files,
+                             checkpoint_max_bytes=int(args.max_checkpoint_mb * (1 << 20)))
+        except InputError as e:
+            raise UserError(str(e)) from None
     try:
         model = NotochordNet.load(args.checkpoint)
     except CheckpointError as e:
         hint = " (--checkpoint PATH)" if args.checkpoint == "default" else ""
         raise UserError(f"{e}{hint}") from None
     sessions = Sessions(model, max_sessions=args.max_sessions, precision=args.precision,
-                        seed=args.seed, allow_files=args.allow_files)
+                        seed=args.seed, per_host=args.sessions_per_host)
     sessions.checkpoint = args.checkpoint
     if args.prompt:
         try:
             info = sessions.prompt(0, args.prompt)
-        except (MidiError, OSError) as e:
+        except (MidiError, InputError, OSError) as e:
             raise UserError(f"--prompt {args.prompt}: {e}") from None
         sessions.base_prompt = sessions.get(0).prompt
         log.info("prompted with %s: %d events", args.prompt, info["events"])
     try:
         server = OscServer(sessions, args.host, args.port, send_port=args.send_port,
+                           allow_reply_port=args.allow_reply_port, rate=args.rate,
                            session_timeout=args.session_timeout or None)
     except OSError as e:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     host, port = server.address
+    if not _loopback(host):
+        print(f"notochord-rt serve: WARNING: listening on {host}, not a loopback address: "  # noqa: T201
+              "anyone who can reach this port can use the model (use a trusted network or "
+              "a firewall)" + ("; --allow-files is ignored (files only on loopback)"
+                               if files else ""), file=sys.stderr, flush=True)
+        files = None
+    sessions.files = files
     print(f"notochord-rt serve: listening on {host}:{port} (OSC over UDP); "  # noqa: T201
-          f"model {args.checkpoint}; Ctrl-C to stop", file=sys.stderr, flush=True)
+          f"model {args.checkpoint}; files {'in ' + files.root if files else 'off'}; "
+          "Ctrl-C to stop", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
