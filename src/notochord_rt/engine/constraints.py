@@ -6,12 +6,25 @@ temperatures and a sub-event order. A ``Constraints`` is plain data; :meth:`vali
 checks it and :func:`per_inst` turns scalar-or-dict fields into ``(321,)`` arrays for the
 vectorised support (:mod:`notochord_rt.engine.support`).
 
+Checking is driven by one table, :data:`FIELDS` (name, kind, allowed range, converter of
+every field; helpers in :mod:`.checks`): each bad field raises
+:class:`~notochord_rt.errors.InputError` naming it. Values are never coerced from text
+(``max_polyphony="3"`` is an error), bools are not numbers, NaN is refused everywhere,
+and a fixed ``time`` must lie in the model's time support ``[0, 10]`` s (``inf`` is an
+error, not an event at ``t = inf``). Validation runs when constraints are compiled
+(:func:`~notochord_rt.engine.support.compile_constraints`), not per sampled event when
+a compiled set is reused.
+
 Hard vs soft: note maps, fixed values, ``min_time``, time and velocity ranges are hard
 (an empty result raises :class:`~notochord_rt.errors.NoPossibleEvents`). ``max_time``,
 polyphony and duration limits are *soft*: they carry a penalty (:class:`Soft`) and, when
-they cannot all hold, the ones with the smallest total cost are broken first. Two
-guarantees override everything: a non-external note older than its ``max_duration`` is
-released at once, and an instrument above ``max_polyphony`` gets a note-off at once.
+they cannot all hold, the ones with the smallest total cost are broken first and named
+in the event's ``broken``. A soft constraint never overrides a hard one (a
+``min_polyphony`` note-on happens inside every hard constraint). Two guarantees override
+everything but the hard time constraints: a non-external note older than its
+``max_duration`` is released at once, and an instrument above ``max_polyphony`` gets a
+note-off at once, both at the earliest allowed time; such a forced event lists every
+constraint it breaks, hard or soft, in ``broken`` (see :mod:`.guards`).
 
 Temperatures follow the reference: a value ``<= 1`` is nucleus (top-p) filtering, a
 value ``> 1`` a temperature (probabilities raised to ``1/T``); 1 changes nothing. This
@@ -26,12 +39,13 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
 from .. import events as ev
 from ..errors import InputError
+from . import checks
 
 N_I = ev.N_INST_CLASSES  # 321
 N_P = ev.N_PITCH_CLASSES  # 129
@@ -110,74 +124,10 @@ class Constraints:
 
     # -- checking ---------------------------------------------------------------------------
     def validate(self) -> Constraints:
-        """Raise :class:`InputError` naming the first bad field; return ``self``."""
-        for name in ("note_on_map", "note_off_map"):
-            m = getattr(self, name)
-            if isinstance(m, np.ndarray):
-                if m.shape != (N_I, N_P) or m.dtype != bool:
-                    raise InputError(f"{name} as an array must be bool {(N_I, N_P)}, got "
-                                     f"{m.dtype} {m.shape}")
-            elif m is not None:
-                if not isinstance(m, Mapping):
-                    raise InputError(f"{name} must be a dict {{inst: pitches}}, got {m!r}")
-                for i, ps in m.items():
-                    _check_inst(i, name)
-                    for p in ps:
-                        _check_pitch(p, name)
-        if self.inst is not None:
-            _check_inst(self.inst, "inst")
-        if self.pitch is not None:
-            _check_pitch(self.pitch, "pitch")
-        if self.time is not None:
-            _check_number(self.time, "time", 0.0, math.inf)
-        if self.vel is not None:
-            _check_number(self.vel, "vel", 0.0, ev.VEL_MAX)
-        for name in ("time_ranges", "vel_ranges"):
-            r = getattr(self, name)
-            if r is not None:
-                intervals(r, name)
-        _check_number(self.min_time, "min_time", 0.0, math.inf, allow_inf=False)
-        if math.isnan(float(self.max_time)) or float(self.max_time) < 0:
-            raise InputError(f"max_time must be a number >= 0, got {self.max_time!r}")
-        for name, lo, hi in (
-            ("min_vel", -math.inf, math.inf),
-            ("max_vel", -math.inf, math.inf),
-            ("min_polyphony", 0, math.inf),
-            ("max_polyphony", 0, math.inf),
-            ("min_duration", 0, math.inf),
-            ("max_duration", 0, math.inf),
-        ):
-            per_inst(getattr(self, name), name, lo, hi)
-        soft_names = {s.value for s in Soft}
-        for k, v in self.penalty.items():
-            if not (isinstance(k, Soft) or k in soft_names):
-                raise InputError(f"penalty has an unknown key {k!r} (known: "
-                                 f"{', '.join(sorted(soft_names))})")
-            _check_number(v, f"penalty[{Soft(k).value}]", 0.0, math.inf, allow_inf=False)
-        for name in ("inst_temp", "pitch_temp", "rhythm_temp", "timing_temp", "vel_temp"):
-            _check_number(getattr(self, name), name, 0.0, math.inf, allow_inf=False)
-        for name in ("truncate_quantile_time", "truncate_quantile_pitch",
-                     "truncate_quantile_vel"):
-            q = getattr(self, name)
-            try:
-                lo, hi = (float(x) for x in q)
-            except (TypeError, ValueError) as e:
-                raise InputError(f"{name} must be a pair (lo, hi), got {q!r}") from e
-            if not (0.0 <= lo < hi <= 1.0):
-                raise InputError(f"{name} must satisfy 0 <= lo < hi <= 1, got {q!r}")
-        if self.index_pitch is not None and not (
-            isinstance(self.index_pitch, (int, np.integer)) and 0 <= self.index_pitch < N_P
-        ):
-            raise InputError(f"index_pitch must be an int in 0..128, got {self.index_pitch!r}")
-        if self.steer_density is not None:
-            _check_number(self.steer_density, "steer_density", 0.0, 1.0)
-        for i, w in self.inst_weights.items():
-            _check_inst(i, "inst_weights")
-            _check_number(w, f"inst_weights[{i}]", 0.0, math.inf, allow_inf=False)
-        for i in self.external:
-            _check_inst(i, "external")
-        if self.order is not None:
-            check_order(self.order)
+        """Raise :class:`InputError` naming the first bad field (see :data:`FIELDS`); return
+        ``self`` unchanged."""
+        for f in FIELDS.values():
+            f.convert(getattr(self, f.name))
         return self
 
     def penalty_of(self, soft: Soft) -> float:
@@ -188,63 +138,223 @@ class Constraints:
         return DEFAULT_PENALTY[soft]
 
 
+# -- the field table ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Field:
+    """How one :class:`Constraints` field is checked and converted: a row of :data:`FIELDS`.
+
+    ``kind`` is the shape of the value (a key of :data:`KINDS`); ``lo`` / ``hi`` bound every
+    number in it (each per-instrument value, each interval end for ``"intervals"``, the
+    id for ``"int"``); ``finite`` refuses ``±inf``; ``optional`` allows ``None``; ``role``
+    is ``"hard"`` (never broken), ``"soft"`` (broken at a cost, see :class:`Soft`),
+    ``"steer"`` (shapes the distribution) or ``"setting"``.
+    """
+
+    name: str
+    kind: str
+    lo: float = -math.inf
+    hi: float = math.inf
+    finite: bool = False
+    optional: bool = False
+    role: str = "steer"
+    doc: str = ""
+
+    def convert(self, value: Any, name: str | None = None) -> Any:
+        """``value`` checked and in its canonical type (see :data:`KINDS`).
+
+        Raises :class:`InputError` whose message starts with ``name`` (default: the field's
+        own name; callers mapping other argument names, such as ``query``'s
+        ``next_time``, pass theirs).
+        """
+        name = self.name if name is None else name
+        if value is None:
+            if self.optional:
+                return None
+            raise InputError(f"{name} must not be None")
+        return _CONVERTERS[self.kind](value, name, self)
+
+
+def _c_real(v: Any, name: str, f: Field) -> float:
+    return checks.real(v, name, f.lo, f.hi, finite=f.finite)
+
+
+def _c_int(v: Any, name: str, f: Field) -> int:
+    return checks.integer(v, name, int(f.lo), int(f.hi))
+
+
+def _c_inst(v: Any, name: str, f: Field) -> int:
+    return checks.inst(v, name)
+
+
+def _c_note_map(v: Any, name: str, f: Field) -> dict[int, tuple[int, ...]] | np.ndarray:
+    if isinstance(v, np.ndarray):
+        if v.shape != (N_I, N_P) or v.dtype != bool:
+            raise InputError(f"{name} as an array must be bool {(N_I, N_P)}, got "
+                             f"{v.dtype} {v.shape}")
+        return v
+    if not isinstance(v, Mapping):
+        raise InputError(f"{name} must be a dict {{inst: pitches}} or a bool "
+                         f"{(N_I, N_P)} array, got {v!r}")
+    out = {}
+    for i, ps in v.items():
+        key = checks.inst(i, f"{name} key")
+        ps = checks.collection(ps, f"{name}[{i!r}]", "pitches")
+        out[key] = tuple(checks.pitch(p, f"{name}[{i!r}]") for p in ps)
+    return out
+
+
+def _c_per_inst(v: Any, name: str, f: Field) -> float | dict[int, float]:
+    if isinstance(v, Mapping):
+        return {checks.inst(i, f"{name} key"): _c_real(x, f"{name}[{i!r}]", f)
+                for i, x in v.items()}
+    return _c_real(v, name, f)
+
+
+def _c_intervals(v: Any, name: str, f: Field) -> list[tuple[float, float, float]]:
+    return [tuple(r) for r in intervals(v, name).tolist()]  # type: ignore[misc]
+
+
+def _c_penalty(v: Any, name: str, f: Field) -> dict[Soft, float]:
+    if not isinstance(v, Mapping):
+        raise InputError(f"{name} must be a dict {{soft constraint: cost}}, got {v!r}")
+    known = {s.value for s in Soft}
+    out = {}
+    for k, x in v.items():
+        if not (isinstance(k, Soft) or (isinstance(k, str) and k in known)):
+            raise InputError(f"{name} has an unknown key {k!r} (known: "
+                             f"{', '.join(sorted(known))})")
+        out[Soft(k)] = _c_real(x, f"{name}[{Soft(k).value}]", f)
+    return out
+
+
+def _c_quantile(v: Any, name: str, f: Field) -> tuple[float, float]:
+    q = list(checks.collection(v, name, "two numbers (lo, hi)"))
+    if len(q) != 2:
+        raise InputError(f"{name} must be a pair (lo, hi), got {v!r}")
+    lo, hi = (checks.real(x, name, 0.0, 1.0) for x in q)
+    if not lo < hi:
+        raise InputError(f"{name} must satisfy 0 <= lo < hi <= 1, got {v!r}")
+    return lo, hi
+
+
+def _c_inst_weights(v: Any, name: str, f: Field) -> dict[int, float]:
+    if not isinstance(v, Mapping):
+        raise InputError(f"{name} must be a dict {{inst: weight}}, got {v!r}")
+    return {checks.inst(i, f"{name} key"): _c_real(x, f"{name}[{i!r}]", f)
+            for i, x in v.items()}
+
+
+def _c_inst_set(v: Any, name: str, f: Field) -> frozenset[int]:
+    return frozenset(checks.inst(i, name)
+                     for i in checks.collection(v, name, "instruments (e.g. {5})"))
+
+
+def _c_order(v: Any, name: str, f: Field) -> str:
+    return check_order(v, name)
+
+
+#: Value kinds of :data:`FIELDS` and their canonical Python types.
+KINDS: dict[str, str] = {
+    "real": "float in [lo, hi]",
+    "int": "int in lo..hi",
+    "inst": "int instrument id in 1..320",
+    "note_map": "dict {inst: tuple of pitches} or a bool (321, 129) array (kept as is)",
+    "per_inst": "float, or dict {inst: float} (missing instruments take the default)",
+    "intervals": "list of (lo, hi, weight) tuples, sorted and disjoint (weight default 1)",
+    "penalty": "dict {Soft: cost}",
+    "quantile": "(lo, hi) with 0 <= lo < hi <= 1",
+    "inst_weights": "dict {inst: weight >= 0}",
+    "inst_set": "frozenset of instrument ids",
+    "order": "a permutation of 'iptv', or 'random'",
+}
+_CONVERTERS = {
+    "real": _c_real, "int": _c_int, "inst": _c_inst, "note_map": _c_note_map,
+    "per_inst": _c_per_inst, "intervals": _c_intervals, "penalty": _c_penalty,
+    "quantile": _c_quantile, "inst_weights": _c_inst_weights, "inst_set": _c_inst_set,
+    "order": _c_order,
+}
+_INF = math.inf
+FIELDS: dict[str, Field] = {f.name: f for f in (
+    Field("note_on_map", "note_map", optional=True, role="hard"),
+    Field("note_off_map", "note_map", optional=True, role="hard"),
+    Field("inst", "inst", optional=True, role="hard"),
+    Field("pitch", "int", 0, ev.NUM_PITCHES - 1, optional=True, role="hard"),
+    Field("time", "real", ev.TIME_MIN, ev.TIME_MAX, finite=True, optional=True, role="hard",
+          doc="a fixed time must lie in the model's time support"),
+    Field("vel", "real", 0.0, ev.VEL_MAX, optional=True, role="hard"),
+    Field("time_ranges", "intervals", optional=True, role="hard",
+          doc="clipped to the model's time support"),
+    Field("vel_ranges", "intervals", optional=True, role="hard"),
+    Field("min_time", "real", 0.0, _INF, finite=True, role="hard",
+          doc="above the model's time support it is impossible (NoPossibleEvents)"),
+    Field("max_time", "real", 0.0, _INF, role="soft"),
+    Field("min_vel", "per_inst", role="hard"),
+    Field("max_vel", "per_inst", role="hard"),
+    Field("min_polyphony", "per_inst", 0.0, _INF, role="soft"),
+    Field("max_polyphony", "per_inst", 0.0, _INF, role="soft"),
+    Field("min_duration", "per_inst", 0.0, _INF, role="soft"),
+    Field("max_duration", "per_inst", 0.0, _INF, role="soft"),
+    Field("penalty", "penalty", 0.0, _INF, finite=True, role="setting"),
+    Field("inst_temp", "real", 0.0, _INF, finite=True),
+    Field("pitch_temp", "real", 0.0, _INF, finite=True),
+    Field("rhythm_temp", "real", 0.0, _INF, finite=True),
+    Field("timing_temp", "real", 0.0, _INF, finite=True),
+    Field("vel_temp", "real", 0.0, _INF, finite=True),
+    Field("truncate_quantile_time", "quantile", 0.0, 1.0),
+    Field("truncate_quantile_pitch", "quantile", 0.0, 1.0),
+    Field("truncate_quantile_vel", "quantile", 0.0, 1.0),
+    Field("index_pitch", "int", 0, N_P - 1, optional=True),
+    Field("steer_density", "real", 0.0, 1.0, optional=True),
+    Field("inst_weights", "inst_weights", 0.0, _INF, finite=True,
+          doc="weight 0 removes the instrument (hard)"),
+    Field("external", "inst_set", role="setting",
+          doc="instruments played from outside: no duration/polyphony guarantees, no steering"),
+    Field("order", "order", optional=True, role="setting"),
+)}
+"""Every :class:`Constraints` field, in declaration order: how it is checked and converted.
+
+One table drives :meth:`Constraints.validate` (each value goes through
+``FIELDS[name].convert``); protocol layers (OSC, the reference ``query`` mapping in
+:mod:`.query`) use the same rows so that a value is accepted or refused the same way
+everywhere, with a message naming the argument.
+"""
+
+
 # -- helpers ------------------------------------------------------------------------------
-def check_order(order: str) -> str:
+def check_order(order: Any, name: str = "order") -> str:
     """Validate an order: a permutation of ``"iptv"`` or ``"random"``."""
-    if order == "random":
+    if isinstance(order, str) and order == "random":
         return order
     if not isinstance(order, str) or len(order) != 4 or set(order) != ORDER_LETTERS:
-        raise InputError(f"order must be a permutation of 'iptv' or 'random', got {order!r}")
+        raise InputError(f"{name} must be a permutation of 'iptv' or 'random', got {order!r}")
     return order
-
-
-def _check_inst(i, name: str) -> None:
-    if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not (
-        ev.FIRST_MELODIC <= int(i) <= ev.NUM_INSTRUMENTS
-    ):
-        raise InputError(f"{name}: instrument must be an int in 1..320, got {i!r}")
-
-
-def _check_pitch(p, name: str) -> None:
-    if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not (
-        0 <= int(p) < ev.NUM_PITCHES
-    ):
-        raise InputError(f"{name}: pitch must be an int in 0..127, got {p!r}")
-
-
-def _check_number(v, name: str, lo: float, hi: float, allow_inf: bool = True) -> float:
-    try:
-        x = float(v)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"{name} must be a number, got {v!r}") from e
-    if math.isnan(x) or (not allow_inf and math.isinf(x)) or not (lo <= x <= hi):
-        raise InputError(f"{name} must be a number in [{lo}, {hi}], got {v!r}")
-    return x
 
 
 def intervals(spec: Iterable[Interval], name: str) -> np.ndarray:
     """Validated ``(n, 3)`` float array ``[lo, hi, weight]``, sorted, disjoint.
 
-    Raises :class:`InputError` for NaN, ``lo > hi``, negative weights or overlaps.
+    Raises :class:`InputError` naming ``name`` for anything but a collection of
+    ``(lo, hi[, weight])`` number tuples, NaN, ``lo > hi``, a weight that is negative or
+    infinite, or overlapping intervals. The ends may be infinite (they are clipped to the
+    model's support where used).
     """
     rows = []
-    for r in spec:
-        try:
-            vals = [float(x) for x in r]
-        except (TypeError, ValueError) as e:
-            raise InputError(f"{name}: each interval is (lo, hi[, weight]), got {r!r}") from e
+    for r in checks.collection(spec, name, "intervals (lo, hi[, weight])"):
+        if isinstance(r, (str, bytes, Mapping)) or not isinstance(r, Iterable):
+            raise InputError(f"{name}: each interval is (lo, hi[, weight]), got {r!r}")
+        vals = [checks.real(x, name) for x in r]
         if len(vals) == 2:
             vals.append(1.0)
-        if len(vals) != 3 or any(math.isnan(x) for x in vals):
+        if len(vals) != 3:
             raise InputError(f"{name}: each interval is (lo, hi[, weight]), got {r!r}")
         lo, hi, w = vals
         if lo > hi or not (0.0 <= w < math.inf):
-            raise InputError(f"{name}: need lo <= hi and a weight >= 0, got {r!r}")
+            raise InputError(f"{name}: need lo <= hi and a finite weight >= 0, got {r!r}")
         rows.append((lo, hi, w))
     arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
     arr = arr[np.argsort(arr[:, 0], kind="stable")]
     if len(arr) > 1 and np.any(arr[1:, 0] <= arr[:-1, 1]):
-        raise InputError(f"{name}: intervals must not overlap or touch, got {list(spec)!r}")
+        raise InputError(f"{name}: intervals must not overlap or touch, got {arr.tolist()!r}")
     return arr
 
 
@@ -256,10 +366,9 @@ def per_inst(value: PerInst, name: str, lo: float = -math.inf, hi: float = math.
             default = float(Constraints.__dataclass_fields__[name].default)  # type: ignore[arg-type]
         out = np.full(N_I, default, dtype=np.float64)
         for i, v in value.items():
-            _check_inst(i, name)
-            out[int(i)] = _check_number(v, f"{name}[{i}]", lo, hi)
+            out[checks.inst(i, f"{name} key")] = checks.real(v, f"{name}[{i!r}]", lo, hi)
         return out
-    return np.full(N_I, _check_number(value, name, lo, hi), dtype=np.float64)
+    return np.full(N_I, checks.real(value, name, lo, hi), dtype=np.float64)
 
 
 def note_mask(note_map: NoteMap | np.ndarray) -> np.ndarray:

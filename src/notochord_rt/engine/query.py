@@ -11,6 +11,14 @@ end flag, else 0), ``handle`` (echoed back), ``return_params`` (adds ``*_params`
 logits for inst/pitch, decoded ``(3, K)`` mixtures for time/vel; ``None`` for fixed
 values); plus ``seed`` (ours) for a reproducible call.
 
+Every argument is checked and a bad one raises ``InputError`` naming it: numbers must be
+numbers (text is never parsed, NaN is refused), instrument / pitch sets are an int or a
+collection of ints, flags (``allow_anon``, ``allow_end``, ``return_params``) are bools or
+0 / 1. The arguments that are :class:`Constraints` fields under another name
+(:data:`DIRECT`) are checked by that field's row of
+:data:`~notochord_rt.engine.constraints.FIELDS`. A negative ``min_time`` means no
+minimum; ``max_time < min_time`` is an ``InputError``.
+
 Order, as in the reference: fixed values first, then sub-events with an intervention,
 then the rest, each group in canonical ``i, p, t, v`` order.
 
@@ -22,14 +30,14 @@ in the reference) are not supported and raise ``InputError``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import events as ev
 from ..errors import InputError
-from .constraints import N_I, N_P, Constraints
+from . import checks
+from .constraints import FIELDS, N_I, N_P, Constraints
 
 if TYPE_CHECKING:
     from .sampler import Notochord
@@ -44,91 +52,110 @@ _ARGS = frozenset((
 _NAMES = {"i": "inst", "p": "pitch", "t": "time", "v": "vel"}
 
 
-def _as_set(x: Any, name: str) -> set[int]:
+#: query arguments that are a :class:`Constraints` field under another name; their values
+#: are checked by that field's row of :data:`~.constraints.FIELDS` (errors name the query
+#: argument), ``None`` meaning the field's default
+DIRECT: dict[str, str] = {
+    "next_inst": "inst", "next_pitch": "pitch", "next_time": "time", "next_vel": "vel",
+    "instrument_temp": "inst_temp", "pitch_temp": "pitch_temp", "rhythm_temp": "rhythm_temp",
+    "timing_temp": "timing_temp", "velocity_temp": "vel_temp",
+    "truncate_quantile_time": "truncate_quantile_time",
+    "truncate_quantile_pitch": "truncate_quantile_pitch", "index_pitch": "index_pitch",
+}
+_FLAGS = ("allow_anon", "allow_end", "return_params")
+
+
+def _as_set(x: Any, name: str, lo: int, hi: int) -> set[int]:
+    """An int or a collection of ints, each in ``lo..hi`` (``None``: empty)."""
     if x is None:
         return set()
-    if isinstance(x, (int, np.integer)):
-        return {int(x)}
-    if isinstance(x, Iterable):
-        return {int(v) for v in x}
-    raise InputError(f"{name} must be an int or a collection of ints, got {x!r}")
+    if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)):
+        return {checks.integer(x, name, lo, hi)}
+    return {checks.integer(v, name, lo, hi) for v in checks.collection(x, name, "ints")}
 
 
-def _index_mask(values: set[int], size: int, name: str, lo: int, hi: int) -> np.ndarray:
+def _index_mask(values: set[int], size: int) -> np.ndarray:
     m = np.zeros(size, dtype=bool)
-    for v in values:
-        if not lo <= v <= hi:
-            raise InputError(f"{name}: {v} is outside {lo}..{hi}")
-        m[v] = True
+    m[list(values)] = True
     return m
 
 
+def _optional_real(kw: dict[str, Any], name: str) -> float | None:
+    v = kw.get(name)
+    return None if v is None else checks.real(v, name)
+
+
 def query_constraints(kw: dict[str, Any]) -> tuple[Constraints, str]:
-    """The :class:`Constraints` and sub-event order equivalent to reference ``query`` args."""
+    """The :class:`Constraints` and sub-event order equivalent to reference ``query`` args.
+
+    Every argument is checked (``InputError`` naming it): no text is parsed, NaN is
+    refused, flags are bools (or 0 / 1).
+    """
     unknown = sorted(set(kw) - _ARGS)
     if unknown:
         raise InputError(f"query: unknown argument(s) {', '.join(unknown)}")
     for name in ("pitch_topk", "sweep_time"):
         if kw.get(name):
             raise InputError(f"query: {name} (batched alternatives) is not supported")
+    for name in _FLAGS:
+        if kw.get(name) is not None:
+            checks.flag(kw[name], name)
     g = kw.get
+    direct = {field: FIELDS[field].convert(g(arg), arg) for arg, field in DIRECT.items()
+              if g(arg) is not None}
     # instruments
     if g("include_inst") is not None:
-        insts = _index_mask(_as_set(g("include_inst"), "include_inst"), N_I, "include_inst",
-                            ev.FIRST_MELODIC, ev.NUM_INSTRUMENTS)
+        insts = _index_mask(_as_set(g("include_inst"), "include_inst", ev.FIRST_MELODIC,
+                                    ev.NUM_INSTRUMENTS), N_I)
     else:
         insts = np.zeros(N_I, dtype=bool)
         insts[ev.FIRST_MELODIC:] = True
-    insts &= ~_index_mask(_as_set(g("exclude_inst"), "exclude_inst"), N_I, "exclude_inst",
-                          0, ev.NUM_INSTRUMENTS)
-    if g("allow_anon", True) is False:
+    insts &= ~_index_mask(_as_set(g("exclude_inst"), "exclude_inst", 0, ev.NUM_INSTRUMENTS),
+                          N_I)
+    if g("allow_anon") is not None and not checks.flag(g("allow_anon"), "allow_anon"):
         insts[ev.FIRST_ANON:] = False
     if not insts.any():
         raise InputError("query: every instrument has been excluded "
                          "(include_inst / exclude_inst / allow_anon)")
     # pitches
     if g("include_pitch") is not None:
-        pitches = _index_mask(_as_set(g("include_pitch"), "include_pitch"), N_P,
-                              "include_pitch", 0, ev.NUM_PITCHES - 1)
+        pitches = _index_mask(_as_set(g("include_pitch"), "include_pitch", 0,
+                                      ev.NUM_PITCHES - 1), N_P)
     else:
         pitches = np.zeros(N_P, dtype=bool)
         pitches[: ev.NUM_PITCHES] = True
-    pitches &= ~_index_mask(_as_set(g("exclude_pitch"), "exclude_pitch"), N_P,
-                            "exclude_pitch", 0, ev.NUM_PITCHES)
+    pitches &= ~_index_mask(_as_set(g("exclude_pitch"), "exclude_pitch", 0, ev.NUM_PITCHES),
+                            N_P)
     if not pitches.any():
         raise InputError("query: every pitch has been excluded (include_pitch / exclude_pitch)")
     grid = insts[:, None] & pitches[None, :]
     if g("include_drum") is not None:
-        drum_p = _index_mask(_as_set(g("include_drum"), "include_drum"), N_P, "include_drum",
-                             0, ev.NUM_PITCHES - 1)
+        drum_p = _index_mask(_as_set(g("include_drum"), "include_drum", 0,
+                                     ev.NUM_PITCHES - 1), N_P)
         drums = insts & ev.is_drum(np.arange(N_I))
         grid[drums] = drum_p[None, :]
+    # time: a hard window [min_time, max_time]; a negative min_time means no minimum
+    min_time, max_time = _optional_real(kw, "min_time"), _optional_real(kw, "max_time")
+    lo = 0.0 if min_time is None else max(0.0, min_time)
+    if max_time is not None and max_time < lo:
+        raise InputError(f"max_time ({max_time:g}) must be >= min_time ({lo:g})")
     # velocity
-    min_vel, max_vel = g("min_vel"), g("max_vel")
+    min_vel, max_vel = _optional_real(kw, "min_vel"), _optional_real(kw, "max_vel")
     allow_off = (min_vel is None or min_vel < ev.NOTE_ON_MIN_VEL) and (
         max_vel is None or max_vel >= 0)
     cons = Constraints(
         note_on_map=grid,
         note_off_map=grid if allow_off else {},
-        inst=g("next_inst"), pitch=g("next_pitch"), time=g("next_time"), vel=g("next_vel"),
-        min_time=max(0.0, float(g("min_time") or 0.0)),
-        time_ranges=None if g("max_time") is None else [
-            (max(0.0, float(g("min_time") or 0.0)), float(g("max_time")))],
-        min_vel=0.0 if min_vel is None else float(min_vel),
-        max_vel=ev.VEL_MAX if max_vel is None else float(max_vel),
-        inst_temp=1.0 if g("instrument_temp") is None else g("instrument_temp"),
-        pitch_temp=1.0 if g("pitch_temp") is None else g("pitch_temp"),
-        rhythm_temp=1.0 if g("rhythm_temp") is None else g("rhythm_temp"),
-        timing_temp=1.0 if g("timing_temp") is None else g("timing_temp"),
-        vel_temp=1.0 if g("velocity_temp") is None else g("velocity_temp"),
-        truncate_quantile_time=g("truncate_quantile_time") or (0.0, 1.0),
-        truncate_quantile_pitch=g("truncate_quantile_pitch") or (0.0, 1.0),
-        index_pitch=g("index_pitch"),
+        min_time=lo,
+        time_ranges=None if max_time is None else [(lo, max_time)],
+        min_vel=0.0 if min_vel is None else min_vel,
+        max_vel=ev.VEL_MAX if max_vel is None else max_vel,
         steer_density=None,
+        **direct,
     )
     touched = {
         "i": any(g(k) is not None for k in ("instrument_temp", "include_inst", "exclude_inst"))
-        or g("allow_anon", True) is False,
+        or (g("allow_anon") is not None and not g("allow_anon")),
         "p": any(g(k) is not None for k in ("pitch_temp", "include_pitch", "exclude_pitch",
                                             "include_drum", "index_pitch",
                                             "truncate_quantile_pitch")),
