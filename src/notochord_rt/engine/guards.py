@@ -1,15 +1,23 @@
 """Duration and polyphony: the hard guarantees and the soft penalties (reference §5.4 steps 3-6).
 
-Hard, checked first, for instruments not listed as ``external``:
+Forced events, checked first, for instruments not listed as ``external``. Each happens
+at ``t0``, the earliest time the hard time constraints allow (the fixed ``time``, else the
+start of the first allowed piece of ``min_time`` / ``time_ranges``), so no forced event
+breaks a hard time constraint:
 
-1. *stuck notes*: a held note whose age is within ``max(min_time, 10 ms)`` of its
-   instrument's ``max_duration`` is released now (the most overdue first). The event is
-   fully fixed: that note-off, at the fixed time if one was given, else ``min_time``.
-2. *over polyphony*: an allowed instrument with more held notes than ``max_polyphony``
-   gets a note-off now (pitch still sampled among its held notes, inside the note-off
-   map when possible).
-3. *under polyphony*: an allowed instrument with fewer than ``min_polyphony`` notes and
-   a free allowed pitch gets a note-on now (pitch and velocity still sampled).
+1. *stuck notes* (a guarantee): a held note whose age is within ``max(t0, 10 ms)`` of
+   its instrument's ``max_duration`` is released now (the most overdue first). The event
+   is fully fixed: that note-off.
+2. *over polyphony* (a guarantee): an allowed instrument with more held notes than
+   ``max_polyphony`` gets a note-off now (pitch still sampled among its held notes,
+   inside the note-off map when possible).
+3. *under polyphony* (soft, so inside every hard constraint): an allowed instrument with
+   fewer than ``min_polyphony`` notes and a free allowed pitch gets a note-on now (pitch
+   and velocity sampled inside the hard support).
+
+The two guarantees keep notes from sounding forever and may override hard note maps,
+fixed values or instrument weights; :func:`forced_breaks` then lists every constraint
+the forced event breaks (hard or soft) in the event's ``broken``.
 
 Soft, as penalties (costs from ``Constraints.penalty``): times later than the earliest
 ``max_duration`` deadline or than ``max_time``; note-ons of instruments at their maximum;
@@ -24,6 +32,7 @@ import math
 
 import numpy as np
 
+from .. import events as ev
 from .constraints import N_I, Soft
 from .held import HeldNotes
 from .support import MIN_GAP, Atom, Compiled, Support, stratify
@@ -71,7 +80,7 @@ def apply_guards(comp: Compiled, held: HeldNotes, held_m: np.ndarray | None,
         nonext = ~ext[ii]
         ages = held.elapsed - held.onset[ii, pp]
         remaining = comp.max_dur[ii] - ages
-        stuck = nonext & (remaining <= max(float(cons.min_time), MIN_GAP))
+        stuck = nonext & (remaining <= max(comp.t0, MIN_GAP))
         if stuck.any():
             k = int(np.argmin(np.where(stuck, remaining, math.inf)))
             f_off = np.zeros_like(off)
@@ -124,3 +133,83 @@ def apply_guards(comp: Compiled, held: HeldNotes, held_m: np.ndarray | None,
         log.debug("breaking soft constraints %s (cost %g)", ", ".join(broken), level)
     return Support(atoms, comp.vlo, comp.vhi, comp.user_vel, broken=broken,
                    vel_uniform=comp.vel_uniform)
+
+
+_TOL = 1e-9
+
+
+def forced_breaks(comp: Compiled, held: HeldNotes, i: int, p: int, t: float,
+                  v: float) -> tuple[str, ...]:
+    """Names of every constraint, hard or soft, that the forced event ``(i, p, t, v)`` breaks.
+
+    A forced event skips the stratification that reports broken soft constraints, so what
+    it breaks is checked here on its final values (only forced events pay for this).
+    ``held`` is the state before the event. Sorted field names of :class:`Constraints`.
+    """
+    cons = comp.cons
+    on = v >= ev.NOTE_ON_MIN_VEL
+    out: set[str] = set()
+    # -- hard ----------------------------------------------------------------------------------
+    if cons.inst is not None and i != int(cons.inst):
+        out.add("inst")
+    if cons.pitch is not None and p != int(cons.pitch):
+        out.add("pitch")
+    if cons.time is not None and abs(t - float(cons.time)) > _TOL:
+        out.add("time")
+    if cons.vel is not None and (on != (float(cons.vel) >= ev.NOTE_ON_MIN_VEL)
+                                 or (on and abs(v - float(cons.vel)) > _TOL)):
+        out.add("vel")
+    if t < float(cons.min_time) - _TOL:
+        out.add("min_time")
+    if cons.time_ranges is not None and not _inside(comp.pieces, t):
+        out.add("time_ranges")
+    if comp.inst_log_weights is not None and math.isinf(comp.inst_log_weights[i]):
+        out.add("inst_weights")
+    if on:
+        if cons.note_on_map is not None and not _in_map(cons.note_on_map, i, p):
+            out.add("note_on_map")
+        if v < comp.vlo[i] - _TOL:
+            out.add("min_vel")
+        if v > comp.vhi[i] + _TOL:
+            out.add("max_vel")
+        if cons.vel_ranges is not None and not _inside(comp.user_vel, v):
+            out.add("vel_ranges")
+    elif cons.note_off_map is not None:
+        if not _in_map(cons.note_off_map, i, p):
+            out.add("note_off_map")
+    elif cons.note_on_map is not None and not _in_map(cons.note_on_map, i, None):
+        out.add("note_on_map")  # its instruments are the default note-off map
+    # -- soft ----------------------------------------------------------------------------------
+    if t > float(cons.max_time) + _TOL:
+        out.add(Soft.MAX_TIME.value)
+    if not comp.ext[i]:
+        poly = int(held.poly[i])
+        if on and poly >= comp.max_poly[i]:
+            out.add(Soft.MAX_POLY.value)
+        if not on and poly <= comp.min_poly[i]:
+            out.add(Soft.MIN_POLY.value)
+        if not on and held.is_held(i, p):
+            young = comp.min_dur[i] - held.age(i, p)
+            if young > MIN_GAP and t < young - _TOL:
+                out.add(Soft.MIN_DUR.value)
+    if held.count:
+        ii, pp = held.cells()
+        other = ~comp.ext[ii] & ~((ii == i) & (pp == p))
+        remaining = comp.max_dur[ii] - (held.elapsed - held.onset[ii, pp])
+        if np.any(remaining[other] < t - _TOL):
+            out.add(Soft.MAX_DUR.value)  # another note outlives its max_duration
+    return tuple(sorted(out))
+
+
+def _inside(pieces: np.ndarray, x: float) -> bool:
+    """``x`` in one of the ``[lo, hi, weight > 0]`` rows."""
+    return bool(np.any((pieces[:, 0] - _TOL <= x) & (x <= pieces[:, 1] + _TOL)
+                       & (pieces[:, 2] > 0)))
+
+
+def _in_map(note_map, i: int, p: int | None) -> bool:
+    """Is ``(i, p)`` (or, with ``p=None``, instrument ``i``) in a note map?"""
+    if isinstance(note_map, np.ndarray):
+        return bool(note_map[i].any() if p is None else note_map[i, p])
+    ps = note_map.get(i)
+    return ps is not None and (p is None or p in ps)

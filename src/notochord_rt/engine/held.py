@@ -3,13 +3,23 @@
 Onsets are stored as absolute times in a ``(321, 129)`` float array (NaN = silent); a
 note's age is ``elapsed - onset``, so advancing time touches one float, not every note.
 Polyphony per instrument is kept as a running count.
+
+The clock is bounded: one fed time advances it by at most :data:`MAX_CLOCK_STEP` (an
+hour), so feeding huge gaps (``1e308`` twice) can neither overflow it to ``inf`` (ages
+would become NaN and ``max_duration`` would stop releasing notes) nor make it so large
+that later small steps are lost to rounding. Gaps up to an hour are measured exactly; a
+longer gap counts as an hour, which is past any practical ``max_duration``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
 from .constraints import N_I, N_P
+
+MAX_CLOCK_STEP = 3600.0
+"""Seconds: the most one fed event can advance a stream's clock (see the module doc)."""
 
 
 class HeldNotes:
@@ -38,8 +48,11 @@ class HeldNotes:
         self._cells.clear()
 
     def advance(self, dt: float) -> None:
-        """Let ``dt`` seconds pass (ages every held note by ``dt``)."""
-        self.elapsed += dt
+        """Let ``dt >= 0`` seconds pass (ages every held note by ``dt``, at most
+        :data:`MAX_CLOCK_STEP`)."""
+        if not dt >= 0.0:  # also refuses NaN
+            raise InputError(f"time must be >= 0 seconds, got {dt!r}")
+        self.elapsed += dt if dt <= MAX_CLOCK_STEP else MAX_CLOCK_STEP
 
     def is_held(self, inst: int, pitch: int) -> bool:
         return bool(self.held[inst, pitch])

@@ -15,15 +15,20 @@ Guarantees of :meth:`sample` (tested by property tests): no note-on for a soundi
 (inst, pitch) and no note-off for a silent one; a non-external note that reached its
 ``max_duration`` is released; an instrument above ``max_polyphony`` gets a note-off;
 soft constraints break in order of cost; an impossible request raises
-``NoPossibleEvents`` naming the constraints; times are finite and >= 0 (no -inf), so
-nothing non-finite reaches the network.
+``NoPossibleEvents`` naming the constraints; sampled times are finite and inside the
+model's time support ``[0, 10]`` s, so nothing non-finite reaches the network; everything
+an event breaks is named in its ``broken``.
 
-Feeding policy: :meth:`feed` validates its arguments (``InputError`` for a bad type,
-range or NaN). A note-on for a note that already sounds restarts it (onset = now), a
-note-off for a silent note changes no held note; both are fed to the network unchanged
-and logged as warnings — live input does contain such messages, and dropping them would
-desynchronise the model from what was heard. ``strict=True`` raises ``InputError`` for
-them instead.
+Feeding policy: :meth:`feed` validates its arguments (``InputError`` naming the
+argument for a bad type, range or NaN; text such as ``"0.1"`` is refused, not parsed; a
+time must be finite and ``>= 0``). A time beyond the model's time support (10 s) reaches
+the network as 10 s; the stream clock (held-note ages, :attr:`current_time`) advances by
+at most an hour per event (``held.MAX_CLOCK_STEP``), so it never overflows and
+``max_duration`` keeps releasing notes whatever is fed. A note-on for a note that
+already sounds restarts it (onset = now), a note-off for a silent note changes no held
+note; both are fed to the network unchanged and logged as warnings — live input does
+contain such messages, and dropping them would desynchronise the model from what was
+heard. ``strict=True`` raises ``InputError`` for them instead.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ import torch
 from .. import events as ev
 from ..errors import InputError, NoPossibleEvents
 from ..model.network import NotochordNet
+from . import checks
 from .constraints import Constraints, check_order
 from .core import InferenceCore, ModuleCore
+from .guards import forced_breaks
 from .held import HeldNotes
 from .subevents import draw_sub_event
 from .support import Compiled, Support, build_support, compile_constraints
@@ -65,8 +72,10 @@ class SampledEvent:
     ``end`` is P(the previously fed event ended the piece). ``*_logp`` is the model's
     log-probability of the value, conditioned on the sub-events before it in ``order``
     (censored, discretised for time and velocity); ``None`` where the value was fixed by
-    the constraints rather than sampled. ``broken`` names the soft constraints that had
-    to be broken; ``forced`` names the guarantee that forced this event, if any.
+    the constraints rather than sampled. ``broken`` names the constraints this event
+    breaks: the soft ones that had to be broken (least cost first), and, for an event
+    forced by ``forced`` (the constraint or guarantee that forced it, if any), every
+    constraint it breaks, hard or soft.
     ``params`` holds the head outputs when asked for (``return_params``).
     """
 
@@ -124,25 +133,22 @@ def _make_rng(seed: int | None, generator: Any) -> np.random.Generator | None:
     return None
 
 
-def _check_feed(inst, pitch, time, vel) -> tuple[int, int, float, float]:
+def _check_feed(inst: Any, pitch: Any, time: Any, vel: Any) -> tuple[int, int, float, float]:
+    """A fed event checked and converted: ``InputError`` naming the bad argument.
+
+    ``inst`` / ``pitch`` are ints (integral floats accepted); ``time`` is a finite number
+    of seconds ``>= 0`` and ``vel`` a number in ``[0, 127]``. Text, bools and NaN are
+    refused, never coerced.
+    """
+    ids = []
     for name, v in (("inst", inst), ("pitch", pitch)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            if not (isinstance(v, (float, np.floating)) and float(v).is_integer()):
-                raise InputError(f"{name} must be an int, got {v!r}")
-    inst, pitch = int(inst), int(pitch)
-    if not ev.FIRST_MELODIC <= inst <= ev.NUM_INSTRUMENTS:
-        raise InputError(f"inst must be in 1..{ev.NUM_INSTRUMENTS}, got {inst}")
-    if not 0 <= pitch < ev.NUM_PITCHES:
-        raise InputError(f"pitch must be in 0..{ev.NUM_PITCHES - 1}, got {pitch}")
-    try:
-        time, vel = float(time), float(vel)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"time and vel must be numbers, got {time!r}, {vel!r}") from e
-    if not (math.isfinite(time) and time >= 0):
-        raise InputError(f"time must be a finite number of seconds >= 0, got {time!r}")
-    if not (math.isfinite(vel) and 0 <= vel <= ev.VEL_MAX):
-        raise InputError(f"vel must be in [0, {ev.VEL_MAX:g}], got {vel!r}")
-    return inst, pitch, time, vel
+        if isinstance(v, (float, np.floating)) and float(v).is_integer():
+            v = int(v)
+        ids.append(checks.integer(v, name, *((ev.FIRST_MELODIC, ev.NUM_INSTRUMENTS)
+                                              if name == "inst" else (0, ev.NUM_PITCHES - 1))))
+    time = checks.real(time, "time", 0.0, math.inf, finite=True)
+    vel = checks.real(vel, "vel", 0.0, ev.VEL_MAX)
+    return ids[0], ids[1], time, vel
 
 
 class _Stream:
@@ -363,10 +369,11 @@ class Notochord(NotochordNet):
                 ctx = ctx + core.embed(m, min(v, ev.TIME_MAX) if m == "t" else v)
         f = sup.fixed
         end = core.end_prob(self._s.state) if predict_end else 0.0  # type: ignore[arg-type]
-        return SampledEvent(
-            int(f["i"]), int(f["p"]), float(f["t"]), float(f["v"]), end,
-            logp.get("i"), logp.get("p"), logp.get("t"), logp.get("v"),
-            done, sup.broken, sup.forced, params)
+        i, p, t, v = int(f["i"]), int(f["p"]), float(f["t"]), float(f["v"])
+        broken = sup.broken if sup.forced is None else forced_breaks(
+            comp, self._s.held, i, p, t, v)
+        return SampledEvent(i, p, t, v, end, logp.get("i"), logp.get("p"), logp.get("t"),
+                            logp.get("v"), done, broken, sup.forced, params)
 
     def query(self, **kw: Any) -> dict[str, Any]:
         """The reference's keyword ``query`` (see :mod:`.query` for the arguments).

@@ -35,6 +35,7 @@ from .. import events as ev
 from ..errors import InputError, NoPossibleEvents
 from .constraints import Constraints, check_order
 from .fast import FastCore
+from .guards import forced_breaks
 from .held import HeldNotes
 from .sampler import SampledEvent, SamplerState, _check_feed
 from .subevents import draw_sub_event
@@ -227,10 +228,13 @@ class Streams:
         out = []
         for j, sup in enumerate(sups):
             f, lp = sup.fixed, logp[j]
+            i, p, t, v = int(f["i"]), int(f["p"]), float(f["t"]), float(f["v"])
+            broken = sup.broken if sup.forced is None else forced_breaks(
+                cons[j], self._held[idx[j]], i, p, t, v)
             out.append(SampledEvent(
-                int(f["i"]), int(f["p"]), float(f["t"]), float(f["v"]), float(end[j]),
-                lp.get("i"), lp.get("p"), lp.get("t"), lp.get("v"), done[j], sup.broken,
-                sup.forced, params[j] if return_params else None))
+                i, p, t, v, float(end[j]), lp.get("i"), lp.get("p"), lp.get("t"),
+                lp.get("v"), done[j], broken, sup.forced,
+                params[j] if return_params else None))
         return out
 
     def _constraints(self, constraints, k: int) -> list[Compiled]:

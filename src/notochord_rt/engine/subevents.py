@@ -62,8 +62,11 @@ def draw_time(mix: np.ndarray, sup: Support, cons: Constraints, rng: np.random.G
         return lo
     a, b = bounds[k]
     q = _quantile(cons.truncate_quantile_time, _steerable(sup, cons))
-    return sample_mixture(mix, a, b, lo, hi, rng, top_p=cons.rhythm_temp,
-                          temp=cons.timing_temp, quantile=q, pre=pre)
+    t = sample_mixture(mix, a, b, lo, hi, rng, top_p=cons.rhythm_temp,
+                       temp=cons.timing_temp, quantile=q, pre=pre)
+    # the pieces lie in the model's time support; a non-finite head output (a broken
+    # network) must still not produce a NaN time
+    return t if lo <= t <= hi else lo
 
 
 def draw_vel(mix: np.ndarray, sup: Support, cons: Constraints, rng: np.random.Generator,
@@ -84,6 +87,8 @@ def draw_vel(mix: np.ndarray, sup: Support, cons: Constraints, rng: np.random.Ge
     q = _quantile(cons.truncate_quantile_vel, _steerable(sup, cons))
     x = sample_mixture(mix, a, b, k_lo - 0.5, k_hi + 0.5, rng, temp=cons.vel_temp, quantile=q,
                        pre=pre)
+    if not math.isfinite(x):  # only from a non-finite head output; stay inside the piece
+        x = k_lo
     return float(min(max(math.floor(x + 0.5), k_lo), k_hi))
 
 

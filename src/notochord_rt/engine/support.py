@@ -66,8 +66,9 @@ class Compiled:
 
     ``on_static`` / ``off_static`` are the cells allowed as note-on / note-off before
     held notes are considered (fixed values and velocity limits applied); ``pieces`` are
-    the hard time pieces; the per-instrument arrays are ``(321,)``. A snapshot: changing
-    the ``Constraints`` afterwards does not change it.
+    the hard time pieces (sorted, inside the model's time support) and ``t0`` the earliest
+    time they allow, where forced events happen; the per-instrument arrays are ``(321,)``.
+    A snapshot: changing the ``Constraints`` afterwards does not change it.
     """
 
     cons: Constraints
@@ -195,7 +196,7 @@ def compile_constraints(cons: Constraints) -> Compiled:
                    and math.isinf(float(cons.max_time)))
     return Compiled(
         cons, on, on.any(1), off, vlo, vhi, user_vel, pieces,
-        float(cons.time) if cons.time is not None else min_time, names,
+        float(pieces[0, 0]), names,
         inst_mask(cons.external) if cons.external else np.zeros(N_I, dtype=bool),
         max_dur, min_dur, max_poly, min_poly, lw, no_soft, uniform_velocity(vlo, vhi))
 
@@ -218,9 +219,11 @@ def build_support(comp: Compiled, held: HeldNotes) -> Support:
     from .guards import apply_guards  # local: guards builds on this module
 
     sup = apply_guards(comp, held, held_m, on, off)
-    if comp.cons.vel is not None and sup.forced is None and "v" not in sup.fixed:
+    if comp.cons.vel is not None and "v" not in sup.fixed and sup.forced in (
+            None, Soft.MIN_POLY.value):
         # a fixed velocity is a value, not only a note-on/off choice (the masks above
-        # only restrict which notes it allows); a guard's forced note-off still wins
+        # only restrict which notes it allows); a guarantee's forced note-off still wins
+        # (and reports "vel" as broken), a min_polyphony note-on keeps it
         sup.fix_vel(float(comp.cons.vel))
     return sup
 
