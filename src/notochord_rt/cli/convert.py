@@ -1,7 +1,9 @@
 """``notochord-rt convert REF OUT``: turn a reference checkpoint into our safetensors format.
 
 The reference file (a torch pickle) is read with ``torch.load(weights_only=True)``: a file
-that carries anything but tensors and plain data is refused, never executed.
+that carries anything but tensors and plain data is refused, never executed. Its
+hyper-parameters and tensors are checked (bounds, names, dtypes, shapes, finite values)
+before the network is built, as for any checkpoint we load.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import UserError
-    from ..model.checkpoint import load_state_strict, read_reference, save_model
+    from ..model.checkpoint import build_model, read_reference, save_model
     from ..model.network import NotochordNet
 
     ref, out = Path(args.ref), Path(args.out)
@@ -36,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; pass --force to overwrite it")
     config, state = read_reference(ref)
-    model = NotochordNet(config)
-    load_state_strict(model, state, str(ref))
+    model = build_model(NotochordNet, config, state, str(ref))
     save_model(model, out, source=f"converted from reference checkpoint {ref.name}")
     n = sum(p.numel() for p in model.parameters())
     log.info("converted %s (%d parameters) -> %s", ref, n, out)
