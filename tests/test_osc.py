@@ -451,7 +451,6 @@ def test_bundle_messages_are_all_served(client):
 # -- bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("address, args, words", [
     ("/notochord/nope", [], "unknown address"),
-    ("/something/else", [], "unknown address"),
     ("/notochord/feed", [1, 60], "4 numbers"),
     ("/notochord/feed", ["a", 60, 0.1, 80], "inst"),
     ("/notochord/feed", [1, 200, 0.1, 80], "pitch"),
@@ -481,6 +480,13 @@ def test_malformed_messages_get_error_replies(client, address, args, words):
     assert words.lower() in r["message"].lower(), r["message"]
     # the server is still serving
     assert client.ask("/notochord/query", "handle", 1)[1]["handle"] == 1
+
+
+def test_addresses_of_others_are_ignored(server, client):
+    client.send("/something/else", "handle", 1)
+    assert client.nothing(0.3)
+    _, st = client.ask("/notochord/status", "detail", True)
+    assert st["ignored"] == 1 and st["errors"] == 0
 
 
 def test_bad_midi_prompt_gets_error(client, files):

@@ -40,6 +40,7 @@ from .osc_values import (
     check_handle,
     constraint_value,
     decode,
+    query_values,
     sample_constraints,
     session_key,
 )
@@ -177,7 +178,7 @@ class Parser:
                                str(address)[:64], handle)
         op = address[len(PREFIX) + 1:]
         if op not in OPS:
-            raise RequestError("unknown address (see docs/osc.md)", address[:64], handle)
+            raise RequestError("unknown address", address[:64], handle)
         try:
             return self._parse(op, address, list(params), handle)
         except RequestError:
@@ -265,7 +266,7 @@ class Parser:
         if hit is None:
             try:
                 if kind == "query":
-                    cons, order = query_constraints(kw)
+                    cons, order = query_constraints(query_values(kw))
                     cons.order = order
                 else:
                     cons = sample_constraints(kw)

@@ -6,8 +6,8 @@ datagrams already waiting (up to ``max_batch``), and for each one, every stage g
 1. *admit*: a sender (host, port) over its rate (:class:`~.osc_fair.Buckets`) is dropped
    before its datagram is even parsed (counted, no reply);
 2. *parse* with the strict, bounded parser of :mod:`.osc_wire` (not OSC: dropped and
-   counted), then *check* each message (:class:`~.osc_protocol.Parser`; a bad one gets
-   an error reply);
+   counted; a message outside ``/notochord/``: ignored), then *check* each message
+   (:class:`~.osc_protocol.Parser`; a bad one gets an error reply);
 3. *queue* per sender (:class:`~.osc_fair.FairQueue`), then *take* a fair share: rounds
    over the senders, at most ``per_session`` requests of a session per wake-up;
 4. *run* them together (:meth:`Sessions.run`: batched network steps; a bad request gets
@@ -221,6 +221,9 @@ class OscServer:
         if len(messages) > 1:  # a bundle counts per message
             self._rate.take(sender, now, cost=len(messages) - 1, debt=True)
         for address, params in messages:
+            if not address.startswith(PREFIX + "/"):  # not for us: no reply (as others do)
+                self.stats["ignored"] += 1
+                continue
             try:
                 req = self.parser.parse(address, params)
             except RequestError as e:
@@ -248,7 +251,8 @@ class OscServer:
             out.update({"max_sessions": s.max_sessions, "checkpoint": s.checkpoint[-128:],
                         **{k: self.stats[k] for k in (
                             "datagrams", "wakeups", "requests", "errors", "errors_dropped",
-                            "garbage", "limited", "busy", "unsendable", "internal")},
+                            "garbage", "ignored", "limited", "busy", "unsendable",
+                            "internal")},
                         "serve_ms": self.stats["serve_us"] / 1e3})
         out["handle"] = req.handle
         return req, req.reply_to, out

@@ -212,6 +212,28 @@ def sample_constraints(kw: Mapping[str, Any]) -> Constraints:
 
 
 
+_QUERY_NUMBERS = ("next_pitch", "next_time", "next_vel", "instrument_temp", "pitch_temp",
+                  "rhythm_temp", "timing_temp", "velocity_temp", "index_pitch", "min_time",
+                  "max_time", "min_vel", "max_vel")
+_QUERY_FLAGS = ("allow_anon", "allow_end", "return_params")
+
+
+def query_values(kw: Mapping[str, Any]) -> dict[str, Any]:
+    """Reference ``query`` arguments with their OSC types checked here (numbers finite and
+    in range, flags true/false), whatever the engine checks after; other values as given."""
+    out = dict(kw)
+    for name, value in kw.items():
+        if value is None:
+            continue
+        if name in _QUERY_NUMBERS:
+            v = _float(value, name)
+            out[name] = int(v) if name in ("next_pitch", "index_pitch") and v.is_integer() \
+                else v
+        elif name in _QUERY_FLAGS:
+            out[name] = _bool(value, name)
+    return out
+
+
 def session_key(value: Any) -> int | str:
     """``0`` (the shared session) or a session token (a short string), as given."""
     if isinstance(value, str) and value.strip() == "0":
