@@ -40,6 +40,9 @@ _VALUED = {
     "keep_checkpoints": (int, "checkpoints kept (default 3)"),
     "log_every": (int, "TensorBoard scalars every N steps (default 1)"),
     "num_workers": (int, "data-loader worker processes (default 0)"),
+    "balance": (str, "none (default: every piece equally often), ensemble (single- and "
+                "multi-instrument pieces half the crops each, drum-only pieces 2.5 %%) or "
+                "shares like single=1,multi=1,drums=0"),
     "device": (str, "auto (default), cpu, cuda, cuda:1 ..."),
     "precision": (str, "auto (default: bf16 on CUDA that has it, else fp32), fp32, bf16"),
     "seed": (int, "random seed (default 0)"),

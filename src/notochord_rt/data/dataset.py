@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from .. import events as ev
 from ..errors import InputError, UserError
@@ -180,14 +180,27 @@ def check_events(piece: ev.EventArrays, k: int, split: str) -> None:
 
 def make_loader(dataset: CropDataset, batch_size: int, *, shuffle: bool = True,
                 num_workers: int = 0, drop_last: bool = False, seed: int = 0,
-                multiprocessing_context: str | None = None) -> DataLoader:
+                multiprocessing_context: str | None = None,
+                weights: np.ndarray | None = None) -> DataLoader:
     """A DataLoader over ``dataset`` with a seeded shuffle and persistent workers.
 
-    Remember ``dataset.set_epoch(e)`` before each epoch (workers see it through shared
-    memory, with "fork" and "spawn" alike).
+    ``weights`` (one per piece, e.g. :func:`.balance.piece_weights`) draws each epoch's
+    ``len(dataset)`` pieces with replacement in proportion to them, from the same seeded
+    generator, instead of a shuffle. Remember ``dataset.set_epoch(e)`` before each epoch
+    (workers see it through shared memory, with "fork" and "spawn" alike).
     """
     gen = torch.Generator().manual_seed(seed)
+    sampler = None
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(dataset),) or not np.all(np.isfinite(w)) or (w < 0).any() \
+                or w.sum() <= 0:
+            raise InputError(f"weights must be {len(dataset)} finite numbers >= 0, not all 0")
+        sampler = WeightedRandomSampler(torch.from_numpy(w), len(dataset), replacement=True,
+                                        generator=gen)
+        shuffle = False
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      sampler=sampler,
                       num_workers=num_workers, persistent_workers=num_workers > 0,
                       drop_last=drop_last,
                       multiprocessing_context=multiprocessing_context if num_workers else None)

@@ -70,6 +70,10 @@ class TrainConfig:
     """Overrides of the dataset's augmentation options."""
     num_workers: int = 0
     """DataLoader worker processes (0 = load in the training process; exact resume)."""
+    balance: str = "none"
+    """Which pieces training crops come from: ``none`` (every piece equally often),
+    ``ensemble`` (single- and multi-instrument pieces half each, drum-only pieces a small
+    share) or group shares such as ``single=1,multi=1,drums=0`` (see data/balance.py)."""
 
     # -- optimisation ---------------------------------------------------------------------
     lr: float = 3e-4
@@ -151,6 +155,9 @@ class TrainConfig:
             raise UserError(f"time_limit must be positive, got {self.time_limit}")
         if len(self.betas) != 2:
             raise UserError(f"betas must be two numbers, got {self.betas}")
+        from ..data.balance import parse_balance
+
+        parse_balance(self.balance)  # raises a UserError naming a bad value
         if not self.data:
             raise UserError("no training data given (DATA argument or `data` in the config)")
         return self

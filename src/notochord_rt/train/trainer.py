@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..data.balance import WeightedStepIndexer, piece_weights
 from ..errors import CheckpointError, NotochordError, UserError
 from ..model.checkpoint import (
     load_training_state,
@@ -126,8 +127,10 @@ class Trainer:
         self.valid_set = sources.open_dataset(config.data, config.valid_split,
                                               config.valid_len, {}, training=False,
                                               seed=config.seed)
-        self.indexer = StepIndexer(len(self.train_set), config.batch_size, seed=config.seed,
-                                   rank=self.info.rank, world_size=self.info.world_size)
+        weights = piece_weights(self.train_set.store, config.balance)  # None: uniform
+        self.indexer = (StepIndexer if weights is None else WeightedStepIndexer)(
+            len(self.train_set) if weights is None else weights, config.batch_size,
+            seed=config.seed, rank=self.info.rank, world_size=self.info.world_size)
         self.epoch_steps = config.epoch_size or self.indexer.steps_per_epoch
         self.writer = None
         if self.info.is_main:
