@@ -11,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from midifiles import bpm, notes_track, write_midi_bytes
 
 from notochord_rt.cli import main as cli_main
-from notochord_rt.data import corpus, corpus_mma
+from notochord_rt.data import corpus, corpus_mma, corpus_songs
 from notochord_rt.errors import UserError
 
 HAVE_MMA = shutil.which("mma") is not None
@@ -98,8 +100,8 @@ def test_parse_sources_names_bad_sources():
 def test_bad_limits_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="--limit"):
         corpus.build(tmp_path, ["mma"], limit=0)
-    with pytest.raises(UserError, match="--mma-variants"):
-        corpus.build(tmp_path, ["mma"], mma_variants=0)
+    with pytest.raises(UserError, match="--songs-per-groove"):
+        corpus.build(tmp_path, ["mma"], songs_per_groove=0)
 
 
 # --- missing tools -----------------------------------------------------------------
@@ -149,69 +151,204 @@ def test_list_grooves_skips_intros_and_prefers_stdlib(tmp_path):
     }
 
 
-def test_song_plan_is_seeded_by_groove_name_and_in_range(tmp_path):
-    plans = [
-        corpus_mma.plan_song(corpus_mma.Groove(f"G{k}", tmp_path / "x.mma"), v)
-        for k in range(200)
-        for v in range(2)
-    ]
-    again = [
-        corpus_mma.plan_song(corpus_mma.Groove(f"G{k}", tmp_path / "x.mma"), v)
-        for k in range(200)
-        for v in range(2)
-    ]
+def test_song_plans_are_seeded_varied_and_in_range():
+    plans = [corpus_songs.plan_song(f"G{k}", v, variations=("GSus", "G1"))
+             for k in range(150) for v in range(2)]
+    again = [corpus_songs.plan_song(f"G{k}", v, variations=("GSus", "G1"))
+             for k in range(150) for v in range(2)]
     assert plans == again
-    assert all(70 <= p.tempo <= 160 and -5 <= p.transpose <= 6 for p in plans)
-    assert {p.progression for p in plans} == set(corpus_mma.PROGRESSIONS)
-    assert len(corpus_mma.PROGRESSIONS) == 8
-    assert len({p.tempo for p in plans}) > 40 and len({p.transpose for p in plans}) == 12
-    # variant 1 of a groove is a different song from variant 0
-    assert sum(plans[2 * k] != plans[2 * k + 1] for k in range(200)) == 200
-    assert plans[0].filename == "G0.mid" and plans[1].filename == "G0_v1.mid"
-    assert corpus_mma.safe_name("R&B-Ballad") == "R_B_Ballad"
-    text = corpus_mma.song_text(plans[0])
-    chord_lines = [ln for ln in text.splitlines() if ln.split(" ", 1)[0].isdigit()]
-    assert len(chord_lines) == 32 and f"Groove {plans[0].groove.name}" in text
-    assert f"Tempo {plans[0].tempo}" in text and f"Transpose {plans[0].transpose}" in text
+    assert plans != [corpus_songs.plan_song(f"G{k}", v, seed=1, variations=("GSus", "G1"))
+                     for k in range(150) for v in range(2)]
+    assert len(corpus_songs.PROGRESSIONS) >= 20
+    modes = {m for m, _ in corpus_songs.PROGRESSIONS.values()}
+    assert modes == {"major", "minor"}
+    for _, chords in corpus_songs.PROGRESSIONS.values():  # every chord is understood
+        assert all(len(corpus_songs.chord_tones(c)) >= 3 for c in chords)
+    used = {s.progression for p in plans for s in p.sections}
+    assert len(used) == len(corpus_songs.PROGRESSIONS)
+    assert {p.transpose for p in plans} == set(range(-5, 7))  # all 12 keys
+    assert {p.form for p in plans} == set(corpus_songs.FORMS)
+    lo, hi = min(p.tempo for p in plans), max(p.tempo for p in plans)
+    assert 55 <= lo and hi <= 210
+    assert corpus_songs.tempo_range("SlowBallad") == (55, 90)
+    assert corpus_songs.tempo_range("Samba", "latin") != corpus_songs.tempo_range("Ballad")
+    melodic = [p for p in plans if p.melody_program is not None]
+    assert 0.6 < len(melodic) / len(plans) < 0.95
+    for p in melodic:
+        for sec in p.sections:
+            assert [sum(d for d, _ in bar) for bar in sec.melody] == [4.0] * len(sec.chords)
+            assert len(sec.chords) >= 8
+            pitches = [q for bar in sec.melody for _, q in bar if q is not None]
+            assert min(pitches) >= 60 and max(pitches) <= 81 and len(set(pitches)) >= 3
+    # a waltz gets 3-beat bars; an odd metre gets no melody
+    waltz = corpus_songs.plan_song("Waltz", 0, beats=3)
+    assert all(sum(d for d, _ in bar) == 3 for s in waltz.sections for bar in s.melody or ())
+    assert corpus_songs.plan_song("Odd", 0, beats=2.5).melody_program is None
+
+
+def test_song_text_repeats_sections_exactly():
+    plan = next(p for k in range(50)
+                if (p := corpus_songs.plan_song("Swing", k, variations=("SwingSus",))).form
+                == "AABA" and p.melody_program is not None)
+    text = corpus_songs.song_text(plan, "/lib/swing.mma")
+    blocks = text.split("// section ")[1:]
+    strip = [[ln.split(" ", 1)[1] if ln[:1].isdigit() else ln for ln in b.splitlines()]
+             for b in blocks]
+    assert strip[0] == strip[1] == strip[3] != strip[2]  # A A B A
+    assert "Groove SwingSus" in blocks[2] and "Groove Swing\n" in blocks[0]
+    assert blocks[0].count("{") == len(plan.section("A").chords)
+    assert "Seq\n" in blocks[0] and "RndSeed" in blocks[0]
+
+
+# --- the screen ---------------------------------------------------------------------
+
+
+def midi_of(notes, channel=0, program=0) -> bytes:
+    return write_midi_bytes([[(0, bpm(120))], notes_track(notes, channel=channel,
+                                                          program=program)])
+
+
+def test_screen_leaves_out_degenerate_files_and_says_why(tmp_path):
+    ok = midi_of([(k * 240, 200, 60 + k % 7, 90) for k in range(32)])
+    drums = midi_of([(k * 240, 100, 36 + k % 3, 90) for k in range(64)], channel=9, program=None)
+    one_pitch = midi_of([(k * 240, 200, 64, 90) for k in range(64)])
+    few = midi_of([(k * 240, 200, 60 + k, 90) for k in range(5)])
+    assert corpus.screen_midi(ok) is None
+    assert corpus.screen_midi(drums).startswith("no melodic notes (drums only, 64")
+    assert "only 1 pitch" in corpus.screen_midi(one_pitch)
+    assert corpus.screen_midi(few) == "only 5 melodic notes (fewer than 16)"
+    assert corpus.screen_midi(b"not midi").startswith("unreadable MIDI")
+    for name, data in {"ok": ok, "drums": drums, "sub/one": one_pitch, "few": few}.items():
+        (tmp_path / f"{name}.mid").parent.mkdir(exist_ok=True)
+        (tmp_path / f"{name}.mid").write_bytes(data)
+    left = corpus.screen_folder(tmp_path)
+    assert sorted(left) == ["drums.mid", "few.mid", "sub/one.mid"]
+    assert corpus.reason_counts(left.values()) == {
+        "melodic notes use only": 1, "no melodic notes": 1, "only": 1}
+    rc = cli_main(["corpus", "screen", str(tmp_path)])
+    assert rc == 0
 
 
 # --- real builds ---------------------------------------------------------------------
 
 
+GROOVES = """// a tiny groove library for the tests
+SeqClear
+SeqSize 1
+Time 4
+Begin Drum-Kick
+  Tone KickDrum1
+  Sequence {1 0 90; 3 0 90}
+  RVolume 20
+End
+Begin Drum-Hat
+  Tone ClosedHiHat
+  Sequence {1 0 70; 2 0 70; 3 0 70; 4 0 70}
+  RTime 10
+End
+DefGroove TestDrums  drums only
+
+Begin Bass
+  Voice FingeredBass
+  Sequence {1 4 1 90; 3 4 5 90}
+End
+Begin Chord
+  Voice Piano1
+  Sequence {1 2 80; 3 2 80}
+  RVolume 20
+End
+DefGroove TestBand  drums, bass and piano
+
+Chord Voice Strings
+DefGroove TestBandSus  the same with strings
+"""
+
+
+def groove_lib(tmp_path: Path) -> Path:
+    lib = tmp_path / "lib"
+    (lib / "stdlib").mkdir(parents=True)
+    (lib / "stdlib" / "testband.mma").write_text(GROOVES)
+    return lib
+
+
+def build_lib(dest: Path, lib: Path, **kw) -> dict:
+    return corpus.build(dest, ["mma"], mma_lib=lib, **kw)["sources"]["mma"]
+
+
 @needs_mma
-def test_mma_build_is_valid_deterministic_and_cached(tmp_path):
+def test_mma_build_leaves_out_drum_grooves_is_deterministic_and_cached(tmp_path):
+    lib = groove_lib(tmp_path)
     a, b = tmp_path / "a", tmp_path / "b"
-    rc = cli_main(["corpus", "build", str(a), "--sources", "mma", "--limit", "2", "-j", "2"])
+    rc = cli_main(["corpus", "build", str(a), "--sources", "mma", "--mma-lib", str(lib),
+                   "--songs-per-groove", "2", "-j", "2"])
     assert rc == 0
-    corpus.build(b, ["mma"], limit=2, jobs=1)
+    build_lib(b, lib, songs_per_groove=2, jobs=1)
     files = midi_files(a / "mma")
-    assert len(files) == 2
+    assert [f.name for f in files] == ["TestBand.mid", "TestBandSus.mid", "TestBandSus_v1.mid",
+                                       "TestBand_v1.mid"]
     assert [f.name for f in files] == [f.name for f in midi_files(b / "mma")]
     for f in files:
-        assert note_count(f) > 0
+        assert corpus.screen_midi(f) is None and note_count(f) > 0
         assert f.read_bytes() == (b / "mma" / f.name).read_bytes()
+    assert files[0].read_bytes() != files[3].read_bytes()  # song 1 differs from song 0
     section = json.loads((a / "manifest.json").read_text())["sources"]["mma"]
-    assert section["written"] == 2 and section["cached"] == 0 and section["skipped"] == []
-    assert section["version"] and section["songs"] == 2
+    assert section["grooves"] == 3 and section["grooves_fit"] == 2
+    [dropped] = section["grooves_left_out"]
+    assert dropped["groove"] == "TestDrums" and "no melodic notes" in dropped["reason"]
+    assert section["written"] == 4 and section["cached"] == 0 and section["skipped"] == []
+    assert section["songs"] == 4 and section["seed"] == 0 and section["version"]
 
     mtimes = {f: f.stat().st_mtime_ns for f in files}
-    again = corpus.build(a, ["mma"], limit=2, jobs=2)["sources"]["mma"]
-    assert again["written"] == 0 and again["cached"] == 2
+    again = build_lib(a, lib, songs_per_groove=2, jobs=2)
+    assert again["written"] == 0 and again["cached"] == 4
     assert {f: f.stat().st_mtime_ns for f in files} == mtimes
 
     files[0].unlink()  # resume: only the missing song is made again
-    third = corpus.build(a, ["mma"], limit=2, jobs=1)["sources"]["mma"]
-    assert third["written"] == 1 and third["cached"] == 1
+    third = build_lib(a, lib, songs_per_groove=2, jobs=1)
+    assert third["written"] == 1 and third["cached"] == 3
     assert files[0].read_bytes() == (b / "mma" / files[0].name).read_bytes()
+
+    with pytest.raises(UserError, match="seed 0"):  # never mix two seeds' songs
+        build_lib(a, lib, songs_per_groove=2, seed=5)
 
 
 @needs_mma
-def test_mma_variants_make_more_songs(tmp_path):
-    section = corpus.build(tmp_path, ["mma"], limit=1, mma_variants=2)["sources"]["mma"]
+def test_mma_song_sections_repeat_exactly_with_a_melody(tmp_path):
+    from notochord_rt.events import is_drum
+    from notochord_rt.midi.ingest import load_midi
+
+    lib = groove_lib(tmp_path)
+    groove = corpus_mma.Groove("TestBand", lib / "stdlib" / "testband.mma")
+    plan = next(p for k in range(60)
+                if (p := corpus_songs.plan_song("TestBand", k, beats=4,
+                                                variations=("TestBandSus",))).form == "AABA"
+                and p.melody_program is not None and len(p.section("A").chords) == 8)
+    tool = corpus_mma.require_mma(None, lib)
+    data, _ = corpus_mma.run_mma(tool, corpus_songs.song_text(plan, groove.file.as_posix()), 60)
+    ev = load_midi(data).events
+    bar = 240 / plan.tempo  # seconds per 4-beat bar
+    sec = 8 * bar
+
+    def section(k):
+        m = (ev.time >= k * sec - 1e-3) & (ev.time < (k + 1) * sec - 1e-3) & (ev.vel > 0)
+        return list(zip(ev.inst[m], ev.pitch[m], np.round(ev.time[m] - k * sec, 4), ev.vel[m]))
+
+    a1, a2, b, a3 = (section(k) for k in range(4))
+    assert a1 and a1 == a2 == a3 and a1 != b  # humanized, yet repeated exactly
+    melody = ev.inst == plan.melody_program + 1
+    assert (melody & (ev.vel > 0)).sum() >= 16  # the Solo track is there
+    assert len(set(ev.inst[~is_drum(ev.inst)])) >= 3  # bass, chords, melody
+
+
+@needs_mma
+def test_mma_real_library_songs_are_valid(tmp_path):
+    section = corpus.build(tmp_path, ["mma"], limit=2, jobs=2)["sources"]["mma"]
     files = midi_files(tmp_path / "mma")
-    assert section["written"] == 2 and len(files) == 2
-    assert files[0].stem + "_v1" == files[1].stem
-    assert files[0].read_bytes() != files[1].read_bytes()
+    assert section["grooves"] == 2 and section["skipped"] == []
+    assert len(files) == section["files"] == section["songs"] - len(section["left_out"])
+    assert section["songs"] == section["grooves_fit"]  # one song per fit groove
+    for f in files:
+        assert corpus.screen_midi(f) is None
 
 
 @needs_music21

@@ -5,12 +5,14 @@ regenerates an equivalent corpus from two freely installable sources:
 
 * ``music21`` — every score bundled with the PyPI package ``music21`` written to MIDI
   by music21's own writer (see :mod:`.corpus_music21`);
-* ``mma`` — one seeded 32-bar song per groove of the Debian package ``mma``
-  (see :mod:`.corpus_mma`).
+* ``mma`` — seeded songs (forms with repeated sections, chord progressions in all
+  keys, melodies) on the grooves of the Debian package ``mma`` (see :mod:`.corpus_mma`).
 
-The build is resumable (files already written are not redone) and records what it did
-in ``DEST/manifest.json``. This module holds the orchestration and the small helpers
-both sources share (time limits, atomic writes, progress).
+Degenerate pieces are left out and listed with the reason (:func:`screen_events`): no
+melodic notes (drums only), very few notes, or a single pitch repeated. The build is
+resumable (files already written are not redone) and records what it did in
+``DEST/manifest.json``. This module holds the orchestration and the small helpers both
+sources share (time limits, atomic writes, progress, the screen).
 """
 
 from __future__ import annotations
@@ -20,20 +22,92 @@ import json
 import logging
 import os
 import platform
+import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import UserError
+import numpy as np
+
+from ..errors import MidiError, UserError
+from ..events import EventArrays, is_drum
+from ..midi.ingest import load_midi
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("music21", "mma")
 MANIFEST = "manifest.json"
 DEFAULT_TIME_LIMIT = 300.0
+MIN_MELODIC_NOTES = 16
+"""A piece with fewer melodic (non-drum) notes is left out of the corpus."""
+MIN_PITCHES = 3
+"""A piece whose melodic notes use fewer distinct pitches is left out."""
+
+
+def screen_events(events: EventArrays) -> str | None:
+    """Why a piece is unfit for training (``None`` if it is fit).
+
+    Left out: pieces without melodic notes (drum grooves: a model trained on many of
+    them lets drums take over), with fewer than :data:`MIN_MELODIC_NOTES` melodic notes,
+    or whose melodic notes use fewer than :data:`MIN_PITCHES` pitches (one note
+    repeated).
+    """
+    on = events.vel > 0
+    melodic = on & ~is_drum(events.inst)
+    n = int(melodic.sum())
+    if n == 0:
+        drums = int(on.sum())
+        return f"no melodic notes (drums only, {drums} drum notes)" if drums else "no notes"
+    if n < MIN_MELODIC_NOTES:
+        return f"only {n} melodic notes (fewer than {MIN_MELODIC_NOTES})"
+    pitches = len(np.unique(events.pitch[melodic]))
+    if pitches < MIN_PITCHES:
+        return f"melodic notes use only {pitches} pitch(es) (fewer than {MIN_PITCHES})"
+    return None
+
+
+def screen_midi(source: str | os.PathLike | bytes) -> str | None:
+    """:func:`screen_events` of a MIDI file (path or bytes), read with the same ingest
+    as ``notochord-rt prep``; an unreadable file gives its reason too."""
+    try:
+        events = load_midi(source).events
+    except MidiError as e:
+        return f"unreadable MIDI: {e}"
+    return screen_events(events)
+
+
+def screen_folder(folder: str | os.PathLike,
+                  progress: ProgressFactory | None = None) -> dict[str, str]:
+    """Screen every ``*.mid`` file under ``folder``: relative path → reason, for the
+    files that would be left out (sorted)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"no folder {root}")
+    files = sorted(p for p in root.rglob("*.mid") if not p.name.startswith("."))
+    bar = (progress or null_progress)("screen", len(files))
+    out: dict[str, str] = {}
+    try:
+        for p in files:
+            reason = screen_midi(p)
+            if reason is not None:
+                out[p.relative_to(root).as_posix()] = reason
+            bar.update(1)
+    finally:
+        bar.close()
+    return out
+
+
+def reason_counts(reasons: Iterable[str]) -> dict[str, int]:
+    """How many left-out pieces per kind of reason (the reason up to its first number or
+    parenthesis), for manifests and reports."""
+    counts: dict[str, int] = {}
+    for r in reasons:
+        kind = re.split(r"[\d(]", r, maxsplit=1)[0].strip() or r
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 class Progress(Protocol):
@@ -144,7 +218,8 @@ def build(
     *,
     jobs: int | None = None,
     limit: int | None = None,
-    mma_variants: int = 1,
+    songs_per_groove: int = 1,
+    seed: int = 0,
     time_limit_s: float | None = DEFAULT_TIME_LIMIT,
     mma_binary: str | None = None,
     mma_lib: str | os.PathLike | None = None,
@@ -155,6 +230,7 @@ def build(
     ``limit`` caps each source (music21: that many score files spread over the corpus,
     and at most that many tunes of an ABC opus; mma: that many grooves). Every
     requested source is checked for availability before any work starts.
+    ``songs_per_groove`` and ``seed`` decide the mma songs (see :mod:`.corpus_mma`).
     """
     from . import corpus_mma, corpus_music21
 
@@ -164,8 +240,8 @@ def build(
             raise UserError(f"unknown corpus source {name!r}; choose from {','.join(SOURCES)}")
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
-    if mma_variants < 1:
-        raise UserError(f"--mma-variants must be at least 1, got {mma_variants}")
+    if songs_per_groove < 1:
+        raise UserError(f"--songs-per-groove must be at least 1, got {songs_per_groove}")
     jobs = max(1, jobs or os.cpu_count() or 1)
 
     # Check every tool first: a missing mma should not surface after half an hour of music21.
@@ -204,7 +280,8 @@ def build(
                 mma_tool,
                 jobs=jobs,
                 limit=limit,
-                variants=mma_variants,
+                songs_per_groove=songs_per_groove,
+                seed=seed,
                 time_limit_s=time_limit_s,
                 progress=progress,
             )
@@ -214,11 +291,12 @@ def build(
         manifest["sources"][name] = section
         write_manifest(root, manifest)
         log.info(
-            "%s: %d written, %d cached, %d skipped in %.1f s",
+            "%s: %d written, %d cached, %d skipped, %d left out in %.1f s",
             name,
             section["written"],
             section["cached"],
             len(section["skipped"]),
+            len(section["left_out"]),
             section["seconds"],
         )
     return manifest
@@ -226,7 +304,11 @@ def build(
 
 def read_manifest(root: Path) -> dict:
     """The manifest of an earlier build under ``root`` (an empty dict if there is none)."""
-    path = root / MANIFEST
+    return read_json(root / MANIFEST)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object written by an earlier build (an empty dict if missing or unreadable)."""
     if not path.exists():
         return {}
     try:

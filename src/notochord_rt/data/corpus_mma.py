@@ -1,13 +1,20 @@
-"""The ``mma`` source of the corpus recipe: seeded accompaniment songs, one per groove.
+"""The ``mma`` source of the corpus recipe: seeded songs on the grooves of MMA.
 
 MMA (Musical MIDI Accompaniment, Debian package ``mma``, GPL-2+) renders chord charts
-with a library of "grooves" (drum, bass, chord and arpeggio patterns, humanized). For
-every groove of its library, except intros, endings and fills, this writes one 32-bar
-song to ``DEST/mma/<Groove>.mid``. Tempo (70..160 BPM), transposition (-5..6
-semitones), chord progression (one of :data:`PROGRESSIONS`) and MMA's own random seed
-are all drawn from a generator seeded by the groove name, so the corpus is the same on
-every machine. ``variants > 1`` adds ``<Groove>_v<k>.mid`` songs seeded by
-``<Groove>#<k>``.
+with a library of "grooves" (drum, bass, chord and arpeggio patterns, humanized). The
+recipe:
+
+1. lists the grooves of the library, except intros, endings and fills;
+2. *probes* each groove with a 4-bar song (cached in ``DEST/mma/.probes.json``): its
+   metre (mma's ``$_Time``) and whether it plays melodic notes. Grooves that
+   :func:`.corpus.screen_events` finds degenerate (drum-only grooves above all) are
+   left out with all their songs, and listed with the reason;
+3. writes ``songs_per_groove`` songs per remaining groove, ``DEST/mma/<Groove>.mid``
+   and ``<Groove>_v<k>.mid``, each planned by :func:`.corpus_songs.plan_song` from
+   ``(seed, groove, k)``: a form with exactly repeated sections, progressions in one of
+   12 keys, a tempo suited to the groove's style, usually a melody;
+4. screens each song again; unfit songs are not kept (listed in the manifest and in
+   ``DEST/mma/.left_out.json``, so a resumed build does not render them again).
 
 Grooves are found by reading the ``DefGroove`` lines of the library's ``.mma`` files
 (MMA's own groove database is a Python pickle, which we do not read). A groove defined
@@ -17,10 +24,9 @@ and each song names its library file with ``Use`` so there is no ambiguity.
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -29,36 +35,31 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import MidiError, UserError
+from ..midi.ingest import load_midi
+from . import corpus_songs as songs
 from .corpus import (
     DEFAULT_TIME_LIMIT,
     ProgressFactory,
     atomic_write_bytes,
     null_progress,
+    read_json,
+    reason_counts,
+    screen_events,
+    screen_midi,
     stride_sample,
 )
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "apt-get install mma"
-BARS = 32
-TEMPO_RANGE = (70, 160)
-TRANSPOSE_RANGE = (-5, 6)
+RECIPE = 2  # bump when the songs change, so an old DEST/mma is not mixed with new songs
 SKIP_WORDS = re.compile(r"intro|end|fill", re.IGNORECASE)
 _DEFGROOVE = re.compile(r"^\s*defgroove\s+([^\s/]+)", re.IGNORECASE | re.MULTILINE)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
-
-#: Eight common chord progressions (in C major / A minor; the song transposes them).
-PROGRESSIONS: dict[str, tuple[str, ...]] = {
-    "pop I-V-vi-IV": ("C", "G", "Am", "F"),
-    "doo-wop I-vi-IV-V": ("C", "Am", "F", "G"),
-    "rock I-IV-V-IV": ("C", "F", "G", "F"),
-    "jazz ii-V-I": ("Dm7", "G7", "Cmaj7", "Cmaj7"),
-    "turnaround I-vi-ii-V": ("Cmaj7", "Am7", "Dm7", "G7"),
-    "twelve-bar blues": ("C7", "C7", "C7", "C7", "F7", "F7", "C7", "C7", "G7", "F7", "C7", "G7"),
-    "Pachelbel canon": ("C", "G", "Am", "Em", "F", "C", "F", "G"),
-    "Andalusian cadence": ("Am", "G", "F", "E7"),
-}
+PROBE_CHORDS = ("C", "Am", "F", "G7")
+_BEATS = re.compile(r"^NOTOCHORD_BEATS\s+(\S+)\s*$", re.MULTILINE)
+STAMP, PROBES, LEFT_OUT = ".recipe.json", ".probes.json", ".left_out.json"
 
 
 def safe_name(groove: str) -> str:
@@ -86,19 +87,16 @@ class Groove:
 
 @dataclass(frozen=True)
 class Song:
-    """Everything that decides one generated song."""
+    """One song to render: its groove, its number and its plan."""
 
     groove: Groove
-    variant: int
-    tempo: int
-    transpose: int
-    progression: str
-    mma_seed: int
+    index: int
+    plan: songs.SongPlan
 
     @property
     def filename(self) -> str:
         base = safe_name(self.groove.name)
-        return f"{base}.mid" if self.variant == 0 else f"{base}_v{self.variant}.mid"
+        return f"{base}.mid" if self.index == 0 else f"{base}_v{self.index}.mid"
 
 
 def require_mma(binary: str | None = None, lib: str | os.PathLike | None = None) -> MmaTool:
@@ -167,47 +165,19 @@ def list_grooves(lib: Path) -> list[Groove]:
     return sorted(seen.values(), key=lambda g: g.name.lower())
 
 
-def _rng(key: str) -> random.Random:
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def plan_song(groove: Groove, variant: int = 0) -> Song:
-    """Draw tempo, transposition, progression and mma seed from the groove name
-    (and the variant number when above 0)."""
-    key = groove.name if variant == 0 else f"{groove.name}#{variant}"
-    rng = _rng(key)
-    return Song(
-        groove=groove,
-        variant=variant,
-        tempo=rng.randint(*TEMPO_RANGE),
-        transpose=rng.randint(*TRANSPOSE_RANGE),
-        progression=rng.choice(sorted(PROGRESSIONS)),
-        mma_seed=rng.randrange(1, 2**31),
-    )
+def variations_of(groove: Groove, grooves: list[Groove]) -> list[Groove]:
+    """The other grooves of the same library file (``Swing`` → ``SwingSus``, ``Swing1``,
+    ...): candidates for a song's B and C sections."""
+    return [g for g in grooves if g.file == groove.file and g.name != groove.name]
 
 
-def song_text(song: Song, bars: int = BARS) -> str:
-    """The mma song file for ``song``: settings, then one chord per bar."""
-    chords = PROGRESSIONS[song.progression]
-    lines = [
-        f"// notochord-rt corpus recipe: groove {song.groove.name}, variant {song.variant},",
-        f"// progression {song.progression}",
-        f"RndSeed {song.mma_seed}",
-        f"Use {song.groove.file.as_posix()}",
-        f"Groove {song.groove.name}",
-        f"Tempo {song.tempo}",
-        f"Transpose {song.transpose}",
-    ]
-    lines += [f"{bar + 1} {chords[bar % len(chords)]}" for bar in range(bars)]
-    return "\n".join(lines) + "\n"
-
-
-def render(tool: MmaTool, song: Song, time_limit_s: float | None) -> bytes:
-    """Run mma on the song and return the MIDI bytes; raise RuntimeError with mma's
-    message when it fails."""
+def run_mma(tool: MmaTool, text: str, time_limit_s: float | None) -> tuple[bytes, str]:
+    """Run mma on a song file's text; return the MIDI bytes and what mma printed. Raise
+    RuntimeError with mma's message when it fails."""
     with tempfile.TemporaryDirectory(prefix="ntrt-mma-") as tmp:
-        (Path(tmp) / "song.mma").write_text(song_text(song))
+        (Path(tmp) / "song.mma").write_text(text)
         try:
             proc = subprocess.run(
                 [tool.binary, "-xNOCREDIT", "-w", "song.mma", "-f", "song.mid"],
@@ -222,7 +192,111 @@ def render(tool: MmaTool, song: Song, time_limit_s: float | None) -> bytes:
         if proc.returncode != 0 or not out.exists():
             message = " ".join((proc.stderr + proc.stdout).split())
             raise RuntimeError(f"mma failed (status {proc.returncode}): {message[-300:]}")
-        return out.read_bytes()
+        return out.read_bytes(), proc.stdout
+
+
+def probe(tool: MmaTool, groove: Groove, time_limit_s: float | None) -> dict:
+    """Render a 4-bar song on ``groove``: its beats per bar (``beats``, None if mma did
+    not say) and ``reason`` (None, or why the groove is left out: no melodic notes).
+    Raises RuntimeError when mma fails."""
+    text = "\n".join([f"Use {groove.file.as_posix()}", f"Groove {groove.name}",
+                      "Print NOTOCHORD_BEATS $_Time",
+                      *(f"{k + 1} {c}" for k, c in enumerate(PROBE_CHORDS))]) + "\n"
+    data, said = run_mma(tool, text, time_limit_s)
+    m = _BEATS.search(said)
+    try:
+        beats = float(m.group(1)) if m else None
+    except ValueError:
+        beats = None
+    try:
+        events = load_midi(data).events
+    except MidiError as e:
+        return {"beats": beats, "reason": f"unreadable MIDI: {e}"}
+    reason = screen_events(events)
+    if reason is not None and not reason.startswith("no "):
+        reason = None  # few notes in 4 bars is no verdict on a whole song
+    return {"beats": beats, "reason": reason and f"groove has {reason}"}
+
+
+def _probe_all(tool: MmaTool, grooves: list[Groove], root: Path, jobs: int,
+               time_limit_s: float | None, progress: ProgressFactory) -> dict[str, dict]:
+    """Probes of ``grooves``, from ``root/.probes.json`` where an earlier build of the
+    same mma version made them; a failed probe gives ``{"error": message}``."""
+    cache = read_json(root / PROBES)
+    known = cache.get("grooves", {}) if cache.get("mma") == tool.version else {}
+    todo = [g for g in grooves if g.name not in known or "error" in known[g.name]]
+
+    def one(g: Groove) -> tuple[str, dict]:
+        try:
+            return g.name, probe(tool, g, time_limit_s)
+        except RuntimeError as e:
+            return g.name, {"error": str(e)}
+
+    bar = progress("mma grooves", len(todo))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for name, result in pool.map(one, todo):
+                known[name] = result
+                bar.update(1)
+    finally:
+        bar.close()
+    if todo:
+        atomic_write_bytes(root / PROBES, json.dumps(
+            {"mma": tool.version, "grooves": dict(sorted(known.items()))}, indent=0).encode())
+    return known
+
+
+def _check_stamp(root: Path, stamp: dict) -> None:
+    """Refuse to mix songs of another recipe or seed into ``root``; write the stamp."""
+    old = read_json(root / STAMP)
+    has_songs = any(root.glob("*.mid"))
+    if has_songs and {k: old.get(k) for k in ("recipe", "seed")} != {
+            k: stamp[k] for k in ("recipe", "seed")}:
+        was = (f"recipe {old.get('recipe')}, seed {old.get('seed')}" if old
+               else "an older recipe")
+        raise UserError(f"{root} holds songs of {was}, not recipe {stamp['recipe']}, seed "
+                        f"{stamp['seed']}: build into a new folder or delete {root}")
+    atomic_write_bytes(root / STAMP, json.dumps(stamp).encode())
+
+
+def plan_songs(grooves: list[Groove], everything: list[Groove], probes: dict[str, dict],
+               songs_per_groove: int, seed: int) -> list[Song]:
+    """The songs of ``grooves`` (probed and kept); B/C sections draw variations among
+    ``everything`` that share the groove's metre and are kept too."""
+    out = []
+    for g in grooves:
+        beats = probes[g.name]["beats"]
+        variations = tuple(
+            v.name for v in variations_of(g, everything)
+            if v.name in probes and probes[v.name].get("reason", "x") is None
+            and probes[v.name].get("beats") == beats)
+        for k in range(songs_per_groove):
+            plan = songs.plan_song(g.name, k, seed=seed, library_file=g.file.stem,
+                                   beats=beats, variations=variations)
+            out.append(Song(g, k, plan))
+    return out
+
+
+def _describe(kept: list[Song]) -> dict:
+    """Counts of the kept songs' forms, progressions, keys, tempi and melodies."""
+    forms: dict[str, int] = {}
+    progressions: dict[str, int] = {}
+    keys: dict[int, int] = {}
+    tempi = [s.plan.tempo for s in kept]
+    for s in kept:
+        forms[s.plan.form] = forms.get(s.plan.form, 0) + 1
+        keys[s.plan.transpose] = keys.get(s.plan.transpose, 0) + 1
+        for sec in s.plan.sections:
+            progressions[sec.progression] = progressions.get(sec.progression, 0) + 1
+    return {
+        "forms": dict(sorted(forms.items())),
+        "progressions": dict(sorted(progressions.items())),
+        "transpositions": {str(k): v for k, v in sorted(keys.items())},
+        "tempo": [min(tempi), max(tempi)] if tempi else [],
+        "with_melody": sum(s.plan.melody_program is not None for s in kept),
+        "with_variation_groove": sum(
+            any(sec.groove != s.groove.name for sec in s.plan.sections) for s in kept),
+    }
 
 
 def build_mma(
@@ -231,58 +305,90 @@ def build_mma(
     *,
     jobs: int = 1,
     limit: int | None = None,
-    variants: int = 1,
+    songs_per_groove: int = 1,
+    seed: int = 0,
     time_limit_s: float | None = DEFAULT_TIME_LIMIT,
     progress: ProgressFactory = null_progress,
 ) -> dict:
-    """Write ``variants`` songs per groove (``limit`` grooves spread over the sorted list
-    when given) into ``dest`` (``DEST/mma``); return the manifest section. Songs whose
-    file exists are not redone; failures are skipped and listed."""
+    """Probe the grooves (``limit`` of them spread over the sorted list when given),
+    write ``songs_per_groove`` songs per fit groove into ``dest`` (``DEST/mma``) and
+    return the manifest section. Songs whose file exists, or that an earlier build left
+    out, are not redone; failures are skipped and listed."""
     root = Path(dest)
     root.mkdir(parents=True, exist_ok=True)
-    grooves = stride_sample(list_grooves(tool.lib), limit)
-    songs = [plan_song(g, v) for g in grooves for v in range(variants)]
-    section: dict = {
-        "source": "one seeded 32-bar song per groove of the Debian package mma",
+    _check_stamp(root, {"recipe": RECIPE, "seed": seed, "mma": tool.version})
+    everything = list_grooves(tool.lib)
+    grooves = stride_sample(everything, limit)
+    wanted = {g.name for g in grooves}
+    for g in grooves:  # a song's other sections may use variations outside the sample
+        wanted.update(v.name for v in variations_of(g, everything))
+    probes = _probe_all(tool, [g for g in everything if g.name in wanted], root, jobs,
+                        time_limit_s, progress)
+    skipped = [{"groove": g.name, "reason": probes[g.name]["error"]}
+               for g in grooves if "error" in probes[g.name]]
+    grooves_left_out = [{"groove": g.name, "reason": probes[g.name]["reason"]}
+                        for g in grooves if probes[g.name].get("reason")]
+    fit = [g for g in grooves if probes[g.name].get("reason", "x") is None]
+    plan = plan_songs(fit, everything, probes, songs_per_groove, seed)
+
+    left_out = {k: v for k, v in read_json(root / LEFT_OUT).items() if isinstance(v, str)}
+    todo = [s for s in plan if not (root / s.filename).exists() and s.filename not in left_out]
+    cached = [s for s in plan if (root / s.filename).exists()]
+    written: list[Song] = []
+
+    def one(song: Song) -> tuple[Song, str | None, str | None]:
+        try:
+            data, _ = run_mma(tool, songs.song_text(song.plan, song.groove.file.as_posix()),
+                              time_limit_s)
+        except RuntimeError as e:
+            return song, str(e), None
+        unfit = screen_midi(data)
+        if unfit is None:
+            atomic_write_bytes(root / song.filename, data)
+        return song, None, unfit
+
+    bar = progress("mma songs", len(plan))
+    bar.update(len(plan) - len(todo))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for song, error, unfit in pool.map(one, todo):
+                if error is not None:
+                    skipped.append({"groove": song.groove.name, "song": song.index,
+                                    "reason": error})
+                elif unfit is not None:
+                    left_out[song.filename] = unfit
+                else:
+                    written.append(song)
+                bar.update(1)
+    finally:
+        bar.close()
+    if left_out:
+        atomic_write_bytes(root / LEFT_OUT,
+                           json.dumps(dict(sorted(left_out.items())), indent=0).encode())
+    planned = {s.filename for s in plan}
+    songs_left_out = [{"file": f, "reason": r} for f, r in sorted(left_out.items())
+                      if f in planned]
+    kept = sorted(cached + written, key=lambda s: s.filename)
+    return {
+        "source": "seeded songs (forms with repeated sections, melodies) on the grooves "
+        "of the Debian package mma",
         "package": "mma",
         "version": tool.version,
         "licence": "mma is GPL-2+; the generated songs are program output",
         "library": str(tool.lib),
+        "recipe": RECIPE,
+        "seed": seed,
         "grooves": len(grooves),
-        "variants": variants,
-        "songs": len(songs),
-        "written": 0,
-        "cached": 0,
-        "skipped": [],
-        "progressions": {},
+        "grooves_fit": len(fit),
+        "grooves_left_out": grooves_left_out,
+        "grooves_left_out_by_reason": reason_counts(g["reason"] for g in grooves_left_out),
+        "songs_per_groove": songs_per_groove,
+        "songs": len(plan),
+        "written": len(written),
+        "cached": len(cached),
+        "files": len(kept),
+        "skipped": skipped,
+        "left_out": songs_left_out,
+        "left_out_by_reason": reason_counts(s["reason"] for s in songs_left_out),
+        **_describe(kept),
     }
-    todo = [s for s in songs if not (root / s.filename).exists()]
-    section["cached"] = len(songs) - len(todo)
-    for s in songs:
-        section["progressions"][s.progression] = section["progressions"].get(s.progression, 0) + 1
-
-    def one(song: Song) -> tuple[Song, str | None]:
-        try:
-            data = render(tool, song, time_limit_s)
-        except RuntimeError as e:
-            return song, str(e)
-        atomic_write_bytes(root / song.filename, data)
-        return song, None
-
-    bar = progress("mma", len(songs))
-    bar.update(section["cached"])
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for song, reason in pool.map(one, todo):
-                if reason is None:
-                    section["written"] += 1
-                else:
-                    section["skipped"].append(
-                        {"groove": song.groove.name, "variant": song.variant, "reason": reason}
-                    )
-                bar.update(1)
-    finally:
-        bar.close()
-    section["files"] = section["written"] + section["cached"]
-    section["progressions"] = dict(sorted(section["progressions"].items()))
-    return section

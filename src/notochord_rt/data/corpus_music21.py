@@ -7,7 +7,8 @@ one of :data:`FOLDERS` (``other`` for everything else), ``<path>`` is the score'
 inside the corpus with ``/`` replaced by ``__`` and ``k`` is the tune index.
 
 Left out on purpose: the Essen folksong collection (licensed for non-commercial use
-only) and Roman-numeral analyses (``.rntxt``: harmonic analyses, not scores).
+only) and Roman-numeral analyses (``.rntxt``: harmonic analyses, not scores); tunes
+that :func:`.corpus.screen_midi` finds degenerate are not written (``left_out``).
 
 Files are converted in a process pool, each parse and each tune write under a time
 limit. A small JSON marker per source file under ``DEST/music21/.done/`` records what
@@ -35,6 +36,8 @@ from .corpus import (
     ScoreTimeout,
     atomic_write_bytes,
     null_progress,
+    reason_counts,
+    screen_midi,
     stride_sample,
     time_limit,
 )
@@ -137,6 +140,7 @@ def convert_file(task: FileTask) -> dict:
         "written": [],
         "cached": [],
         "skipped": [],
+        "left_out": [],
         "max_scores": task.max_scores,
         "time_limit_s": task.time_limit_s,
     }
@@ -162,6 +166,10 @@ def convert_file(task: FileTask) -> dict:
                     data = translate.music21ObjectToMidiFile(score).writestr()
             except (Exception, ScoreTimeout) as e:
                 result["skipped"].append({"index": k, "reason": _reason(e)})
+                continue
+            unfit = screen_midi(data)
+            if unfit is not None:  # degenerate (e.g. a handful of notes): not written
+                result["left_out"].append({"index": k, "file": name, "reason": unfit})
                 continue
             atomic_write_bytes(out, data)
             result["written"].append(name)
@@ -208,6 +216,8 @@ def _merge(section: dict, res: dict, from_marker: bool) -> None:
     )
     for s in res["skipped"]:
         section["skipped"].append({"source": res["source"], **s})
+    for s in res.get("left_out", []):  # markers of older builds have none
+        section["left_out"].append({"source": res["source"], **s})
 
 
 def build_music21(
@@ -241,6 +251,7 @@ def build_music21(
         "cached": 0,
         "folders": {},
         "skipped": [],
+        "left_out": [],
     }
     tasks: list[FileTask] = []
     for rel in chosen:
@@ -271,6 +282,8 @@ def build_music21(
     finally:
         bar.close()
     section["skipped"].sort(key=lambda s: (s["source"], -1 if s["index"] is None else s["index"]))
+    section["left_out"].sort(key=lambda s: (s["source"], s["index"]))
+    section["left_out_by_reason"] = reason_counts(s["reason"] for s in section["left_out"])
     section["files"] = section["written"] + section["cached"]
     section["folders"] = dict(sorted(section["folders"].items()))
     return section
