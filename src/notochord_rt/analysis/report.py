@@ -29,7 +29,8 @@ def _fmt(v: float | None, width: int = 9) -> str:
     if isinstance(v, int):
         return f"{v:>{width}}"
     a = abs(v)
-    text = f"{v:.0f}" if a >= 1000 else f"{v:.3g}" if a >= 10 else f"{v:.3f}"
+    text = (f"{v:.0f}" if a >= 1000 else f"{v:.3g}" if a >= 10 or 0 < a < 0.001
+            else f"{v:.3f}")
     return f"{text:>{width}}"
 
 
