@@ -18,12 +18,24 @@ no OSC) is timed for batches of 1 and of the largest client count: the differenc
 what the OSC layer and the server's scheduling add.
 
 Run on a quiet machine: ``python benchmarks/live_osc.py`` (about a minute; ``--quick``
-for a smoke run; ``--json PATH`` also writes the numbers).
+for a smoke run; ``--json PATH`` also writes the numbers). The server is started with
+``--rate 100000`` here (closed-loop clients may send more than the default 1000 messages
+a second) and ``--sessions-per-host`` large enough for every client.
+
+``--hostile`` runs the hostile-traffic measurement instead: the server with its default
+limits, a well-behaved client (its own session, a query every 2 ms, closed loop: it waits
+for each reply) measured unloaded and while other processes flood the server with
+garbage (random bytes and the malformed packets of issue 10, 4 senders), valid queries
+on the shared session 0 (4 senders), bundles of 16 session-0 queries (2 senders), and
+all three at once, each at ``--flood-rate`` messages a second; an unloaded run before
+each flood is its baseline. Then the bytes of each reply against its request, and
+whether the server still answers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -31,6 +43,7 @@ import re
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -39,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import cpu_name
+from machine import cpu_name, machine_line
 from pythonosc.osc_message import OscMessage
 
 from notochord_rt.apps.osc_server import build_message
@@ -58,10 +71,13 @@ def machine_info() -> dict:
             "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
-def start_server(checkpoint: str, max_sessions: int, precision: str) -> tuple:
+def start_server(checkpoint: str, max_sessions: int, precision: str,
+                 extra: tuple[str, ...] = ("--rate", "100000")) -> tuple:
+    """``notochord-rt serve`` in its own process; returns it and its (host, port)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "notochord_rt", "serve", "--checkpoint", checkpoint, "--port",
-         "0", "--max-sessions", str(max_sessions), "--precision", precision, "--seed", "0"],
+         "0", "--max-sessions", str(max_sessions), "--precision", precision, "--seed", "0",
+         "--sessions-per-host", str(max(max_sessions, 1)), *extra],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -99,7 +115,7 @@ class Clients:
     def status(self) -> dict:
         s = self.socks[0]
         s.setblocking(True)
-        s.sendto(build_message("/notochord/status", []), self.target)
+        s.sendto(build_message("/notochord/status", ["detail", True]), self.target)
         p = OscMessage(s.recvfrom(65535)[0]).params
         s.setblocking(False)
         return dict(zip(p[0::2], p[1::2]))
@@ -184,7 +200,21 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--quick", action="store_true", help="a smoke run (few requests)")
     ap.add_argument("--json", help="also write the numbers to this file")
+    ap.add_argument("--hostile", action="store_true",
+                    help="measure a good client under floods instead (live_osc_hostile.py)")
+    ap.add_argument("--flood-rate", type=float, default=2000.0,
+                    help="--hostile: messages per second of each flood in all (default 2000)")
+    ap.add_argument("--seconds", type=float, default=6.0,
+                    help="--hostile: seconds each scenario is measured (default 6)")
+    ap.add_argument("--flood", help=argparse.SUPPRESS)  # a flooding child process
+    ap.add_argument("--target", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.flood:
+        flood(args.flood, args.target, args.flood_rate, args.seconds)
+        return
+    if args.hostile:
+        run_hostile(args)
+        return
     total = 64 if args.quick else args.requests
     info = machine_info()
     with tempfile.TemporaryDirectory() as tmp:
@@ -247,6 +277,191 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({"machine": info, "model": model_desc,
                                                "results": results, "engine_only": engine},
                                               indent=2))
+
+
+
+
+# -- hostile traffic ------------------------------------------------------------------------------
+def _osc_string(text: str) -> bytes:
+    raw = text.encode() + b"\x00"
+    return raw + b"\x00" * (-len(raw) % 4)
+
+
+def _bundle(*elements: bytes, size: int | None = None) -> bytes:
+    return b"#bundle\x00" + b"\x00" * 8 + b"".join(
+        struct.pack(">i", len(e) if size is None else size) + e for e in elements)
+
+
+def flood_payloads(kind: str, rng: np.random.Generator) -> list[bytes]:
+    """What one flood sends, cycled: garbage, session-0 queries or bundles of 16 of them."""
+    if kind == "garbage":
+        ping = _osc_string("/notochord/ping") + _osc_string(",")
+        hostile = [_bundle(ping, size=-4), _bundle(ping, size=2**31 - 1),
+                   _osc_string("/notochord/ping") + _osc_string(",sb") +
+                   _osc_string("handle") + b"\x00" * 4,
+                   build_message("/notochord/sample", ["note_on_map", "[" * 1000]),
+                   build_message("/notochord/sample", ["time", "1e39"]),
+                   build_message("/notochord/query", ["include_pitch", "abc"])]
+        return hostile + [rng.integers(0, 256, int(rng.integers(8, 400)),
+                                       dtype=np.uint8).tobytes() for _ in range(200)]
+    queries = [build_message("/notochord/query", ["handle", k]) for k in range(16)]
+    return [_bundle(*queries)] if kind == "bundles" else queries
+
+
+def flood(kind: str, target: str, rate: float, seconds: float) -> None:
+    """A flooding child process: ``rate`` messages a second (bundles count 16) for
+    ``seconds``, from several sockets; replies are read and dropped."""
+    host, port = target.rsplit(":", 1)
+    addr = (host, int(port))
+    per_packet = 16 if kind == "bundles" else 1
+    socks = []
+    for _ in range(2 if kind == "bundles" else 4):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        socks.append(s)
+    payloads = flood_payloads(kind, np.random.default_rng(1))
+    t0 = time.perf_counter()
+    sent = 0
+    while (now := time.perf_counter()) - t0 < seconds:
+        due = int((now - t0) * rate / per_packet)
+        while sent < due:
+            socks[sent % len(socks)].sendto(payloads[sent % len(payloads)], addr)
+            sent += 1
+        for s in socks:
+            with contextlib.suppress(OSError):
+                while s.recv(65535):
+                    pass
+        time.sleep(0.004)
+
+
+def good_client(target, seconds: float, pause: float = 0.002) -> tuple[list[float], int]:
+    """A well-behaved client: its own session, a query, wait for its reply, ``pause``,
+    again; returns round trips (s) and the number of requests left without a reply
+    (after 1 s)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(2.0)
+    s.sendto(build_message("/notochord/session/open", []), target)
+    p = OscMessage(s.recvfrom(65535)[0]).params
+    sid = dict(zip(p[0::2], p[1::2]))["session"]
+    rtts, lost, seq = [], 0, 0
+    t_end = time.perf_counter() + seconds
+    s.settimeout(1.0)
+    while time.perf_counter() < t_end:
+        seq += 1
+        t0 = time.perf_counter()
+        s.sendto(build_message("/notochord/query", ["session", sid, "handle", seq]), target)
+        try:
+            while True:
+                p = OscMessage(s.recvfrom(65535)[0]).params
+                if dict(zip(p[0::2], p[1::2])).get("handle") == seq:
+                    rtts.append(time.perf_counter() - t0)
+                    break
+        except TimeoutError:
+            lost += 1
+        time.sleep(pause)
+    s.sendto(build_message("/notochord/session/close", ["session", sid]), target)
+    s.close()
+    return rtts, lost
+
+
+def ask_once(target, data: bytes, replies: int = 1) -> list[bytes]:
+    """Send ``data`` from a fresh socket; the replies that arrive within 0.5 s."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(0.5)
+    s.sendto(data, target)
+    out = []
+    with contextlib.suppress(TimeoutError):
+        while len(out) < replies:
+            out.append(s.recvfrom(65535)[0])
+    s.close()
+    return out
+
+
+def amplification(target) -> list[dict]:
+    """Reply bytes and packets against request bytes for requests that ask for no
+    parameters (``return_params`` last, for comparison)."""
+    b = build_message
+    cases = [("ping", b("/notochord/ping", [])), ("query", b("/notochord/query", [])),
+             ("query + handle", b("/notochord/query", ["handle", 1])),
+             ("sample", b("/notochord/sample", [])),
+             ("feed + handle", b("/notochord/feed", [1, 60, 0.1, 90, "handle", 1])),
+             ("reset", b("/notochord/reset", [])), ("held", b("/notochord/held", [])),
+             ("status", b("/notochord/status", [])),
+             ("session/open", b("/notochord/session/open", [])),
+             ("unknown address", b("/notochord/x", [])),
+             ("bad value", b("/notochord/sample", ["time", "1e39"])),
+             ("bundle of 16 queries", _bundle(*[b("/notochord/query", [])] * 16)),
+             ("query return_params (asks)", b("/notochord/query", ["return_params", True]))]
+    rows = []
+    for name, data in cases:
+        got = ask_once(target, data, 16 if name.startswith("bundle") else 1)
+        size = sum(len(g) for g in got)
+        rows.append({"request": name, "request_bytes": len(data), "reply_bytes": size,
+                     "replies": len(got), "ratio": size / len(data)})
+    return rows
+
+
+def run_hostile(args) -> None:
+    """The ``--hostile`` measurement (see the module docstring)."""
+    info = machine_info()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.checkpoint:
+            ckpt, model_desc = args.checkpoint, args.checkpoint
+        else:
+            torch.manual_seed(0)
+            net = NotochordNet()
+            ckpt = str(Path(tmp) / "random.safetensors")
+            net.save(ckpt)
+            model_desc = "default architecture, random weights"
+        proc, target = start_server(ckpt, 8, args.precision, extra=())  # default limits
+        rows, results = [], {}
+        try:
+            good_client(target, 1.0)  # warm-up
+            for kind in ("garbage", "query0", "bundles", "mixed"):
+                base, lost0 = good_client(target, args.seconds)
+                kinds = ("garbage", "query0", "bundles") if kind == "mixed" else (kind,)
+                floods = [subprocess.Popen(
+                    [sys.executable, __file__, "--flood", k, "--target",
+                     f"{target[0]}:{target[1]}", "--flood-rate", str(args.flood_rate),
+                     "--seconds", str(args.seconds + 2)]) for k in kinds]
+                time.sleep(1.0)
+                rtts, lost = good_client(target, args.seconds)
+                for f in floods:
+                    f.wait(timeout=60)
+                for name, xs, n_lost in ((f"unloaded (before {kind})", base, lost0),
+                                         (f"flood: {kind}", rtts, lost)):
+                    row = {"scenario": name, **pct(xs), "lost": n_lost}
+                    rows.append(row)
+                    print(f"{name:28s} p50 {row['p50_ms']:7.3f} ms  p99 {row['p99_ms']:7.3f} ms"
+                          f"  max {row['max_ms']:7.2f} ms  n {row['n']:5d}  lost {n_lost}",
+                          flush=True)
+                ratio = rows[-1]["p99_ms"] / rows[-2]["p99_ms"]
+                results[kind] = ratio
+                print(f"{'':28s} p99 ratio to unloaded: {ratio:.2f} (goal <= 2)", flush=True)
+            amp = amplification(target)
+            for r in amp:
+                print(f"reply size: {r['request']:28s} request {r['request_bytes']:5d} B  "
+                      f"reply {r['reply_bytes']:6d} B in {r['replies']:2d} packet(s)  "
+                      f"x{r['ratio']:.2f}", flush=True)
+            st = Clients(target, 1).status()
+            alive = bool(ask_once(target, build_message("/notochord/ping", [])))
+            print("server still answers:", alive, "; counters:",
+                  {k: st.get(k) for k in ("datagrams", "requests", "garbage", "limited",
+                                          "busy", "errors", "errors_dropped", "internal")})
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+    info["loadavg_end"] = os.getloadavg()
+    print(f"model: {model_desc}; server precision {args.precision}, default limits; "
+          f"flood rate {args.flood_rate:g} messages/s each")
+    print("machine:", machine_line(), "| start:", json.dumps(info))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "model": model_desc,
+                                               "good_client": rows, "p99_ratio": results,
+                                               "amplification": amp}, indent=2))
 
 
 if __name__ == "__main__":
