@@ -152,6 +152,17 @@ def test_valid_values_are_still_accepted(model):
         assert 1 <= e.inst <= 320 and 0.0 <= e.time <= 10.0
 
 
+def test_hostile_sizes_are_refused_cheaply_with_a_short_message():
+    with pytest.raises(InputError, match="note_on_map") as err:
+        Constraints(note_on_map={1: range(10**12)}).validate()  # not materialised
+    assert len(str(err.value)) < 200
+    with pytest.raises(InputError, match="max_polyphony") as err:
+        Constraints(max_polyphony=-(10**400)).validate()
+    assert len(str(err.value)) < 200
+    with pytest.raises(InputError, match="include_pitch"):
+        query_constraints({"include_pitch": range(-(10**12), 10)})
+
+
 def test_compiled_constraints_are_not_revalidated_per_event(model, monkeypatch):
     comp = compile_constraints(Constraints(note_on_map={1: range(40, 80)}, max_polyphony=3))
 
@@ -184,6 +195,16 @@ def test_bad_feed_is_an_input_error_naming_the_argument(model, args, name):
     with pytest.raises(InputError, match=name):
         model.feed(*args)
     assert model.step_count == 0 and model.held_notes == {}
+
+
+def test_feed_accepts_numpy_scalars_and_plain_ints(model):
+    model.feed(np.int64(1), np.int16(60), np.float32(0.25), np.int64(64))
+    model.feed(1.0, 60.0, 0, 0)  # integral floats for ids, ints for time / vel
+    assert model.step_count == 2 and model.held_notes == {}
+    assert model.current_time == pytest.approx(0.25)
+    with pytest.raises(InputError, match="time") as err:
+        model.feed(1, 60, 10**400, 64)
+    assert len(str(err.value)) < 200
 
 
 def test_streams_feed_refuses_text_times(net):

@@ -20,6 +20,12 @@ from .. import events as ev
 from ..errors import InputError
 
 
+def show(v: Any, limit: int = 60) -> str:
+    """``repr(v)`` cut to ``limit`` characters (hostile values can be huge)."""
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
 def _not_a_number(v: Any) -> bool:
     """True for values ``float()`` would coerce but that are not numbers (text, bools)."""
     if isinstance(v, (str, bytes, bool, np.bool_)):
@@ -40,27 +46,31 @@ def real(v: Any, name: str, lo: float = -math.inf, hi: float = math.inf, *,
 
     ``finite=True`` also refuses ``±inf`` (whatever ``lo``/``hi`` say).
     """
+    if type(v) is float and lo <= v <= hi and not (finite and math.isinf(v)):
+        return v  # the common case, fast
     if _not_a_number(v):
-        raise InputError(f"{name} must be a number, got {v!r}")
+        raise InputError(f"{name} must be a number, got {show(v)}")
     try:
         x = float(v)
+    except OverflowError:  # an int beyond float range
+        x = math.inf if v > 0 else -math.inf
     except (TypeError, ValueError) as e:
-        raise InputError(f"{name} must be a number, got {v!r}") from e
+        raise InputError(f"{name} must be a number, got {show(v)}") from e
     if math.isnan(x):
         raise InputError(f"{name} must be a number, got NaN")
     if finite and math.isinf(x):
-        raise InputError(f"{name} must be finite, got {v!r}")
+        raise InputError(f"{name} must be finite, got {show(v)}")
     if not lo <= x <= hi:
-        raise InputError(f"{name} must be in [{lo:g}, {hi:g}], got {v!r}")
+        raise InputError(f"{name} must be in [{lo:g}, {hi:g}], got {show(v)}")
     return x
 
 
 def integer(v: Any, name: str, lo: int, hi: int, what: str = "an int") -> int:
     """``v`` as an int in ``lo..hi``; only ints (Python or numpy) are accepted, not bools."""
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise InputError(f"{name} must be {what} in {lo}..{hi}, got {v!r}")
+        raise InputError(f"{name} must be {what} in {lo}..{hi}, got {show(v)}")
     if not lo <= int(v) <= hi:
-        raise InputError(f"{name} must be {what} in {lo}..{hi}, got {v!r}")
+        raise InputError(f"{name} must be {what} in {lo}..{hi}, got {show(v)}")
     return int(v)
 
 
@@ -77,10 +87,29 @@ def pitch(v: Any, name: str) -> int:
 def collection(v: Any, name: str, what: str) -> Iterable[Any]:
     """``v`` if it is a collection (not text, not a mapping, not a scalar); else ``InputError``."""
     if isinstance(v, (str, bytes, Mapping)) or not isinstance(v, Iterable):
-        raise InputError(f"{name} must be a collection of {what}, got {v!r}")
+        raise InputError(f"{name} must be a collection of {what}, got {show(v)}")
     if isinstance(v, np.ndarray) and v.ndim != 1:
         raise InputError(f"{name} must be a 1-d collection of {what}, got shape {v.shape}")
     return v
+
+
+def ints(v: Any, name: str, lo: int, hi: int, one: str = "an int") -> tuple[int, ...]:
+    """A collection of ints, each in ``lo..hi``, as a tuple (order and repeats kept).
+
+    Ranges are bounds-checked before they are expanded (``range(10**12)`` is refused, not
+    materialised); int arrays and lists of plain ints are checked in C loops.
+    """
+    if isinstance(v, range):
+        if len(v) and not (lo <= min(v[0], v[-1]) and max(v[0], v[-1]) <= hi):
+            raise InputError(f"{name} must only hold values in {lo}..{hi}, got {show(v)}")
+        return tuple(v)
+    if isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "iu":
+        out = tuple(v.tolist())
+    else:
+        out = tuple(collection(v, name, "ints"))
+    if all(type(x) is int for x in out) and (not out or (min(out) >= lo and max(out) <= hi)):
+        return out
+    return tuple(integer(x, name, lo, hi, one) for x in out)
 
 
 def flag(v: Any, name: str) -> bool:
@@ -89,4 +118,4 @@ def flag(v: Any, name: str) -> bool:
         return bool(v)
     if isinstance(v, (int, np.integer)) and int(v) in (0, 1):
         return bool(v)
-    raise InputError(f"{name} must be True/False (or 1/0), got {v!r}")
+    raise InputError(f"{name} must be True/False (or 1/0), got {show(v)}")

@@ -46,6 +46,7 @@ import numpy as np
 from .. import events as ev
 from ..errors import InputError
 from . import checks
+from .checks import show
 
 N_I = ev.N_INST_CLASSES  # 321
 N_P = ev.N_PITCH_CLASSES  # 129
@@ -74,6 +75,7 @@ DEFAULT_PENALTY: dict[Soft, float] = {
 }
 
 ORDER_LETTERS = frozenset("iptv")
+_SOFT_BY_NAME: dict[str, Soft] = {s.value: s for s in Soft}  # Soft members are str too
 
 
 @dataclass
@@ -194,13 +196,13 @@ def _c_note_map(v: Any, name: str, f: Field) -> dict[int, tuple[int, ...]] | np.
         return v
     if not isinstance(v, Mapping):
         raise InputError(f"{name} must be a dict {{inst: pitches}} or a bool "
-                         f"{(N_I, N_P)} array, got {v!r}")
-    out = {}
-    for i, ps in v.items():
-        key = checks.inst(i, f"{name} key")
-        ps = checks.collection(ps, f"{name}[{i!r}]", "pitches")
-        out[key] = tuple(checks.pitch(p, f"{name}[{i!r}]") for p in ps)
-    return out
+                         f"{(N_I, N_P)} array, got {show(v)}")
+    return {checks.inst(i, f"{name} key"): _pitches(ps, f"{name}[{i!r}]")
+            for i, ps in v.items()}
+
+
+def _pitches(ps: Any, name: str) -> tuple[int, ...]:
+    return checks.ints(ps, name, 0, ev.NUM_PITCHES - 1, "a pitch (int)")
 
 
 def _c_per_inst(v: Any, name: str, f: Field) -> float | dict[int, float]:
@@ -216,30 +218,30 @@ def _c_intervals(v: Any, name: str, f: Field) -> list[tuple[float, float, float]
 
 def _c_penalty(v: Any, name: str, f: Field) -> dict[Soft, float]:
     if not isinstance(v, Mapping):
-        raise InputError(f"{name} must be a dict {{soft constraint: cost}}, got {v!r}")
-    known = {s.value for s in Soft}
+        raise InputError(f"{name} must be a dict {{soft constraint: cost}}, got {show(v)}")
     out = {}
     for k, x in v.items():
-        if not (isinstance(k, Soft) or (isinstance(k, str) and k in known)):
-            raise InputError(f"{name} has an unknown key {k!r} (known: "
-                             f"{', '.join(sorted(known))})")
-        out[Soft(k)] = _c_real(x, f"{name}[{Soft(k).value}]", f)
+        soft = _SOFT_BY_NAME.get(k) if isinstance(k, str) else None
+        if soft is None:
+            raise InputError(f"{name} has an unknown key {show(k)} (known: "
+                             f"{', '.join(sorted(_SOFT_BY_NAME))})")
+        out[soft] = _c_real(x, f"{name}[{soft.value}]", f)
     return out
 
 
 def _c_quantile(v: Any, name: str, f: Field) -> tuple[float, float]:
     q = list(checks.collection(v, name, "two numbers (lo, hi)"))
     if len(q) != 2:
-        raise InputError(f"{name} must be a pair (lo, hi), got {v!r}")
+        raise InputError(f"{name} must be a pair (lo, hi), got {show(v)}")
     lo, hi = (checks.real(x, name, 0.0, 1.0) for x in q)
     if not lo < hi:
-        raise InputError(f"{name} must satisfy 0 <= lo < hi <= 1, got {v!r}")
+        raise InputError(f"{name} must satisfy 0 <= lo < hi <= 1, got {show(v)}")
     return lo, hi
 
 
 def _c_inst_weights(v: Any, name: str, f: Field) -> dict[int, float]:
     if not isinstance(v, Mapping):
-        raise InputError(f"{name} must be a dict {{inst: weight}}, got {v!r}")
+        raise InputError(f"{name} must be a dict {{inst: weight}}, got {show(v)}")
     return {checks.inst(i, f"{name} key"): _c_real(x, f"{name}[{i!r}]", f)
             for i, x in v.items()}
 
@@ -326,7 +328,7 @@ def check_order(order: Any, name: str = "order") -> str:
     if isinstance(order, str) and order == "random":
         return order
     if not isinstance(order, str) or len(order) != 4 or set(order) != ORDER_LETTERS:
-        raise InputError(f"{name} must be a permutation of 'iptv' or 'random', got {order!r}")
+        raise InputError(f"{name} must be a permutation of 'iptv' or 'random', got {show(order)}")
     return order
 
 
@@ -341,20 +343,20 @@ def intervals(spec: Iterable[Interval], name: str) -> np.ndarray:
     rows = []
     for r in checks.collection(spec, name, "intervals (lo, hi[, weight])"):
         if isinstance(r, (str, bytes, Mapping)) or not isinstance(r, Iterable):
-            raise InputError(f"{name}: each interval is (lo, hi[, weight]), got {r!r}")
+            raise InputError(f"{name}: each interval is (lo, hi[, weight]), got {show(r)}")
         vals = [checks.real(x, name) for x in r]
         if len(vals) == 2:
             vals.append(1.0)
         if len(vals) != 3:
-            raise InputError(f"{name}: each interval is (lo, hi[, weight]), got {r!r}")
+            raise InputError(f"{name}: each interval is (lo, hi[, weight]), got {show(r)}")
         lo, hi, w = vals
         if lo > hi or not (0.0 <= w < math.inf):
-            raise InputError(f"{name}: need lo <= hi and a finite weight >= 0, got {r!r}")
+            raise InputError(f"{name}: need lo <= hi and a finite weight >= 0, got {show(r)}")
         rows.append((lo, hi, w))
     arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
     arr = arr[np.argsort(arr[:, 0], kind="stable")]
     if len(arr) > 1 and np.any(arr[1:, 0] <= arr[:-1, 1]):
-        raise InputError(f"{name}: intervals must not overlap or touch, got {arr.tolist()!r}")
+        raise InputError(f"{name}: intervals must not overlap or touch, got {show(arr.tolist())}")
     return arr
 
 

@@ -71,7 +71,7 @@ def _as_set(x: Any, name: str, lo: int, hi: int) -> set[int]:
         return set()
     if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)):
         return {checks.integer(x, name, lo, hi)}
-    return {checks.integer(v, name, lo, hi) for v in checks.collection(x, name, "ints")}
+    return set(checks.ints(x, name, lo, hi))
 
 
 def _index_mask(values: set[int], size: int) -> np.ndarray:

@@ -133,6 +133,12 @@ def _make_rng(seed: int | None, generator: Any) -> np.random.Generator | None:
     return None
 
 
+_INT_TYPES = frozenset({int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                        np.uint32, np.uint64})
+_NUM_TYPES = _INT_TYPES | {float, np.float16, np.float32, np.float64}
+_TIME_TYPES = _NUM_TYPES - {int}  # a Python int may be too large for a float
+
+
 def _check_feed(inst: Any, pitch: Any, time: Any, vel: Any) -> tuple[int, int, float, float]:
     """A fed event checked and converted: ``InputError`` naming the bad argument.
 
@@ -140,6 +146,11 @@ def _check_feed(inst: Any, pitch: Any, time: Any, vel: Any) -> tuple[int, int, f
     of seconds ``>= 0`` and ``vel`` a number in ``[0, 127]``. Text, bools and NaN are
     refused, never coerced.
     """
+    if (type(inst) in _INT_TYPES and type(pitch) in _INT_TYPES and type(time) in _TIME_TYPES
+            and type(vel) in _NUM_TYPES and ev.FIRST_MELODIC <= inst <= ev.NUM_INSTRUMENTS
+            and 0 <= pitch < ev.NUM_PITCHES and 0.0 <= time < math.inf
+            and 0.0 <= vel <= ev.VEL_MAX):  # the common case, fast (NaN fails)
+        return int(inst), int(pitch), float(time), float(vel)
     ids = []
     for name, v in (("inst", inst), ("pitch", pitch)):
         if isinstance(v, (float, np.floating)) and float(v).is_integer():
