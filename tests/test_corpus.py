@@ -224,7 +224,8 @@ def test_screen_leaves_out_degenerate_files_and_says_why(tmp_path):
     left = corpus.screen_folder(tmp_path)
     assert sorted(left) == ["drums.mid", "few.mid", "sub/one.mid"]
     assert corpus.reason_counts(left.values()) == {
-        "melodic notes use only": 1, "no melodic notes": 1, "only": 1}
+        "melodic notes use only N pitch": 1, "no melodic notes": 1,
+        "only N melodic notes": 1}
     rc = cli_main(["corpus", "screen", str(tmp_path)])
     assert rc == 0
 

@@ -41,7 +41,7 @@ _VALUED = {
     "log_every": (int, "TensorBoard scalars every N steps (default 1)"),
     "num_workers": (int, "data-loader worker processes (default 0)"),
     "balance": (str, "none (default: every piece equally often), ensemble (single- and "
-                "multi-instrument pieces half the crops each, drum-only pieces 2.5 %%) or "
+                "multi-instrument pieces half the crops each, drum-only pieces about 2.4 %%) or "
                 "shares like single=1,multi=1,drums=0"),
     "device": (str, "auto (default), cpu, cuda, cuda:1 ..."),
     "precision": (str, "auto (default: bf16 on CUDA that has it, else fp32), fp32, bf16"),

@@ -101,11 +101,11 @@ def screen_folder(folder: str | os.PathLike,
 
 
 def reason_counts(reasons: Iterable[str]) -> dict[str, int]:
-    """How many left-out pieces per kind of reason (the reason up to its first number or
-    parenthesis), for manifests and reports."""
+    """How many left-out pieces per kind of reason (the reason up to a colon, without
+    parentheses, numbers as ``N``), for manifests and reports."""
     counts: dict[str, int] = {}
     for r in reasons:
-        kind = re.split(r"[\d(]", r, maxsplit=1)[0].strip() or r
+        kind = re.sub(r"\d+", "N", re.sub(r"\s*\(.*?\)", "", r.split(":", 1)[0])).strip()
         counts[kind] = counts.get(kind, 0) + 1
     return dict(sorted(counts.items()))
 
