@@ -311,8 +311,8 @@ def test_a_fast_sender_is_rate_limited_before_parsing(net):  # noqa: F811
     ("/notochord/feed", [1, 60, 0.1, 90, "handle", 1], 4.0), ("/notochord/held", [], 4.0),
     ("/notochord/x", [], 4.0), ("/notochord/query", ["pitch_temp", 1], 4.0),
     ("/notochord/query", ["include_pitch", "[" * 40 + "]" * 40], 4.0),
-    ("/notochord/query", [], 4.7),  # the reference's fixed reply: 112 bytes for 24
-    ("/notochord/sample", [], 6.0),
+    ("/notochord/query", [], 4.4),  # the reference's fixed reply: 104 bytes for 24
+    ("/notochord/sample", [], 4.6),  # 108 bytes for 24
 ])
 def test_reply_bytes_are_bounded(client, address, args, limit):
     data = osc_wire.build(address, args)
