@@ -454,3 +454,98 @@ def test_status_detail_counts(client):
     r = status(client)
     assert {"garbage", "limited", "busy", "unsendable", "internal", "errors"} <= set(r)
     assert json.dumps(r)  # plain values
+
+
+def test_bundles_count_per_message_against_the_rate(net):  # noqa: F811
+    srv = OscServer(Sessions(net, max_sessions=0), port=0, rate=10, burst=20)
+    c = Client(srv.address)
+    try:
+        bundle = _bundle(*[PING] * 16)
+        srv.handle([(bundle, ("127.0.0.1", c.port)) for _ in range(4)])
+        # a burst of 20: the first bundle costs 16 of them, the second the other 4 and
+        # puts the sender 12 in debt, so the next two are dropped unread, as are single
+        # messages until the debt is paid (a second at 10 a second)
+        got = 0
+        while not c.nothing(0.1):
+            got += 1
+        assert got == 32 and srv.stats["limited"] == 2
+        srv.handle([(PING, ("127.0.0.1", c.port))])
+        assert c.nothing(0.1) and srv.stats["limited"] == 3
+    finally:
+        c.close()
+        srv.stop()
+
+
+def test_a_slow_load_times_out_without_blocking(net, tmp_path):  # noqa: F811
+    (tmp_path / "slow.safetensors").write_bytes(b"x")
+
+    def slow(path):
+        time.sleep(1.5)
+        return net
+
+    srv = OscServer(Sessions(net, max_sessions=0, loader=slow,
+                             files=FileRoot(tmp_path, timeout=0.5)), port=0).start()
+    c = Client(srv.address)
+    try:
+        c.send("/notochord/load", "slow.safetensors", "handle", "L")
+        t0 = time.monotonic()
+        assert c.ask("/notochord/query")[0] == "/return/notochord/query"  # not blocked
+        assert time.monotonic() - t0 < 0.4
+        addr, r = c.recv()
+        assert addr == ERROR and "time limit" in r["message"] and r["handle"] == "L"
+        addr, r = c.ask("/notochord/load", "slow.safetensors")  # its thread still runs
+        assert addr == ERROR and "busy" in r["message"]
+        time.sleep(1.2)
+        c.send("/notochord/load", "slow.safetensors")
+        assert c.recv(timeout=2.0)[0] == ERROR  # timed out again: the limit holds
+    finally:
+        c.close()
+        srv.stop()
+
+
+ISSUE_PACKETS = [
+    _s("/notochord/ping") + _s(",sb") + _s("handle") + b"\x00" * 4,
+    osc_wire.build("/notochord/query", ["note_on_map", "[" * 1000 + "]" * 1000]),
+    osc_wire.build("/notochord/sample", ["time", "1e39"]),
+    osc_wire.build("/notochord/sample", ["note_on_map", "[" * 1000 + "]" * 1000]),
+    *[osc_wire.build("/notochord/query", [k, v]) for k, v in QUERY_VARIANTS
+      if isinstance(v, str)],
+    _bundle(PING, sizes=[-4]),
+    osc_wire.build("/notochord/prompt", ["/dev/zero"]),
+    osc_wire.build("/notochord/load", ["/etc/passwd"]),
+    osc_wire.build("/notochord/sample", ["time", "inf", "feed", True]),
+    osc_wire.build("/notochord/query", ["port", 9]),
+]
+
+
+def test_the_cli_server_survives_the_issue_packets(ckpt):
+    import re
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "notochord_rt", "serve", "--checkpoint",
+                             str(ckpt), "--port", "0"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        m, deadline = None, time.monotonic() + 60
+        while m is None and time.monotonic() < deadline:
+            if select.select([proc.stderr], [], [], 1.0)[0]:
+                line = proc.stderr.readline()
+                if not line:
+                    break
+                m = re.search(r"listening on ([\d.]+):(\d+).*files off", line)
+        assert m, "the server did not start (with files off)"
+        c = Client((m.group(1), int(m.group(2))))
+        for data in ISSUE_PACKETS:
+            c.sock.sendto(data, c.target)
+        alive(c)
+        assert proc.poll() is None
+        c.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
