@@ -111,7 +111,10 @@ def _float(value: Any, name: str) -> float:
         value = math.inf
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(f"{name} must be a number, got {_short(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float range
+        value = math.inf if value > 0 else -math.inf
     if value == math.inf and inf_ok:
         return value
     if not (math.isfinite(value) and abs(value) <= MAX_ABS):
