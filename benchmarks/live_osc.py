@@ -321,6 +321,7 @@ def flood(kind: str, target: str, rate: float, seconds: float) -> None:
         s.setblocking(False)
         socks.append(s)
     payloads = flood_payloads(kind, np.random.default_rng(1))
+    print("ready", flush=True)  # the parent measures only once every flood runs
     t0 = time.perf_counter()
     sent = 0
     while (now := time.perf_counter()) - t0 < seconds:
@@ -404,6 +405,15 @@ def amplification(target) -> list[dict]:
     return rows
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_hostile(args) -> None:
     """The ``--hostile`` measurement (see the module docstring)."""
     info = machine_info()
@@ -426,10 +436,19 @@ def run_hostile(args) -> None:
                 floods = [subprocess.Popen(
                     [sys.executable, __file__, "--flood", k, "--target",
                      f"{target[0]}:{target[1]}", "--flood-rate", str(args.flood_rate),
-                     "--seconds", str(args.seconds + 2)]) for k in kinds]
-                time.sleep(1.0)
+                     "--seconds", "600"], stdout=subprocess.PIPE, text=True) for k in kinds]
+                for f in floods:  # started (imports take seconds on a busy machine)
+                    if f.stdout is None or f.stdout.readline().strip() != "ready":
+                        raise SystemExit("a flooding process did not start")
+                time.sleep(0.5)
+                probe = Clients(target, 1)
+                st0, cpu0, t0 = probe.status(), cpu_seconds(proc.pid), time.perf_counter()
                 rtts, lost = good_client(target, args.seconds)
+                st1, cpu1 = probe.status(), cpu_seconds(proc.pid)
+                wall = time.perf_counter() - t0
+                probe.close()
                 for f in floods:
+                    f.terminate()
                     f.wait(timeout=60)
                 for name, xs, n_lost in ((f"unloaded (before {kind})", base, lost0),
                                          (f"flood: {kind}", rtts, lost)):
@@ -439,8 +458,12 @@ def run_hostile(args) -> None:
                           f"  max {row['max_ms']:7.2f} ms  n {row['n']:5d}  lost {n_lost}",
                           flush=True)
                 ratio = rows[-1]["p99_ms"] / rows[-2]["p99_ms"]
+                counts = {k: st1[k] - st0[k] for k in ("datagrams", "requests", "garbage",
+                                                       "busy", "limited")}
+                rows[-1].update(server_cpu_share=(cpu1 - cpu0) / wall, **counts)
                 results[kind] = ratio
-                print(f"{'':28s} p99 ratio to unloaded: {ratio:.2f} (goal <= 2)", flush=True)
+                print(f"{'':28s} p99 ratio to unloaded: {ratio:.2f} (goal <= 2); server CPU "
+                      f"{(cpu1 - cpu0) / wall:.0%} of a core; received {counts}", flush=True)
             amp = amplification(target)
             for r in amp:
                 print(f"reply size: {r['request']:28s} request {r['request_bytes']:5d} B  "
