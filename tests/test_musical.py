@@ -122,3 +122,15 @@ def test_generate_options_validate_min_duration():
         GenerateOptions(min_duration=-1).validate()
     with pytest.raises(InputError, match="min_duration"):
         GenerateOptions(min_duration=10.0, max_note_seconds=5.0).validate()
+
+
+def test_osc_sample_fills_in_the_musical_defaults():
+    from notochord_rt.apps.osc_values import sample_constraints
+
+    cons = sample_constraints({}, DEFAULTS)
+    assert cons.pitch_temp == DEFAULTS.pitch_temp and cons.vel_temp == DEFAULTS.vel_temp
+    assert cons.min_duration == DEFAULTS.min_durations()
+    mine = sample_constraints({"pitch_temp": 1.0, "min_duration": 0.2}, DEFAULTS)
+    assert mine.pitch_temp == 1.0 and mine.min_duration == 0.2  # the client's values win
+    raw = sample_constraints({}, None)
+    assert raw.pitch_temp == 1.0 and raw.min_duration == 0.0

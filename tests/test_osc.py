@@ -233,6 +233,15 @@ def test_sample_constraints_by_name(client):
         assert len(held) <= 2 and all(n[0] == 41 and n[1] in pitches for n in held)
 
 
+def test_sample_raw_flag(client):
+    for raw in ("true", "false"):
+        addr, r = client.ask("/notochord/sample", "raw", raw, "note_on_map",
+                             json.dumps({"violin": [60, 62]}), "handle", 7)
+        assert addr == "/return/notochord/sample" and r["inst"] == 41 and r["handle"] == 7
+    addr, r = client.ask("/notochord/sample", "raw", "maybe")
+    assert addr == "/return/notochord/error" and "raw" in r["message"]
+
+
 def test_sample_polyphony_guarantee_forces_a_note_off(client):
     client.send("/notochord/feed", 41, 60, 0.1, 80)
     client.send("/notochord/feed", 41, 62, 0.1, 80)

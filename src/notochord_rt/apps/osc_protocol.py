@@ -29,6 +29,7 @@ from ..engine.query import query_constraints
 from ..engine.sampler import _check_feed
 from ..engine.support import Compiled, compile_constraints
 from ..errors import InputError, NoPossibleEvents
+from .musical import DEFAULTS
 from .osc_values import (
     MAX_ABS,
     MAX_MESSAGE,
@@ -261,7 +262,8 @@ class Parser:
             raise InputError("seed: the server keeps one generator per session; give seed "
                              "to /notochord/session/open or /notochord/reset instead")
         return_params = _bool(kw.pop("return_params", False), "return_params")
-        key = kind + json.dumps(sorted(kw.items()), default=repr)
+        raw = kind == "sample" and _bool(kw.pop("raw", False), "raw")
+        key = kind + ("raw" if raw else "") + json.dumps(sorted(kw.items()), default=repr)
         hit = self._cache.get(key)
         if hit is None:
             try:
@@ -269,7 +271,7 @@ class Parser:
                     cons, order = query_constraints(query_values(kw))
                     cons.order = order
                 else:
-                    cons = sample_constraints(kw)
+                    cons = sample_constraints(kw, None if raw else DEFAULTS)
                     order = cons.order or "vtip"
                 hit = (compile_constraints(cons), order)
             except (InputError, NoPossibleEvents):

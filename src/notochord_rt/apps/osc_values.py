@@ -18,6 +18,7 @@ from typing import Any
 from .. import events as ev
 from ..engine.constraints import Constraints, Soft
 from ..errors import InputError
+from .musical import MusicalDefaults
 
 PREFIX = "/notochord"
 SHARED = 0  # the shared session
@@ -205,13 +206,23 @@ def constraint_value(name: str, value: Any) -> Any:
     raise InputError(f"unknown constraint {name!r}")
 
 
-def sample_constraints(kw: Mapping[str, Any]) -> Constraints:
-    """A validated :class:`Constraints` from ``{field name: decoded OSC value}``."""
+def sample_constraints(kw: Mapping[str, Any],
+                       defaults: MusicalDefaults | None = None) -> Constraints:
+    """A validated :class:`Constraints` from ``{field name: decoded OSC value}``.
+
+    ``defaults``: the musical defaults (:mod:`.musical`) filled in for the temperature and
+    minimum-duration fields the client left out (``None``: the model as it is).
+    """
     unknown = sorted(set(kw) - _CONSTRAINT_FIELDS)
     if unknown:
         raise InputError(f"unknown constraint(s) {', '.join(unknown)}; known: "
                          f"{', '.join(sorted(_CONSTRAINT_FIELDS))}")
-    return Constraints(**{k: constraint_value(k, v) for k, v in kw.items()}).validate()
+    values = {k: constraint_value(k, v) for k, v in kw.items()}
+    if defaults is not None:
+        filled = {"pitch_temp": defaults.pitch_temp, "inst_temp": defaults.inst_temp,
+                  "vel_temp": defaults.vel_temp, "min_duration": defaults.min_durations()}
+        values = {**{k: v for k, v in filled.items() if k not in values}, **values}
+    return Constraints(**values).validate()
 
 
 
