@@ -1,8 +1,14 @@
-"""The real-time player without MIDI hardware: a tiny random model and a recording sink.
+"""The real-time player without MIDI hardware: a tiny model and a recording sink.
 
 Covers planning at or after now, replanning on input, wall-clock deltas, note release on
 stop / reset / panic / error, the harmonize and improvise policies, and the pure helpers
 of the ports module (channel maps, feedback filter, MIDI out) with fake ports.
+
+No test sleeps to let the player work: each waits for what it needs to see (a player
+event, a note at the sink, a call run on the scheduler thread), with a timeout. Tests of
+the policies answering input run on an injected :class:`TickClock`, so the model's
+timeline is the one the test writes; the tests of autonomous playing keep the real clock,
+because timing (due times, lateness, lookahead) is what they check.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import mido
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_model
 
 from notochord_rt import Constraints, Notochord
 from notochord_rt.apps.harmonizer import Voice
@@ -26,33 +33,85 @@ from notochord_rt.errors import UserError
 torch.set_num_threads(1)
 
 VIOLIN, CELLO, PIANO = 41, 43, 1
+TIMEOUT = 10.0  # seconds; only reached when something is wrong
 
 
 def tiny(seed: int = 0) -> Notochord:
-    torch.manual_seed(seed)
-    return Notochord(emb_size=16, rnn_hidden=32, rnn_layers=1, mlp_layers=1, seed=seed)
+    return tiny_model(seed, init="default", sampler_seed=seed)
+
+
+class TickClock:
+    """An injected clock: ``advance(dt)`` moves it, and every read adds 1 µs (time never
+    stands still, so latencies are positive). Thread-safe."""
+
+    def __init__(self, start: float = 100.0) -> None:
+        self.t = start
+        self.lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self.lock:
+            self.t += 1e-6
+            return self.t
+
+    def advance(self, dt: float) -> None:
+        with self.lock:
+            self.t += dt
 
 
 class Recorder:
-    """A sink that records ``(time, inst, pitch, vel)`` and panics."""
+    """A sink that records ``(time, inst, pitch, vel)`` and panics, and (as a player
+    listener) every :class:`PlayerEvent`; :meth:`until` waits for a condition on them."""
 
     def __init__(self) -> None:
         self.notes: list[tuple[float, int, int, int]] = []
+        self.events: list = []
         self.panics = 0
-        self.lock = threading.Lock()
+        self.cond = threading.Condition()
 
     def note(self, inst: int, pitch: int, vel: int) -> None:
-        with self.lock:
+        with self.cond:
             self.notes.append((time.perf_counter(), inst, pitch, vel))
+            self.cond.notify_all()
 
     def panic(self) -> None:
-        self.panics += 1
+        with self.cond:
+            self.panics += 1
+            self.cond.notify_all()
+
+    def __call__(self, event) -> None:  # player listener
+        with self.cond:
+            self.events.append(event)
+            self.cond.notify_all()
+
+    def kinds(self, kind: str) -> list:
+        with self.cond:
+            return [e for e in self.events if e.kind == kind]
+
+    def until(self, predicate, timeout: float = TIMEOUT) -> None:
+        with self.cond:
+            assert self.cond.wait_for(predicate, timeout), "timed out waiting for the player"
 
     def sounding(self) -> set[tuple[int, int]]:
         on: set[tuple[int, int]] = set()
-        for _, i, p, v in self.notes:
+        with self.cond:
+            notes = list(self.notes)
+        for _, i, p, v in notes:
             (on.add if v > 0 else on.discard)((i, p))
         return on
+
+
+def player_with(model, policy, config=None, **kw) -> tuple[Player, Recorder]:
+    sink = Recorder()
+    player = Player(model, sink, policy, config, **kw)
+    player.add_listener(sink)
+    return player, sink
+
+
+def sync(player: Player) -> None:
+    """Return once the scheduler thread has handled everything queued before this call."""
+    done = threading.Event()
+    player.call(lambda ctx: done.set())
+    assert done.wait(TIMEOUT), "the scheduler thread did not run the call"
 
 
 class Auto(Policy):
@@ -66,23 +125,15 @@ class Auto(Policy):
         return self.cons
 
 
-def run_for(player: Player, seconds: float) -> None:
-    with player:
-        time.sleep(seconds)
-
-
-# -- autonomous playing --------------------------------------------------------------------------
+# -- autonomous playing (real clock: timing is the subject) --------------------------------------
 def test_autonomous_events_are_played_at_their_planned_times_and_released_on_stop():
-    sink = Recorder()
-    player = Player(tiny(), sink, Auto())
-    events = []
-    player.add_listener(events.append)
-    run_for(player, 0.8)
-    outs = [e for e in events if e.kind == "output"]
-    assert len(outs) >= 4
+    player, sink = player_with(tiny(), Auto())
+    with player:
+        sink.until(lambda: len(sink.kinds("output")) >= 4)
+    outs = sink.kinds("output")
     assert all(e.inst == VIOLIN and 60 <= e.pitch < 72 for e in outs)
     # every output was planned first, and sent no earlier than planned
-    planned = [e for e in events if e.kind == "planned"]
+    planned = sink.kinds("planned")
     assert len(planned) >= len(outs)
     late = player.stats.values("lateness")
     assert len(late) == len(outs) and (late >= 0).all()
@@ -96,10 +147,8 @@ def test_autonomous_events_are_played_at_their_planned_times_and_released_on_sto
 
 def test_min_time_is_never_before_now():
     """Every planned due time is at or after the moment its sampling started."""
-    sink = Recorder()
-    player = Player(tiny(1), sink, Auto(), PlayerConfig(lookahead=0.003))
+    player, sink = player_with(tiny(1), Auto(), PlayerConfig(lookahead=0.003))
     starts: list[float] = []
-    dues: list[float] = []
     real_sample = player.model.sample
 
     def timed_sample(*a, **kw):
@@ -107,9 +156,9 @@ def test_min_time_is_never_before_now():
         return real_sample(*a, **kw)
 
     player.model.sample = timed_sample  # the player's only model call goes through here
-    player.add_listener(lambda e: dues.append(e.t) if e.kind == "planned" else None)
-    run_for(player, 0.5)
-    assert len(dues) >= 3
+    with player:
+        sink.until(lambda: len(sink.kinds("planned")) >= 3)
+    dues = [e.t for e in sink.kinds("planned")]
     # planned events are sampled in _make_plan: each due >= its sampling start + lookahead
     # (1 ms slack: the player reads its clock just before this wrapper does)
     assert all(d >= s + 0.003 - 0.001 for s, d in zip(starts, dues))
@@ -117,16 +166,16 @@ def test_min_time_is_never_before_now():
 
 def test_lookahead_adapts_to_slow_sampling():
     """With sampling made 10 ms slower, plans move later and events are not sent late."""
-    sink = Recorder()
-    player = Player(tiny(2), sink, Auto(), PlayerConfig(lookahead=0.002))
+    player, sink = player_with(tiny(2), Auto(), PlayerConfig(lookahead=0.002))
     real_sample = player.model.sample
 
     def slow_sample(*a, **kw):
-        time.sleep(0.01)
+        time.sleep(0.01)  # the subject of the test: a slower model
         return real_sample(*a, **kw)
 
     player.model.sample = slow_sample
-    run_for(player, 1.2)
+    with player:
+        sink.until(lambda: len(sink.kinds("output")) >= 16)
     assert player.lookahead() >= 1.25 * 0.01
     late = player.stats.values("lateness")[10:]  # after the first plans are measured
     assert len(late) >= 5
@@ -138,23 +187,23 @@ def test_input_replans_and_is_fed_with_wall_clock_deltas():
         def next_constraints(self, ctx):
             return Constraints(note_on_map={VIOLIN: range(60, 72)}, time_ranges=[(1.5, 2.0)])
 
-    model, sink = tiny(), Recorder()
-    player = Player(model, sink, Slow())
-    events = []
-    player.add_listener(events.append)
+    clock = TickClock()
+    model = tiny()
+    player, sink = player_with(model, Slow(), clock=clock)
     with player:
-        time.sleep(0.1)
+        sink.until(lambda: sink.kinds("planned"))
         t0 = player.clock()
         player.note_input(PIANO, 60, 100, t0)
         player.note_input(PIANO, 60, 0, t0 + 0.25)
-        time.sleep(0.2)
+        sink.until(lambda: len(sink.kinds("input")) == 2)
+        sync(player)
         fed_after = model.current_time
-    kinds = [e.kind for e in events]
+    kinds = [e.kind for e in sink.events]
     assert kinds.count("replanned") >= 1
     assert player.stats.summary()["counts"]["replans"] >= 1
     assert "output" not in kinds  # the far plan never came due
     # the two inputs are 0.25 s apart on the model's timeline
-    ins = [e for e in events if e.kind == "input"]
+    ins = sink.kinds("input")
     assert [e.vel for e in ins] == [100, 0]
     assert ins[1].t - ins[0].t == pytest.approx(0.25)
     assert fed_after >= 0.25
@@ -172,12 +221,10 @@ def test_error_in_policy_stops_the_player_and_releases_every_note():
             if self.n == 3:
                 raise RuntimeError("policy bug")
 
-    sink = Recorder()
-    player = Player(tiny(), sink, Boom())
+    player, sink = player_with(tiny(), Boom())
     with player:
-        deadline = time.monotonic() + 5
-        while player.running and time.monotonic() < deadline:
-            time.sleep(0.01)
+        sink.until(lambda: sink.kinds("error"))
+    assert not player.running
     assert isinstance(player.error, RuntimeError)
     assert sink.sounding() == set() and sink.panics >= 1
 
@@ -188,29 +235,26 @@ def test_panic_and_reset_release_notes_and_keep_the_model_in_step():
             return Constraints(note_on_map={VIOLIN: range(60, 72)}, note_off_map={},
                                max_time=0.02, max_polyphony=12)
 
-    model, sink = tiny(), Recorder()
-    player = Player(model, sink, Held())
+    model = tiny()
+    player, sink = player_with(model, Held())
     with player:
-        deadline = time.monotonic() + 5
-        while len(sink.sounding()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        sink.until(lambda: len(sink.sounding()) >= 2)
         player.call(lambda ctx: setattr(player, "policy", Policy()))  # stop playing
         player.panic()
-        time.sleep(0.2)
+        sink.until(lambda: sink.kinds("panic"))
         assert sink.sounding() == set()
         assert model.held_map().get(VIOLIN, set()) == set()  # note-offs were fed
         player.reset()
-        time.sleep(0.1)
+        sink.until(lambda: sink.kinds("reset"))
         assert model.current_time < 0.2  # a fresh stream
     assert sink.panics >= 2
 
 
 def test_stop_twice_and_without_start_is_safe():
-    sink = Recorder()
-    player = Player(tiny(), sink, Auto())
+    player, sink = player_with(tiny(), Auto())
     player.stop()
     player.start()
-    time.sleep(0.1)
+    sink.until(lambda: sink.kinds("planned"))
     player.stop()
     player.stop()
     assert sink.sounding() == set()
@@ -219,18 +263,18 @@ def test_stop_twice_and_without_start_is_safe():
 # -- policies --------------------------------------------------------------------------------------
 def test_harmonize_policy_answers_each_note_within_range_and_releases_with_it():
     voices = [Voice(VIOLIN, -12, -3), Voice(CELLO, -24, -13)]
-    model, sink = tiny(), Recorder()
-    player = Player(model, sink, HarmonizePolicy(voices))
+    clock = TickClock()
+    player, sink = player_with(tiny(), HarmonizePolicy(voices), clock=clock)
     played = [60, 64, 67, 72, 55]
     with player:
         for p in played:
             player.note_input(PIANO, p, 90)
-            time.sleep(0.02)
-        time.sleep(0.1)
-        assert len(sink.sounding()) == 2 * len(played)
+            clock.advance(0.02)
+        sink.until(lambda: len(sink.sounding()) == 2 * len(played))
         for p in played:
             player.note_input(PIANO, p, 0)
-        time.sleep(0.1)
+        sink.until(lambda: len(sink.kinds("input")) == 2 * len(played))
+        sync(player)
         assert sink.sounding() == set()
     ons = [(i, p, v) for _, i, p, v in sink.notes if v > 0]
     assert len(ons) == 2 * len(played)
@@ -249,17 +293,20 @@ def test_harmonize_restruck_note_keeps_output_and_model_consistent():
     """A held note played again (no note-off between) and voices on narrow ranges, so
     a voice note is often re-sampled on the pitch whose release is still pending."""
     voices = [Voice(VIOLIN, -2, -1)]
-    model, sink = tiny(3), Recorder()
-    player = Player(model, sink, HarmonizePolicy(voices))
+    clock = TickClock()
+    model = tiny(3)
+    player, sink = player_with(model, HarmonizePolicy(voices), clock=clock)
     with player:
         for _ in range(8):
             player.note_input(PIANO, 60, 80)
-            time.sleep(0.02)
-        time.sleep(0.1)
+            clock.advance(0.02)
+        sink.until(lambda: len(sink.kinds("input")) == 8)
+        sync(player)
         sounding = sink.sounding()
         held = model.held_map().get(VIOLIN, set())
         player.note_input(PIANO, 60, 0)
-        time.sleep(0.1)
+        sink.until(lambda: len(sink.kinds("input")) == 9)
+        sync(player)
         after = sink.sounding()
     assert len(sounding) == 1 and {p for _, p in sounding} == held  # sink == model
     assert after == set()
@@ -276,23 +323,23 @@ def test_harmonize_restruck_note_keeps_output_and_model_consistent():
 def test_improvise_plays_only_model_instruments_and_follows_steering():
     policy = ImprovisePolicy([VIOLIN], [PIANO], max_polyphony=2, max_duration=0.2,
                              max_time=0.1)
-    model, sink = tiny(), Recorder()
-    player = Player(model, sink, policy)
+    player, sink = player_with(tiny(), policy)
     with player:
         for k in range(5):
             player.note_input(PIANO, 48 + k, 80)
-            time.sleep(0.04)
+        sink.until(lambda: len(sink.kinds("input")) == 5)
         player.control("steer_pitch", 1.0)
         player.control("steer_rate", 0.9)
-        time.sleep(0.3)
+        sync(player)
         assert policy.constraints().truncate_quantile_pitch == quantile_window(1.0)
         assert policy.constraints().truncate_quantile_time == pytest.approx(
             quantile_window(0.1))
+        sink.until(lambda: len(sink.kinds("output")) >= 2)  # it plays on its own
         player.control("mute", 1.0)
-        time.sleep(0.2)
+        sync(player)
+        sink.until(lambda: sink.sounding() == set())
         n_muted = len(sink.notes)
-        assert sink.sounding() == set()
-        time.sleep(0.2)
+        time.sleep(0.2)  # the subject: nothing is played while muted
         assert len(sink.notes) == n_muted  # muted: silent
     assert {i for _, i, _, _ in sink.notes} == {VIOLIN}
     assert player.stats.summary()["counts"]["inputs"] == 5
