@@ -22,8 +22,7 @@ import struct
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from midifiles import MAX_VARLEN, varlen  # noqa: E402
+from midifiles import MAX_VARLEN, varlen
 
 
 def header(fmt: int, ntracks: int, division: int, length: int = 6) -> bytes:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from midifiles import bpm, notes_track, write_midi_bytes
+from tiny import tiny_config
 
 from notochord_rt.cli import main as cli_main
 from notochord_rt.data import balance
@@ -163,11 +164,12 @@ def data(tmp_path_factory):
 def run_config(data, out, **kw) -> TrainConfig:
     base = dict(data=str(data), out=str(out), batch_size=4, batch_len=16, valid_len=32,
                 valid_batches=1, progress=False, lr=3e-3, device="cpu", balance="ensemble",
-                model={"emb_size": 16, "rnn_hidden": 32, "rnn_layers": 1, "mlp_layers": 1})
+                model=tiny_config())
     base.update(kw)
     return TrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_trainer_balanced_run_resumes_bit_for_bit(data, tmp_path):
     torch.set_num_threads(1)
     straight = Trainer(run_config(data, tmp_path / "a", max_steps=6))

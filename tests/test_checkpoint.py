@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny import FEW_FEATURES, tiny_config
 
 from notochord_rt.cli import main
 from notochord_rt.errors import CheckpointError
@@ -20,8 +21,7 @@ from notochord_rt.model.network import NotochordNet
 
 torch.set_num_threads(1)
 
-TINY = dict(emb_size=16, rnn_hidden=24, rnn_layers=2, mlp_layers=1, time_sines=8,
-            vel_sines=8, time_components=4, vel_components=3)
+TINY = tiny_config(rnn_layers=2, **FEW_FEATURES)
 SEQ = ([1, 129, 41], [60, 36, 72], [0.0, 0.1, 0.7], [90, 100, 0])
 
 

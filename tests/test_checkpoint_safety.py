@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny import FEW_FEATURES, tiny_config
 
 from notochord_rt.errors import CheckpointError
 from notochord_rt.model import checkpoint as ck
@@ -23,8 +24,7 @@ from notochord_rt.train.evaluate import json_safe
 
 torch.set_num_threads(1)
 
-TINY = dict(emb_size=16, rnn_hidden=24, rnn_layers=2, mlp_layers=1, time_sines=8,
-            vel_sines=8, time_components=4, vel_components=3)
+TINY = tiny_config(rnn_layers=2, **FEW_FEATURES)
 ROOT = Path(__file__).resolve().parents[1]
 MIDI = ROOT / "examples" / "midi" / "bach__bwv10.7_0.mid"
 LOAD_BOUND_S = 1.0  # generous: these loads take milliseconds; building 16000-wide took 7 s
@@ -102,7 +102,7 @@ def test_bad_config_values_are_refused_before_building(good, tmp_path, change, m
 @pytest.mark.parametrize("text,match", [
     ('{"extra": ' + "[" * 5000 + "]" * 5000 + "}", "nested deeper"),
     ('{"extra": ' + "[" * 20 + "]" * 20 + "}", "nested deeper than 8"),
-    ('{"extra": "' + "x" * 70_000 + '"}', "characters long"),
+    ('{"extra": "' + "x" * 80_000 + '"}', "characters long"),
     ("[1, 2]", "not a JSON object"),
     ("{not json", "not JSON"),
 ])
@@ -132,6 +132,23 @@ def test_half_precision_weights_still_load(good, tmp_path):
     assert net.end_head.bias.dtype == torch.float32
 
 
+@pytest.mark.xfail(strict=True, reason="bug: model.checkpoint._file_kind reads a "
+                   "safetensors file whose header length has 0x80 as its low byte as a torch "
+                   "pickle (the byte 0x80 is tested before the '{' at offset 8)")
+def test_any_header_length_is_read_as_safetensors(good, tmp_path):
+    """About one safetensors file in 256 has a header length whose first (little-endian)
+    byte is 0x80, the first byte of a pickle; it must still load as safetensors."""
+    meta, tensors = ck.read_metadata(good), load_file(str(good))
+    path = tmp_path / "pad.safetensors"
+    for pad in range(512):
+        save_file(tensors, str(path), metadata={**meta, "pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no padding gave a header length ending in 0x80")
+    assert NotochordNet.load(path).config.rnn_hidden == TINY["rnn_hidden"]
+
+
 def test_huge_announced_header_is_refused(good, tmp_path):
     data = bytearray(good.read_bytes())
     data[:8] = (MAX_HEADER_BYTES + 1).to_bytes(8, "little")
@@ -159,7 +176,7 @@ def reference_file(tmp_path: Path, hparams: dict, mutate=None) -> Path:
 
 @pytest.mark.reference
 def test_reference_checkpoint_control_loads(tmp_path):
-    assert NotochordNet.load(reference_file(tmp_path, TINY)).config.rnn_hidden == 24
+    assert NotochordNet.load(reference_file(tmp_path, TINY)).config.rnn_hidden == TINY["rnn_hidden"]
 
 
 @pytest.mark.reference
@@ -184,6 +201,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
 
 
+@pytest.mark.slow
 def test_cli_refusals_are_one_line_and_eval_json_stays_json(good, tmp_path):
     huge = variant(good, tmp_path / "huge.safetensors", config={"rnn_hidden": 10**9})
     nan = variant(good, tmp_path / "nan.safetensors",

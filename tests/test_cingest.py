@@ -213,6 +213,7 @@ def random_song(rng: random.Random) -> bytes:
     return write_midi_bytes(tracks, rng.choice([1, 96, 480]))
 
 
+@pytest.mark.slow
 def test_random_songs_agree():
     rng = random.Random(1)
     seen = set()

@@ -277,6 +277,7 @@ def build_lib(dest: Path, lib: Path, **kw) -> dict:
 
 
 @needs_mma
+@pytest.mark.slow
 def test_mma_build_leaves_out_drum_grooves_is_deterministic_and_cached(tmp_path):
     lib = groove_lib(tmp_path)
     a, b = tmp_path / "a", tmp_path / "b"
@@ -353,6 +354,7 @@ def test_mma_real_library_songs_are_valid(tmp_path):
 
 
 @needs_music21
+@pytest.mark.slow
 def test_music21_build_is_valid_deterministic_and_cached(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     rc = cli_main(["corpus", "build", str(a), "--sources", "music21", "--limit", "3", "-j", "2"])

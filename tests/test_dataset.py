@@ -194,6 +194,7 @@ def test_valid_windows_fixed_train_crops_vary_and_seeds_reproduce(store_root):
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.slow
 def test_two_persistent_workers_match_single_process(store_root, context):
     ds = CropDataset(store_root, "train", batch_len=16, seed=2)
     loader = make_loader(ds, batch_size=2, shuffle=False, num_workers=2,

@@ -11,6 +11,7 @@ import mido
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_config
 
 from notochord_rt.cli import main as cli_main
 from notochord_rt.data.store import write_split
@@ -18,15 +19,10 @@ from notochord_rt.events import EventArrays
 from notochord_rt.model.network import NotochordNet
 from notochord_rt.train.evaluate import ALL_ORDERS, evaluate
 
-TINY = {"emb_size": 32, "rnn_hidden": 64, "rnn_layers": 2, "mlp_layers": 1}
+TINY = tiny_config(rnn_layers=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def random_model(seed: int = 0) -> NotochordNet:

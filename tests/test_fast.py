@@ -6,6 +6,7 @@ import importlib.util
 
 import pytest
 import torch
+from tiny import tiny_net
 from torch import nn
 
 from notochord_rt.engine.core import InferenceCore, ModuleCore
@@ -24,16 +25,12 @@ EVENTS = [(0, 128, 0.0, 0.0), (5, 60, 0.25, 80.0), (300, 12, 3.0, 0.0), (1, 127,
           (129, 36, 9.99, 33.5), (41, 70, 0.0, 0.0)]
 
 
+MULTI_LAYER = dict(rnn_layers=2, mlp_layers=2)  # every stacked-layer path of the core
+
+
 def _net(seed: int = 0, scale: float = 0.3, **kw) -> NotochordNet:
     """A tiny net with every weight perturbed, so that heads are far from their tiny init."""
-    torch.manual_seed(seed)
-    cfg = dict(emb_size=32, rnn_hidden=48, rnn_layers=2, mlp_layers=2)
-    cfg.update(kw)
-    net = NotochordNet(**cfg).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return net
+    return tiny_net(seed, init=scale, **{**MULTI_LAYER, **kw})
 
 
 def _compare(a, b, events=EVENTS) -> dict[str, float]:
@@ -119,7 +116,8 @@ def test_batched_methods_match_batch_one():
     fast = FastCore(net)
     n = 5
     g = torch.Generator().manual_seed(1)
-    state = fast.initial_state_batch(n) + 0.3 * torch.randn(2, n, 48, generator=g)
+    hidden = net.config.rnn_hidden
+    state = fast.initial_state_batch(n) + 0.3 * torch.randn(2, n, hidden, generator=g)
     inst = torch.tensor([0, 5, 300, 1, 129])
     pitch = torch.tensor([128, 60, 12, 127, 36])
     time = torch.tensor([0.0, 0.25, 3.0, 0.001, 9.99])
@@ -168,7 +166,7 @@ def test_bad_arguments_raise_input_error():
     with pytest.raises(InputError, match="sub"):
         fast.embed("x", 1)
     with pytest.raises(InputError, match="sub"):
-        fast.head("q", torch.zeros(32))
+        fast.head("q", torch.zeros(16))
 
 
 def test_misread_layout_is_refused():

@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from midifiles import note_spans as notes_of
+from midifiles import simple_song
+from tiny import tiny_model
 
 from notochord_rt import events as ev
 from notochord_rt.apps import render
@@ -21,11 +24,6 @@ from notochord_rt.engine.sampler import Notochord
 from notochord_rt.errors import CheckpointError, InputError, NoPossibleEvents
 from notochord_rt.midi.ingest import load_midi
 from notochord_rt.model import checkpoint
-
-sys.path.insert(0, str(Path(__file__).parent))
-from midifiles import note_spans as notes_of  # noqa: E402
-from midifiles import simple_song  # noqa: E402
-from tiny import tiny_model  # noqa: E402
 
 HAS_FLUIDSYNTH = shutil.which("fluidsynth") is not None
 
@@ -342,6 +340,7 @@ def test_cli_missing_soundfont_still_writes_midi(files, tmp_path, capsys, monkey
     assert "SoundFont" in err and "fluid-soundfont-gm" in err
 
 
+@pytest.mark.slow
 def test_cli_subprocess(files, tmp_path):
     out = tmp_path / "p.mid"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import tiny_config
 
 from notochord_rt.data.store import write_split
 from notochord_rt.events import EventArrays
@@ -25,8 +26,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train-gpu.sh"
-TINY_FLAGS = ["--device", "cpu", "--precision", "fp32", "--model", "emb_size=16",
-              "--model", "rnn_hidden=32", "--model", "rnn_layers=1", "--model", "mlp_layers=1",
+TINY_FLAGS = ["--device", "cpu", "--precision", "fp32",
+              *[a for k, v in tiny_config().items() for a in ("--model", f"{k}={v}")],
               "--batch-size", "4", "--batch-len", "32", "--max-steps", "3", "--num-workers", "0",
               "--threads", "1", "--valid-len", "64"]
 
@@ -61,6 +62,7 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_recipe_trains_and_copies_back_the_model(prepared: Path, tmp_path: Path):
     out = tmp_path / "out"
     result = _run([str(prepared), str(out), "0.5", *TINY_FLAGS], tmp_path)

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from midifiles import note_spans as note_rows
+from midifiles import simple_song
+from tiny import tiny_model
 
 from notochord_rt import events as ev
 from notochord_rt.apps.harmonizer import (
@@ -21,11 +24,6 @@ from notochord_rt.cli import main
 from notochord_rt.engine.sampler import Notochord
 from notochord_rt.errors import InputError
 from notochord_rt.midi.ingest import load_midi
-
-sys.path.insert(0, str(Path(__file__).parent))
-from midifiles import note_spans as note_rows  # noqa: E402
-from midifiles import simple_song  # noqa: E402
-from tiny import tiny_model  # noqa: E402
 
 VIOLIN, FLUTE, PIANO, BASS = 41, 74, 1, 34
 

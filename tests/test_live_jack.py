@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from jack import Probe, jack_or_skip, sounding_after
+from tiny import tiny_model
 
 from notochord_rt import Notochord
 from notochord_rt.apps.harmonizer import Voice
@@ -47,8 +48,7 @@ def probe(jack):
 
 
 def tiny(seed: int = 0) -> Notochord:
-    torch.manual_seed(seed)
-    return Notochord(emb_size=16, rnn_hidden=32, rnn_layers=1, mlp_layers=1, seed=seed)
+    return tiny_model(seed, init="default", sampler_seed=seed)
 
 
 def notes_on(msgs, channel=None):
@@ -68,6 +68,7 @@ def options(probe_in: str, probe_out: str | None, **kw) -> LiveOptions:
                        outputs=[probe_out] if probe_out else [], client_name="app", **kw)
 
 
+@pytest.mark.slow
 def test_harmonize_through_jack_ports(probe):
     voices = [Voice(VIOLIN, -12, -3), Voice(CELLO, -24, -13)]
     cin = ChannelMap({0: PIANO})
@@ -100,6 +101,7 @@ def test_harmonize_through_jack_ports(probe):
     assert len(latency) == 2 * len(played) and (latency < 0.5).all()
 
 
+@pytest.mark.slow
 def test_improvise_plays_and_releases_everything_on_exit(probe):
     policy = ImprovisePolicy([VIOLIN], [PIANO], max_polyphony=3, max_duration=0.3, max_time=0.1)
     with LiveSession(tiny(), policy, ChannelMap({0: PIANO}), ChannelMap({1: VIOLIN}),
@@ -120,6 +122,7 @@ def test_improvise_plays_and_releases_everything_on_exit(probe):
     assert sounding_after(msgs, all_notes_off=False) == set()
 
 
+@pytest.mark.slow
 def test_feedback_suppression_in_a_loopback(jack):
     """The app's output is wired back to its own input; echoes are not fed as input."""
 
@@ -144,6 +147,7 @@ def test_feedback_suppression_in_a_loopback(jack):
     assert outs >= 3 and fed == 0 and dropped >= 3
 
 
+@pytest.mark.slow
 def test_lost_input_port_is_reported_and_the_app_keeps_running(jack):
     keys, synth = Probe("keys"), Probe("synth")
     try:
@@ -169,6 +173,7 @@ def test_lost_input_port_is_reported_and_the_app_keeps_running(jack):
         synth.close()
 
 
+@pytest.mark.slow
 def test_lost_port_exits_cleanly_when_asked(jack):
     keys, synth = Probe("keys2"), Probe("synth2")
     try:
@@ -211,6 +216,7 @@ def checkpoint(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_improvise_command_end_to_end(jack, probe, checkpoint, tmp_path):
     stats = tmp_path / "stats.json"
     r = _cli(["improvise", "--checkpoint", str(checkpoint), "--precision", "module",
@@ -225,6 +231,7 @@ def test_improvise_command_end_to_end(jack, probe, checkpoint, tmp_path):
     assert summary["counts"]["outputs"] >= 3 and summary["lateness"]["n"] >= 3
 
 
+@pytest.mark.slow
 def test_harmonize_live_command_end_to_end(jack, probe, checkpoint):
     env = dict(os.environ, JACK_DEFAULT_SERVER=jack)
     proc = subprocess.Popen(
@@ -266,6 +273,7 @@ def test_default_api_is_one_that_runs(jack):
         rt_api("nosuchapi")
 
 
+@pytest.mark.slow
 def test_replugged_output_gets_programs_again(jack):
     keys, synth = Probe("keys3"), Probe("synth3")
     try:

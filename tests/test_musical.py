@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from tiny import tiny_model
 
 from notochord_rt import events as ev
@@ -12,13 +11,7 @@ from notochord_rt.apps.generate import GenerateOptions, generate
 from notochord_rt.apps.musical import DEFAULTS, RAW, InstrumentBalance, defaults_for
 from notochord_rt.errors import InputError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_raw_switches_everything_off():
@@ -77,6 +70,7 @@ def _counts(result, insts):
     return [int((ons == i).sum()) for i in insts]
 
 
+@pytest.mark.slow
 def test_generate_balance_lets_every_named_instrument_play():
     insts = [1, 41, 74, ev.STANDARD_KIT]
     raw, balanced = [], []

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny import FEW_FEATURES, tiny_config
 
 from notochord_rt.errors import InputError
 from notochord_rt.model.config import NotochordConfig
@@ -13,8 +14,7 @@ from notochord_rt.model.network import NotochordNet, order_mask, random_cond_mas
 
 torch.set_num_threads(1)
 
-TINY = dict(emb_size=16, rnn_hidden=24, rnn_layers=2, mlp_layers=1, time_sines=8,
-            vel_sines=8, time_components=4, vel_components=3)
+TINY = tiny_config(rnn_layers=2, **FEW_FEATURES)
 
 
 def tiny(seed=0, **kw):

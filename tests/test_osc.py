@@ -24,6 +24,7 @@ from midifiles import simple_song
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
+from tiny import tiny_net
 
 from notochord_rt import cli
 from notochord_rt.apps import osc_protocol as proto
@@ -41,12 +42,7 @@ TIMEOUT = 5.0
 
 @pytest.fixture(scope="module")
 def net() -> NotochordNet:
-    torch.manual_seed(0)
-    n = NotochordNet(emb_size=16, rnn_hidden=32, rnn_layers=1, mlp_layers=1).eval()
-    with torch.no_grad():
-        for p in n.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return n
+    return tiny_net(0, init=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -516,6 +512,7 @@ def test_no_files_refuses_prompt_and_load(net, ckpt):
         srv.stop()
 
 
+@pytest.mark.slow
 def test_garbage_is_dropped_and_a_flood_does_not_stop_the_server(server, client):
     rng = np.random.default_rng(0)
     client.sock.sendto(b"", server.address)
@@ -543,6 +540,7 @@ def test_garbage_is_dropped_and_a_flood_does_not_stop_the_server(server, client)
     assert st["garbage"] + st["limited"] >= 1000  # the rest were cut by the rate limit
 
 
+@pytest.mark.slow
 def test_error_replies_are_rate_limited(net):
     srv = OscServer(Sessions(net, max_sessions=0), port=0, error_rate=20).start()
     c = Client(srv.address)
@@ -623,6 +621,7 @@ def test_cli_missing_checkpoint_is_a_clear_error(capsys, tmp_path):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_serves_and_stops_on_ctrl_c(ckpt, tmp_path):
     song = tmp_path / "p.mid"
     song.write_bytes(simple_song())

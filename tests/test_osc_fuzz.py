@@ -106,6 +106,7 @@ def packets(rng: np.random.Generator, pool: list[bytes]):
             yield pool[int(rng.integers(len(pool)))]
 
 
+@pytest.mark.slow
 def test_fuzz_the_parser_in_process():
     rng = np.random.default_rng(SEED)
     pool = corpus()
@@ -129,6 +130,7 @@ def test_fuzz_the_parser_in_process():
     assert n > 1000 and parsed > n // 10  # both paths were exercised
 
 
+@pytest.mark.slow
 def test_fuzz_a_running_server_over_udp(net):  # noqa: F811
     srv = OscServer(Sessions(net, max_sessions=4, seed=0), port=0, rate=1e6,
                     burst=1e6, error_rate=1000).start()

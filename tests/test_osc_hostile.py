@@ -247,6 +247,7 @@ def test_session_tokens_and_per_host_limit(client):
     assert client.ask("/notochord/session/open")[0] == "/return/notochord/session/open"
 
 
+@pytest.mark.slow
 def test_an_expired_session_tells_its_owner(net):  # noqa: F811
     srv = OscServer(Sessions(net, max_sessions=2, seed=0), port=0, session_timeout=0.3).start()
     c = Client(srv.address)
@@ -382,6 +383,7 @@ def test_special_and_large_files_are_refused_and_never_block(file_server):
     alive(c)
 
 
+@pytest.mark.slow
 def test_a_long_prompt_does_not_stop_other_clients(file_server):
     srv, c, root = file_server
     q = 96
@@ -476,6 +478,7 @@ def test_bundles_count_per_message_against_the_rate(net):  # noqa: F811
         srv.stop()
 
 
+@pytest.mark.slow
 def test_a_slow_load_times_out_without_blocking(net, tmp_path):  # noqa: F811
     (tmp_path / "slow.safetensors").write_bytes(b"x")
 
@@ -518,6 +521,7 @@ ISSUE_PACKETS = [
 ]
 
 
+@pytest.mark.slow
 def test_the_cli_server_survives_the_issue_packets(ckpt):
     import re
     import select

@@ -176,6 +176,7 @@ def test_incremental_step_matches_batched_pass_and_reference_feed(tmp_path):
         assert abs(value.item() - batched[key][k].item()) < TOL, key
 
 
+@pytest.mark.slow
 def test_default_size_parity(tmp_path):
     """Once at the reference's default size (17.7 M parameters), a few orders."""
     ref, path = reference_checkpoint(tmp_path, {}, seed=3)
@@ -188,6 +189,7 @@ def test_default_size_parity(tmp_path):
                       reference_scores(ref, seq, order), order)
 
 
+@pytest.mark.slow
 def test_our_float32_is_closer_to_exact_than_the_reference_float32(tmp_path):
     """Where the two float32 passes differ, ours is the accurate one."""
     ref32, path = reference_checkpoint(tmp_path, {}, seed=11)

@@ -206,6 +206,7 @@ def test_interrupted_run_loses_only_files_in_flight(corpus, tmp_path):
     assert resumed.processed_now == len(files) - 10
 
 
+@pytest.mark.slow
 def test_crashing_and_hanging_workers_are_reported(corpus, tmp_path, monkeypatch):
     root, paths = corpus
     monkeypatch.setenv(pw.FAULT_ENV, "crash=song_01;abort=song_02;hang=song_04")

@@ -81,6 +81,7 @@ def test_crash_inside_a_batch_costs_only_its_file(tmp_path):
             assert o.value.status == pw.OK and o.value.num_events == 120
 
 
+@pytest.mark.slow
 def test_hang_inside_a_batch_is_a_timeout_of_that_file_only(tmp_path):
     files = _names(songs(tmp_path, 6))
     config = pw.WorkerConfig(fault="hang=song_003")

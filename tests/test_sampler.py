@@ -8,28 +8,25 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_config, tiny_model
 
 from notochord_rt.engine.constraints import Constraints
 from notochord_rt.engine.core import InferenceCore, ModuleCore
 from notochord_rt.engine.sampler import Notochord, SampledEvent
 from notochord_rt.errors import InputError, NoPossibleEvents
 
-TINY = {"emb_size": 16, "rnn_hidden": 32, "rnn_layers": 2, "mlp_layers": 1, "dropout": 0.0}
+TWO_LAYERS = tiny_config(rnn_layers=2)  # the multi-layer recurrent state
 
 
-def tiny_model(seed: int = 0) -> Notochord:
-    torch.manual_seed(seed)
-    m = Notochord(**TINY, seed=seed)
-    with torch.no_grad():  # random, far-from-uniform weights so that tests can fail
-        for p in m.parameters():
-            p.normal_(0.0, 0.5)
+def two_layer_model(seed: int = 0) -> Notochord:
+    m = tiny_model(seed, sampler_seed=seed, **TWO_LAYERS)
     m.reset()
     return m
 
 
 @pytest.fixture
 def model() -> Notochord:
-    return tiny_model()
+    return two_layer_model()
 
 
 def play(m: Notochord, n: int, cons=None, order=None) -> list[SampledEvent]:
@@ -95,7 +92,7 @@ def test_restored_context_is_not_stale(model):
     snap = model.get_state()
     play(model, 3)
     model.set_state(snap)
-    fresh = tiny_model()
+    fresh = two_layer_model()
     for e in events:
         fresh.feed(**e.as_dict())
     assert model.sample(seed=11) == fresh.sample(seed=11)
@@ -248,6 +245,7 @@ def test_fast_core_gives_the_same_events(model):
         model.use_core(object())
 
 
+@pytest.mark.slow
 def test_package_import_is_torch_free_and_exports_lazily():
     code = ("import sys, notochord_rt as n; assert 'torch' not in sys.modules; "
             "n.Notochord; n.Constraints; n.SampledEvent; n.Event; n.NoPossibleEvents; "
@@ -259,7 +257,7 @@ def test_load_and_from_net_give_a_sampler(tmp_path):
     from notochord_rt.model.network import NotochordNet
 
     torch.manual_seed(2)
-    net = NotochordNet(**TINY)
+    net = NotochordNet(**TWO_LAYERS)
     path = tmp_path / "tiny.safetensors"
     net.save(path)
     loaded = Notochord.load(path)

@@ -23,6 +23,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import tiny_model as make_tiny
 
 from notochord_rt import events as ev
 from notochord_rt.engine.constraints import Constraints, per_inst
@@ -32,7 +33,6 @@ from notochord_rt.errors import NoPossibleEvents
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
-TINY = {"emb_size": 16, "rnn_hidden": 32, "rnn_layers": 1, "mlp_layers": 1, "dropout": 0.0}
 TOTAL_EVENTS = int(os.environ.get("NOTOCHORD_PROPERTY_EVENTS", "4000"))
 EXAMPLES = 30
 # three quarters of the events on an adversarial random core (cheap), a quarter on the model
@@ -89,12 +89,7 @@ class RandomCore:
 def tiny_model() -> Notochord:
     global _MODEL
     if _MODEL is None:
-        torch.manual_seed(1)
-        m = Notochord(**TINY, seed=0)
-        with torch.no_grad():
-            for p in m.parameters():
-                p.normal_(0.0, 0.5)
-        _MODEL = m
+        _MODEL = make_tiny(1, sampler_seed=0)
     _MODEL.use_core("module")
     _MODEL.reset(seed=0)
     return _MODEL
@@ -293,6 +288,7 @@ def run_scenario(cons, order, seed, n_events, prompt, random_core=False):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cons=constraint_sets(), order=orders, seed=st.integers(0, 2**16),
        prompt=st.integers(0, 12))
+@pytest.mark.slow
 def test_guarantees_hold_adversarial_core(cons, order, seed, prompt):
     run_scenario(cons, order, seed, EVENTS_PER_EXAMPLE, prompt, random_core=True)
 
@@ -301,10 +297,12 @@ def test_guarantees_hold_adversarial_core(cons, order, seed, prompt):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cons=constraint_sets(), order=orders, seed=st.integers(0, 2**16),
        prompt=st.integers(0, 12))
+@pytest.mark.slow
 def test_guarantees_hold_tiny_model(cons, order, seed, prompt):
     run_scenario(cons, order, seed, MODEL_EVENTS_PER_EXAMPLE, prompt)
 
 
+@pytest.mark.slow
 def test_ages_never_exceed_max_duration_without_time_ranges():
     m = tiny_model()
     cons = compile_constraints(Constraints(max_duration={1: 0.4, 2: 0.8}, max_time=0.3,
@@ -426,6 +424,7 @@ def test_time_interval_frequencies_match_model_masses():
     assert _chi2(counts, masses) > 1e-3
 
 
+@pytest.mark.slow
 def test_note_off_frequency_follows_steer_density():
     m = tiny_model()
     for p in (60, 62, 64):

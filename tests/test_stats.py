@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from tiny import tiny_model
 
 from notochord_rt.analysis import compare, describe, fit_grid, piece_key, rhythm_test
@@ -28,12 +27,7 @@ KICK, SNARE, HAT = 36, 38, 42
 PIANO, KIT = 1, 129
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def piece(notes) -> EventArrays:

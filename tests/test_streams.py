@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_net
 
 from notochord_rt.engine.constraints import Constraints
 from notochord_rt.engine.fast import FastCore
@@ -16,12 +17,7 @@ from notochord_rt.model.network import NotochordNet
 
 @pytest.fixture(scope="module")
 def net() -> NotochordNet:
-    torch.manual_seed(0)
-    n = NotochordNet(emb_size=32, rnn_hidden=48, rnn_layers=2, mlp_layers=2).eval()
-    with torch.no_grad():
-        for p in n.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return n
+    return tiny_net(0, init=0.1, rnn_layers=2, mlp_layers=2)
 
 
 CONS = [
@@ -110,8 +106,13 @@ def test_feed_subset_and_reset(net):
     assert st.held_notes(1) == {(1, 60): 0.0}
     st.feed([2, 0], [3, 4], [61, 62], [0.1, 0.2], [90, 91])
     assert st.step_count.tolist() == [1, 1, 1]
+    fed = st.state(1)
+    assert (fed - s0[1]).abs().max() > 1e-3  # the tolerance below can tell them apart
     st.reset(1)
-    assert torch.equal(st.state(1), s0[1]) and st.held_notes(1) == {}
+    # reset(1) runs the start event in a batch of 1, the constructor in a batch of 3: the
+    # kernels may round differently (they do with AVX-512), so equal up to rounding
+    torch.testing.assert_close(st.state(1), s0[1], atol=1e-6, rtol=1e-5)
+    assert st.held_notes(1) == {}
     assert st.held_notes(2) == {(3, 61): 0.0} and st.step_count.tolist() == [1, 0, 1]
 
 

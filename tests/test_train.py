@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_config
 
 from notochord_rt.cli import main as cli_main
 from notochord_rt.data.store import write_split
@@ -26,7 +27,7 @@ from notochord_rt.train.config import TrainConfig, load_toml, merge
 from notochord_rt.train.schedule import lr_factor
 from notochord_rt.train.trainer import Trainer, TrainingDiverged
 
-TINY = {"emb_size": 32, "rnn_hidden": 64, "rnn_layers": 1, "mlp_layers": 1}
+TINY = tiny_config()
 
 
 def make_piece(rng: np.random.Generator, n: int) -> EventArrays:
@@ -52,13 +53,7 @@ def make_data(root: Path, counts=(12, 4, 3), seed: int = 0) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the CI machine is small and shared: more threads only add contention
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +171,7 @@ def test_exact_resume_bit_for_bit(data, tmp_path):
     assert not torch.equal(straight.model.initial_state, first.model.initial_state)
 
 
+@pytest.mark.slow
 def test_exact_resume_with_a_loader_worker(data, tmp_path):
     # crops depend only on (seed, draw, piece), so a worker process changes nothing
     kw = dict(max_steps=4, num_workers=1)
@@ -231,6 +227,7 @@ trainer.fit(until_step=5)
 """
 
 
+@pytest.mark.slow
 def test_run_killed_mid_write_resumes_from_previous(data, tmp_path):
     cfg = config(data, tmp_path / "run", max_steps=5)
     script = tmp_path / "killed.py"
@@ -372,6 +369,7 @@ trainer.close()
 """
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(data, tmp_path):
     from safetensors.torch import load_file
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny import FEW_FEATURES, tiny_config
 
 from notochord_rt.model.network import NotochordNet
 from notochord_rt.train import checkpoints as ck
@@ -17,8 +18,7 @@ from notochord_rt.train.trainer import Trainer
 
 torch.set_num_threads(1)
 
-TINY = dict(emb_size=16, rnn_hidden=24, rnn_layers=1, mlp_layers=1, time_sines=8,
-            vel_sines=8, time_components=4, vel_components=3)
+TINY = tiny_config(**FEW_FEATURES)
 
 
 class Killed(BaseException):

@@ -12,10 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import mido
 import pytest
+from jack import Probe, jack_or_skip, sounding_after
+from midifiles import simple_song
+from tiny import tiny_model
 
 from notochord_rt import events as ev
 from notochord_rt.apps.live import InputRouter
@@ -26,11 +28,6 @@ from notochord_rt.apps.presets import load_presets
 from notochord_rt.apps.tui import PlayApp
 from notochord_rt.apps.voices import Rig, VoiceConfig
 from notochord_rt.cli import main
-
-sys.path.insert(0, str(Path(__file__).parent))
-from jack import Probe, jack_or_skip, sounding_after  # noqa: E402
-from midifiles import simple_song  # noqa: E402
-from tiny import tiny_model  # noqa: E402
 
 PIANO, VIOLIN, CELLO = 1, 41, 43
 VIBES, MARIMBA, AC_BASS = 12, 13, 33
@@ -139,6 +136,7 @@ def quiet_duet(book) -> Rig:
     return rig
 
 
+@pytest.mark.slow
 def test_keys_change_mode_and_instrument_and_the_player_is_told(book):
     r = Rig_(quiet_duet(book), book)
 
@@ -192,6 +190,7 @@ def test_keys_change_mode_and_instrument_and_the_player_is_told(book):
     assert r.player.error is None
 
 
+@pytest.mark.slow
 def test_instrument_change_releases_the_old_notes_and_plays_the_new(book):
     r = Rig_(solo())
 
@@ -215,6 +214,7 @@ def test_instrument_change_releases_the_old_notes_and_plays_the_new(book):
     assert r.sink.sounding() == set()
 
 
+@pytest.mark.slow
 def test_taken_instrument_becomes_anonymous(book):
     r = Rig_(quiet_duet(book), book)
 
@@ -235,6 +235,7 @@ def test_taken_instrument_becomes_anonymous(book):
 
 
 # -- global switches, controls, presets ------------------------------------------------------------
+@pytest.mark.slow
 def test_mute_stop_and_query_keys(book):
     r = Rig_(solo())
     planned = []
@@ -413,6 +414,7 @@ def test_player_error_ends_the_app_and_releases(book):
     assert r.sink.sounding() == set()
 
 
+@pytest.mark.slow
 def test_prompt_voices_start_and_reset_to_the_prompt(tmp_path, book):
     song = tmp_path / "song.mid"
     song.write_bytes(simple_song())
@@ -566,6 +568,7 @@ def jack():
     yield from jack_or_skip()
 
 
+@pytest.mark.slow
 def test_cli_through_jack_ports(jack, tmp_path):
     """The whole app on real JACK ports: follow voices answer a played note, and every note
     is off when it is killed (SIGTERM)."""
@@ -605,6 +608,7 @@ def test_cli_through_jack_ports(jack, tmp_path):
         probe.close()
 
 
+@pytest.mark.slow
 def test_cli_exits_when_a_port_disappears(jack, tmp_path):
     """``--on-port-loss exit``: the app ends with status 3 and says which port was lost.
     (Started from a prompt, whose instruments play until then.)"""

@@ -5,12 +5,10 @@ to check that the constraints really hold when sampled."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
+from midifiles import simple_song
+from tiny import tiny_model
 
 from notochord_rt import events as ev
 from notochord_rt.apps.ports import ChannelMap
@@ -31,21 +29,12 @@ from notochord_rt.engine.sampler import Notochord
 from notochord_rt.errors import InputError, UserError
 from notochord_rt.midi.ingest import load_midi
 
-sys.path.insert(0, str(Path(__file__).parent))
-from midifiles import simple_song  # noqa: E402
-
-TINY = {"emb_size": 16, "rnn_hidden": 32, "rnn_layers": 1, "mlp_layers": 1, "dropout": 0.0}
 PIANO, BASS, VIOLIN, CELLO, KIT = 1, 34, 41, 43, ev.STANDARD_KIT
 
 
 @pytest.fixture(scope="module")
 def model() -> Notochord:
-    torch.manual_seed(0)
-    m = Notochord(**TINY)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0.0, 0.5)
-    return m
+    return tiny_model(0)
 
 
 def rig_of(*voices: VoiceConfig, **kw) -> Rig:
