@@ -1,6 +1,6 @@
 """The harmonizer: a player's notes, plus notes the model adds in chosen voices.
 
-:class:`Harmonizer` holds only the harmony logic (reference §6.2) and is shared by the
+:class:`Harmonizer` holds only the harmony logic (docs/design.md §7) and is shared by the
 offline ``notochord-rt harmonize`` and the live app, so it does no I/O and keeps no clock:
 callers pass the time since the previous event they gave it.
 

@@ -2,7 +2,7 @@
 
 The player's channels are fed to the model as they are played (the player does that);
 the model plays only its own instruments, one event at a time, each planned at or after
-"now" and re-planned whenever the player plays (reference §6.3, without predicting the
+"now" and re-planned whenever the player plays (docs/design.md §7, without predicting the
 player). Steering controls (0..1, from MIDI CCs or pitch bend, see
 ``apps.live.DEFAULT_CONTROLS``):
 

@@ -1,5 +1,5 @@
 """The terminal UI of ``notochord-rt play`` (textual), in the spirit of the reference's
-homunculus (reference §6.1): a 16-channel mixer (mode and instrument per channel), the
+homunculus (docs/design.md §7): a 16-channel mixer (mode and instrument per channel), the
 steering controls, the next predicted event, the sounding notes, timing, and a log.
 
 The app holds no music logic: keys and clicks call a

@@ -1,6 +1,6 @@
 """The voice configuration of ``notochord-rt play``: pure logic, no UI, no model calls.
 
-A :class:`Rig` is what a musician sets up in the terminal UI (reference §6.1, homunculus):
+A :class:`Rig` is what a musician sets up in the terminal UI (docs/design.md §7):
 
 * one :class:`VoiceConfig` per MIDI channel used, each in a *mode*: ``input`` (the
   channel's notes are played by a person and fed to the model), ``auto`` (the model plays

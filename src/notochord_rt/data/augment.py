@@ -1,6 +1,6 @@
 """Training-time augmentation of a piece, or of a run of consecutive events of one.
 
-Follows the reference (docs: reference.md §3.2), vectorised with numpy over the events:
+Follows the reference (docs/design.md §5.3), vectorised with numpy over the events:
 
 1. transpose melodic parts (never drums) by one uniform integer in ``±transpose``, limited so
    every melodic pitch stays in 0..127;
@@ -9,7 +9,7 @@ Follows the reference (docs: reference.md §3.2), vectorised with numpy over the
    id of its kind with probability ``anon_prob`` (all its events alike);
 3. tempo: absolute times × (1 + U(−speed, speed));
 4. timing jitter *after* tempo scaling: note-ons + U(0, jitter), note-offs − U(0, jitter).
-   This is the current reference sign (§8.3: models before May 2025 had it reversed, and
+   This is the current reference sign (models before May 2025 had it reversed, and
    jittered before scaling). We keep it because at a shared instant it puts a note's
    release before the next attack, the order a player hears. Times are clamped at 0 and a
    note-off is clamped to come strictly after its own note-on, so jitter never breaks a note;

@@ -1,4 +1,4 @@
-"""Training crops of prepared pieces, augmented, as fixed-length tensors (reference §3.3).
+"""Training crops of prepared pieces, augmented, as fixed-length tensors (docs/design.md §5.1).
 
 Each piece is framed as ``[start event] + piece + [batch_len − 1 padding events]`` and an
 item is ``batch_len`` consecutive positions of that sequence:

@@ -1,6 +1,6 @@
 """What a caller may ask of the next sampled event: the :class:`Constraints` dataclass.
 
-Covers everything of the reference's ``EventConstraints`` (reference §5.4) plus fixed
+Covers everything of the reference's ``EventConstraints`` (docs/design.md §6.1) plus fixed
 instrument/pitch, several weighted time and velocity intervals, instrument/velocity
 temperatures and a sub-event order. A ``Constraints`` is plain data; :meth:`validate`
 checks it and :func:`per_inst` turns scalar-or-dict fields into ``(321,)`` arrays for the

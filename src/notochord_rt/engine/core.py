@@ -15,7 +15,7 @@ strings such as ``"vtip"``).
     the top layer *is* the top output). ``feed`` returns a **new** tensor and never modifies
     its argument, so the sampler may keep references to old states (``get_state``) without
     copying. Everything sampling needs is a function of the state: there is no hidden
-    cache that could go stale after restoring an old state (reference bug §8.3).
+    cache that could go stale after restoring an old state (docs/design.md §6.9).
 ``initial_state() -> Tensor``
     A fresh copy of the learned initial state (before the start event is fed).
 ``feed(state, inst, pitch, time, vel) -> Tensor``
@@ -25,7 +25,7 @@ strings such as ``"vtip"``).
     The shared projection ``h_proj`` of the top output: the start of every head input.
 ``embed(sub, value) -> Tensor[E]``
     The input embedding of one sub-event value; the sampler adds it to the context after
-    fixing that sub-event (additive conditioning, reference §2.5).
+    fixing that sub-event (additive conditioning, docs/design.md §4.2).
 ``head(sub, x) -> Tensor``
     ``tanh(x)`` then the sub-event's head. For ``"i"`` / ``"p"``: 321 / 129 logits. For
     ``"t"`` / ``"v"``: the *decoded* mixture, shape ``(3, K)``: row 0 normalised log

@@ -2,7 +2,7 @@
 
 * :func:`categorical` — instrument / pitch: mask, log weights, top-p or temperature,
   ordinal quantile window, or the n-th most likely; never returns a masked class (no NaN
-  fallback: reference bug §8.3).
+  fallback: docs/design.md §6.7).
 * :func:`mixture_mass` / :func:`sample_mixture` — time / velocity from a decoded logistic
   mixture ``(3, K)`` (log weights, locations, sharpness) truncated to an interval, with
   component top-p ("rhythm"), component temperature ("timing") and a quantile window.

@@ -1,4 +1,4 @@
-"""Duration and polyphony: the hard guarantees and the soft penalties (reference §5.4 steps 3-6).
+"""Duration and polyphony: the hard guarantees and the soft penalties (docs/design.md §6.4-6.5).
 
 Forced events, checked first, for instruments not listed as ``external``. Each happens
 at ``t0``, the earliest time the hard time constraints allow (the fixed ``time``, else the

@@ -118,7 +118,7 @@ def random_cond_mask(shape: Sequence[int], device: torch.device | str | None = N
                      generator: torch.Generator | None = None) -> Tensor:
     """Bool ``[*shape, 4, 4]``: each other sub-event known with probability 1/2, independently.
 
-    This is the training distribution over conditioning sets (reference §2.5): arbitrary
+    This is the training distribution over conditioning sets (docs/design.md §4.3): arbitrary
     subsets, not necessarily consistent permutations.
     """
     m = torch.randint(0, 2, (*shape, 4, 4), device=device, generator=generator).bool()

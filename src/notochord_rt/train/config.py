@@ -45,7 +45,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; defaults follow the reference trainer (§3.4)."""
+    """Everything a training run needs; defaults: docs/design.md §5.2."""
 
     # -- where ---------------------------------------------------------------------------
     data: str = ""

@@ -1,7 +1,7 @@
 """The training objective and NLL book-keeping shared by training and evaluation.
 
 The model returns per-position log-likelihoods (B, T-1) for each sub-event and for
-the end flag. The loss, as in the reference (§3.1), is the sum over those five terms
+the end flag. The loss, as in the reference (docs/design.md §4.6), is the sum over those five terms
 of their mean over real (non-padding) positions, in nats.
 """
 
