@@ -3,7 +3,7 @@
 For each note of the chosen input parts (``--parts``, default all) every ``--voice
 INST:LO:HI`` adds one note of instrument INST between LO and HI semitones from it, chosen
 by the model at the same instant with the same velocity, and released with it (the
-offline form of the live harmonizer, reference §6.2). Every input note is fed to the model
+offline form of the live harmonizer, docs/design.md §7). Every input note is fed to the model
 as it occurs. The output holds the input and the harmony.
 
 Without ``IN.mid`` the command runs the live harmonizer (MIDI ports) from

@@ -9,7 +9,7 @@ One instance is one performance stream (not thread-safe). The stream state is th
 recurrent state, the held notes with their onsets, elapsed time, the step counter and
 the random generator; :meth:`get_state` / :meth:`set_state` save and restore all of it
 (the context used for sampling is derived from the recurrent state, so it can never be
-stale — reference bug §8.3).
+stale — docs/design.md §6.9).
 
 Guarantees of :meth:`sample` (tested by property tests): no note-on for a sounding
 (inst, pitch) and no note-off for a silent one; a non-external note that reached its
