@@ -346,7 +346,8 @@ def load_live_model(args: Any) -> Any:
 
     return load_sampler(getattr(args, "checkpoint", None) or "default",
                         getattr(args, "precision", "fp32"),
-                        int(getattr(args, "threads", 1) or 1))
+                        int(getattr(args, "threads", 1) or 1),
+                        download=bool(getattr(args, "download", False)))
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -11,7 +11,11 @@ import argparse
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint``, ``--precision``, ``--threads`` (for commands that lack them)."""
     parser.add_argument("--checkpoint", default="default",
-                        help="model: a .safetensors file, a reference checkpoint or 'default'")
+                        help="model: a .safetensors file, a reference checkpoint, 'default' "
+                             "or a model name (`notochord-rt models list`)")
+    parser.add_argument("--download", action="store_true",
+                        help="pull a registry model named by --checkpoint if it is not "
+                             "cached yet (otherwise nothing is downloaded)")
     parser.add_argument("--precision", default="fp32",
                         choices=["module", "fp32", "bf16", "fp16", "int8"],
                         help="inference core (default fp32: the fused CPU core)")

@@ -1,7 +1,8 @@
 """``notochord-rt eval CHECKPOINT DATA``: NLL per sub-event, 24 orders, bits per second.
 
-CHECKPOINT is a run folder, a checkpoint folder, a ``.safetensors`` file or a reference
-checkpoint. DATA is a prepared folder (``--split``, default test, else valid) or a
+CHECKPOINT is a run folder, a checkpoint folder, a ``.safetensors`` file, a reference
+checkpoint, ``default`` or a registry model name (``notochord-rt models list``; pulled only
+with ``--download``). DATA is a prepared folder (``--split``, default test, else valid) or a
 folder of MIDI files (or one MIDI file), read with the same ingest as preprocessing.
 """
 
@@ -21,7 +22,8 @@ MIDI_SUFFIXES = (".mid", ".midi", ".rmi")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="run folder, checkpoint folder or weights file")
+    parser.add_argument("checkpoint",
+                        help="run folder, checkpoint folder, weights file or model name")
     parser.add_argument("data", help="prepared data folder, MIDI folder or MIDI file")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--out", help="also write the JSON figures to this file")
@@ -34,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="score only the first N pieces")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--download", action="store_true",
+                        help="pull a registry model named by CHECKPOINT if it is not cached")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -112,7 +116,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"unknown device {args.device!r}: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {args.device!r} asked for, but no CUDA GPU is available")
-    model = load_model(resolve_checkpoint(args.checkpoint)).to(device).eval()
+    from ..apps.loading import resolve_for_cli
+
+    spec = resolve_for_cli(args.checkpoint, "checkpoint", download=args.download,
+                           must_exist=False)
+    model = load_model(resolve_checkpoint(spec)).to(device).eval()
     skipped: list = []
     count, pieces, source = open_pieces(args.data, args.split, skipped)
     if args.limit is not None:

@@ -95,9 +95,12 @@ def add_output_arguments(parser: argparse.ArgumentParser, default_out: str) -> N
     parser.add_argument("--soundfont", metavar="FILE.sf2",
                         help="SoundFont for --wav (default: $NOTOCHORD_SOUNDFONT or the "
                              "system's GM SoundFont)")
-    parser.add_argument("--checkpoint", default="default", metavar="PATH",
-                        help="model file (.safetensors or a reference .ckpt); default: the "
-                             "bundled model")
+    parser.add_argument("--checkpoint", default="default", metavar="PATH|NAME",
+                        help="model file (.safetensors or a reference .ckpt) or a model name "
+                             "(`notochord-rt models list`); default: the bundled model")
+    parser.add_argument("--download", action="store_true",
+                        help="pull a registry model named by --checkpoint if it is not "
+                             "cached yet (otherwise nothing is downloaded)")
     parser.add_argument("--precision", default="fp32",
                         choices=("module", "fp32", "bf16", "fp16", "int8"),
                         help="inference core: the fused CPU core at this precision (default "
@@ -269,7 +272,8 @@ def _run(args: argparse.Namespace) -> int:
     check_output(args.png, "--png", (".png",))
     options = _options(args, cont or instruments)
     prompt = _load_prompt(args.prompt) if args.prompt else None
-    model = load_model(args.checkpoint, args.precision, args.threads)
+    model = load_model(args.checkpoint, args.precision, args.threads,
+                       download=args.download)
 
     total = options.events if options.events is not None else options.seconds
     unit = "event" if options.events is not None else "s"

@@ -128,7 +128,8 @@ def _run(args: argparse.Namespace) -> int:
     if parts is not None and not present.intersection(parts):
         have = ", ".join(f"{instrument_name(i)} ({i})" for i in sorted(present))
         raise UserError(f"--parts: none of them plays in {args.input} (it has: {have})")
-    model = load_model(args.checkpoint, args.precision, args.threads)
+    model = load_model(args.checkpoint, args.precision, args.threads,
+                       download=getattr(args, "download", False))
     events, added = harmonize_piece(model, piece, voices, parts,
                                     pitch_temp=args.pitch_temp, seed=args.seed)
     voice_insts = sorted({v.inst for v in voices})

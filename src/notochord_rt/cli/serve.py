@@ -28,8 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="honour a request's 'port' key (reply to another port of the "
                              "sender's host; default: refused)")
     parser.add_argument("--checkpoint", default="default",
-                        help="model: a .safetensors file, a reference checkpoint, or "
-                             "'default' (the bundled model; the default)")
+                        help="model: a .safetensors file, a reference checkpoint, a model "
+                             "name (`notochord-rt models list`) or 'default' (the bundled "
+                             "model; the default)")
+    parser.add_argument("--download", action="store_true",
+                        help="pull a registry model named by --checkpoint if it is not "
+                             "cached yet (otherwise nothing is downloaded)")
     parser.add_argument("--prompt", metavar="FILE.mid",
                         help="feed this MIDI file first; every session starts from (and "
                              "resets to) the state after it")
@@ -100,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
         except InputError as e:
             raise UserError(str(e)) from None
     try:
-        model = NotochordNet.load(args.checkpoint)
+        from ..apps.loading import resolve_for_cli
+
+        model = NotochordNet.load(resolve_for_cli(args.checkpoint, download=args.download,
+                                                  must_exist=False))
     except CheckpointError as e:
         hint = " (--checkpoint PATH)" if args.checkpoint == "default" else ""
         raise UserError(f"{e}{hint}") from None

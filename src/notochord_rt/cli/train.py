@@ -58,7 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue the run in --out from its latest checkpoint")
     parser.add_argument("--init-from", metavar="CKPT",
                         help="start from these weights (fine-tuning): a run folder, a "
-                             "checkpoint folder, a .safetensors file or a reference checkpoint")
+                             "checkpoint folder, a .safetensors file, a reference checkpoint "
+                             "or a model name (`notochord-rt models list`)")
+    parser.add_argument("--download", action="store_true",
+                        help="pull the registry model named by --init-from if it is not cached")
     parser.add_argument("--freeze-rnn", action="store_true", default=None,
                         help="train only embeddings and heads")
     parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
@@ -96,8 +99,14 @@ def _parse_pairs(pairs: list[str], what: str) -> dict:
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """The TrainConfig values given on the command line (None where not given)."""
     values = {name: getattr(args, name) for name in _VALUED}
+    init_from = args.init_from
+    if init_from is not None:  # a model name becomes the cached file it names
+        from ..apps.loading import resolve_for_cli
+
+        init_from = str(resolve_for_cli(init_from, "--init-from", must_exist=False,
+                                        download=getattr(args, "download", False)))
     values.update(
-        data=args.data, out=args.out, init_from=args.init_from, freeze_rnn=args.freeze_rnn,
+        data=args.data, out=args.out, init_from=init_from, freeze_rnn=args.freeze_rnn,
         compile=args.compile, progress=args.progress,
         model=_parse_pairs(args.model, "model") or None,
         aug=_parse_pairs(args.aug, "aug") or None,

@@ -195,6 +195,21 @@ class Notochord(NotochordNet):
         return self._s.step
 
     @classmethod
+    def load(cls, path: Any, map_location: str | torch.device = "cpu", *,
+             download: bool = False) -> Notochord:
+        """Load a checkpoint file, ``"default"`` or a registry model name (see
+        ``notochord-rt models list``), in eval mode.
+
+        A name whose model is not in the cache raises
+        :class:`~notochord_rt.hub.NotCached` (a ``UserError`` naming the ``pull`` command)
+        unless ``download=True``: nothing is downloaded otherwise.
+        """
+        from ..hub.resolve import resolve_checkpoint
+
+        return super().load(resolve_checkpoint(path, download=download),
+                            map_location=map_location)
+
+    @classmethod
     def from_net(cls, net: NotochordNet, seed: int | None = None) -> Notochord:
         """A ``Notochord`` with the weights of ``net`` (copied), ready to sample."""
         model = cls(net.config, seed=seed)
