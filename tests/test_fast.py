@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from tiny import tiny_net
@@ -97,18 +95,6 @@ def test_feed_does_not_modify_its_argument():
     s1 = fast.feed(s0, 5, 60, 0.1, 64.0)
     assert torch.equal(s0, copy) and not torch.equal(s1, s0)
     assert fast.initial_state() is not fast.initial_state()
-
-
-def test_prepare_gives_identical_feeds():
-    fast = FastCore(_net())
-    s0 = fast.feed(fast.initial_state(), 0, 128, 0.0, 0.0)
-    want = fast.feed(s0, 5, 60, 0.25, 80.0)
-    fast.prepare(s0)
-    assert torch.equal(fast.feed(s0, 5, 60, 0.25, 80.0), want)
-    assert torch.equal(fast.feed(s0, 5, 60, 0.25, 80.0), want)  # reusable
-    other = fast.feed(s0.clone(), 7, 61, 0.5, 0.0)  # another state object: not prepared
-    fast.prepare(s0)
-    assert torch.equal(fast.feed(s0.clone(), 7, 61, 0.5, 0.0), other)
 
 
 def test_batched_methods_match_batch_one():
@@ -260,24 +246,3 @@ def test_sampler_with_fast_core_matches_module_core():
         assert abs(ea.time - eb.time) < 1e-4
         a.feed(**ea.as_dict())
         b.feed(**ea.as_dict())
-
-
-@pytest.mark.reference
-@pytest.mark.skipif(importlib.util.find_spec("notochord") is None,
-                    reason="needs the reference notochord package")
-def test_reference_model_packs_and_matches_its_feed():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from notochord import Notochord as Ref
-    torch.manual_seed(0)
-    ref = Ref(emb_size=32, rnn_hidden=48, rnn_layers=2, mlp_layers=2).eval()
-    fast = FastCore(ref)
-    s = fast.initial_state()
-    ref.reset()
-    s = fast.feed(s, 0, 128, 0.0, 0.0)
-    for e in EVENTS[1:]:
-        ref.feed(*e)
-        s = fast.feed(s, *e)
-    torch.testing.assert_close(s, ref.cell_state_0, atol=1e-5, rtol=1e-5)

@@ -148,11 +148,6 @@ def anonymous_like(inst: int) -> range:
     return range(FIRST_ANON, LAST_ANON + 1)
 
 
-def first_anonymous_like(inst: int) -> int:
-    """First anonymous id of the same kind as ``inst`` (257 or 289)."""
-    return anonymous_like(inst).start
-
-
 # -- names --------------------------------------------------------------------------------
 def instrument_name(inst: int) -> str:
     """Human-readable name of an instrument id."""

@@ -89,11 +89,6 @@ DRUM_KEY_NAMES: dict[int, str] = {
 assert len(PROGRAM_NAMES) == 128
 
 
-def program_family(program: int) -> str:
-    """Family name of a 0-based GM program (16 families of 8 programs)."""
-    return FAMILY_NAMES[program // 8]
-
-
 def drum_kit_name(program: int) -> str:
     """Name of the drum kit selected by a 0-based program on the drum channel."""
     return DRUM_KIT_NAMES.get(program, f"Drum Kit {program + 1}")

@@ -6,8 +6,9 @@ MIDI callbacks, the UI and OSC handlers only *enqueue* (:meth:`Player.note_input
 :meth:`Player.control`, :meth:`Player.call`, :meth:`Player.reset`, :meth:`Player.panic`).
 One scheduler thread drains that queue and is the only code that touches the model: it
 feeds input with wall-clock deltas, asks the app's :class:`Policy` what may come next,
-samples with ``min_time`` at or after *now*, waits precisely for the due time (sleep until
-~1 ms before, then short yields) and sends + feeds the event then. Input that arrives
+samples with ``min_time`` at or after *now*, waits precisely for the due time (a blocking
+wait on the input queue until ``PlayerConfig.spin`` before it, then short yields) and sends
++ feeds the event then. Input that arrives
 before a planned event is due discards the plan; the next event is sampled again from
 the updated state (*replanning*). This module holds the one model call site of the apps.
 
@@ -208,10 +209,6 @@ class Player:
     # -- PlayerContext (scheduler thread) ----------------------------------------------------
     def now(self) -> float:
         return self.clock()
-
-    def since_last(self) -> float:
-        """Seconds since the last fed event (the delta an event fed now would have)."""
-        return max(0.0, self.clock() - self._t_last)
 
     def held_notes(self) -> dict[tuple[int, int], float]:
         """The model's sounding notes (input and output) with their ages."""

@@ -93,7 +93,6 @@ class PlayerContext(Protocol):
     """The scheduler-thread view of the player handed to policies."""
 
     def now(self) -> float: ...
-    def since_last(self) -> float: ...
     def held_notes(self) -> dict[tuple[int, int], float]: ...
     def sounding(self) -> set[tuple[int, int]]: ...
     def sample_now(self, constraints: Any, t_in: float | None = None) -> Any: ...
@@ -124,8 +123,8 @@ class PlayerConfig:
     pause_after_send: float = 0.002
     """Sleep this long after sending a planned event or an answer, before the model
     computes again: without realtime scheduling, a MIDI driver thread (JACK's) may
-    otherwise wait for a CPU while the model runs, delaying delivery (measured: output
-    jitter p99 4.9 → 0.7 ms on a loaded 2-core VM with JACK's 1.3 ms period). 0 = off."""
+    otherwise wait for a CPU while the model runs, delaying delivery (measured in
+    docs/performance.md). 0 = off."""
     late_margin: float = 0.05
     """An event sent later than this is fed with its real delta, not the planned one."""
     idle_wait: float = 0.05

@@ -115,8 +115,8 @@ class Mixer(Static):
 
 class LogPane(Static):
     """The last lines of the log in a fixed-size pane. Not a scrolling log on purpose: a
-    growing scroll region re-lays out the whole screen on each write, which took the
-    model's thread the GIL for ~100 ms per write on a loaded 2-core machine."""
+    growing scroll region re-lays out the whole screen on each write, which held the GIL
+    long enough to delay the model's thread (docs/performance.md)."""
 
     def __init__(self, keep: int = 500, **kw: Any) -> None:
         super().__init__(markup=False, **kw)

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..events import instrument_name
-from .store import SPLITS
 
 REPORT_VERSION = 1
 
@@ -142,10 +141,6 @@ class InstrumentHistogram:
             instrument_name(i): {"id": i, "pieces": self.pieces[i], "notes": self.notes[i]}
             for i in order
         }
-
-
-def empty_splits() -> dict[str, SplitStats]:
-    return {s: SplitStats() for s in SPLITS}
 
 
 def readable_json(obj, levels: int = 2, indent: str = "") -> str:

@@ -49,7 +49,7 @@ __all__ = ["FastCore", "PRECISIONS"]
 
 # -- reading a network ------------------------------------------------------------------------
 def _parts(model: nn.Module) -> dict:
-    """The named pieces of a Notochord network, ours (``NotochordNet``) or the reference's."""
+    """The named pieces of a ``NotochordNet`` (a converted reference checkpoint is one)."""
     if hasattr(model, "inst_head"):
         return dict(
             inst_emb=model.inst_emb, pitch_emb=model.pitch_emb, time_emb=model.time_emb,
@@ -57,13 +57,7 @@ def _parts(model: nn.Module) -> dict:
             h_proj=model.h_proj, heads=(model.inst_head, model.pitch_head, model.time_head,
                                         model.vel_head),
             end=model.end_head, time_dist=model.time_dist, vel_dist=model.vel_dist)
-    if hasattr(model, "projections"):  # reference notochord.Notochord (for benchmarks)
-        return dict(
-            inst_emb=model.instrument_emb, pitch_emb=model.pitch_emb, time_emb=model.time_emb,
-            vel_emb=model.vel_emb, rnn=model.rnn.rnn, initial_state=model.initial_state[0],
-            h_proj=model.h_proj, heads=tuple(model.projections), end=model.end_proj,
-            time_dist=model.time_dist, vel_dist=model.vel_dist)
-    raise InputError("model: not a Notochord network (no inst_head / projections)")
+    raise InputError("model: not a Notochord network (no inst_head)")
 
 
 def _sine_parts(module: nn.Module) -> tuple[Tensor, nn.Linear]:
@@ -73,14 +67,10 @@ def _sine_parts(module: nn.Module) -> tuple[Tensor, nn.Linear]:
         raise InputError(f"model: sine embedding {type(module).__name__} has {len(lins)} "
                          "linear layers, expected 1")
     lin = lins[0]
-    for name in ("freqs", "fs", "frequencies"):
-        f = getattr(module, name, None)
-        if isinstance(f, Tensor):
-            return f.detach().float().reshape(-1), lin
-    bufs = [b for b in module.buffers() if b.ndim == 1 and b.numel() == lin.in_features]
-    if len(bufs) != 1:
+    f = getattr(module, "freqs", None)
+    if not isinstance(f, Tensor):
         raise InputError(f"model: cannot find the frequencies of {type(module).__name__}")
-    return bufs[0].detach().float(), lin
+    return f.detach().float().reshape(-1), lin
 
 
 @dataclass
@@ -182,7 +172,7 @@ class FastCore:
     """Fused :class:`~notochord_rt.engine.core.InferenceCore` on packed weights.
 
     Args:
-        model: a ``NotochordNet`` (or a reference ``notochord.Notochord``), any weights.
+        model: a ``NotochordNet``, any weights (convert a reference checkpoint first).
         precision: ``"fp32"`` (matches the module to ~1e-6), ``"bf16"``, ``"fp16"`` (16-bit
             weights, fp32 activations) or ``"int8"`` (per-row int8 weights, dynamically
             quantised activations). See :mod:`.quant`.
@@ -197,7 +187,8 @@ class FastCore:
 
     The model is only read; the core keeps its own copies of the weights, which never
     require gradients, so the batch-1 methods record no autograd state and need no
-    ``inference_mode`` (entering it ten times per event cost ~25 µs). A core is not
+    ``inference_mode`` (entering it ten times per event costs more than it saves, see
+    docs/performance.md). A core is not
     thread-safe (it reuses small buffers): use one per thread.
     """
 
@@ -286,7 +277,6 @@ class FastCore:
         ew, eb = end.weight.detach().float(), end.bias.detach().float()
         self._end_w = (ew[1] - ew[0]).contiguous()  # softmax of 2 logits = sigmoid of diff
         self._end_b = float(eb[1] - eb[0])
-        self._prepared: tuple[Tensor, list[Tensor]] | None = None
 
     @staticmethod
     def _gate_bias(b_ih: Tensor, b_hh: Tensor, H: int) -> Tensor:
@@ -421,27 +411,12 @@ class FastCore:
         gi = self._in0(self._phase.sin_())
         gi += self._gate_inst[int(inst)]
         gi += self._gate_pitch[int(pitch)]
-        prepared = self._prepared
-        ghs = prepared[1] if prepared is not None and prepared[0] is state else None
         new = torch.empty(self.layers, 1, self.hidden)
         for k in range(self.layers):
             if k:
                 gi = self._in[k](new[k - 1])
-            gh = ghs[k] if ghs is not None else self._hid[k](state[k])
-            self._cell(gi, gh, state[k], new[k])
+            self._cell(gi, self._hid[k](state[k]), state[k], new[k])
         return new
-
-    def prepare(self, state: Tensor) -> None:
-        """Precompute the half of the next :meth:`feed` that depends only on ``state``.
-
-        A GRU step's hidden-side products ``W_hh h`` (half of the recurrent weights) do not
-        depend on the event being fed. A live app that is waiting for the next event (the
-        player's next note, or the scheduled time of a sampled one) can call this in that
-        idle time; the following ``feed(state, ...)`` from this same state object then
-        only streams the input-side weights. Results are identical either way. One state
-        is remembered (by identity: states are never modified in place).
-        """
-        self._prepared = (state, [self._hid[k](state[k]) for k in range(self.layers)])
 
     def context(self, state: Tensor) -> Tensor:
         """``h_proj`` of the top GRU output: ``Tensor[E]``."""

@@ -7,8 +7,8 @@ that precision wants, and then only runs that kernel:
 
 ``fp32``
     weights stored transposed (``in × out``) and used through ``addmm`` with a preallocated
-    output; on the development machine (AMD EPYC, AVX-512) this streams the weights about
-    1.4× faster than ``F.linear`` on the ``out × in`` layout.
+    output; this streams the weights faster than ``F.linear`` on the ``out × in`` layout
+    (figures in docs/performance.md).
 ``bf16``
     bfloat16 weights pre-packed for oneDNN (``mkldnn._linear_pointwise``); activations are
     rounded to bfloat16 on the way in, results come back as float32. Falls back to
@@ -258,7 +258,7 @@ MIN_REDUCED = 100_000
 
 
 MIN_REDUCED_VNNI = 16_384
-"""The same threshold for int8 when the compiled VNNI kernel is used (about 1 µs per call)."""
+"""The same threshold for int8 when the compiled VNNI kernel is used (a much cheaper call)."""
 
 
 def default_min_reduced(precision: str) -> int:
@@ -272,12 +272,13 @@ def pack_linear(weight: torch.Tensor, bias: torch.Tensor | None, precision: str,
                 min_reduced: int | None = None) -> PackedLinear:
     """A :class:`PackedLinear` in ``precision``, or fp32 for layers under ``min_reduced`` weights.
 
-    The library reduced-precision kernels cost 15-20 µs per call before touching a weight
-    (activation conversion or quantisation, oneDNN/FBGEMM dispatch), fp32 ``addmm`` about
-    2 µs; streaming fp32 weights costs ~0.2 ns per weight more than int8 at ~20 GB/s. Below
-    ~100 k weights (e.g. the 512→129 pitch logits) fp32 is therefore both faster and exact.
-    The compiled VNNI int8 kernel costs about 1 µs per call, so with it only layers under
-    16 k weights stay fp32. ``None`` picks the threshold for ``precision``
+    A call of a library reduced-precision kernel has a fixed cost before it touches a
+    weight (activation conversion or quantisation, oneDNN/FBGEMM dispatch) far above that
+    of fp32 ``addmm``, and for a small layer that cost exceeds what streaming fewer bytes
+    saves: below :data:`MIN_REDUCED` weights (e.g. the 512→129 pitch logits) fp32 is both
+    faster and exact. The compiled VNNI int8 kernel's call is much cheaper, so with it only
+    layers under :data:`MIN_REDUCED_VNNI` weights stay fp32 (measurements in
+    docs/performance.md). ``None`` picks the threshold for ``precision``
     (:func:`default_min_reduced`).
     """
     if min_reduced is None:

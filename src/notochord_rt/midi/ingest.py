@@ -50,7 +50,7 @@ Zero-length notes
     others would be zero-length notes hidden under it; ``stats["duplicate_strikes"]``).
 Time
     Ticks become seconds through the tempo map of all tracks (default 120 bpm), computed
-    with a vectorised search (30 000 tempo changes: ~25 ms, nearly all of it reading).
+    with a vectorised search (cheap even for tens of thousands of tempo changes).
     A tempo of 0 µs per quarter is ignored (logged); other tempi are used as written
     (seconds per tick depend on the division too, so no bpm is "absurd" on its own;
     ``stats["min_bpm"]``/``["max_bpm"]`` let callers filter). A piece longer than
@@ -60,9 +60,9 @@ Time
 Implementations
     Two implementations give identical results (events bit for bit, stats, parts, error
     messages and log records): the compiled ``notochord_rt.midi._cingest`` (C, built by
-    ``setup.py`` when a C compiler is there; ~0.07 ms for a file of 1,400 events) and the
-    numpy code of this module with :mod:`~notochord_rt.midi.smf` (~1.1 ms; the reference,
-    and the fallback when the extension is not built). ``load_midi`` uses the compiled one
+    ``setup.py`` when a C compiler is there; about 15 times faster, see docs/prep.md) and
+    the numpy code of this module with :mod:`~notochord_rt.midi.smf` (the reference, and
+    the fallback when the extension is not built). ``load_midi`` uses the compiled one
     when it imports; ``impl="python"`` or the environment variable
     ``NOTOCHORD_RT_PURE_INGEST=1`` force the numpy one, ``impl="c"`` insists on the
     compiled one. ``tests/test_cingest.py`` and ``benchmarks/ingest_equivalence.py``
