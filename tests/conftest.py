@@ -8,13 +8,16 @@ simple_song``):
 * ``midifiles.py``: MIDI files built byte by byte;
 * ``jack.py``: a JACK server for the live tests; ``split_files.py``, ``fuzz_midi.py``.
 
-The fixtures below wrap the common cases. ``slow`` marks the longest tests:
-``bash scripts/test.sh --fast`` leaves them out (``-m "not slow"``); CI runs everything.
+The fixtures below wrap the common cases; for another seed, size or initialisation call
+``tiny.tiny_model(seed, init=..., **overrides)`` (or ``tiny_net`` / ``tiny_config``).
+
+The ``slow`` marker is on the tests of about a second or more: ``bash scripts/test.sh
+--fast`` leaves them out (``-m "not slow"``); CI (``.ci/run``) runs everything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,12 +36,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture
-def tiny_model() -> Callable[..., Notochord]:
-    """The factory :func:`tiny.tiny_model` (``tiny_model(seed, init=..., **overrides)``)."""
-    return _tiny_model
 
 
 @pytest.fixture

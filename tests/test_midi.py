@@ -303,9 +303,8 @@ def test_running_status_sysex_and_meta_are_read():
     assert [(n[1], n[4]) for n in notes_of(r.events)] == [(60, 90), (64, 91)]
 
 
-def test_path_and_bytes_give_the_same_result(tmp_path):
-    path = tmp_path / "song.mid"
-    path.write_bytes(simple_song())
+def test_path_and_bytes_give_the_same_result(song_file):
+    path = song_file
     a, b = load_midi(path), load_midi(str(path))
     c = load_midi(path.read_bytes())
     for x, y, z in zip(a.events, b.events, c.events):

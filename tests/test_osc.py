@@ -622,9 +622,8 @@ def test_cli_missing_checkpoint_is_a_clear_error(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_serves_and_stops_on_ctrl_c(ckpt, tmp_path):
-    song = tmp_path / "p.mid"
-    song.write_bytes(simple_song())
+def test_cli_serves_and_stops_on_ctrl_c(ckpt, tmp_path, song_file):
+    song = song_file
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "notochord_rt", "serve", "--checkpoint", str(ckpt),

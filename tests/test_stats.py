@@ -245,11 +245,11 @@ def test_cli_against_json_and_skipped_files(tmp_path, capsys):
     assert len(a["per_piece"]) == 3
 
 
-def test_cli_prepared_split_table_and_rhythm(tmp_path, capsys):
+def test_cli_prepared_split_table_and_rhythm(tmp_path, capsys, tiny):
     pieces = [drum_loop(10.0, 120.0), c_major_melody(3)]
     write_split(tmp_path / "prep", "test", pieces, [{"path": f"p{k}"} for k in range(2)])
     ckpt = tmp_path / "tiny.safetensors"
-    tiny_model(0).save(ckpt)
+    tiny.save(ckpt)
     code = cli_main(["stats", str(tmp_path / "prep"), "--split", "test", "--no-progress",
                      "--rhythm", str(ckpt), "--rhythm-pieces", "2", "--rhythm-positions", "5"])
     assert code == 0

@@ -415,10 +415,9 @@ def test_player_error_ends_the_app_and_releases(book):
 
 
 @pytest.mark.slow
-def test_prompt_voices_start_and_reset_to_the_prompt(tmp_path, book):
-    song = tmp_path / "song.mid"
-    song.write_bytes(simple_song())
-    model = tiny_model()
+def test_prompt_voices_start_and_reset_to_the_prompt(tmp_path, book, song_file, tiny):
+    song = song_file
+    model = tiny
     model.reset(seed=0)
     rig, state, notes = feed_prompt_file(model, str(song), book.rig("duet"))
     assert "prompt:" in notes[0]
