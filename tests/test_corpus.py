@@ -343,6 +343,7 @@ def test_mma_song_sections_repeat_exactly_with_a_melody(tmp_path):
 
 
 @needs_mma
+@pytest.mark.slow
 def test_mma_real_library_songs_are_valid(tmp_path):
     section = corpus.build(tmp_path, ["mma"], limit=2, jobs=2)["sources"]["mma"]
     files = midi_files(tmp_path / "mma")

@@ -391,6 +391,7 @@ def _mass(dist, raw, a, b):
         return float(dist.mass(raw, a, b))
 
 
+@pytest.mark.slow
 def test_velocity_interval_frequencies_match_model_masses():
     m = tiny_model()
     for e in HISTORY:
@@ -408,6 +409,7 @@ def test_velocity_interval_frequencies_match_model_masses():
     assert _chi2(counts, masses) > 1e-3
 
 
+@pytest.mark.slow
 def test_time_interval_frequencies_match_model_masses():
     m = tiny_model()
     for e in HISTORY:

@@ -264,6 +264,7 @@ def test_mute_stop_and_query_keys(book):
     r.player.stop()
 
 
+@pytest.mark.slow
 def test_control_keys_and_ccs_move_the_controls(book):
     r = Rig_(quiet_duet(book), book)
 
@@ -376,6 +377,7 @@ def test_panic_and_reset_release_every_note(book, key):
 
 
 @pytest.mark.parametrize("key", ["ctrl+q", "ctrl+c"])
+@pytest.mark.slow
 def test_quit_releases_every_note(book, key):
     r = Rig_(book.rig("follows"), book)
 
