@@ -226,3 +226,37 @@ def test_sample_equal_bounds_and_censoring_clamp():
     assert (x == 64.0).all()
     y = dist.sample(p)
     assert (y >= 0).all() and (y <= 127).all()
+
+
+def test_sharp_init_scales_components_relative_to_their_location():
+    flat = CensoredLogisticMixture(32, 0.0, 10.0, 0.01, (1e-4, 2e3), loc_init="log")
+    rel = CensoredLogisticMixture(32, 0.0, 10.0, 0.01, (1e-4, 2e3), loc_init="log",
+                                  sharp_init=0.03)
+    raw = torch.zeros(3 * 32)
+    p_flat, p_rel = flat.params(raw), rel.params(raw)
+    assert torch.allclose(p_flat.loc, p_rel.loc)
+    assert torch.allclose(p_flat.sharp, torch.full((32,), math.log(2.0)))  # the reference
+    scale = 1.0 / p_rel.sharp
+    free = (p_rel.sharp > 1e-4 * 1.01) & (p_rel.sharp < 2e3 * 0.99)  # not at a clamp
+    assert free.sum() > 20
+    torch.testing.assert_close(scale[free], 0.03 * p_rel.loc[free], rtol=1e-3, atol=0.0)
+    assert float(p_rel.sharp[0]) == pytest.approx(2e3)  # the 1 ms component hits the bound
+    for bad in (-0.1, 1.5, math.nan):
+        with pytest.raises(ValueError, match="sharp_init"):
+            CensoredLogisticMixture(4, 0.0, 10.0, 0.01, (1e-4, 2e3), sharp_init=bad)
+
+
+def test_config_time_sharp_init_reaches_the_network():
+    from notochord_rt.model.config import NotochordConfig
+    from notochord_rt.model.network import NotochordNet
+
+    small = dict(emb_size=8, rnn_hidden=8, rnn_layers=1, mlp_layers=0)
+    cfg = NotochordConfig(**small, time_sharp_init=0.0)
+    assert NotochordConfig.from_dict(cfg.to_dict()) == cfg
+    k = cfg.time_components
+    flat = NotochordNet(cfg).time_dist.bias[2 * k:]
+    assert torch.count_nonzero(flat) == 0
+    rel = NotochordNet(NotochordConfig(**small)).time_dist.bias[2 * k:]
+    assert NotochordConfig().time_sharp_init > 0 and rel.min() > 1.0
+    with pytest.raises(ValueError, match="time_sharp_init"):
+        NotochordConfig(**small, time_sharp_init="wide")

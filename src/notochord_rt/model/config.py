@@ -99,7 +99,11 @@ class NotochordConfig:
     wavelengths spread over ``*_wavelengths`` (log-spaced for time, linear for velocity).
     Their likelihoods are censored discretised logistic mixtures with ``*_components``
     components on ``*_bounds`` with bin width ``*_res`` and sharpness (inverse logistic
-    scale) clamped to ``*_sharp_bounds``.
+    scale) clamped to ``*_sharp_bounds``. ``time_sharp_init`` only matters for a new,
+    untrained network: each time component starts with a logistic scale of that fraction
+    of its initial location (0: the reference's flat start, see
+    :class:`~notochord_rt.model.distributions.CensoredLogisticMixture`); a trained model's
+    weights carry what was learned whatever it says.
     """
 
     emb_size: int = 512
@@ -118,6 +122,7 @@ class NotochordConfig:
     time_components: int = 32
     time_res: float = ev.TIME_RES
     time_sharp_bounds: tuple[float, float] = (1e-4, 2e3)
+    time_sharp_init: float = 0.03
     vel_bounds: tuple[float, float] = (ev.VEL_MIN, ev.VEL_MAX)
     vel_components: int = 16
     vel_res: float = ev.VEL_RES
@@ -155,6 +160,15 @@ class NotochordConfig:
                 raise ValueError(f"{name} must be a positive number giving at most {MAX_BINS:,} "
                                  f"bins over {bounds}, got {_short(getattr(self, name))}")
             object.__setattr__(self, name, value)
+        try:
+            sharp_init = float(self.time_sharp_init)
+        except (TypeError, ValueError):
+            raise ValueError("time_sharp_init must be a number, got "
+                             f"{_short(self.time_sharp_init)}") from None
+        if not (math.isfinite(sharp_init) and 0.0 <= sharp_init <= 1.0):
+            raise ValueError(f"time_sharp_init must be in [0, 1], got "
+                             f"{_short(self.time_sharp_init)}")
+        object.__setattr__(self, "time_sharp_init", sharp_init)
         if not isinstance(self.extra, dict):
             raise ValueError(f"extra must be a dict, got {_short(self.extra)}")
         object.__setattr__(self, "dropout", dropout)

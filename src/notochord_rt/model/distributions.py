@@ -96,7 +96,15 @@ class CensoredLogisticMixture(nn.Module):
 
     ``loc_init`` sets the bias of the locations: ``"log"`` spaces them from ``res / 10``
     to ``hi`` logarithmically (the reference's time init: 1 ms .. 10 s), ``"linear"``
-    spaces them from ``lo`` to ``hi``. Weights and sharpness biases start at 0.
+    spaces them from ``lo`` to ``hi``. Weights start at 0. ``sharp_init`` sets the
+    sharpness biases: 0 (the reference) starts every component at softplus(0) = 0.69,
+    a logistic scale of 1.4 s; a value ``r > 0`` starts component k at a scale of
+    ``r * loc_k`` (clamped to ``sharp_bounds``), so each is narrow relative to where it
+    sits. This matters because the sharpness is softplus of a raw output, nearly linear
+    in it above 1: Adam moves a bias by about the learning rate per step, so from the flat
+    init a component needs tens of thousands of steps to become as narrow as a 16th-note
+    grid needs (a scale of a few ms), and a briefly trained model places onsets no better
+    than chance (docs/model-card.md).
 
     Every method taking ``params`` accepts either a :class:`MixtureParams` or the raw head
     output ``Tensor[..., 3K]`` (then :meth:`params` is applied first).
@@ -110,6 +118,7 @@ class CensoredLogisticMixture(nn.Module):
         res: float,
         sharp_bounds: tuple[float, float],
         loc_init: str = "linear",
+        sharp_init: float = 0.0,
     ) -> None:
         super().__init__()
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
@@ -126,7 +135,14 @@ class CensoredLogisticMixture(nn.Module):
             locs = torch.linspace(self.lo, self.hi, k)
         else:
             raise ValueError(f"loc_init must be 'log' or 'linear', got {loc_init!r}")
-        self.bias = nn.Parameter(torch.cat((torch.zeros(k), locs, torch.zeros(k))))
+        if not (math.isfinite(sharp_init) and 0.0 <= sharp_init <= 1.0):
+            raise ValueError(f"sharp_init must be in [0, 1], got {sharp_init!r}")
+        sharp = torch.zeros(k)
+        if sharp_init > 0:
+            scale = sharp_init * locs.abs().clamp(min=self.res)
+            target = (1.0 / scale).clamp(*self.sharp_bounds)
+            sharp = target + torch.log(-torch.expm1(-target))  # inverse of softplus
+        self.bias = nn.Parameter(torch.cat((torch.zeros(k), locs, sharp)))
 
     def extra_repr(self) -> str:
         return (f"n_components={self.n_components}, lo={self.lo}, hi={self.hi}, "

@@ -143,7 +143,8 @@ class NotochordNet(nn.Module):
         c = config
         E, H = c.emb_size, c.rnn_hidden
         self.time_dist = CensoredLogisticMixture(
-            c.time_components, *c.time_bounds, c.time_res, c.time_sharp_bounds, loc_init="log")
+            c.time_components, *c.time_bounds, c.time_res, c.time_sharp_bounds, loc_init="log",
+            sharp_init=c.time_sharp_init)
         self.vel_dist = CensoredLogisticMixture(
             c.vel_components, *c.vel_bounds, c.vel_res, c.vel_sharp_bounds, loc_init="linear")
         self.inst_emb = nn.Embedding(c.n_inst_classes, E)
