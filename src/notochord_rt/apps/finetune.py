@@ -56,9 +56,9 @@ class FinetuneOptions:
     warmup_steps: int = 20
     batch_size: int = 16
     batch_len: int = 64
-    eval_every: int = 40
+    eval_every: int = 100
     """Optimisation steps between validations (and checkpoints)."""
-    patience: int = 4
+    patience: int = 6
     """Validations without improvement before stopping early."""
     freeze_rnn: bool = False
     seed: int = 0
