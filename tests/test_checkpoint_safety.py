@@ -132,9 +132,6 @@ def test_half_precision_weights_still_load(good, tmp_path):
     assert net.end_head.bias.dtype == torch.float32
 
 
-@pytest.mark.xfail(strict=True, reason="bug: model.checkpoint._file_kind reads a "
-                   "safetensors file whose header length has 0x80 as its low byte as a torch "
-                   "pickle (the byte 0x80 is tested before the '{' at offset 8)")
 def test_any_header_length_is_read_as_safetensors(good, tmp_path):
     """About one safetensors file in 256 has a header length whose first (little-endian)
     byte is 0x80, the first byte of a pickle; it must still load as safetensors."""

@@ -107,10 +107,15 @@ def _file_kind(path: Path) -> str:
             head = f.read(9)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    if head[:4] == b"PK\x03\x04":
         return "torch"
+    # safetensors: an 8-byte little-endian header length, then the JSON header. Checked
+    # before the pickle marker, since the length's low byte may itself be 0x80 (a torch
+    # pickle never has '{' at offset 8: its magic number is there).
     if len(head) == 9 and head[8:9] == b"{":
         return "safetensors"
+    if head[:1] == b"\x80":
+        return "torch"
     raise CheckpointError(f"{path} is neither a safetensors file nor a torch checkpoint")
 
 
