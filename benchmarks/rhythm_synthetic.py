@@ -48,13 +48,13 @@ def grid_piece(rng: np.random.Generator, steps: int = 160) -> EventArrays:
     for k in range(steps):
         if rng.random() >= 0.6:
             continue
-        dur = step * int(rng.integers(1, 3))
-        free = np.flatnonzero(busy_until[48:80] <= k * step + 1e-9) + 48  # no overlaps
+        n = int(rng.integers(1, 3))  # eighths
+        free = np.flatnonzero(busy_until[48:80] <= k) + 48  # no overlapping notes
         for p in rng.choice(free, min(len(free), int(rng.integers(1, 4))), replace=False):
-            busy_until[p] = k * step + dur
+            busy_until[p] = k + n
             inst += [1, 1]
             pitch += [int(p), int(p)]
-            times += [k * step, k * step + dur]
+            times += [k * step, (k + n) * step]
             vel += [int(rng.integers(60, 100)), 0]
     return EventArrays.build(inst, pitch, times, vel).sorted()
 
