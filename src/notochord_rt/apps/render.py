@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import events as ev
+from ..atomic import atomic_write
 from ..errors import NotochordError
 
 log = logging.getLogger(__name__)
@@ -81,25 +82,22 @@ def render_wav(midi_path: str | os.PathLike, wav_path: str | os.PathLike, *,
     """
     exe = find_fluidsynth()
     font = find_soundfont(soundfont)
-    wav_path = Path(wav_path)
-    tmp = wav_path.with_name(f".{wav_path.name}.tmp-{os.getpid()}.wav")
-    cmd = [exe, "-ni", "-q", "-g", f"{gain:g}", "-r", str(int(sample_rate)),
-           "-F", str(tmp), "-T", "wav", str(font), os.fspath(midi_path)]
-    log.info("rendering: %s", " ".join(cmd))
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+
+    def write(tmp: Path) -> None:
+        cmd = [exe, "-ni", "-q", "-g", f"{gain:g}", "-r", str(int(sample_rate)),
+               "-F", str(tmp), "-T", "wav", str(font), os.fspath(midi_path)]
+        log.info("rendering: %s", " ".join(cmd))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise RenderUnavailable(f"fluidsynth took more than {timeout:g} s") from None
         if proc.returncode != 0 or not tmp.is_file() or tmp.stat().st_size <= 44:
             why = (proc.stderr or proc.stdout).strip().splitlines()
             raise RenderUnavailable(f"fluidsynth failed (exit {proc.returncode}): "
                                     f"{why[-1] if why else 'no output written'}")
-        os.replace(tmp, wav_path)
-    except subprocess.TimeoutExpired:
-        raise RenderUnavailable(f"fluidsynth took more than {timeout:g} s") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return wav_path
+
+    return atomic_write(wav_path, write)
 
 
 # -- piano roll -------------------------------------------------------------------------------
@@ -189,14 +187,7 @@ def render_png(events: ev.EventArrays, png_path: str | os.PathLike, *,
         if title:
             ax.set_title(title, fontsize=10)
         fig.tight_layout()
-        png_path = Path(png_path)
-        tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}.png")
-        try:
-            fig.savefig(tmp, dpi=dpi, format="png")
-            os.replace(tmp, png_path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        png_path = atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     finally:
         plt.close(fig)
     return png_path

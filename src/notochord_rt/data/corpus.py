@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes as _atomic_write_bytes
 from ..errors import MidiError, UserError
 from ..events import EventArrays, is_drum
 from ..midi.ingest import load_midi
@@ -179,10 +180,7 @@ def time_limit(seconds: float | None) -> Iterator[None]:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary name, so a killed build never
     leaves a half-written file that a resumed build would take as done."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    _atomic_write_bytes(path, data, make_parents=True)
 
 
 def stride_sample(items: Sequence, limit: int | None) -> list:

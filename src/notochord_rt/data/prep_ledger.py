@@ -27,6 +27,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..atomic import atomic_write_bytes
 from ..errors import UserError
 from ..events import EventArrays
 from . import prep_worker as pw
@@ -63,13 +64,8 @@ def record_of(result: pw.FileResult, abspath: str | None = None) -> dict:
 
 
 def write_json_atomically(path: Path, obj) -> None:
-    """Write ``obj`` as compact JSON to ``path``: temporary name, ``fsync``, rename."""
-    tmp = path.with_name(f".{path.stem}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(json.dumps(obj, separators=(",", ":")).encode())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``obj`` as compact JSON to ``path`` atomically and durably."""
+    atomic_write_bytes(path, json.dumps(obj, separators=(",", ":")).encode())
 
 
 class Ledger:

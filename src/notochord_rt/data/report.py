@@ -23,6 +23,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from ..events import instrument_name
 
 REPORT_VERSION = 1
@@ -162,9 +163,7 @@ def readable_json(obj, levels: int = 2, indent: str = "") -> str:
 
 
 def _write_json(path: Path, obj, levels: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(readable_json(obj, levels) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, readable_json(obj, levels) + "\n")
 
 
 def write_report(dest: str | os.PathLike, skipped: list[dict]) -> Path:

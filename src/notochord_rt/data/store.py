@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_text, is_temp_name
 from ..errors import DataError
 from ..events import EventArrays
 
@@ -61,19 +62,6 @@ def has_split(root: str | os.PathLike, split: str) -> bool:
     """Whether ``root`` holds split ``split`` (with a manifest, or in the older layout)."""
     folder = Path(root) / split
     return (folder / MANIFEST).is_file() or (folder / LEGACY_NAMES["offsets"]).is_file()
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms that cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _gen_of(name: str) -> str | None:
@@ -118,7 +106,7 @@ def sweep_split(folder: Path) -> None:
     legacy = set(LEGACY_NAMES.values())
     for p in folder.iterdir() if folder.is_dir() else ():
         name = p.name
-        stale = (name.startswith(".") and name.endswith(".tmp")) or \
+        stale = is_temp_name(name) or \
             (_gen_of(name) is not None and name not in keep) or \
             (manifest is not None and name in legacy)
         if stale and p.is_file():
@@ -227,14 +215,9 @@ class SplitWriter:
                     "pieces": len(self._lengths), "events": self.total, "files": self.names,
                     "bytes": {p: (self.folder / n).stat().st_size
                               for p, n in self.names.items()}}
-        tmp = self.folder / f".{MANIFEST}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(manifest, indent=1) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.folder / MANIFEST)  # the one step that publishes the split
+        # the one step that publishes the split (temporary file, fsync, rename, fsync folder)
+        atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         self._published = True
-        _fsync(self.folder)
         sweep_split(self.folder)  # the previous generation, now unreachable
         return self.folder
 

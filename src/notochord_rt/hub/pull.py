@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..atomic import replace_durably
 from ..errors import CheckpointError
 from . import cache
 from .cache import HubError
@@ -236,7 +237,7 @@ def pull(entry: ModelEntry, *, progressbar: Any = False, force: bool = False,
                 raise HubError(f"the download of {entry.name!r} from {_host(str(entry.url))} "
                                f"is not a usable checkpoint, so nothing was kept: "
                                f"{str(e).replace(str(downloaded), downloaded.name)}") from None
-            os.replace(partial / cache.MODEL_FILE, folder / cache.MODEL_FILE)
+            replace_durably(partial / cache.MODEL_FILE, folder / cache.MODEL_FILE)
             record = {"name": entry.name, "url": entry.url, "file": entry.file_name,
                       "sha256": sha256, "bytes": size, "pulled_at": time.strftime(
                           "%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

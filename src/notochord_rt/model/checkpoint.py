@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..atomic import atomic_write as _atomic_write
 from ..errors import CheckpointError
 from . import checkpoint_checks as checks
 from .config import NotochordConfig
@@ -65,17 +66,9 @@ PathLike = str | os.PathLike
 
 # -- small helpers ---------------------------------------------------------------------------
 def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary sibling of ``path`` then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Call ``write(tmp)`` on a temporary sibling of ``path`` then rename it over ``path``
+    durably (:func:`notochord_rt.atomic.atomic_write`), creating missing folders."""
+    return _atomic_write(path, write, make_parents=True)
 
 
 def training_state_path(model_path: PathLike) -> Path:

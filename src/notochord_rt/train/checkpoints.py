@@ -20,7 +20,8 @@ whatever ``keep`` is:
   :func:`latest_checkpoint` still find it there, and :func:`sweep_partial` moves it back.
 
 :func:`sweep_partial` (called when a run starts or resumes) removes the rest: ``.tmp-*``
-and ``.old-*`` folders and the temporary files of killed :func:`write_text_atomic` calls.
+and ``.old-*`` folders and the temporary files of killed atomic writes
+(:func:`notochord_rt.atomic.atomic_write`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..atomic import atomic_write_text, fsync_path, fsync_tree, is_temp_name
 from ..errors import CheckpointError
 from ..model.checkpoint import DEFAULT_NAME, default_checkpoint
 
@@ -45,46 +47,6 @@ _NAME = re.compile(r"^step-(\d{8,})$")
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def _fsync_path(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms that cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for p in folder.iterdir():
-        if p.is_file():
-            _fsync_path(p)
-    _fsync_path(folder)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old or the new file, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent)
-
-
-def _is_temp_file(name: str) -> bool:
-    """A temporary file of :func:`write_text_atomic` (``.NAME.XXXX.tmp``)."""
-    return name.startswith(".") and name.endswith(".tmp")
 
 
 def stranded_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
@@ -116,11 +78,11 @@ def sweep_partial(ckpt_dir: Path) -> None:
         if not (ckpt_dir / folder.name).exists():
             os.replace(folder, ckpt_dir / folder.name)
             log.warning("recovered checkpoint %s from an interrupted rewrite", folder.name)
-    _fsync_path(ckpt_dir)
+    fsync_path(ckpt_dir)
     for p in ckpt_dir.iterdir():
         if p.name.startswith((".tmp-", ".old-")) and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
-        elif _is_temp_file(p.name) and p.is_file():
+        elif is_temp_name(p.name) and p.is_file():
             p.unlink(missing_ok=True)
     if ckpt_dir.name == CHECKPOINTS:
         for p in ckpt_dir.parent.glob(".config.json.*.tmp"):
@@ -167,7 +129,7 @@ def write_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=ckpt_dir))
     try:
         write(tmp)
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -185,8 +147,8 @@ def write_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_path(ckpt_dir)
-    write_text_atomic(ckpt_dir / LATEST, name + "\n")
+    fsync_path(ckpt_dir)
+    atomic_write_text(ckpt_dir / LATEST, name + "\n")
     if keep is not None:
         prune(ckpt_dir, keep)
     return final

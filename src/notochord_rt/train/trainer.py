@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..atomic import atomic_write_text
 from ..data.balance import WeightedStepIndexer, piece_weights
 from ..errors import CheckpointError, NotochordError, UserError
 from ..model.checkpoint import (
@@ -136,7 +137,7 @@ class Trainer:
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ck.sweep_partial(self.ckpt_dir)
-            ck.write_text_atomic(self.run_dir / "config.json",
+            atomic_write_text(self.run_dir / "config.json",
                                  json.dumps(config.to_dict(), indent=2))
             try:
                 from torch.utils.tensorboard import SummaryWriter
