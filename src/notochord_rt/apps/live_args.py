@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..engine.precisions import CORE_CHOICES, DEFAULT_PRECISION
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint``, ``--precision``, ``--threads`` (for commands that lack them)."""
@@ -16,8 +18,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true",
                         help="pull a registry model named by --checkpoint if it is not "
                              "cached yet (otherwise nothing is downloaded)")
-    parser.add_argument("--precision", default="fp32",
-                        choices=["module", "fp32", "bf16", "fp16", "int8"],
+    parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=CORE_CHOICES,
                         help="inference core (default fp32: the fused CPU core)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest for one live stream)")

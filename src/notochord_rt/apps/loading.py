@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..engine.precisions import MODULE_CORE
 from ..errors import CheckpointError, UserError
 
 
@@ -45,6 +46,6 @@ def load_sampler(checkpoint: str, precision: str = "fp32", threads: int = 1, *,
         model = Notochord.load(path)
     except CheckpointError as e:
         raise UserError(str(e)) from None
-    if precision and precision != "module":
+    if precision and precision != MODULE_CORE:
         model.use_core(precision)
     return model

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from ..apps.loading import load_sampler as load_model
+from ..engine.precisions import CORE_CHOICES, DEFAULT_PRECISION
 
 NAME = "generate"
 HELP = "generate a piece (or continue a MIDI file) and write MIDI, WAV and PNG"
@@ -101,8 +102,7 @@ def add_output_arguments(parser: argparse.ArgumentParser, default_out: str) -> N
     parser.add_argument("--download", action="store_true",
                         help="pull a registry model named by --checkpoint if it is not "
                              "cached yet (otherwise nothing is downloaded)")
-    parser.add_argument("--precision", default="fp32",
-                        choices=("module", "fp32", "bf16", "fp16", "int8"),
+    parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=CORE_CHOICES,
                         help="inference core: the fused CPU core at this precision (default "
                              "fp32), or 'module' for the plain torch module")
     parser.add_argument("--threads", type=int, default=1,

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import sys
 
+from ..engine.precisions import DEFAULT_PRECISION, PRECISIONS
 from ..errors import CheckpointError, InputError, MidiError, UserError
 
 NAME = "serve"
@@ -37,8 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", metavar="FILE.mid",
                         help="feed this MIDI file first; every session starts from (and "
                              "resets to) the state after it")
-    parser.add_argument("--precision", default="fp32",
-                        choices=("fp32", "bf16", "fp16", "int8"),
+    parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
                         help="precision of the packed weights (default fp32)")
     parser.add_argument("--max-sessions", type=int, default=64,
                         help="client sessions open at once, besides the shared session 0 "

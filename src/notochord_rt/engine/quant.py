@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from .precisions import PRECISIONS
 
 log = logging.getLogger(__name__)
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
 
 
 class PackedLinear:
