@@ -58,3 +58,18 @@ def test_event_arrays_sort_and_deltas():
     assert np.allclose(s.deltas(), [0.5, 0.5, 0.0])
     back = ev.EventArrays.from_events(s.to_events())
     assert np.allclose(back.time, s.time) and list(back.inst) == list(s.inst)
+
+
+def test_midi_velocity_is_one_clamp_for_scalars_and_arrays():
+    vals = [0.0, 0.49, 0.5, 1.4, 2.5, 64.5, 126.6, 127.4, 200.0]
+    want = [0, 0, 1, 1, 2, 64, 127, 127, 127]
+    assert [ev.midi_velocity(v) for v in vals] == want
+    assert ev.midi_velocities(np.array(vals)).tolist() == want
+    assert ev.note_on_velocity(0.0) == 1 and ev.note_on_velocity(300) == 127
+
+
+def test_sub_event_orders_are_named_once_and_are_permutations():
+    assert "".join(n[0] for n in ev.SUB_EVENTS) == ev.CANONICAL_ORDER == "iptv"
+    for order in (ev.SAMPLING_ORDER, ev.SCORE_ORDER):
+        assert sorted(order) == sorted(ev.CANONICAL_ORDER)
+    assert ev.SUB_EVENT_NAMES["v"] == "vel"

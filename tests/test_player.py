@@ -24,11 +24,12 @@ from tiny import tiny_model
 
 from notochord_rt import Constraints, Notochord
 from notochord_rt.apps.harmonizer import Voice
-from notochord_rt.apps.improvise import ImprovisePolicy, quantile_window
+from notochord_rt.apps.improvise import ImprovisePolicy
 from notochord_rt.apps.live import HarmonizePolicy, InputRouter, voice_channels
 from notochord_rt.apps.player import Player, PlayerConfig, Policy, TimingStats
 from notochord_rt.apps.ports import ChannelMap, FeedbackFilter, MidiOut, find_port
-from notochord_rt.errors import UserError
+from notochord_rt.apps.steering import steer_window, steering_fields
+from notochord_rt.errors import InputError, UserError
 
 torch.set_num_threads(1)
 
@@ -331,9 +332,9 @@ def test_improvise_plays_only_model_instruments_and_follows_steering():
         player.control("steer_pitch", 1.0)
         player.control("steer_rate", 0.9)
         sync(player)
-        assert policy.constraints().truncate_quantile_pitch == quantile_window(1.0)
+        assert policy.constraints().truncate_quantile_pitch == steer_window(1.0)
         assert policy.constraints().truncate_quantile_time == pytest.approx(
-            quantile_window(0.1))
+            steer_window(0.1))
         sink.until(lambda: len(sink.kinds("output")) >= 2)  # it plays on its own
         player.control("mute", 1.0)
         sync(player)
@@ -345,10 +346,15 @@ def test_improvise_plays_only_model_instruments_and_follows_steering():
     assert player.stats.summary()["counts"]["inputs"] == 5
 
 
-def test_quantile_window():
-    assert quantile_window(0.5) == (0.0, 1.0)
-    assert quantile_window(1.0) == (0.5, 1.0)
-    assert quantile_window(-3) == (0.0, 0.5)
+def test_steering_is_one_mapping_that_raises_on_bad_values():
+    assert steer_window(0.5) == (0.0, 1.0)
+    assert steer_window(1.0) == (0.5, 1.0)
+    assert steering_fields(rate=1.0)["truncate_quantile_time"] == (0.0, 0.5)
+    for bad in (-3, 1.5, float("nan")):
+        with pytest.raises(InputError):
+            steer_window(bad)
+        with pytest.raises(InputError):
+            steering_fields(rate=bad)
 
 
 def test_timing_stats_summary_matches_numpy():

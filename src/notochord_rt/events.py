@@ -35,9 +35,27 @@ from .gm import DRUM_KIT_NAMES, FAMILY_NAMES, PROGRAM_NAMES, drum_kit_name
 
 # -- sub-events ---------------------------------------------------------------------------
 SUB_EVENTS: tuple[str, ...] = ("inst", "pitch", "time", "vel")
-"""Canonical (index) order of the sub-events. An *order* is a permutation string of their
-initials; the canonical one is ``"iptv"`` (instrument, pitch, time, velocity)."""
+"""The sub-events' names in canonical (index) order: conditioning masks, heads and
+per-sub-event results are indexed in this order."""
+
 CANONICAL_ORDER = "iptv"
+"""The initials of :data:`SUB_EVENTS` in the same order. An *order* is a permutation of
+these letters (:func:`~notochord_rt.model.validate.check_order`). Also the order of the
+teacher-forced likelihoods that training, ``eval`` and fine-tuning report, so their
+figures are comparable."""
+
+SAMPLING_ORDER = "vtip"
+"""The default order of sampling (``sample``, the many-stream engine, OSC ``sample``, the
+rhythm test) when neither the call nor the constraints give one: velocity first, so
+note-on or note-off is decided before the instrument and pitch (design.md §6.6)."""
+
+SCORE_ORDER = "itpv"
+"""The default order of :meth:`~notochord_rt.model.network.NotochordNet.score`, kept as it
+always was (its callers and benchmarks pass it). Every order gives a valid likelihood;
+pass :data:`CANONICAL_ORDER` for figures comparable with training's."""
+
+SUB_EVENT_NAMES: dict[str, str] = dict(zip(CANONICAL_ORDER, SUB_EVENTS))
+"""Initial → name (``"i"`` → ``"inst"``, …)."""
 
 # -- instruments --------------------------------------------------------------------------
 START_INST = 0
@@ -63,6 +81,28 @@ TIME_RES = 0.01  # 10 ms bins in the time likelihood
 VEL_MIN, VEL_MAX = 0.0, 127.0
 VEL_RES = 1.0
 NOTE_ON_MIN_VEL = 0.5  # a continuous velocity below this is a note-off
+MIDI_VEL_MIN, MIDI_VEL_MAX = 1, 127  # a MIDI note-on's velocity range
+
+
+def note_on_velocity(vel: float) -> int:
+    """A velocity as a MIDI note-on velocity: rounded (half to even) and clamped to 1..127.
+
+    For a value known to be a note-on (a played note, a voice's velocity); use
+    :func:`midi_velocity` where the value may be a note-off."""
+    return min(MIDI_VEL_MAX, max(MIDI_VEL_MIN, int(round(vel))))
+
+
+def midi_velocity(vel: float) -> int:
+    """A model velocity as a MIDI velocity: 0 for a note-off (below
+    :data:`NOTE_ON_MIN_VEL`), else :func:`note_on_velocity`. The one clamp that every
+    path from a sampled event to MIDI uses, so they all agree on the edges."""
+    return 0 if vel < NOTE_ON_MIN_VEL else note_on_velocity(vel)
+
+
+def midi_velocities(vel: np.ndarray) -> np.ndarray:
+    """:func:`midi_velocity` of an array (floats, same rounding and clamp)."""
+    vel = np.asarray(vel)
+    return np.where(vel >= NOTE_ON_MIN_VEL, np.clip(np.rint(vel), MIDI_VEL_MIN, MIDI_VEL_MAX), 0)
 
 
 class Event(NamedTuple):

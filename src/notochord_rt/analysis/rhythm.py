@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .. import events as ev
+from ..events import SAMPLING_ORDER
 from .features import StatsConfig
 from .grid import windowed_grids
 from .notes import distinct_onsets
@@ -118,7 +119,7 @@ def rhythm_test(model, sources: Sequence[Source], *, pieces: int = 20, positions
     if pieces < 1 or positions < 1 or samples < 1:
         raise ValueError("pieces, positions and samples must be at least 1")
     chosen = _spread(len(sources), pieces)
-    cons = compile_constraints(Constraints(note_off_map={}, min_time=MIN_GAP, order="vtip"))
+    cons = compile_constraints(Constraints(note_off_map={}, min_time=MIN_GAP, order=SAMPLING_ORDER))
     result = RhythmResult(chance=min(2.0 * cfg.tolerance, 1.0))
     it: Any = chosen
     if progress:

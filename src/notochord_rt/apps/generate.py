@@ -42,6 +42,7 @@ import numpy as np
 from .. import events as ev
 from ..errors import InputError, NoPossibleEvents
 from .musical import DEFAULTS, InstrumentBalance
+from .steering import steer_window, steering_fields
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +55,6 @@ but held drum notes would count against the polyphony caps)."""
 
 RELEASE_TAIL = 0.5
 """Seconds after the last event at which notes still held are released (``events`` mode)."""
-
-
-def steer_window(steer: float | None) -> tuple[float, float]:
-    """A steering value in [0, 1] as a quantile window of width 1 centred on it.
-
-    0.5 (or ``None``) is no steering; 0 keeps the lower half of the distribution, 1 the
-    upper half (as the reference's homunculus maps its steering controls).
-    """
-    if steer is None:
-        return (0.0, 1.0)
-    s = float(steer)
-    if not 0.0 <= s <= 1.0 or math.isnan(s):
-        raise InputError(f"steering values must be in [0, 1], got {steer!r}")
-    return (max(0.0, s - 0.5), min(1.0, s + 0.5))
 
 
 @dataclass
@@ -214,10 +201,7 @@ def build_constraints(options: GenerateOptions, instruments: Iterable[int] | Non
         timing_temp=options.timing_temp,
         vel_temp=options.vel_temp,
         steer_density=options.steer_density,
-        truncate_quantile_pitch=steer_window(options.steer_pitch),
-        truncate_quantile_time=steer_window(
-            None if options.steer_rate is None else 1.0 - options.steer_rate),
-        truncate_quantile_vel=steer_window(options.steer_velocity),
+        **steering_fields(options.steer_pitch, options.steer_rate, options.steer_velocity),
         order=options.order,
         vel=0.0 if release_only else None,
     ).validate()
@@ -255,9 +239,7 @@ def feed_prompt(model, prompt: ev.EventArrays,
 
 def _note_vel(v: float) -> int:
     """A sampled velocity as a MIDI velocity: note-ons are 1..127, note-offs 0."""
-    if v < ev.NOTE_ON_MIN_VEL:
-        return 0
-    return int(min(127, max(1, round(v))))
+    return ev.midi_velocity(v)
 
 
 def generate(model, options: GenerateOptions, prompt: ev.EventArrays | None = None,

@@ -118,7 +118,7 @@ class HarmonyState:
         if not allowed:
             return None
         return Constraints(note_on_map={voice.inst: allowed}, note_off_map={},
-                           inst=voice.inst, time=0.0, vel=float(max(1, min(127, vel))),
+                           inst=voice.inst, time=0.0, vel=float(ev.note_on_velocity(vel)),
                            pitch_temp=self.pitch_temp, external={voice.inst})
 
     def attach(self, parent: tuple[int, int], note: tuple[int, int]) -> None:

@@ -26,14 +26,9 @@ from .. import events as ev
 from ..engine.constraints import Constraints
 from .musical import DEFAULTS, MusicalDefaults
 from .player import PlayerContext, Policy
+from .steering import steering_fields
 
 log = logging.getLogger(__name__)
-
-
-def quantile_window(centre: float) -> tuple[float, float]:
-    """A width-1 window centred on ``centre`` (0..1), clipped to [0, 1]."""
-    c = min(1.0, max(0.0, float(centre)))
-    return (max(0.0, c - 0.5), min(1.0, c + 0.5))
 
 
 @dataclass
@@ -86,8 +81,7 @@ class ImprovisePolicy(Policy):
                 note_on_map=on, max_polyphony=self.max_polyphony,
                 max_duration=self.max_duration, max_time=self.max_time,
                 external=set(self.player_insts),
-                truncate_quantile_pitch=quantile_window(self.steer.pitch),
-                truncate_quantile_time=quantile_window(1.0 - self.steer.rate),
+                **steering_fields(pitch=self.steer.pitch, rate=self.steer.rate),
                 steer_density=min(1.0, max(0.0, self.steer.density)),
                 pitch_temp=self.temps[0], rhythm_temp=self.temps[1], timing_temp=self.temps[2],
                 vel_temp=self.musical.vel_temp,

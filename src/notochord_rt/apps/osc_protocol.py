@@ -29,6 +29,7 @@ from ..engine.query import query_constraints
 from ..engine.sampler import _check_feed
 from ..engine.support import Compiled, compile_constraints
 from ..errors import InputError, NoPossibleEvents
+from ..events import SAMPLING_ORDER
 from .musical import DEFAULTS
 from .osc_values import (
     MAX_ABS,
@@ -272,7 +273,7 @@ class Parser:
                     cons.order = order
                 else:
                     cons = sample_constraints(kw, None if raw else DEFAULTS)
-                    order = cons.order or "vtip"
+                    order = cons.order or SAMPLING_ORDER
                 hit = (compile_constraints(cons), order)
             except (InputError, NoPossibleEvents):
                 raise

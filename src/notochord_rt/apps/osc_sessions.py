@@ -34,6 +34,7 @@ import numpy as np
 from ..engine.sampler import SampledEvent, SamplerState
 from ..engine.streams import Streams
 from ..errors import CheckpointError, InputError, MidiError, NoPossibleEvents
+from ..events import CANONICAL_ORDER, SUB_EVENTS
 from .osc_files import FileJob, FileRoot, default_loader, read_prompt
 from .osc_protocol import MAX_MESSAGE, PREFIX, RETURN, SHARED, Request, RequestError
 
@@ -307,7 +308,7 @@ class Sessions:
             out["forced"] = e.forced
         if d.return_params:
             params = e.params or {}
-            for m, name in zip("iptv", ("inst", "pitch", "time", "vel")):
+            for m, name in zip(CANONICAL_ORDER, SUB_EVENTS):
                 out[f"{name}_params"] = params.get(m)
         out["handle"] = r.handle
         return out

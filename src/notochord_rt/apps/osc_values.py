@@ -18,6 +18,7 @@ from typing import Any
 from .. import events as ev
 from ..engine.constraints import Constraints, Soft
 from ..errors import InputError
+from ..events import SAMPLING_ORDER
 from .musical import MusicalDefaults
 
 PREFIX = "/notochord"
@@ -201,7 +202,8 @@ def constraint_value(name: str, value: Any) -> Any:
         return {_inst(v, name) for v in items}
     if name == "order":
         if not isinstance(value, str):
-            raise InputError(f"order must be a string such as 'vtip', got {_short(value)}")
+            raise InputError(f"order must be a string such as {SAMPLING_ORDER!r}, "
+                             f"got {_short(value)}")
         return value
     raise InputError(f"unknown constraint {name!r}")
 

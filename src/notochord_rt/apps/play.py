@@ -106,7 +106,7 @@ class VoicesPolicy(Policy):
         if event.is_note_on:
             self._count(key[0])
         if event.is_note_on and v is not None:
-            vel = max(1, min(127, int(round(event.vel))))
+            vel = ev.note_on_velocity(event.vel)
             self._answer(ctx, v.channel, key[1], vel, key, None, 0)
 
     def _count(self, inst: int) -> None:

@@ -103,9 +103,7 @@ _STOP = object()
 
 def _midi_vel(e: Any) -> int:
     """MIDI velocity of a sampled event: 0 for a note-off, 1..127 for a note-on."""
-    if not e.is_note_on:
-        return 0
-    return min(127, max(1, int(round(e.vel))))
+    return ev.midi_velocity(e.vel)
 
 
 class Player:

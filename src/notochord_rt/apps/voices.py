@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from .. import events as ev
 from ..errors import InputError
 from ..gm import DRUM_KIT_NAMES, FAMILY_NAMES
-from .generate import steer_window
+from .steering import steering_fields
 
 MODES: tuple[str, ...] = ("auto", "input", "follow", "mute")
 """The cycle order of the mode button (``mute`` keeps the previous mode for unmuting)."""
@@ -378,9 +378,8 @@ class Rig:
         """Constraints fields set by the controls (steering windows and temperatures)."""
         c = self.controls
         return dict(
-            truncate_quantile_pitch=steer_window(c["steer_pitch"].value),
-            truncate_quantile_time=steer_window(1.0 - c["steer_rate"].value),
-            truncate_quantile_vel=steer_window(c["steer_velocity"].value),
+            **steering_fields(c["steer_pitch"].value, c["steer_rate"].value,
+                              c["steer_velocity"].value),
             steer_density=c["steer_density"].value,
             pitch_temp=c["pitch_temp"].value,
             rhythm_temp=c["rhythm_temp"].value,

@@ -45,6 +45,7 @@ import numpy as np
 
 from .. import events as ev
 from ..errors import InputError
+from ..events import CANONICAL_ORDER
 from . import checks
 from .checks import show
 
@@ -74,7 +75,7 @@ DEFAULT_PENALTY: dict[Soft, float] = {
     Soft.MAX_TIME: 0.5,
 }
 
-ORDER_LETTERS = frozenset("iptv")
+ORDER_LETTERS = frozenset(CANONICAL_ORDER)
 _SOFT_BY_NAME: dict[str, Soft] = {s.value: s for s in Soft}  # Soft members are str too
 
 
@@ -267,7 +268,7 @@ KINDS: dict[str, str] = {
     "quantile": "(lo, hi) with 0 <= lo < hi <= 1",
     "inst_weights": "dict {inst: weight >= 0}",
     "inst_set": "frozenset of instrument ids",
-    "order": "a permutation of 'iptv', or 'random'",
+    "order": f"a permutation of {CANONICAL_ORDER!r}, or 'random'",
 }
 _CONVERTERS = {
     "real": _c_real, "int": _c_int, "inst": _c_inst, "note_map": _c_note_map,
@@ -324,11 +325,12 @@ everywhere, with a message naming the argument.
 
 # -- helpers ------------------------------------------------------------------------------
 def check_order(order: Any, name: str = "order") -> str:
-    """Validate an order: a permutation of ``"iptv"`` or ``"random"``."""
+    """Validate an order: a permutation of ``"iptv"`` (:data:`CANONICAL_ORDER`) or ``"random"``."""
     if isinstance(order, str) and order == "random":
         return order
     if not isinstance(order, str) or len(order) != 4 or set(order) != ORDER_LETTERS:
-        raise InputError(f"{name} must be a permutation of 'iptv' or 'random', got {show(order)}")
+        raise InputError(f"{name} must be a permutation of {CANONICAL_ORDER!r} or 'random', "
+                         f"got {show(order)}")
     return order
 
 

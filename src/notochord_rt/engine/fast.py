@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
+from ..events import CANONICAL_ORDER
 from .quant import PRECISIONS, PackedLinear, available_precisions, c_kernels, pack_linear
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ class FastCore:
         self._proj = _glu_mlp(parts["h_proj"], precision, mr)
         self._mix = {"t": _mixture(parts["time_dist"]), "v": _mixture(parts["vel_dist"])}
         self._heads = {}  # the mixtures' bias is folded into the t / v output layers
-        for sub, h in zip("iptv", parts["heads"]):
+        for sub, h in zip(CANONICAL_ORDER, parts["heads"]):
             mix = self._mix.get(sub)
             self._heads[sub] = _glu_mlp(h, precision, mr, None if mix is None else mix.bias)
         # batch 1 on the compiled kernels (int8 with AVX-512 VNNI): fused GLU + LayerNorm
@@ -311,11 +312,11 @@ class FastCore:
                 want_heads = [h(torch.tanh(cx)) for h in p["heads"]]
                 want_heads[2] = want_heads[2] + p["time_dist"].bias  # folded in ours
                 want_heads[3] = want_heads[3] + p["vel_dist"].bias
-                got_heads = [ref._head_raw(s, cx[None])[0] for s in "iptv"]
+                got_heads = [ref._head_raw(s, cx[None])[0] for s in CANONICAL_ORDER]
             finally:
                 model.train(was_training)
         pairs = [("GRU step", got_state, want_state), ("h_proj", got_ctx, want_ctx)]
-        pairs += [(f"head {s}", g, w) for s, g, w in zip("iptv", got_heads, want_heads)]
+        pairs += [(f"head {s}", g, w) for s, g, w in zip(CANONICAL_ORDER, got_heads, want_heads)]
         for name, got, want in pairs:
             err = float((got - want).abs().max())
             scale = 1.0 + float(want.abs().max())

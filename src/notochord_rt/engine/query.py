@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import events as ev
 from ..errors import InputError
+from ..events import CANONICAL_ORDER
 from . import checks
 from .constraints import FIELDS, N_I, N_P, Constraints
 
@@ -163,8 +164,8 @@ def query_constraints(kw: dict[str, Any]) -> tuple[Constraints, str]:
                                             "timing_temp", "truncate_quantile_time")),
         "v": any(g(k) is not None for k in ("min_vel", "max_vel", "velocity_temp")),
     }
-    order = "".join(m for m in "iptv" if touched[m]) + "".join(
-        m for m in "iptv" if not touched[m])
+    order = "".join(m for m in CANONICAL_ORDER if touched[m]) + "".join(
+        m for m in CANONICAL_ORDER if not touched[m])
     return cons, order
 
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import events as ev
+from ..atomic import atomic_write_bytes
 from ..errors import InputError
 from .ingest import repair_overlaps
 
@@ -95,8 +96,7 @@ def _as_arrays(events) -> ev.EventArrays:
         raise InputError("events: times must be finite and >= 0")
     if not np.isfinite(vel).all() or (vel < 0).any() or (vel > ev.VEL_MAX + 0.5).any():
         raise InputError("events: velocity must be in 0..127")
-    on = vel >= ev.NOTE_ON_MIN_VEL
-    vel = np.where(on, np.clip(np.rint(vel), 1, 127), 0)
+    vel = ev.midi_velocities(vel)
     order = np.argsort(time, kind="stable")
     return ev.EventArrays.build(inst[order], pitch[order], time[order], vel[order])
 
@@ -324,11 +324,7 @@ def save_midi(
     """
     data = midi_bytes(events, ticks_per_beat=ticks_per_beat, tempo_bpm=tempo_bpm,
                       program_for=program_for)
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
 
 
 def events_to_score(

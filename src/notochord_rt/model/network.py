@@ -42,8 +42,8 @@ from .distributions import CensoredLogisticMixture
 
 log = logging.getLogger(__name__)
 
-SUB_EVENT_KEYS = ("inst", "pitch", "time", "vel")
-_INITIALS = "iptv"  # index order of the sub-events: inst, pitch, time, vel
+SUB_EVENT_KEYS = ev.SUB_EVENTS
+_INITIALS = ev.CANONICAL_ORDER  # index order of the sub-events: inst, pitch, time, vel
 
 
 # -- building blocks -----------------------------------------------------------------------
@@ -325,7 +325,7 @@ class NotochordNet(nn.Module):
             raise InputError(f"end has length {len(flags)} but inst has length {n}")
         return flags
 
-    def score(self, inst: Any, pitch: Any, time: Any, vel: Any, order: str = "itpv",
+    def score(self, inst: Any, pitch: Any, time: Any, vel: Any, order: str = ev.SCORE_ORDER,
               end: Any = None) -> dict[str, Tensor]:
         """Per-event log-likelihoods (nats) of one piece, teacher-forced from the start.
 
@@ -333,8 +333,9 @@ class NotochordNet(nn.Module):
         N (lists, numpy arrays or tensors) of real events; the start event is prepended
         and the GRU starts from the learned initial state. Each sub-event is conditioned
         on the past and on the sub-events before it in ``order`` (a permutation of
-        ``"itpv"``). ``end``: ``None`` = the piece goes on after these events (every end
-        target 0), ``"last"`` = the last event ends it, or explicit 0/1 flags.
+        ``"iptv"``; default :data:`~notochord_rt.events.SCORE_ORDER`, ``"itpv"``).
+        ``end``: ``None`` = the piece goes on after these events (every end target 0),
+        ``"last"`` = the last event ends it, or explicit 0/1 flags.
 
         Returns ``{"inst", "pitch", "time", "vel", "end"}`` -> ``Tensor[N]`` (float32, on
         the model's device), computed in eval mode without gradients. Bad input raises

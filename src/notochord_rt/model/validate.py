@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..events import CANONICAL_ORDER
 
 
 def as_1d(name: str, value: Any) -> np.ndarray:
@@ -59,7 +60,7 @@ def check_same_length(arrays: Sequence[tuple[str, np.ndarray]]) -> int:
 
 
 def check_order(order: Any) -> str:
-    """A permutation of ``"itpv"`` (case-insensitive)."""
-    if not isinstance(order, str) or sorted(order.lower()) != sorted("itpv"):
-        raise InputError(f"order must be a permutation of 'itpv', got {order!r}")
+    """A permutation of :data:`~notochord_rt.events.CANONICAL_ORDER` (case-insensitive)."""
+    if not isinstance(order, str) or sorted(order.lower()) != sorted(CANONICAL_ORDER):
+        raise InputError(f"order must be a permutation of {CANONICAL_ORDER!r}, got {order!r}")
     return order.lower()
