@@ -299,3 +299,10 @@ def test_empty_source_gives_empty_splits(tmp_path):
     for split in SPLITS:
         assert len(EventStore(tmp_path / "dest", split)) == 0
     assert read_report(tmp_path / "dest") == []
+
+
+def test_prep_duration_limit_is_the_ingest_cap():
+    from notochord_rt.data.prep_limits import DEFAULT_MAX_HOURS
+    from notochord_rt.midi.ingest import MAX_PIECE_SECONDS
+
+    assert DEFAULT_MAX_HOURS * 3600 == MAX_PIECE_SECONDS

@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..data.prep_limits import (
+    DEFAULT_MAX_HOURS,
+    DEFAULT_MAX_MB,
+    DEFAULT_MIN_EVENTS,
+    DEFAULT_TIMEOUT,
+)
+
 NAME = "prep"
 HELP = "prepare MIDI files (folders searched recursively) as a training dataset"
 
@@ -16,16 +23,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dataset folder to write (re-running resumes and skips done files)")
     parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1,
                         help="worker processes (default: number of CPUs)")
-    parser.add_argument("--min-events", type=int, default=64,
-                        help="report pieces with fewer events as too short (default 64)")
+    parser.add_argument("--min-events", type=int, default=DEFAULT_MIN_EVENTS,
+                        help="report pieces with fewer events as too short "
+                             f"(default {DEFAULT_MIN_EVENTS})")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="use only the first N files found")
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
-                        help="seconds one file may take before its worker is killed (default 60)")
-    parser.add_argument("--max-mb", type=float, default=64.0,
-                        help="report bigger files as too large (default 64 MB)")
-    parser.add_argument("--max-hours", type=float, default=6.0,
-                        help="report longer pieces as too long (default and most: 6 h)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                        help="seconds one file may take before its worker is killed "
+                             f"(default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB,
+                        help=f"report bigger files as too large (default {DEFAULT_MAX_MB:g} MB)")
+    parser.add_argument("--max-hours", type=float, default=DEFAULT_MAX_HOURS,
+                        help="report longer pieces as too long "
+                             f"(default and most: {DEFAULT_MAX_HOURS:g} h)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="try again files that crashed, timed out or could not be read")
 

@@ -52,6 +52,12 @@ from pathlib import Path
 from ..errors import UserError
 from . import prep_worker as pw
 from .prep_ledger import RETRYABLE, Ledger
+from .prep_limits import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_HOURS,
+    DEFAULT_MIN_EVENTS,
+    DEFAULT_TIMEOUT,
+)
 from .prep_pool import PoolError, SupervisedPool, TaskOutcome
 from .prep_spool import runs as spool_runs
 from .report import (
@@ -69,8 +75,6 @@ log = logging.getLogger(__name__)
 MIDI_SUFFIXES = (".mid", ".midi", ".kar")
 VALID_FRACTION = 0.03
 TEST_FRACTION = 0.02
-DEFAULT_MIN_EVENTS = 64
-DEFAULT_TIMEOUT = 60.0
 MAX_MESSAGE_EVENTS = 1 << 22
 """A worker sends its results early once they hold this many events (~56 MB)."""
 
@@ -165,8 +169,8 @@ def prepare(
     min_events: int = DEFAULT_MIN_EVENTS,
     limit: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
-    max_bytes: int = 64 << 20,
-    max_hours: float = 6.0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_hours: float = DEFAULT_MAX_HOURS,
     retry_failed: bool = False,
     flush_every: int = 1000,
     flush_seconds: float = 60.0,

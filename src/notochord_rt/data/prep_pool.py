@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .prep_limits import DEFAULT_TIMEOUT
+
 log = logging.getLogger(__name__)
 
 _START, _NUMBER = 0, 1  # slots of a worker's shared state: start time, task number
@@ -216,7 +218,7 @@ class SupervisedPool:
         func: Callable,
         config: Any,
         jobs: int = 1,
-        timeout: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
         preload: Sequence[str] = (),
         prefetch: int = 2,
         batch_size: int | None = None,

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..errors import MidiError
 from ..events import EventArrays
+from .prep_limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_HOURS
 from .prep_spool import Location, SpoolWriter
 
 FAULT_ENV = "NOTOCHORD_RT_PREP_FAULT"
@@ -69,8 +70,8 @@ class WorkerConfig:
     """What every worker needs to know; sent once when the worker starts."""
 
     known_hashes: frozenset[str] = frozenset()
-    max_bytes: int = 64 << 20
-    max_seconds: float = 6 * 3600.0
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_seconds: float = DEFAULT_MAX_HOURS * 3600.0
     loader: str = "notochord_rt.midi.ingest:load_midi"
     """``module:function`` taking bytes and returning an object with ``.events``."""
     fault: str | None = field(default_factory=lambda: os.environ.get(FAULT_ENV))
