@@ -36,6 +36,7 @@ import math
 import time as _time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -221,20 +222,23 @@ def _max_durations(seconds: float) -> dict[int, float]:
     return out
 
 
-def feed_prompt(model, prompt: ev.EventArrays,
-                progress: Callable[[int], None] | None = None) -> None:
-    """Feed a (sorted, absolute-time) piece to ``model`` event by event.
+def feed_prompt(model: Any, prompt: ev.EventArrays,
+                progress: Callable[[int], None] | None = None, every: int = 64) -> None:
+    """Feed a (sorted, absolute-time) piece to ``model`` event by event: the one prompt
+    feeding loop of the apps (``generate``, ``play --prompt``).
 
-    ``progress(n)`` is called with the number of events fed so far, every 64 events and
-    at the end.
+    Delta times are taken from the absolute times and clipped at 0 (ties after sorting).
+    ``progress(n)`` is called with the number of events fed so far, every ``every``
+    events and once at the end (never twice with the same ``n``).
     """
-    for k, (i, p, dt, v) in enumerate(zip(prompt.inst.tolist(), prompt.pitch.tolist(),
-                                          prompt.deltas().tolist(), prompt.vel.tolist())):
+    n = 0
+    for n, (i, p, dt, v) in enumerate(zip(prompt.inst.tolist(), prompt.pitch.tolist(),
+                                          prompt.deltas().tolist(), prompt.vel.tolist()), 1):
         model.feed(i, p, max(0.0, dt), v)
-        if progress is not None and k % 64 == 63:
-            progress(k + 1)
-    if progress is not None:
-        progress(len(prompt))
+        if progress is not None and n % every == 0:
+            progress(n)
+    if progress is not None and (n == 0 or n % every):
+        progress(n)
 
 
 def _note_vel(v: float) -> int:

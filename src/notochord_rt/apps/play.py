@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import events as ev
+from .generate import feed_prompt
 from .harmonizer import HarmonyState
 from .player import NoteIn, Player, PlayerContext, PlayerEvent, Policy
 from .voices import MODES, N_CHANNELS, Rig, VoiceConfig, balance_weights
@@ -244,11 +245,7 @@ def feed_prompt_file(model: Any, path: str, rig: Rig,
     events = ing.events.sorted()
     model.reset()
     n = len(events)
-    for k, (i, p, dt, v) in enumerate(zip(events.inst.tolist(), events.pitch.tolist(),
-                                          events.deltas().tolist(), events.vel.tolist())):
-        model.feed(i, p, max(0.0, dt), v)
-        if progress is not None:
-            progress(k + 1, n)
+    feed_prompt(model, events, None if progress is None else lambda k: progress(k, n), every=1)
     notes.insert(0, f"prompt: {n} events, {len(new.voices)} voices from {path}")
     return new, model.get_state(), notes
 
