@@ -373,7 +373,7 @@ def test_pitch_frequencies_match_model_given_instrument():
 def _head_raw(m, sub, **known):
     """Raw head output given the known sub-events, computed with the network's modules."""
     with torch.no_grad():
-        x = m.h_proj(m._s.state[-1, 0])
+        x = m.h_proj(m._s.rnn[-1, 0])
         if "inst" in known:
             x = x + m.inst_emb(torch.tensor(known["inst"]))
         if "pitch" in known:
