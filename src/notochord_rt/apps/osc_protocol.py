@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.query import query_constraints
-from ..engine.sampler import _check_feed
+from ..engine.state import check_feed
 from ..engine.support import Compiled, compile_constraints
 from ..errors import InputError, NoPossibleEvents
 from ..events import SAMPLING_ORDER
@@ -242,7 +242,7 @@ class Parser:
                 raise InputError(f"{name} must be a number, got {_short(v)}")
         if isinstance(values[2], (int, float)) and abs(values[2]) > MAX_ABS:
             raise InputError(f"time must be at most {MAX_ABS:g} seconds, got {values[2]!r}")
-        req.event = _check_feed(*values)
+        req.event = check_feed(*values)
         return rest
 
     @staticmethod

@@ -54,9 +54,6 @@ from .support import Compiled
 
 __all__ = ["Notochord", "SampledEvent", "SamplerState", "check_feed"]
 
-#: the old private name (``apps.osc_protocol`` imports it); use :func:`check_feed`
-_check_feed = check_feed
-
 
 class Notochord(NotochordNet):
     """``NotochordNet`` plus one stream's state and ``reset/feed/sample/query``.
