@@ -2,7 +2,7 @@
 
 Pieces of one instrument, a fixed tempo each (90-150 BPM), chords of 1-3 notes on eighth
 notes, every note ending on a grid line: every time gap in the data is a whole number of
-eighths. A tiny model is trained for ``--seconds`` per setting, then the teacher-forced
+eighths. A tiny model is trained for ``--steps`` steps per setting, then the teacher-forced
 rhythm test of ``notochord-rt stats`` (:func:`notochord_rt.analysis.rhythm_test`)
 measures how often its sampled next onset lands on the piece's grid, against the real
 next onset (about 0.96) and chance (0.2).
@@ -12,7 +12,8 @@ The settings compared are initialisations of the time distribution
 logistic scale of 3 % of its location), so that a fix of the time head can be checked
 in minutes before a long training run.
 
-Usage: ``python benchmarks/rhythm_synthetic.py [--seconds 300] [--inits 0 0.03]``
+Usage: ``python benchmarks/rhythm_synthetic.py [--steps 1200] [--inits 0 0.03]`` (steps, not
+seconds, so that a loaded machine gives the same comparison, only later).
 """
 
 from __future__ import annotations
@@ -67,12 +68,12 @@ def make_data(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def train(data: Path, out: Path, init: float, seconds: float) -> tuple[Path, dict]:
+def train(data: Path, out: Path, init: float, steps: int) -> tuple[Path, dict]:
     config = TrainConfig(
         data=str(data), out=str(out), batch_size=16, batch_len=128, lr=2e-3,
         model={"emb_size": 64, "rnn_hidden": 128, "rnn_layers": 1, "mlp_layers": 1,
                "time_sharp_init": init},
-        time_limit=seconds, valid_batches=4, threads=1, progress=False, seed=0).validate()
+        max_steps=steps, valid_batches=4, threads=1, progress=False, seed=0).validate()
     trainer = Trainer(config)
     try:
         summary = trainer.fit()
@@ -83,7 +84,7 @@ def train(data: Path, out: Path, init: float, seconds: float) -> tuple[Path, dic
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=300.0, help="training time per setting")
+    ap.add_argument("--steps", type=int, default=1200, help="training steps per setting")
     ap.add_argument("--inits", type=float, nargs="+", default=[0.0, 0.03])
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
@@ -93,14 +94,14 @@ def main() -> int:
         sources = find_sources([data], split="test")
         for init in args.inits:
             t0 = time.perf_counter()
-            weights, summary = train(data, Path(tmp) / f"run-{init}", init, args.seconds)
+            weights, summary = train(data, Path(tmp) / f"run-{init}", init, args.steps)
             model = Notochord.load(weights)
             result = rhythm_test(model, sources, pieces=20, positions=100)
             rows.append({"time_sharp_init": init, "steps": summary["steps_this_run"],
                          "valid_time_nll": summary["valid"]["time"],
                          "model_on_grid": result.model, "real_on_grid": result.real,
                          "chance": result.chance, "seconds": time.perf_counter() - t0})
-    print(f"synthetic grid music, tiny model, {args.seconds:g} s of training per setting")
+    print(f"synthetic grid music, tiny model, {args.steps} training steps per setting")
     print(f"  {'time_sharp_init':>15} {'steps':>6} {'valid time NLL':>15} "
           f"{'model on grid':>14} {'real':>6} {'chance':>7}")
     for r in rows:
