@@ -10,14 +10,19 @@ import argparse
 from ..engine.precisions import CORE_CHOICES, DEFAULT_PRECISION
 
 
+def add_download_argument(parser: argparse.ArgumentParser) -> None:
+    """``--download``: the one way a command may fetch a registry model it does not have."""
+    parser.add_argument("--download", action="store_true",
+                        help="pull a registry model named by --checkpoint if it is not "
+                             "cached yet (otherwise nothing is downloaded)")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint``, ``--precision``, ``--threads`` (for commands that lack them)."""
     parser.add_argument("--checkpoint", default="default",
                         help="model: a .safetensors file, a reference checkpoint, 'default' "
                              "or a model name (`notochord-rt models list`)")
-    parser.add_argument("--download", action="store_true",
-                        help="pull a registry model named by --checkpoint if it is not "
-                             "cached yet (otherwise nothing is downloaded)")
+    add_download_argument(parser)
     parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=CORE_CHOICES,
                         help="inference core (default fp32: the fused CPU core)")
     parser.add_argument("--threads", type=int, default=1,

@@ -16,6 +16,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..apps.live_args import add_download_argument
 from ..apps.loading import load_sampler as load_model
 from ..engine.precisions import CORE_CHOICES, DEFAULT_PRECISION
 
@@ -99,9 +100,7 @@ def add_output_arguments(parser: argparse.ArgumentParser, default_out: str) -> N
     parser.add_argument("--checkpoint", default="default", metavar="PATH|NAME",
                         help="model file (.safetensors or a reference .ckpt) or a model name "
                              "(`notochord-rt models list`); default: the bundled model")
-    parser.add_argument("--download", action="store_true",
-                        help="pull a registry model named by --checkpoint if it is not "
-                             "cached yet (otherwise nothing is downloaded)")
+    add_download_argument(parser)
     parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=CORE_CHOICES,
                         help="inference core: the fused CPU core at this precision (default "
                              "fp32), or 'module' for the plain torch module")

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import sys
 
+from ..apps.live_args import add_download_argument
 from ..engine.precisions import DEFAULT_PRECISION, PRECISIONS
 from ..errors import CheckpointError, InputError, MidiError, UserError
 
@@ -32,9 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model: a .safetensors file, a reference checkpoint, a model "
                              "name (`notochord-rt models list`) or 'default' (the bundled "
                              "model; the default)")
-    parser.add_argument("--download", action="store_true",
-                        help="pull a registry model named by --checkpoint if it is not "
-                             "cached yet (otherwise nothing is downloaded)")
+    add_download_argument(parser)
     parser.add_argument("--prompt", metavar="FILE.mid",
                         help="feed this MIDI file first; every session starts from (and "
                              "resets to) the state after it")
