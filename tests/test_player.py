@@ -176,11 +176,13 @@ def test_lookahead_adapts_to_slow_sampling():
 
     player.model.sample = slow_sample
     with player:
-        sink.until(lambda: len(sink.kinds("output")) >= 16)
+        sink.until(lambda: len(sink.kinds("output")) >= 40)
     assert player.lookahead() >= 1.25 * 0.01
     late = player.stats.values("lateness")[10:]  # after the first plans are measured
-    assert len(late) >= 5
-    assert np.mean(late > 0.003) < 0.25
+    assert len(late) >= 20
+    # without the adaptation every event would be about 10 ms late; a busy machine (CI
+    # shares its cores) makes some late anyway, so only most must be on time
+    assert np.mean(late > 0.003) < 0.5
 
 
 def test_input_replans_and_is_fed_with_wall_clock_deltas():
