@@ -121,10 +121,9 @@ def named_instruments(model, args) -> dict:
             "pieces_all_at_least_5": float(np.mean([f >= 5 for f in fewest]))}
 
 
-def melodic_onsets(events: ev.EventArrays) -> tuple[np.ndarray, np.ndarray]:
+def melodic_pitches(events: ev.EventArrays) -> np.ndarray:
     n = notes_of(events)
-    mel = ~ev.is_drum(n.inst)
-    return n.start[mel], n.pitch[mel]
+    return n.pitch[~ev.is_drum(n.inst)]
 
 
 def harmonizer(model, args, sources) -> dict:
@@ -166,7 +165,7 @@ def continuations(model, args, sources) -> dict:
             continue
         grid_share.append(float(grid.on_grid(starts).mean()))
         key = piece_key(prompt)
-        mel_t, mel_p = melodic_onsets(cont)
+        mel_p = melodic_pitches(cont)
         if key is not None and len(mel_p):
             key_share.append(in_scale_share(mel_p, key))
         ons = cont.inst[cont.vel > 0]
@@ -199,7 +198,6 @@ def main() -> int:
     cfg = StatsConfig()
     sources = find_sources([args.data], split=args.split)
     test = analyse(args.split, sources, cfg)
-    with_notes = [s for s in sources]
     figures = {
         "checkpoint": args.checkpoint, "raw": args.raw, "machine": machine_info(),
         "test_split": {"pieces": len(test.pieces),
@@ -209,8 +207,8 @@ def main() -> int:
                        "short_share": float(np.mean(test.values("short_share")))},
         "free_running": free_running(model, args, test, cfg),
         "named": named_instruments(model, args),
-        "harmonizer": harmonizer(model, args, with_notes),
-        "continuation": continuations(model, args, with_notes),
+        "harmonizer": harmonizer(model, args, sources),
+        "continuation": continuations(model, args, sources),
         "rhythm": {k: v for k, v in rhythm_test(model, sources, pieces=args.rhythm_pieces)
                    .as_dict().items() if k not in ("per_piece", "skipped")},
     }

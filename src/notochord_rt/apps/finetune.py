@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -281,7 +280,9 @@ def run_finetune(sources: list[str], base: str, out: str | Path,
         result.notes.append("no validation improved on the base model: "
                             f"{best_path} holds the base weights")
     result.wall_seconds = round(time.perf_counter() - started, 1)
-    (out / "finetune.json").write_text(json.dumps(_jsonable(asdict(result)), indent=1) + "\n")
+    from ..analysis.report import jsonable
+
+    (out / "finetune.json").write_text(json.dumps(jsonable(asdict(result)), indent=1) + "\n")
     progress("done", 1.0)
     return result
 
@@ -306,11 +307,3 @@ def _write_samples(before: Any, after: Any, out: Path, opts: FinetuneOptions,
     return written
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value

@@ -42,7 +42,7 @@ import numpy as np
 
 from .. import events as ev
 from ..errors import InputError, NoPossibleEvents
-from .musical import DEFAULTS, InstrumentBalance
+from .musical import DEFAULTS, RAW, InstrumentBalance, melodic_min_durations
 from .steering import steer_window, steering_fields
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,8 @@ class GenerateOptions:
     @classmethod
     def raw(cls, **values) -> GenerateOptions:
         """Options that sample the model as it is (no musical defaults), with ``values``."""
-        base = dict(pitch_temp=1.0, inst_temp=1.0, vel_temp=1.0, min_duration=0.0,
-                    balance=False)
+        base = dict(pitch_temp=RAW.pitch_temp, inst_temp=RAW.inst_temp,
+                    vel_temp=RAW.vel_temp, min_duration=RAW.min_duration, balance=RAW.balance)
         return cls(**{**base, **values})
 
     def validate(self) -> GenerateOptions:
@@ -195,7 +195,7 @@ def build_constraints(options: GenerateOptions, instruments: Iterable[int] | Non
         max_time=float(options.max_gap),
         max_polyphony=int(options.max_polyphony),
         max_duration=_max_durations(options.max_note_seconds),
-        min_duration=_min_durations(options.min_duration),
+        min_duration=melodic_min_durations(options.min_duration),
         inst_temp=options.inst_temp,
         pitch_temp=options.pitch_temp,
         rhythm_temp=options.rhythm_temp,
@@ -206,13 +206,6 @@ def build_constraints(options: GenerateOptions, instruments: Iterable[int] | Non
         order=options.order,
         vel=0.0 if release_only else None,
     ).validate()
-
-
-def _min_durations(seconds: float) -> dict[int, float]:
-    if seconds <= 0:
-        return {}
-    return {i: float(seconds) for i in range(ev.FIRST_MELODIC, ev.NUM_INSTRUMENTS + 1)
-            if not ev.is_drum(i)}
 
 
 def _max_durations(seconds: float) -> dict[int, float]:

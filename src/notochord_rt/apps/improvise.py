@@ -85,8 +85,7 @@ class ImprovisePolicy(Policy):
                 steer_density=min(1.0, max(0.0, self.steer.density)),
                 pitch_temp=self.temps[0], rhythm_temp=self.temps[1], timing_temp=self.temps[2],
                 vel_temp=self.musical.vel_temp,
-                min_duration={i: self.musical.min_duration for i in self.model_insts
-                              if not ev.is_drum(i)})
+                min_duration=self.musical.min_durations(self.model_insts))
         return self._cons
 
     def next_constraints(self, ctx: PlayerContext) -> Constraints | None:

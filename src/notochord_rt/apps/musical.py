@@ -55,12 +55,24 @@ class MusicalDefaults:
         return cls(min_duration=0.0, pitch_temp=1.0, inst_temp=1.0, vel_temp=1.0,
                    harmony_pitch_temp=1.0, balance=False)
 
-    def min_durations(self) -> dict[int, float]:
-        """``min_duration`` as a per-instrument map: melodic instruments only."""
-        if self.min_duration <= 0:
-            return {}
-        return {i: self.min_duration for i in range(ev.FIRST_MELODIC, ev.NUM_INSTRUMENTS + 1)
-                if not ev.is_drum(i)}
+    def min_durations(self, insts: Iterable[int] | None = None) -> dict[int, float]:
+        """``min_duration`` as a per-instrument map (see :func:`melodic_min_durations`)."""
+        return melodic_min_durations(self.min_duration, insts)
+
+
+_IDS = np.arange(ev.N_INST_CLASSES)
+_DRUMS = ev.is_drum(_IDS) & (_IDS > 0)
+"""Drum-kit instrument ids (named and anonymous), as a ``(321,)`` mask."""
+
+
+def melodic_min_durations(seconds: float, insts: Iterable[int] | None = None
+                          ) -> dict[int, float]:
+    """A minimum note duration for the melodic ones of ``insts`` (default: every
+    instrument id); drum notes have no audible length. Empty when ``seconds <= 0``."""
+    if seconds <= 0:
+        return {}
+    ids = range(ev.FIRST_MELODIC, ev.NUM_INSTRUMENTS + 1) if insts is None else insts
+    return {int(i): float(seconds) for i in ids if not _DRUMS[int(i)]}
 
 
 DEFAULTS = MusicalDefaults()
@@ -143,11 +155,10 @@ class InstrumentBalance:
             ratio = wanted / np.maximum(share[idx], wanted / self.max_weight)
             lw[idx] = self.strength * np.log(ratio)
         else:
-            drums = ev.is_drum(np.arange(ev.N_INST_CLASSES)) & (np.arange(ev.N_INST_CLASSES) > 0)
-            drum_total = float(share[drums].sum())
+            drum_total = float(share[_DRUMS].sum())
             if drum_total > self.drum_share:
-                lw[drums] = self.strength * math.log(self.drum_share / drum_total)
-            over = (~drums) & (share > self.max_share)
+                lw[_DRUMS] = self.strength * math.log(self.drum_share / drum_total)
+            over = (~_DRUMS) & (share > self.max_share)
             lw[over] = self.strength * np.log(self.max_share / share[over])
         np.clip(lw, -cap, cap, out=lw)
         return lw if np.any(lw) else None
