@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import events as ev
 from ..engine.constraints import Constraints, Soft
-from ..errors import InputError
+from ..errors import InputError, short_repr
 from ..events import SAMPLING_ORDER
 from .musical import MusicalDefaults
 
@@ -125,9 +125,7 @@ def _float(value: Any, name: str) -> float:
 
 
 def _short(value: Any, n: int = 40) -> str:
-    """``repr(value)`` cut to ``n`` characters (error messages stay small)."""
-    r = repr(value)
-    return r if len(r) <= n else r[:n - 3] + "..."
+    return short_repr(value, n)
 
 
 def _inst(value: Any, name: str) -> int:

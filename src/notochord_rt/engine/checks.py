@@ -17,13 +17,10 @@ from typing import Any
 import numpy as np
 
 from .. import events as ev
-from ..errors import InputError
+from ..errors import InputError, short_repr
 
-
-def show(v: Any, limit: int = 60) -> str:
-    """``repr(v)`` cut to ``limit`` characters (hostile values can be huge)."""
-    r = repr(v)
-    return r if len(r) <= limit else r[: limit - 3] + "..."
+show = short_repr
+"""``repr(v)`` cut to 60 characters (hostile values can be huge)."""
 
 
 def _not_a_number(v: Any) -> bool:

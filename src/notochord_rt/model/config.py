@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import events as ev
+from ..errors import short_repr
 
 CONFIG_VERSION = 1
 
@@ -49,9 +50,7 @@ def _pair(value: Any, name: str) -> tuple[float, float]:
 
 
 def _short(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters (error messages stay one short line)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return short_repr(value, limit)
 
 
 # -- declared bounds ------------------------------------------------------------------------
