@@ -43,8 +43,8 @@ def machine() -> str:
 
 
 def bench_music21(every: int, jobs: int, time_limit_s: float) -> None:
-    from notochord_rt.data import corpus_music21 as m
-    from notochord_rt.data.corpus import stride_sample
+    from notochord_rt.corpus import scores as m
+    from notochord_rt.corpus.build import stride_sample
 
     version = m.require_music21()
     corpus_root, rels, _ = m.list_sources()
@@ -104,7 +104,7 @@ def bench_music21(every: int, jobs: int, time_limit_s: float) -> None:
 
 
 def bench_mma(jobs: int) -> None:
-    from notochord_rt.data import corpus_mma
+    from notochord_rt.corpus import mma as corpus_mma
 
     tool = corpus_mma.require_mma()
     with tempfile.TemporaryDirectory(prefix="bench-mma-") as tmp:

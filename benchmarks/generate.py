@@ -7,7 +7,7 @@ core) it
 1. times ``sample`` then ``feed`` (one step of the generate loop, under the constraints
    ``notochord-rt generate`` uses by default) for ``--steps`` steps after a warm-up, and
    reports p50 / p99 / mean in milliseconds;
-2. runs :func:`notochord_rt.apps.generate.generate` for ``--seconds`` of music with
+2. runs :func:`notochord_rt.apps.offline.generate.generate` for ``--seconds`` of music with
    ``--runs`` seeds and reports events per wall second and seconds of music per wall
    second (above 1 means faster than real time).
 
@@ -34,9 +34,9 @@ torch.set_num_threads(1)
 
 from machine import cpu_name  # noqa: E402
 
-from notochord_rt.apps.generate import GenerateOptions, build_constraints, generate  # noqa: E402
-from notochord_rt.engine.sampler import Notochord  # noqa: E402
-from notochord_rt.engine.support import compile_constraints  # noqa: E402
+from notochord_rt.apps.offline.generate import GenerateOptions, build_constraints, generate  # noqa: E402
+from notochord_rt.engine.sampling.sampler import Notochord  # noqa: E402
+from notochord_rt.engine.sampling.support import compile_constraints  # noqa: E402
 from notochord_rt.errors import CheckpointError  # noqa: E402
 
 SIZES = {

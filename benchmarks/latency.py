@@ -53,11 +53,11 @@ torch.set_num_threads(1)
 from machine import machine_info as base_machine_info  # noqa: E402
 
 from notochord_rt.engine import quant  # noqa: E402
-from notochord_rt.engine.constraints import Constraints  # noqa: E402
-from notochord_rt.engine.fast import FastCore  # noqa: E402
-from notochord_rt.engine.quant import available_precisions  # noqa: E402
-from notochord_rt.engine.sampler import Notochord  # noqa: E402
-from notochord_rt.engine.streams import Streams  # noqa: E402
+from notochord_rt.engine.cores.fast import FastCore  # noqa: E402
+from notochord_rt.engine.cores.quant import available_precisions  # noqa: E402
+from notochord_rt.engine.sampling.constraints import Constraints  # noqa: E402
+from notochord_rt.engine.sampling.sampler import Notochord  # noqa: E402
+from notochord_rt.engine.sampling.streams import Streams  # noqa: E402
 from notochord_rt.model.network import NotochordNet  # noqa: E402
 
 HARMONY_INST = 1

@@ -82,7 +82,7 @@ class FixedModel:
 def _model(args):
     import torch
 
-    from notochord_rt.engine.sampler import Notochord
+    from notochord_rt.engine.sampling.sampler import Notochord
 
     torch.set_num_threads(1)
     if args.checkpoint:
@@ -96,9 +96,9 @@ def _model(args):
 
 def role_main(args) -> int:
     """Run one app until stdin closes; print READY when connected."""
-    from notochord_rt.apps.live import LiveOptions, LiveSession
-    from notochord_rt.apps.player import Policy
-    from notochord_rt.apps.ports import ChannelMap, OpenedPort, rt_api
+    from notochord_rt.apps.live.player import Policy
+    from notochord_rt.apps.live.ports import ChannelMap, OpenedPort, rt_api
+    from notochord_rt.apps.live.session import LiveOptions, LiveSession
 
     events: list = []
     if args.role == "thru":
@@ -121,7 +121,7 @@ def role_main(args) -> int:
 
     class Steady(Policy):
         def next_constraints(self, ctx):
-            from notochord_rt.engine.constraints import Constraints
+            from notochord_rt.engine.sampling.constraints import Constraints
 
             return Constraints(note_on_map={VIOLIN: range(48, 72)})
 
@@ -130,13 +130,13 @@ def role_main(args) -> int:
     elif args.role == "metronome":
         model, policy = FixedModel(), Steady()
     elif args.role == "improvise":
-        from notochord_rt.apps.improvise import ImprovisePolicy
+        from notochord_rt.apps.live.improvise import ImprovisePolicy
 
         model = _model(args)
         policy = ImprovisePolicy([VIOLIN], max_polyphony=3, max_duration=0.5, max_time=0.25)
     else:
         raise SystemExit(f"unknown role {args.role}")
-    from notochord_rt.apps.player import PlayerConfig
+    from notochord_rt.apps.live.player import PlayerConfig
 
     opt = LiveOptions(api="jack", inputs=[args.probe_out], outputs=[args.probe_in],
                       client_name=args.role, send_programs=False,
@@ -305,7 +305,7 @@ def run(args) -> dict:
         if not ckpt:
             import torch
 
-            from notochord_rt.engine.sampler import Notochord
+            from notochord_rt.engine.sampling.sampler import Notochord
 
             torch.manual_seed(0)
             ckpt = str(Path(tmp) / "random-default.safetensors")

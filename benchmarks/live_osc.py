@@ -55,10 +55,10 @@ import torch
 from machine import cpu_name, machine_line
 from pythonosc.osc_message import OscMessage
 
-from notochord_rt.apps.osc_server import build_message
-from notochord_rt.engine.query import query_constraints
-from notochord_rt.engine.streams import Streams
-from notochord_rt.engine.support import compile_constraints
+from notochord_rt.apps.osc.server import build_message
+from notochord_rt.engine.sampling.query import query_constraints
+from notochord_rt.engine.sampling.streams import Streams
+from notochord_rt.engine.sampling.support import compile_constraints
 from notochord_rt.model.network import NotochordNet
 
 torch.set_num_threads(1)

@@ -54,10 +54,10 @@ from notochord_rt.analysis.compare import mean_overlap  # noqa: E402
 from notochord_rt.analysis.notes import distinct_onsets, notes_of  # noqa: E402
 from notochord_rt.analysis.sets import SetStats  # noqa: E402
 from notochord_rt.analysis.tonal import in_scale_share  # noqa: E402
-from notochord_rt.apps.generate import GenerateOptions, generate  # noqa: E402
-from notochord_rt.apps.harmonizer import Voice, harmonize_piece  # noqa: E402
+from notochord_rt.apps.harmony import Voice, harmonize_piece  # noqa: E402
 from notochord_rt.apps.loading import load_sampler  # noqa: E402
 from notochord_rt.apps.musical import defaults_for  # noqa: E402
+from notochord_rt.apps.offline.generate import GenerateOptions, generate  # noqa: E402
 
 NAMED = ["acoustic grand piano", "violin", "cello", "flute", "standard kit"]
 VOICES = [Voice(41, -12, -3), Voice(74, 3, 12)]  # violin below, flute above

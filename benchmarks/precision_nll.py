@@ -2,7 +2,7 @@
 
 Trains (or loads) a small model on MIDI files, then scores held-out pieces teacher-forced
 in the order ``itpv`` (i, then t|i, p|i,t, v|i,t,p) three ways: the module's batched
-``forward(cond="itpv")``, and :class:`~notochord_rt.engine.fast.FastCore` stepping one
+``forward(cond="itpv")``, and :class:`~notochord_rt.engine.cores.fast.FastCore` stepping one
 event at a time in each precision (the inference path, where quantisation errors can
 accumulate in the recurrent state). Reports nats per event and the change against fp32.
 
@@ -27,8 +27,8 @@ from tqdm import tqdm
 warnings.filterwarnings("ignore")
 
 from notochord_rt import events as ev  # noqa: E402
-from notochord_rt.engine.fast import FastCore  # noqa: E402
-from notochord_rt.engine.quant import available_precisions, c_kernels  # noqa: E402
+from notochord_rt.engine.cores.fast import FastCore  # noqa: E402
+from notochord_rt.engine.cores.quant import available_precisions, c_kernels  # noqa: E402
 from notochord_rt.errors import MidiError  # noqa: E402
 from notochord_rt.midi.ingest import load_midi  # noqa: E402
 from notochord_rt.model.distributions import MixtureParams  # noqa: E402

@@ -3,7 +3,7 @@
 Takes the same sample of MIDI files (default: up to 300 files of each top-level folder of
 /work/shared/corpus, chosen with a fixed seed) and measures, in one run:
 
-- **ours**: :func:`notochord_rt.data.prep.prepare` with ``jobs=1`` into a fresh folder
+- **ours**: :func:`notochord_rt.data.prep.pipeline.prepare` with ``jobs=1`` into a fresh folder
   (everything included: worker start, reading, hashing, ingest, spools and resume ledger,
   the final splits, report and summary);
 - **ours, in-process**: the per-file work (:func:`prep_worker.process_file`) called in a
@@ -56,7 +56,7 @@ def machine() -> str:
 
 
 def sample_files(corpus: Path, per_folder: int, seed: int) -> list[str]:
-    from notochord_rt.data.prep import discover
+    from notochord_rt.data.prep.pipeline import discover
 
     rng = random.Random(seed)
     out: list[str] = []
@@ -164,7 +164,7 @@ def best_of(repeat: int, bench, *args) -> Timing:
 
 
 def bench_ours(files: list[str], tmp: Path, loader: str | None, run: int = 0) -> Timing:
-    from notochord_rt.data.prep import prepare
+    from notochord_rt.data.prep.pipeline import prepare
 
     t0 = time.perf_counter()
     summary = prepare(files, tmp / f"ours{run}", jobs=1, loader=loader)
@@ -172,7 +172,7 @@ def bench_ours(files: list[str], tmp: Path, loader: str | None, run: int = 0) ->
 
 
 def bench_ours_inprocess(files: list[str], loader: str | None, run: int = 0) -> Timing:
-    from notochord_rt.data import prep_worker as pw
+    from notochord_rt.data.prep import worker as pw
 
     config = pw.WorkerConfig(fault=None)
     if loader:
@@ -214,8 +214,8 @@ def profile_ours(files: list[str], tmp: Path, loader: str | None, top: int = 25)
     import pickle
     import pstats
 
-    from notochord_rt.data import prep_worker as pw
-    from notochord_rt.data.prep import prepare
+    from notochord_rt.data.prep import worker as pw
+    from notochord_rt.data.prep.pipeline import prepare
 
     prof = cProfile.Profile(time.process_time)
     prof.runcall(prepare, files, tmp / "profiled", jobs=1, loader=loader)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         import logging
 
         logging.basicConfig(format="  %(message)s")
-        logging.getLogger("notochord_rt.data.prep").setLevel(logging.INFO)
+        logging.getLogger("notochord_rt.data.prep.pipeline").setLevel(logging.INFO)
 
     import torch
 

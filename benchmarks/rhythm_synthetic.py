@@ -34,7 +34,7 @@ from machine import machine_info  # noqa: E402
 
 from notochord_rt.analysis import find_sources, rhythm_test  # noqa: E402
 from notochord_rt.data.store import write_split  # noqa: E402
-from notochord_rt.engine.sampler import Notochord  # noqa: E402
+from notochord_rt.engine.sampling.sampler import Notochord  # noqa: E402
 from notochord_rt.events import EventArrays  # noqa: E402
 from notochord_rt.train.config import TrainConfig  # noqa: E402
 from notochord_rt.train.trainer import Trainer  # noqa: E402

@@ -65,7 +65,7 @@ def pick_files(folder: Path, n: int, dest: Path) -> list[Path]:
 
 
 def prep_ours(midi: Path, dest: Path) -> None:
-    from notochord_rt.data.prep import prepare
+    from notochord_rt.data.prep.pipeline import prepare
 
     prepare([str(midi)], str(dest), jobs=2)
 

@@ -25,7 +25,7 @@ import torch
 from midifiles import simple_song
 from tiny import tiny_model as _tiny_model
 
-from notochord_rt.engine.sampler import Notochord
+from notochord_rt.engine.sampling.sampler import Notochord
 
 
 @pytest.fixture

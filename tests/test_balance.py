@@ -11,7 +11,7 @@ from tiny import tiny_config
 
 from notochord_rt.cli import main as cli_main
 from notochord_rt.data import balance
-from notochord_rt.data.prep import prepare
+from notochord_rt.data.prep.pipeline import prepare
 from notochord_rt.data.store import EventStore, write_split
 from notochord_rt.errors import UserError
 from notochord_rt.events import EventArrays

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from notochord_rt import events as ev
-from notochord_rt.engine.atoms import integer_ranges
-from notochord_rt.engine.constraints import Constraints, Soft, intervals, per_inst
-from notochord_rt.engine.draw import (
+from notochord_rt.engine.sampling.atoms import integer_ranges
+from notochord_rt.engine.sampling.constraints import Constraints, Soft, intervals, per_inst
+from notochord_rt.engine.sampling.draw import (
     categorical,
     mixture_log_prob,
     mixture_mass,
@@ -16,8 +16,8 @@ from notochord_rt.engine.draw import (
     sample_mixture,
     truncate_quantile,
 )
-from notochord_rt.engine.held import HeldNotes
-from notochord_rt.engine.support import build_support, compile_constraints
+from notochord_rt.engine.sampling.held import HeldNotes
+from notochord_rt.engine.sampling.support import build_support, compile_constraints
 from notochord_rt.errors import InputError, NoPossibleEvents
 
 

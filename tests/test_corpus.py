@@ -16,7 +16,9 @@ import pytest
 from midifiles import bpm, notes_track, write_midi_bytes
 
 from notochord_rt.cli import main as cli_main
-from notochord_rt.data import corpus, corpus_mma, corpus_songs
+from notochord_rt.corpus import build as corpus
+from notochord_rt.corpus import mma as corpus_mma
+from notochord_rt.corpus import songs as corpus_songs
 from notochord_rt.errors import UserError
 
 HAVE_MMA = shutil.which("mma") is not None
@@ -395,7 +397,7 @@ def test_music21_build_is_valid_deterministic_and_cached(tmp_path):
 
 @needs_music21
 def test_music21_bad_file_is_skipped_with_a_reason(tmp_path):
-    from notochord_rt.data import corpus_music21
+    from notochord_rt.corpus import scores as corpus_music21
 
     bad = tmp_path / "broken.mxl"
     bad.write_bytes(b"this is not a zip archive")

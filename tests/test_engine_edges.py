@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from tiny import tiny_model
 
-from notochord_rt.engine.constraints import FIELDS, KINDS, Constraints, Field
-from notochord_rt.engine.core import InferenceCore
-from notochord_rt.engine.held import MAX_CLOCK_STEP, HeldNotes
-from notochord_rt.engine.query import DIRECT, query_constraints
-from notochord_rt.engine.sampler import Notochord
-from notochord_rt.engine.streams import Streams
-from notochord_rt.engine.support import compile_constraints
+from notochord_rt.engine.cores.core import InferenceCore
+from notochord_rt.engine.sampling.constraints import FIELDS, KINDS, Constraints, Field
+from notochord_rt.engine.sampling.held import MAX_CLOCK_STEP, HeldNotes
+from notochord_rt.engine.sampling.query import DIRECT, query_constraints
+from notochord_rt.engine.sampling.sampler import Notochord
+from notochord_rt.engine.sampling.streams import Streams
+from notochord_rt.engine.sampling.support import compile_constraints
 from notochord_rt.errors import InputError, NoPossibleEvents
 
 NAN, INF = float("nan"), math.inf

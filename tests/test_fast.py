@@ -1,4 +1,4 @@
-"""FastCore (engine/fast.py, engine/quant.py) against the plain module core."""
+"""FastCore (engine/cores/fast.py, engine/cores/quant.py) against the plain module core."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import torch
 from tiny import tiny_net
 from torch import nn
 
-from notochord_rt.engine.core import InferenceCore, ModuleCore
-from notochord_rt.engine.fast import FastCore
-from notochord_rt.engine.quant import (
+from notochord_rt.engine.cores.core import InferenceCore, ModuleCore
+from notochord_rt.engine.cores.fast import FastCore
+from notochord_rt.engine.cores.quant import (
     PRECISIONS,
     PackedLinear,
     available_precisions,
@@ -194,7 +194,7 @@ def test_hugepage_copy_is_an_exact_contiguous_copy():
     import mmap
     import sys
 
-    from notochord_rt.engine.quant import hugepage_copy
+    from notochord_rt.engine.cores.quant import hugepage_copy
 
     w = torch.randn(512, 1024)
     h = hugepage_copy(w.t())
@@ -232,7 +232,7 @@ def test_int8_worst_case_does_not_saturate():
 
 
 def test_sampler_with_fast_core_matches_module_core():
-    from notochord_rt.engine.sampler import Notochord
+    from notochord_rt.engine.sampling.sampler import Notochord
 
     net = _net(scale=0.1)
     a, b = Notochord.from_net(net), Notochord.from_net(net)

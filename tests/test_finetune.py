@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from midifiles import bpm, notes_track, write_midi_bytes  # noqa: E402
 
-from notochord_rt.apps.finetune_data import MIN_HELD_OUT_EVENTS, MIN_TRAIN_EVENTS  # noqa: E402
+from notochord_rt.apps.offline.finetune_data import MIN_HELD_OUT_EVENTS, MIN_TRAIN_EVENTS  # noqa: E402
 from notochord_rt.cli import main  # noqa: E402
 from notochord_rt.model.network import NotochordNet  # noqa: E402
 

@@ -17,10 +17,10 @@ from midifiles import simple_song
 from tiny import tiny_model
 
 from notochord_rt import events as ev
-from notochord_rt.apps import render
-from notochord_rt.apps.generate import GenerateOptions, generate, steer_window
+from notochord_rt.apps.offline import render
+from notochord_rt.apps.offline.generate import GenerateOptions, generate, steer_window
 from notochord_rt.cli import main
-from notochord_rt.engine.sampler import Notochord
+from notochord_rt.engine.sampling.sampler import Notochord
 from notochord_rt.errors import CheckpointError, InputError, NoPossibleEvents
 from notochord_rt.midi.ingest import load_midi
 from notochord_rt.model import checkpoint

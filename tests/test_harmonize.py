@@ -12,7 +12,7 @@ from midifiles import simple_song
 from tiny import tiny_model
 
 from notochord_rt import events as ev
-from notochord_rt.apps.harmonizer import (
+from notochord_rt.apps.harmony import (
     Harmonizer,
     HarmonyState,
     Voice,
@@ -21,7 +21,7 @@ from notochord_rt.apps.harmonizer import (
 )
 from notochord_rt.cli import harmonize as cli_harmonize
 from notochord_rt.cli import main
-from notochord_rt.engine.sampler import Notochord
+from notochord_rt.engine.sampling.sampler import Notochord
 from notochord_rt.errors import InputError
 from notochord_rt.midi.ingest import load_midi
 
@@ -206,10 +206,10 @@ def test_cli_harmonize_without_input_calls_live(monkeypatch):
     import types
 
     called = {}
-    fake = types.ModuleType("notochord_rt.apps.live")
+    fake = types.ModuleType("notochord_rt.apps.live.session")
     fake.harmonize_main = lambda args: called.setdefault("args", args) and 0
-    monkeypatch.setitem(sys.modules, "notochord_rt.apps.live", fake)
-    monkeypatch.setattr(cli_harmonize, "_module_exists", lambda name: name.endswith(".live"))
+    monkeypatch.setitem(sys.modules, "notochord_rt.apps.live.session", fake)
+    monkeypatch.setattr(cli_harmonize, "_module_exists", lambda name: name.endswith(".session"))
     monkeypatch.setattr(cli_harmonize, "_live_args_error", None)
     assert main(["harmonize", "--voice", "violin:1:4"]) == 0
     assert called["args"].input is None and called["args"].voices == [Voice(VIOLIN, 1, 4)]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from notochord_rt.engine.quant import PackedLinear, c_kernels
+from notochord_rt.engine.cores.quant import PackedLinear, c_kernels
 
 K = c_kernels()
 pytestmark = pytest.mark.skipif(K is None, reason="compiled VNNI kernels not available here")

@@ -23,10 +23,10 @@ from jack import Probe, jack_or_skip, sounding_after
 from tiny import tiny_model
 
 from notochord_rt import Notochord
-from notochord_rt.apps.harmonizer import Voice
-from notochord_rt.apps.improvise import ImprovisePolicy
-from notochord_rt.apps.live import HarmonizePolicy, LiveOptions, LiveSession, voice_channels
-from notochord_rt.apps.ports import ChannelMap
+from notochord_rt.apps.harmony import Voice
+from notochord_rt.apps.live.improvise import ImprovisePolicy
+from notochord_rt.apps.live.ports import ChannelMap
+from notochord_rt.apps.live.session import HarmonizePolicy, LiveOptions, LiveSession, voice_channels
 from notochord_rt.errors import UserError
 
 torch.set_num_threads(1)
@@ -264,7 +264,7 @@ def test_harmonize_live_command_end_to_end(jack, probe, checkpoint):
 def test_default_api_is_one_that_runs(jack):
     import rtmidi
 
-    from notochord_rt.apps.ports import rt_api
+    from notochord_rt.apps.live.ports import rt_api
 
     api = rt_api(None)
     assert api in rtmidi.get_compiled_api()

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from notochord_rt.cli import main
-from notochord_rt.engine.sampler import Notochord
+from notochord_rt.engine.sampling.sampler import Notochord
 from notochord_rt.errors import UserError
 from notochord_rt.hub import HubError, NotCached, cache, registry
 from notochord_rt.hub.pull import pull

@@ -7,8 +7,8 @@ import pytest
 from tiny import tiny_model
 
 from notochord_rt import events as ev
-from notochord_rt.apps.generate import GenerateOptions, generate
 from notochord_rt.apps.musical import DEFAULTS, RAW, InstrumentBalance, defaults_for
+from notochord_rt.apps.offline.generate import GenerateOptions, generate
 from notochord_rt.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -119,7 +119,7 @@ def test_generate_options_validate_min_duration():
 
 
 def test_osc_sample_fills_in_the_musical_defaults():
-    from notochord_rt.apps.osc_values import sample_constraints
+    from notochord_rt.apps.osc.values import sample_constraints
 
     cons = sample_constraints({}, DEFAULTS)
     assert cons.pitch_temp == DEFAULTS.pitch_temp and cons.vel_temp == DEFAULTS.vel_temp

@@ -27,13 +27,13 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from tiny import tiny_net
 
 from notochord_rt import cli
-from notochord_rt.apps import osc_protocol as proto
-from notochord_rt.apps import osc_wire
-from notochord_rt.apps.osc_files import FileRoot
-from notochord_rt.apps.osc_server import OscServer, build_message
-from notochord_rt.apps.osc_sessions import Sessions
-from notochord_rt.engine.sampler import Notochord
-from notochord_rt.engine.streams import Streams
+from notochord_rt.apps.osc import protocol as proto
+from notochord_rt.apps.osc import wire as osc_wire
+from notochord_rt.apps.osc.files import FileRoot
+from notochord_rt.apps.osc.server import OscServer, build_message
+from notochord_rt.apps.osc.sessions import Sessions
+from notochord_rt.engine.sampling.sampler import Notochord
+from notochord_rt.engine.sampling.streams import Streams
 from notochord_rt.errors import CheckpointError, InputError
 from notochord_rt.model.network import NotochordNet
 

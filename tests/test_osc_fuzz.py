@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from test_osc import Client, net  # noqa: F401  (fixture)
 
-from notochord_rt.apps import osc_wire
-from notochord_rt.apps.osc_protocol import Parser, RequestError
-from notochord_rt.apps.osc_server import OscServer
-from notochord_rt.apps.osc_sessions import Sessions
+from notochord_rt.apps.osc import wire as osc_wire
+from notochord_rt.apps.osc.protocol import Parser, RequestError
+from notochord_rt.apps.osc.server import OscServer
+from notochord_rt.apps.osc.sessions import Sessions
 
 SECONDS = float(os.environ.get("NOTOCHORD_FUZZ_SECONDS", "12"))
 SEED = int(os.environ.get("NOTOCHORD_FUZZ_SEED", "0"))

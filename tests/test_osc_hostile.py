@@ -16,11 +16,11 @@ import pytest
 from midifiles import notes_track, simple_song, write_midi_bytes
 from test_osc import Client, net  # noqa: F401  (fixture)
 
-from notochord_rt.apps import osc_wire
-from notochord_rt.apps.osc_files import FileRoot
-from notochord_rt.apps.osc_server import OscServer
-from notochord_rt.apps.osc_sessions import Sessions
-from notochord_rt.engine.streams import Streams
+from notochord_rt.apps.osc import wire as osc_wire
+from notochord_rt.apps.osc.files import FileRoot
+from notochord_rt.apps.osc.server import OscServer
+from notochord_rt.apps.osc.sessions import Sessions
+from notochord_rt.engine.sampling.streams import Streams
 from notochord_rt.errors import InputError
 
 ERROR = "/return/notochord/error"
@@ -417,7 +417,7 @@ def test_a_long_prompt_does_not_stop_other_clients(file_server):
 
 def test_cli_non_loopback_host_warns_and_disables_files(ckpt, tmp_path, monkeypatch, capsys):
     from notochord_rt import cli
-    from notochord_rt.apps import osc_server
+    from notochord_rt.apps.osc import server as osc_server
     from notochord_rt.cli import serve
 
     assert serve._loopback("127.0.0.1") and serve._loopback("::1")

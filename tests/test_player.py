@@ -23,11 +23,11 @@ import torch
 from tiny import tiny_model
 
 from notochord_rt import Constraints, Notochord
-from notochord_rt.apps.harmonizer import Voice
-from notochord_rt.apps.improvise import ImprovisePolicy
-from notochord_rt.apps.live import HarmonizePolicy, InputRouter, voice_channels
-from notochord_rt.apps.player import Player, PlayerConfig, Policy, TimingStats
-from notochord_rt.apps.ports import ChannelMap, FeedbackFilter, MidiOut, find_port
+from notochord_rt.apps.harmony import Voice
+from notochord_rt.apps.live.improvise import ImprovisePolicy
+from notochord_rt.apps.live.player import Player, PlayerConfig, Policy, TimingStats
+from notochord_rt.apps.live.ports import ChannelMap, FeedbackFilter, MidiOut, find_port
+from notochord_rt.apps.live.session import HarmonizePolicy, InputRouter, voice_channels
 from notochord_rt.apps.steering import steer_window, steering_fields
 from notochord_rt.errors import InputError, UserError
 

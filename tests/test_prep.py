@@ -16,10 +16,10 @@ import pytest
 from split_files import folder_bytes
 
 from notochord_rt.cli import main as cli_main
-from notochord_rt.data import prep_worker as pw
-from notochord_rt.data.prep import discover, prepare, split_of
-from notochord_rt.data.prep_pool import SupervisedPool
-from notochord_rt.data.report import read_report, read_summary
+from notochord_rt.data.prep import worker as pw
+from notochord_rt.data.prep.pipeline import discover, prepare, split_of
+from notochord_rt.data.prep.pool import SupervisedPool
+from notochord_rt.data.prep.report import read_report, read_summary
 from notochord_rt.data.store import SPLITS, EventStore
 from notochord_rt.errors import UserError
 from notochord_rt.midi.ingest import load_midi
@@ -302,7 +302,7 @@ def test_empty_source_gives_empty_splits(tmp_path):
 
 
 def test_prep_duration_limit_is_the_ingest_cap():
-    from notochord_rt.data.prep_limits import DEFAULT_MAX_HOURS
+    from notochord_rt.data.prep.limits import DEFAULT_MAX_HOURS
     from notochord_rt.midi.ingest import MAX_PIECE_SECONDS
 
     assert DEFAULT_MAX_HOURS * 3600 == MAX_PIECE_SECONDS

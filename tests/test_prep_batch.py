@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 from split_files import folder_bytes
 
-from notochord_rt.data import prep_worker as pw
-from notochord_rt.data.prep import prepare
-from notochord_rt.data.prep_ledger import Ledger
-from notochord_rt.data.prep_pool import PoolError, SupervisedPool
-from notochord_rt.data.prep_spool import SpoolReader, SpoolWriter, is_spool_name
-from notochord_rt.data.prep_spool import runs as spool_runs
-from notochord_rt.data.report import read_report, read_summary, readable_json
+from notochord_rt.data.prep import worker as pw
+from notochord_rt.data.prep.ledger import Ledger
+from notochord_rt.data.prep.pipeline import prepare
+from notochord_rt.data.prep.pool import PoolError, SupervisedPool
+from notochord_rt.data.prep.report import read_report, read_summary, readable_json
+from notochord_rt.data.prep.spool import SpoolReader, SpoolWriter, is_spool_name
+from notochord_rt.data.prep.spool import runs as spool_runs
 from notochord_rt.data.store import EventStore, SplitWriter, write_split
 from notochord_rt.errors import UserError
 from notochord_rt.events import EventArrays
@@ -154,7 +154,7 @@ def test_run_killed_mid_batch_resumes_to_the_same_output(corpus, clean, tmp_path
     dest = tmp_path / "dest"
     script = textwrap.dedent(f"""
         import os, signal
-        from notochord_rt.data.prep import prepare
+        from notochord_rt.data.prep.pipeline import prepare
         def progress(done, total):
             if done == 10:
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from tiny import tiny_config, tiny_model
 
-from notochord_rt.engine.constraints import Constraints
-from notochord_rt.engine.core import InferenceCore, ModuleCore
-from notochord_rt.engine.sampler import Notochord, SampledEvent
+from notochord_rt.engine.cores.core import InferenceCore, ModuleCore
+from notochord_rt.engine.sampling.constraints import Constraints
+from notochord_rt.engine.sampling.sampler import Notochord, SampledEvent
 from notochord_rt.errors import InputError, NoPossibleEvents
 
 TWO_LAYERS = tiny_config(rnn_layers=2)  # the multi-layer recurrent state
@@ -231,7 +231,7 @@ def test_query_include_drum(model):
 
 
 def test_fast_core_gives_the_same_events(model):
-    fast = pytest.importorskip("notochord_rt.engine.fast")
+    fast = pytest.importorskip("notochord_rt.engine.cores.fast")
     play(model, 5)
     snap = model.get_state()
     expected = [model.sample(seed=s) for s in range(5)]

@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 from tiny import tiny_model as make_tiny
 
 from notochord_rt import events as ev
-from notochord_rt.engine.constraints import Constraints, per_inst
-from notochord_rt.engine.sampler import Notochord
-from notochord_rt.engine.support import MIN_GAP, compile_constraints
+from notochord_rt.engine.sampling.constraints import Constraints, per_inst
+from notochord_rt.engine.sampling.sampler import Notochord
+from notochord_rt.engine.sampling.support import MIN_GAP, compile_constraints
 from notochord_rt.errors import NoPossibleEvents
 
 scipy_stats = pytest.importorskip("scipy.stats")

@@ -13,8 +13,8 @@ import pytest
 
 from notochord_rt.cli import main as cli_main
 from notochord_rt.data import store
-from notochord_rt.data.prep import prepare
-from notochord_rt.data.report import read_report, read_summary
+from notochord_rt.data.prep.pipeline import prepare
+from notochord_rt.data.prep.report import read_report, read_summary
 from notochord_rt.data.store import MANIFEST, SPLITS, EventStore, SplitWriter, write_split
 from notochord_rt.errors import DataError
 from notochord_rt.events import EventArrays

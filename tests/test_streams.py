@@ -1,4 +1,4 @@
-"""The batched many-stream engine (engine/streams.py) against separate single streams."""
+"""The batched many-stream engine (engine/sampling/streams.py) against separate single streams."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from tiny import tiny_net
 
-from notochord_rt.engine.constraints import Constraints
-from notochord_rt.engine.fast import FastCore
-from notochord_rt.engine.sampler import Notochord
-from notochord_rt.engine.streams import Streams
+from notochord_rt.engine.cores.fast import FastCore
+from notochord_rt.engine.sampling.constraints import Constraints
+from notochord_rt.engine.sampling.sampler import Notochord
+from notochord_rt.engine.sampling.streams import Streams
 from notochord_rt.errors import InputError, NoPossibleEvents
 from notochord_rt.model.network import NotochordNet
 
@@ -196,7 +196,7 @@ def test_shared_core_and_precision(net):
 
 
 def test_reduced_precision_streams_run(net):
-    from notochord_rt.engine.quant import available_precisions
+    from notochord_rt.engine.cores.quant import available_precisions
 
     for prec in available_precisions():
         core = FastCore(net, prec, min_reduced=0)

@@ -20,13 +20,18 @@ from midifiles import simple_song
 from tiny import tiny_model
 
 from notochord_rt import events as ev
-from notochord_rt.apps.live import InputRouter
-from notochord_rt.apps.play import PlayController, VoicesPolicy, feed_prompt_file, layout_hook
-from notochord_rt.apps.player import Player
-from notochord_rt.apps.ports import ChannelMap
-from notochord_rt.apps.presets import load_presets
-from notochord_rt.apps.tui import PlayApp
-from notochord_rt.apps.voices import Rig, VoiceConfig
+from notochord_rt.apps.live.player import Player
+from notochord_rt.apps.live.ports import ChannelMap
+from notochord_rt.apps.live.session import InputRouter
+from notochord_rt.apps.play.policy import (
+    PlayController,
+    VoicesPolicy,
+    feed_prompt_file,
+    layout_hook,
+)
+from notochord_rt.apps.play.presets import load_presets
+from notochord_rt.apps.play.tui import PlayApp
+from notochord_rt.apps.play.voices import Rig, VoiceConfig
 from notochord_rt.cli import main
 
 PIANO, VIOLIN, CELLO = 1, 41, 43
@@ -446,7 +451,7 @@ def test_prompt_voices_start_and_reset_to_the_prompt(tmp_path, book, song_file, 
 def test_layout_hook_moves_channels_and_announces_new_instruments(book):
     """Voice changes reach the MIDI side: the output map follows the voices, a changed
     channel gets a program change (only that one), the router feeds the input channels."""
-    from notochord_rt.apps.ports import MidiOut
+    from notochord_rt.apps.live.ports import MidiOut
 
     class Port:
         name = "fake"
@@ -498,7 +503,7 @@ def test_feed_prompt_file_reports_progress_and_rejects_bad_files(tmp_path, book)
 def test_policy_balances_the_auto_voices():
     """A voice that has played much more than another makes the policy favour the other
     (instrument weights), and reset forgets the counts."""
-    from notochord_rt.apps.voices import BALANCE_MARGIN
+    from notochord_rt.apps.play.voices import BALANCE_MARGIN
 
     rig = Rig(voices={1: VoiceConfig(1, VIOLIN), 2: VoiceConfig(2, CELLO)}).validate()
     policy = VoicesPolicy(rig)

@@ -11,9 +11,9 @@ from midifiles import simple_song
 from tiny import tiny_model
 
 from notochord_rt import events as ev
-from notochord_rt.apps.ports import ChannelMap
-from notochord_rt.apps.presets import load_presets, parse_presets, prompt_rig
-from notochord_rt.apps.voices import (
+from notochord_rt.apps.live.ports import ChannelMap
+from notochord_rt.apps.play.presets import load_presets, parse_presets, prompt_rig
+from notochord_rt.apps.play.voices import (
     BALANCE_MARGIN,
     MODES,
     ControlSpec,
@@ -25,7 +25,7 @@ from notochord_rt.apps.voices import (
     instrument_groups,
     short_name,
 )
-from notochord_rt.engine.sampler import Notochord
+from notochord_rt.engine.sampling.sampler import Notochord
 from notochord_rt.errors import InputError, UserError
 from notochord_rt.midi.ingest import load_midi
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from notochord_rt.engine.sampler import Notochord
+from notochord_rt.engine.sampling.sampler import Notochord
 from notochord_rt.model.network import NotochordNet
 
 TINY: dict[str, Any] = {"emb_size": 16, "rnn_hidden": 32, "rnn_layers": 1, "mlp_layers": 1,

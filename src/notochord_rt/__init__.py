@@ -22,9 +22,9 @@ __version__ = "0.1.0"
 # package does not import torch. ``Event`` is the plain event 4-tuple of ``events``;
 # ``SampledEvent`` is what ``Notochord.sample`` returns (values + log-probabilities).
 _LAZY = {
-    "Notochord": "notochord_rt.engine.sampler",
-    "SampledEvent": "notochord_rt.engine.sampler",
-    "Constraints": "notochord_rt.engine.constraints",
+    "Notochord": "notochord_rt.engine.sampling.sampler",
+    "SampledEvent": "notochord_rt.engine.sampling.sampler",
+    "Constraints": "notochord_rt.engine.sampling.constraints",
 }
 
 

@@ -8,7 +8,7 @@ stray temporary file.
 
 Temporary files are named ``.NAME.<pid>-<random>.tmp`` (see :func:`is_temp_name`): they
 start with a dot and end in ``.tmp``, the pattern the sweepers of interrupted writes
-(``data/store.py``, ``data/prep_ledger.py``, ``train/checkpoints.py``) look for.
+(``data/store.py``, ``data/prep/ledger.py``, ``train/checkpoints.py``) look for.
 """
 
 from __future__ import annotations

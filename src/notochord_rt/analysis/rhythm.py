@@ -111,8 +111,8 @@ def rhythm_test(model, sources: Sequence[Source], *, pieces: int = 20, positions
     ``samples`` next onsets are drawn at each position. Pieces that cannot be read or
     give no position are recorded in ``skipped``.
     """
-    from ..engine.constraints import Constraints
-    from ..engine.support import compile_constraints
+    from ..engine.sampling.constraints import Constraints
+    from ..engine.sampling.support import compile_constraints
     from ..errors import MidiError
 
     cfg = (config or StatsConfig()).check()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..engine.precisions import MODULE_CORE
+from ..engine.cores.precisions import MODULE_CORE
 from ..errors import CheckpointError, UserError
 
 
@@ -35,7 +35,7 @@ def load_sampler(checkpoint: str, precision: str = "fp32", threads: int = 1, *,
     not cached yet (otherwise the error names the ``pull`` command)."""
     import torch
 
-    from ..engine.sampler import Notochord
+    from ..engine.sampling.sampler import Notochord
 
     if threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")

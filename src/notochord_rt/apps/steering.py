@@ -1,4 +1,4 @@
-"""Steering controls → :class:`~notochord_rt.engine.constraints.Constraints` fields.
+"""Steering controls → :class:`~notochord_rt.engine.sampling.constraints.Constraints` fields.
 
 The one mapping every app uses (offline ``generate``, the voices of ``harmonize``/``play``,
 ``improvise``): a steering value in [0, 1] becomes a quantile window of width 1 centred

@@ -98,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..data import corpus
+    from ..corpus import build as corpus
     from ..errors import UserError
 
     action = getattr(args, "action", None)
@@ -150,7 +150,7 @@ def _screen(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..data import corpus
+    from ..corpus import build as corpus
 
     def bar(desc: str, total: int) -> tqdm:
         return tqdm(total=total, desc=desc, unit="file", dynamic_ncols=True)

@@ -22,7 +22,7 @@ HELP = "fine-tune a model on your own MIDI files in one command (prep, train, be
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..apps.finetune import FinetuneOptions
+    from ..apps.offline.finetune import FinetuneOptions
 
     d = FinetuneOptions()
     parser.add_argument("midi", nargs="+", metavar="MIDI",
@@ -67,7 +67,7 @@ def _fmt(v) -> str:
 
 
 def table(result) -> str:
-    """The before/after table of a :class:`~notochord_rt.apps.finetune.FinetuneResult`."""
+    """The before/after table of a :class:`~notochord_rt.apps.offline.finetune.FinetuneResult`."""
     b, a = result.nll_before, result.nll_after
     lines = [f"held-out NLL per event (nats, order i>p>t>v, {result.data['pieces']['test']} "
              f"test pieces, {result.data['events']['test']} events)",
@@ -91,8 +91,8 @@ def table(result) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..apps.finetune import FinetuneOptions, run_finetune
     from ..apps.loading import resolve_for_cli
+    from ..apps.offline.finetune import FinetuneOptions, run_finetune
     from .generate import torch_threads_restored
 
     base = str(resolve_for_cli(args.base, "--from", download=args.download))

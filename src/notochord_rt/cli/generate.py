@@ -16,9 +16,9 @@ import logging
 import os
 from pathlib import Path
 
-from ..apps.live_args import add_download_argument
+from ..apps.live.args import add_download_argument
 from ..apps.loading import load_sampler as load_model
-from ..engine.precisions import CORE_CHOICES, DEFAULT_PRECISION
+from ..engine.cores.precisions import CORE_CHOICES, DEFAULT_PRECISION
 
 NAME = "generate"
 HELP = "generate a piece (or continue a MIDI file) and write MIDI, WAV and PNG"
@@ -116,7 +116,7 @@ def write_outputs(args: argparse.Namespace, events, *, prompt_end: float | None 
     A failed WAV or PNG (missing tool) raises UserError *after* the MIDI is on disk, with
     the names of the files that were written.
     """
-    from ..apps.render import RenderUnavailable, render_png, render_wav
+    from ..apps.offline.render import RenderUnavailable, render_png, render_wav
     from ..errors import UserError
     from ..midi.export import save_midi
 
@@ -211,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace, instruments):
-    from ..apps.generate import GenerateOptions
+    from ..apps.offline.generate import GenerateOptions
     from ..errors import InputError, UserError
 
     seconds = args.seconds if args.seconds is not None or args.events is not None else 30.0
@@ -230,7 +230,7 @@ def _options(args: argparse.Namespace, instruments):
         max_total_polyphony=args.max_total_polyphony, max_gap=args.max_gap)
     try:
         opts.validate()
-        from ..apps.generate import build_constraints
+        from ..apps.offline.generate import build_constraints
 
         build_constraints(opts, instruments)  # temperatures and steering checked here
     except InputError as e:
@@ -258,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..apps.generate import generate
+    from ..apps.offline.generate import generate
     from ..errors import UserError
     from ..events import instrument_name
 

@@ -7,8 +7,8 @@ offline form of the live harmonizer, docs/design.md §7). Every input note is fe
 as it occurs. The output holds the input and the harmony.
 
 Without ``IN.mid`` the command runs the live harmonizer (MIDI ports) from
-:mod:`notochord_rt.apps.live`, whose own options come from
-``notochord_rt.apps.live_args.add_live_arguments(parser)`` when that module is installed.
+:mod:`notochord_rt.apps.live.session`, whose own options come from
+``notochord_rt.apps.live.args.add_live_arguments(parser)`` when that module is installed.
 Options defined here (``--voice``, ``--checkpoint``, ``--precision``, ``--threads``,
 ``--seed``, ``--pitch-temp``) are shared by both modes; the live app gets the parsed voices
 as ``args.voices``.
@@ -36,8 +36,8 @@ DEFAULT_VOICE = "acoustic grand piano:1:12"
 
 log = logging.getLogger(__name__)
 
-_LIVE_ARGS = "notochord_rt.apps.live_args"
-_LIVE = "notochord_rt.apps.live"
+_LIVE_ARGS = "notochord_rt.apps.live.args"
+_LIVE = "notochord_rt.apps.live.session"
 _live_args_error: str | None = None
 
 
@@ -74,8 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_voices(specs: list[str] | None) -> list:
-    """``--voice`` values as :class:`~notochord_rt.apps.harmonizer.Voice` (UserError if bad)."""
-    from ..apps.harmonizer import Voice
+    """``--voice`` values as :class:`~notochord_rt.apps.harmony.Voice` (UserError if bad)."""
+    from ..apps.harmony import Voice
     from ..errors import UserError
 
     voices = []
@@ -94,7 +94,7 @@ def _run_live(args: argparse.Namespace) -> int:
         raise UserError(f"the live harmonizer failed to load its options: {_live_args_error}")
     if not _module_exists(_LIVE):
         raise UserError("give a MIDI file to harmonize (IN.mid); the live harmonizer "
-                        "(notochord_rt.apps.live) is not installed in this version")
+                        "(notochord_rt.apps.live.session) is not installed in this version")
     args.voices = parse_voices(args.voice)  # the live app reads parsed voices
     return int(importlib.import_module(_LIVE).harmonize_main(args) or 0)
 
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..apps.harmonizer import harmonize_piece
+    from ..apps.harmony import harmonize_piece
     from ..apps.musical import defaults_for
     from ..errors import MidiError, UserError
     from ..events import instrument_name

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..apps.live_args import add_live_arguments, add_model_arguments
+from ..apps.live.args import add_live_arguments, add_model_arguments
 
 NAME = "improvise"
 HELP = "live: autonomous model voices that respond to a MIDI player"
@@ -40,10 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..apps.improvise import ImprovisePolicy
-    from ..apps.live import LiveSession, load_live_model, options_from_args, run_session
+    from ..apps.live.improvise import ImprovisePolicy
+    from ..apps.live.ports import ChannelMap
+    from ..apps.live.session import LiveSession, load_live_model, options_from_args, run_session
     from ..apps.musical import defaults_for
-    from ..apps.ports import ChannelMap
     from ..errors import UserError
 
     if args.max_polyphony < 1 or args.max_duration <= 0:

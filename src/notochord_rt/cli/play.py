@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from ..apps.live_args import add_live_arguments, add_model_arguments
+from ..apps.live.args import add_live_arguments, add_model_arguments
 
 NAME = "play"
 HELP = "live: multi-voice terminal UI (channel modes, instruments, steering, presets)"
@@ -67,10 +67,10 @@ class _ToUI(logging.Handler):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..apps.live import LiveSession, load_live_model, options_from_args
-    from ..apps.play import PlayController, VoicesPolicy, feed_prompt_file, layout_hook
-    from ..apps.ports import ChannelMap
-    from ..apps.presets import load_presets
+    from ..apps.live.ports import ChannelMap
+    from ..apps.live.session import LiveSession, load_live_model, options_from_args
+    from ..apps.play.policy import PlayController, VoicesPolicy, feed_prompt_file, layout_hook
+    from ..apps.play.presets import load_presets
     from ..errors import UserError
 
     book = load_presets(args.presets)
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_ui(session: Any, policy: Any, book: Any, preset: str, notes: list[str], thru: bool,
             args: argparse.Namespace, controller_cls: Any, hook: Any) -> int:
-    from ..apps.tui import PlayApp
+    from ..apps.play.tui import PlayApp
     from ..errors import UserError
 
     root = logging.getLogger()

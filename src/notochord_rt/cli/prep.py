@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..data.prep_limits import (
+from ..data.prep.limits import (
     DEFAULT_MAX_HOURS,
     DEFAULT_MAX_MB,
     DEFAULT_MIN_EVENTS,
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..data.prep import prepare
+    from ..data.prep.pipeline import prepare
 
     bar = tqdm(unit="file", desc="prep", disable=None)
 

@@ -7,8 +7,8 @@ import ipaddress
 import logging
 import sys
 
-from ..apps.live_args import add_download_argument
-from ..engine.precisions import DEFAULT_PRECISION, PRECISIONS
+from ..apps.live.args import add_download_argument
+from ..engine.cores.precisions import DEFAULT_PRECISION, PRECISIONS
 from ..errors import CheckpointError, InputError, MidiError, UserError
 
 NAME = "serve"
@@ -84,12 +84,12 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from ..apps.osc_server import OscServer
+        from ..apps.osc.server import OscServer
     except ImportError as e:
         raise UserError(f"{e.name or e} is needed to serve OSC: pip install "
                         "'notochord-rt[live]' (or python-osc)") from None
-    from ..apps.osc_files import FileRoot
-    from ..apps.osc_sessions import Sessions
+    from ..apps.osc.files import FileRoot
+    from ..apps.osc.sessions import Sessions
     from ..model.network import NotochordNet
 
     _check(args)

@@ -1,0 +1,418 @@
+"""Live MIDI sessions: ports + channel maps + the :class:`~.player.Player`, and the live
+harmonizer.
+
+:class:`LiveSession` wires everything a live app needs and tears it down in the safe
+order (inputs closed, then the player stopped — which releases every note — then the
+outputs closed), on normal exit, Ctrl-C, a player error, or a lost port with
+``on_port_loss="exit"``. :class:`InputRouter` is the MIDI-input callback: it only stamps
+and enqueues (notes of the player channels, steering CCs, reset/panic actions).
+
+:func:`harmonize_main` is ``notochord-rt harmonize --live`` (or without an input file);
+it reuses the shared :class:`~.harmonizer.Harmonizer` through :class:`HarmonizePolicy`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import mido
+
+from ... import events as ev
+from ...errors import UserError
+from .player import NoteIn, Player, PlayerConfig, PlayerContext, Policy
+from .ports import ChannelMap, FeedbackFilter, MidiOut, OpenedPort, PortWatch, open_ports, rt_api
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTROLS = {1: "steer_pitch", 2: "steer_density", 3: "steer_rate"}
+DEFAULT_ACTIONS = {4: "reset", 5: "replan", 6: "mute", 7: "panic"}
+
+
+@dataclass
+class LiveOptions:
+    """Ports and behaviour of a :class:`LiveSession` (CLI flags map onto these)."""
+
+    api: str | None = None
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    virtual_in: list[str] = field(default_factory=list)
+    virtual_out: list[str] = field(default_factory=list)
+    client_name: str = "notochord-rt"
+    thru: bool = False
+    suppress_feedback: float | None = None
+    send_programs: bool = True
+    on_port_loss: str = "wait"
+    watch_interval: float = 0.5
+    controls: Mapping[int, str] = field(default_factory=lambda: dict(DEFAULT_CONTROLS))
+    actions: Mapping[int, str] = field(default_factory=lambda: dict(DEFAULT_ACTIONS))
+    player: PlayerConfig = field(default_factory=PlayerConfig)
+
+
+class InputRouter:
+    """mido input callback: stamp each message and hand it to the player (never blocks).
+
+    Notes on channels of ``cmap`` become ``player.note_input``; CCs in ``controls``
+    become ``player.control(name, value / 127)``; CCs in ``actions`` trigger ``reset``,
+    ``panic`` or ``player.control(action, 1)`` (the policy handles ``mute``/``replan``);
+    pitch bend steers pitch. Everything else is ignored. ``thru`` echoes played notes.
+    """
+
+    def __init__(self, player: Player, cmap: ChannelMap, *, controls: Mapping[int, str],
+                 actions: Mapping[int, str], feedback: FeedbackFilter | None = None,
+                 thru: MidiOut | None = None) -> None:
+        self.player, self.cmap = player, cmap
+        self.controls, self.actions = dict(controls), dict(actions)
+        self.feedback, self.thru = feedback, thru
+        self.ignored = 0
+
+    def __call__(self, msg: mido.Message) -> None:
+        t = self.player.clock()
+        try:
+            if self.feedback is not None and self.feedback.is_echo(msg.bytes()):
+                return
+            if msg.type in ("note_on", "note_off"):
+                inst = self.cmap.inst_of(msg.channel)
+                if inst is None:
+                    self.ignored += 1
+                    return
+                vel = msg.velocity if msg.type == "note_on" else 0
+                self.player.note_input(inst, msg.note, vel, t)
+                if self.thru is not None:
+                    self.thru.send(msg)
+            elif msg.type == "control_change":
+                self._control(msg.control, msg.value)
+            elif msg.type == "pitchwheel":
+                self.player.control("steer_pitch", (msg.pitch + 8192) / 16383)
+            else:
+                self.ignored += 1
+        except Exception:  # a callback must never raise into rtmidi's thread
+            log.exception("MIDI input handling failed for %s", msg)
+
+    def _control(self, cc: int, value: int) -> None:
+        if cc in self.controls:
+            self.player.control(self.controls[cc], value / 127)
+        elif cc in self.actions and value > 0:
+            action = self.actions[cc]
+            if action == "reset":
+                self.player.reset()
+            elif action == "panic":
+                self.player.panic()
+            else:
+                self.player.control(action, 1.0)
+        else:
+            self.ignored += 1
+
+
+class LiveSession:
+    """Open ports, start a :class:`Player` with ``policy``; close everything on exit.
+
+    ``cmap_in``: player channels → instruments fed as input; ``cmap_out``: instruments the
+    model plays → output channels. Use as a context manager, then :meth:`wait`.
+    """
+
+    def __init__(self, model: Any, policy: Policy, cmap_in: ChannelMap, cmap_out: ChannelMap,
+                 options: LiveOptions | None = None) -> None:
+        self.model, self.policy = model, policy
+        self.cmap_in, self.cmap_out = cmap_in, cmap_out
+        self.opt = options or LiveOptions()
+        if self.opt.on_port_loss not in ("wait", "exit"):
+            raise UserError(f"on_port_loss must be 'wait' or 'exit', got {self.opt.on_port_loss!r}")
+        self.lost = threading.Event()
+        self.lost_ports: list[tuple[str, str]] = []
+        self.out: MidiOut | None = None
+        self.player: Player | None = None
+        self.router: InputRouter | None = None
+        self._inputs: list[OpenedPort] = []
+        self._outputs: list[OpenedPort] = []
+        self._watch: PortWatch | None = None
+        self._announce: threading.Timer | None = None
+
+    def __enter__(self) -> LiveSession:
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        # JACK: every client first, input callbacks last (see the ports module doc)
+        o = self.opt
+        if not (o.outputs or o.virtual_out):
+            raise UserError("no MIDI output: give --midi-out NAME or --virtual-out NAME")
+        api = rt_api(o.api)
+        fb = FeedbackFilter(o.suppress_feedback) if o.suppress_feedback else None
+        self._watch = PortWatch(api, o.client_name, o.watch_interval, on_lost=self._on_lost,
+                                on_back=self._on_back)
+        self._outputs = open_ports("output", api, o.outputs, o.virtual_out, o.client_name,
+                                   self._watch.listers["output"])
+        self._inputs = open_ports("input", api, o.inputs, o.virtual_in, o.client_name,
+                                  self._watch.listers["input"])
+        out_map = self.cmap_out.merged(self.cmap_in) if o.thru else self.cmap_out
+        self.out = MidiOut(self._outputs, out_map, fb, send_programs=o.send_programs)
+        self.player = Player(self.model, self.out, self.policy, o.player)
+        self.router = InputRouter(self.player, self.cmap_in, controls=o.controls,
+                                  actions=o.actions, feedback=fb,
+                                  thru=self.out if o.thru else None)
+        self.player.start()
+        for p in self._inputs:
+            p.listen(self.router)
+        self._watch.watch(self._inputs + self._outputs)
+        self._watch.start()
+        # a fresh JACK connection may lose what is sent before it is active: say it again
+        self._announce = threading.Timer(0.5, self.out.announce)
+        self._announce.daemon = True
+        self._announce.start()
+
+    def _on_back(self, name: str, kind: str) -> None:
+        if kind == "output" and self.out is not None:
+            self.out.announce()  # a re-plugged synth needs its programs again
+
+    def _on_lost(self, name: str, kind: str) -> None:
+        self.lost_ports.append((name, kind))
+        if self.opt.on_port_loss == "exit":
+            self.lost.set()
+        elif kind == "input" and self.player is not None:
+            self.player.panic()  # nobody may be left to send the note-offs
+
+    def wait(self, duration: float | None = None, poll: float = 0.05) -> int:
+        """Block until ``duration`` passes, a port is lost (``on_port_loss="exit"``), the
+        player fails, or Ctrl-C; returns an exit status (0 ok, 1 player error, 3 lost port)."""
+        end = None if duration is None else time.monotonic() + duration
+        while True:
+            if self.player is not None and self.player.error is not None:
+                return 1
+            if self.lost.is_set():
+                names = ", ".join(n for n, _ in self.lost_ports)
+                log.warning("exiting: MIDI port lost (%s)", names)
+                return 3
+            if end is not None and time.monotonic() >= end:
+                return 0
+            time.sleep(poll)
+
+    def close(self) -> None:
+        """Inputs first (no more callbacks), then the player (releases notes), then outputs."""
+        if self._announce is not None:
+            self._announce.cancel()
+            self._announce.join()
+        if self._watch is not None:
+            self._watch.stop()
+        for p in self._inputs:
+            p.deafen()
+        for p in self._inputs:
+            try:
+                p.close()
+            except Exception:  # noqa: BLE001
+                log.debug("closing input %s failed", p.name, exc_info=True)
+        self._inputs = []
+        if self.player is not None:
+            self.player.stop()
+        if self.out is not None:
+            self.out.close()
+            self.out = None
+        else:
+            for p in self._outputs:
+                p.close()
+        self._outputs = []
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+
+# -- the live harmonizer ---------------------------------------------------------------------
+class HarmonizePolicy(Policy):
+    """Answer each played note with the voices of a shared ``Harmonizer``.
+
+    The harmonizer is built on ``ctx.model_view`` (the player's model) and feeds the
+    played notes itself (with the player's wall-clock deltas). Each voice note is sent
+    as soon as it is sampled; the latency from the played note's arrival is recorded.
+    """
+
+    feeds_input = True
+
+    def __init__(self, voices: list[Any], *, pitch_temp: float = 1.0,
+                 seed: int | None = None) -> None:
+        self.voices, self.pitch_temp, self.seed = voices, pitch_temp, seed
+        self.harm: Any = None
+        self.muted = False
+
+    def _get(self, ctx: PlayerContext) -> Any:
+        if self.harm is None:
+            from ..harmony import Harmonizer
+
+            self.harm = Harmonizer(ctx.model_view, self.voices, pitch_temp=self.pitch_temp,
+                                   seed=self.seed, reset=False)
+        return self.harm
+
+    def on_input(self, ctx: PlayerContext, note: NoteIn) -> None:
+        harm = self._get(ctx)
+        if note.vel < 1:
+            for e in harm.note_off(note.inst, note.pitch, ctx.input_dt):
+                ctx.send_now(e.inst, e.pitch, e.vel)
+            return
+        # Send each voice note the moment it is sampled, before the harmonizer feeds it
+        # (one model step less of latency). A voice note sampled on a pitch whose release
+        # is still pending (a re-struck note) is re-started by the player, which sends
+        # that note-off first; the pending release is then skipped.
+        early: list[tuple[int, int]] = []
+        skip_off: set[tuple[int, int]] = set()
+
+        def send_early(e: Any) -> None:
+            if e.is_note_on and e.time == 0.0:
+                key = (e.inst, e.pitch)
+                if key in ctx.sounding():
+                    skip_off.add(key)
+                ctx.send_now(e.inst, e.pitch, note.vel, t_in=note.t)
+                early.append(key)
+                ctx.yield_to_driver()
+
+        view = ctx.model_view
+        view.on_sample = send_early
+        try:
+            out = harm.note_on(note.inst, note.pitch, note.vel, ctx.input_dt,
+                               harmonize=not self.muted)
+        finally:
+            view.on_sample = None
+        for e in out:
+            key = (e.inst, e.pitch)
+            if e.vel > 0 and key in early:
+                early.remove(key)
+            elif e.vel == 0 and key in skip_off:
+                skip_off.discard(key)
+            else:
+                ctx.send_now(e.inst, e.pitch, e.vel, t_in=note.t if e.vel > 0 else None)
+
+    def on_control(self, ctx: PlayerContext, name: str, value: float) -> None:
+        if name == "mute":
+            self.muted = not self.muted
+            log.info("harmony %s", "muted" if self.muted else "unmuted")
+
+    def on_reset(self, ctx: PlayerContext) -> None:
+        if self.harm is not None:
+            self.harm.reset(self.seed)
+
+
+def voice_channels(insts: list[int], taken: set[int], spec: str | None = None) -> ChannelMap:
+    """Output channels for model instruments: ``spec`` ("2=violin,...") or the first free
+    channels (drum kits on channel 10 when free), skipping ``taken``."""
+    if spec:
+        cmap = ChannelMap.parse(spec)
+        missing = [i for i in insts if cmap.channel_of(i) is None]
+        if missing:
+            raise UserError("no output channel for " + ", ".join(ev.instrument_name(i)
+                                                                 for i in missing))
+        return cmap
+    free = [c for c in range(16) if c not in taken and c != ev.DRUM_CHANNEL]
+    mapping: dict[int, int] = {}
+    for inst in dict.fromkeys(insts):
+        if ev.is_drum(inst) and ev.DRUM_CHANNEL not in taken and ev.DRUM_CHANNEL not in mapping:
+            mapping[ev.DRUM_CHANNEL] = inst
+            continue
+        if not free:
+            raise UserError("more model instruments than free MIDI channels")
+        mapping[free.pop(0)] = inst
+    return ChannelMap(mapping)
+
+
+def options_from_args(args: Any) -> LiveOptions:
+    """:class:`LiveOptions` from the flags of :func:`.live_args.add_live_arguments`."""
+    virtual_in = list(args.virtual_in or [])
+    virtual_out = list(args.virtual_out or [])
+    if not (args.midi_in or virtual_in):
+        virtual_in = ["in"]
+    if not (args.midi_out or virtual_out):
+        virtual_out = ["out"]
+    return LiveOptions(
+        api=args.midi_api, inputs=list(args.midi_in or []), outputs=list(args.midi_out or []),
+        virtual_in=virtual_in, virtual_out=virtual_out, client_name=args.client_name,
+        thru=args.thru, suppress_feedback=args.suppress_feedback or None,
+        send_programs=not args.no_program_change, on_port_loss=args.on_port_loss,
+        player=PlayerConfig(lookahead=args.lookahead / 1000))
+
+
+def load_live_model(args: Any) -> Any:
+    """The model named by ``args.checkpoint`` on the CPU core chosen by ``args.precision``
+    (``args.threads`` torch threads; 1 is best for one live stream)."""
+    from ..loading import load_sampler
+
+    return load_sampler(getattr(args, "checkpoint", None) or "default",
+                        getattr(args, "precision", "fp32"),
+                        int(getattr(args, "threads", 1) or 1),
+                        download=bool(getattr(args, "download", False)))
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_session(session: LiveSession, args: Any, what: str) -> int:
+    """Run until done; log a timing summary (and write it to ``--stats-json``).
+
+    SIGTERM is handled like Ctrl-C (in the main thread), so a killed app still releases
+    every note.
+    """
+    import signal
+
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _interrupt)
+    log.warning("%s: running (Ctrl-C to stop)", what)
+    status = 0
+    try:
+        with session:
+            status = session.wait(args.duration)
+    except KeyboardInterrupt:
+        status = 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+        if session.player is not None:
+            summary = session.player.stats.summary()
+            summary["lost_ports"] = session.lost_ports
+            log.info("timing: %s", summary)
+            if getattr(args, "stats_json", None):
+                with open(args.stats_json, "w") as f:
+                    json.dump(summary, f, indent=1)
+    if session.player is not None and session.player.error is not None:
+        raise UserError(f"{what} stopped: {session.player.error}")
+    return status
+
+
+def harmonize_main(args: Any) -> int:
+    """``notochord-rt harmonize`` live: needs ``args.voices`` (``Voice`` objects or
+    ``INST:LO:HI`` strings), ``args.pitch_temp``, ``args.seed``, ``args.checkpoint`` and
+    the live flags."""
+    from ..harmony import Voice
+
+    voices = [v if isinstance(v, Voice) else _parse_voice(v) for v in (args.voices or [])]
+    if not voices:
+        raise UserError("give at least one voice (--voice INST:LO:HI)")
+    cmap_in = ChannelMap.parse(args.player, {0: 1})
+    cmap_out = voice_channels([v.inst for v in voices], set(cmap_in.inst), args.out_channels)
+    model = load_live_model(args)
+    policy = HarmonizePolicy(voices, pitch_temp=getattr(args, "pitch_temp", 1.0),
+                             seed=getattr(args, "seed", None))
+    session = LiveSession(model, policy, cmap_in, cmap_out, options_from_args(args))
+    return run_session(session, args, "harmonize")
+
+
+def _parse_voice(spec: str) -> Any:
+    from ..harmony import Voice
+
+    try:
+        return Voice.parse(spec)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+__all__ = ["HarmonizePolicy", "InputRouter", "LiveOptions", "LiveSession", "harmonize_main",
+           "load_live_model", "options_from_args", "run_session", "voice_channels"]

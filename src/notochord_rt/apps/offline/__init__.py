@@ -1,0 +1,1 @@
+"""Offline apps: generate, harmonize a file, render, fine-tune."""

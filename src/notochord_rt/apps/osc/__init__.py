@@ -1,0 +1,1 @@
+"""The OSC server of ``notochord-rt serve``: wire format, protocol, sessions."""

@@ -1,0 +1,1 @@
+"""``notochord-rt play``: voices, presets, the policy and the terminal UI."""

@@ -1,0 +1,1 @@
+"""The reproducible training-corpus recipe (``notochord-rt corpus``): sources and screening."""

@@ -1,0 +1,1 @@
+"""Inference cores: the network math behind the sampler, in several precisions."""

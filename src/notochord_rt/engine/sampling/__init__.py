@@ -1,0 +1,1 @@
+"""The constrained sampler: constraints, support, the sampling loop, streams."""
