@@ -110,8 +110,12 @@ def add_output_arguments(parser: argparse.ArgumentParser, default_out: str) -> N
 
 
 def write_outputs(args: argparse.Namespace, events, *, prompt_end: float | None = None,
-                  title: str | None = None, highlight=None) -> list[str]:
+                  title: str | None = None, highlight=None, tempo_bpm: float | None = None,
+                  beats_per_bar: int = 4) -> list[str]:
     """Write the MIDI file, then the PNG and WAV if asked; returns what was written.
+
+    ``tempo_bpm`` / ``beats_per_bar`` go into the MIDI file's tempo and time signature
+    (default 120 BPM, 4/4), so a DAW's bars match the music's.
 
     A failed WAV or PNG (missing tool) raises UserError *after* the MIDI is on disk, with
     the names of the files that were written.
@@ -121,7 +125,8 @@ def write_outputs(args: argparse.Namespace, events, *, prompt_end: float | None 
     from ..midi.export import save_midi
 
     try:
-        save_midi(events, args.out)
+        save_midi(events, args.out, beats_per_bar=beats_per_bar,
+                  **({} if tempo_bpm is None else {"tempo_bpm": tempo_bpm}))
     except OSError as e:
         raise UserError(f"--out {args.out}: cannot write ({e.strerror or e})") from None
     written = [args.out]
@@ -198,6 +203,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="shorter gaps (more events) above 0.5, longer below")
     steer.add_argument("--steer-velocity", type=float, default=None,
                        help="louder above 0.5, softer below")
+    beat = parser.add_argument_group(
+        "tempo and grid (default: free time; the tempo is written into the MIDI file)")
+    beat.add_argument("--bpm", type=float, default=None,
+                      help="tempo in beats (quarter notes) per minute, 1..999")
+    beat.add_argument("--grid", default=None, metavar="1/N[t]",
+                      help="put onsets on this grid: 1/4, 1/8, 1/16, 1/32 ... or triplets "
+                           "1/8t, 1/16t (needs --bpm)")
+    beat.add_argument("--swing", type=float, default=0.0,
+                      help="0 straight .. 1 triplet swing: delays every second grid step")
+    beat.add_argument("--grid-strength", type=float, default=1.0,
+                      help="1 = every onset on the grid (default), below 1 a softer pull, "
+                           "0 = free")
+    beat.add_argument("--beats-per-bar", type=int, default=4,
+                      help="beats per bar (time signature N/4; default 4)")
     guards = parser.add_argument_group("guards against stuck notes and runaway density")
     guards.add_argument("--max-note-seconds", type=float, default=5.0,
                         help="release any note older than this (default 5; drum notes after "
@@ -227,7 +246,9 @@ def _options(args: argparse.Namespace, instruments):
         steer_density=args.steer_density, steer_pitch=args.steer_pitch,
         steer_rate=args.steer_rate, steer_velocity=args.steer_velocity,
         max_note_seconds=args.max_note_seconds, max_polyphony=args.max_polyphony,
-        max_total_polyphony=args.max_total_polyphony, max_gap=args.max_gap)
+        max_total_polyphony=args.max_total_polyphony, max_gap=args.max_gap,
+        bpm=args.bpm, grid=args.grid, swing=args.swing, grid_strength=args.grid_strength,
+        beats_per_bar=args.beats_per_bar)
     try:
         opts.validate()
         from ..apps.offline.generate import build_constraints
@@ -291,7 +312,8 @@ def _run(args: argparse.Namespace) -> int:
     title = f"notochord-rt generate ({Path(args.checkpoint).name}, seed {args.seed})"
     written = write_outputs(args, result.events,
                             prompt_end=result.prompt_end if prompt is not None else None,
-                            title=title)
+                            title=title, tempo_bpm=options.bpm,
+                            beats_per_bar=options.beats_per_bar)
     rate = result.generated / result.wall_seconds if result.wall_seconds > 0 else float("inf")
     print(f"wrote {', '.join(written)}: {result.generated} events, "  # noqa: T201
           f"{result.music_seconds:.1f} s of music after {result.prompt_end:.1f} s of prompt, "

@@ -27,8 +27,8 @@ Channels
     same tick as the standard kit, before another kit's first note, reads back in the
     standard kit's group — one channel 10 cannot carry two kits at one instant.
 Tracks
-    Track 0 holds the tempo; then one track per instrument in id order, named by
-    :func:`~notochord_rt.events.instrument_name`.
+    Track 0 holds the tempo and the time signature (``beats_per_bar``/4); then one track
+    per instrument in id order, named by :func:`~notochord_rt.events.instrument_name`.
 
 Why not ``symusic.Score.dump_midi``? symusic picks the channel from the track index and
 writes a program change for every track, so anonymous parts would read back as pianos
@@ -281,16 +281,22 @@ def midi_bytes(
     ticks_per_beat: int = 960,
     tempo_bpm: float = 120.0,
     program_for: Mapping[int, int] | None = None,
+    beats_per_bar: int = 4,
 ) -> bytes:
     """The events as the bytes of a type-1 Standard MIDI File (see the module docstring).
 
-    ``program_for`` maps instrument ids to the GM program to write for them (e.g. to give
+    ``tempo_bpm`` and ``beats_per_bar`` (1..64) are written as the tempo and the time
+    signature ``beats_per_bar``/4, so a piece generated at a tempo lines up with a DAW's
+    bars. ``program_for`` maps instrument ids to the GM program to write for them (e.g. to give
     anonymous instruments a sound); other named ids get their own program.
     """
+    if (isinstance(beats_per_bar, bool) or not isinstance(beats_per_bar, (int, np.integer))
+            or not 1 <= beats_per_bar <= 64):
+        raise InputError(f"beats_per_bar must be an integer in 1..64, got {beats_per_bar!r}")
     notes, voices = _prepare(events, ticks_per_beat, tempo_bpm, program_for)
-    us = round(60e6 / tempo_bpm)
+    us = min(round(60e6 / tempo_bpm), 0xFFFFFF)
     conductor = [(0, _META, _meta(0x51, us.to_bytes(3, "big"))),
-                 (0, _META, _meta(0x58, bytes((4, 2, 24, 8))))]
+                 (0, _META, _meta(0x58, bytes((int(beats_per_bar), 2, 24, 8))))]
     chunks = [_chunk(conductor)]
     changes = _program_changes(voices, notes)
     lo = 0
@@ -317,13 +323,14 @@ def save_midi(
     ticks_per_beat: int = 960,
     tempo_bpm: float = 120.0,
     program_for: Mapping[int, int] | None = None,
+    beats_per_bar: int = 4,
 ) -> None:
     """Write the events to ``path`` as a type-1 MIDI file (see :func:`midi_bytes`).
 
     The file is written to a temporary name and renamed, so no half-written file is left.
     """
     data = midi_bytes(events, ticks_per_beat=ticks_per_beat, tempo_bpm=tempo_bpm,
-                      program_for=program_for)
+                      program_for=program_for, beats_per_bar=beats_per_bar)
     atomic_write_bytes(path, data)
 
 

@@ -25,6 +25,12 @@ Prompting: the prompt (events from :func:`notochord_rt.midi.ingest.load_midi`) i
 event by event, then sampling continues from the prompt's last event, by default with the
 prompt's own instruments (``instruments`` overrides that).
 
+Tempo and grid: with ``bpm``, ``grid`` (``"1/16"``, ``"1/8t"`` ...), ``swing`` and
+``grid_strength`` (1 = hard) every event time is sampled on the beat grid by the
+sampler's grid constraint (:mod:`notochord_rt.engine.sampling.grid`; nothing is moved
+afterwards). Beat 0 is the start of the piece (of the prompt, when there is one); write
+the file with ``tempo_bpm=options.bpm`` so a DAW shows the same bars.
+
 Nothing here prints; progress is reported through the ``progress`` callback.
 """
 
@@ -77,6 +83,10 @@ class GenerateOptions:
     notes; a soft limit) and ``balance`` (instrument weights steered against the running
     share of note-ons, so that no instrument takes over and every named one is heard)
     default to :data:`~.musical.DEFAULTS`; :meth:`raw` samples the model as it is.
+
+    Tempo (see the module doc): ``bpm`` (free time when ``None``), ``grid``, ``swing``
+    (0..1), ``grid_strength`` (0..1, 1 = hard) and ``beats_per_bar``, checked as the
+    :class:`~notochord_rt.engine.sampling.constraints.Constraints` fields of those names.
     """
 
     seconds: float | None = 30.0
@@ -101,6 +111,11 @@ class GenerateOptions:
     max_total_polyphony: int = 24
     max_gap: float = 3.0
     order: str | None = None
+    bpm: float | None = None
+    grid: str | None = None
+    swing: float = 0.0
+    grid_strength: float = 1.0
+    beats_per_bar: int = 4
 
     @classmethod
     def raw(cls, **values) -> GenerateOptions:
@@ -205,6 +220,8 @@ def build_constraints(options: GenerateOptions, instruments: Iterable[int] | Non
         **steering_fields(options.steer_pitch, options.steer_rate, options.steer_velocity),
         order=options.order,
         vel=0.0 if release_only else None,
+        bpm=options.bpm, grid=options.grid, swing=options.swing,
+        grid_strength=options.grid_strength, beats_per_bar=options.beats_per_bar,
     ).validate()
 
 

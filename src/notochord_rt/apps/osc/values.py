@@ -34,6 +34,7 @@ _PER_INST = ("min_vel", "max_vel", "min_polyphony", "max_polyphony", "min_durati
              "max_duration")
 _FLOATS = ("time", "vel", "min_time", "max_time", "inst_temp", "pitch_temp", "rhythm_temp",
            "timing_temp", "vel_temp", "steer_density")
+_BEAT_FLOATS = ("bpm", "beat", "swing", "grid_strength", "min_beats", "max_beats")
 _PAIRS = ("truncate_quantile_time", "truncate_quantile_pitch", "truncate_quantile_vel")
 
 
@@ -198,6 +199,16 @@ def constraint_value(name: str, value: Any) -> Any:
     if name == "external":
         items = value if isinstance(value, list) else [value]
         return {_inst(v, name) for v in items}
+    if name in _BEAT_FLOATS:  # beat-aware fields (engine/sampling/grid.py)
+        return None if value is None and name in ("bpm", "beat") else _float(value, name)
+    if name == "beats_per_bar":
+        return _int(value, name, 1, 64)
+    if name == "grid":  # "1/16", "1/8t"; checked by Constraints.validate
+        return None if value is None else value
+    if name == "next_bar":  # OSC has no bool everywhere: 0 / 1 too
+        if isinstance(value, bool) or value in (0, 1):
+            return bool(value)
+        raise InputError(f"next_bar must be true/false or 0/1, got {_short(value)}")
     if name == "order":
         if not isinstance(value, str):
             raise InputError(f"order must be a string such as {SAMPLING_ORDER!r}, "

@@ -92,6 +92,12 @@ class Constraints:
     weight)`` closed intervals; velocity ranges restrict note-ons only (use the note-off
     map, or ``vel=0``, for note-offs). The weights multiply the model's mass in each
     interval when choosing between them.
+
+    Beat fields (:mod:`.grid`): with a tempo ``bpm``, ``grid`` puts onsets on a rhythmic
+    grid (``"1/16"``, ``"1/8t"``...) with ``swing``, pulled by ``grid_strength`` (1 =
+    hard); ``min_beats`` / ``max_beats`` are ``min_time`` / ``max_time`` in beats;
+    ``next_bar`` allows only the next bar line. ``beat`` is the beat position at the
+    stream's current time (``None``: the stream clock, beat 0 at reset).
     """
 
     note_on_map: NoteMap | None = None
@@ -124,6 +130,15 @@ class Constraints:
     inst_weights: Mapping[int, float] = field(default_factory=dict)
     external: set[int] = field(default_factory=set)
     order: str | None = None
+    bpm: float | None = None
+    beat: float | None = None
+    beats_per_bar: int = 4
+    grid: str | None = None
+    swing: float = 0.0
+    grid_strength: float = 1.0
+    min_beats: float = 0.0
+    max_beats: float = math.inf
+    next_bar: bool = False
 
     # -- checking ---------------------------------------------------------------------------
     def validate(self) -> Constraints:
@@ -131,6 +146,11 @@ class Constraints:
         ``self`` unchanged."""
         for f in FIELDS.values():
             f.convert(getattr(self, f.name))
+        if (self.bpm is not None or self.grid is not None or self.next_bar or self.swing
+                or self.beat is not None or self.min_beats or self.max_beats != math.inf):
+            from .grid import cross_check
+
+            cross_check(self)
         return self
 
     def penalty_of(self, soft: Soft) -> float:
@@ -256,6 +276,24 @@ def _c_order(v: Any, name: str, f: Field) -> str:
     return check_order(v, name)
 
 
+def _c_bpm(v: Any, name: str, f: Field) -> float:
+    from .grid import check_bpm
+
+    return check_bpm(v, name)
+
+
+def _c_grid(v: Any, name: str, f: Field) -> str:
+    from .grid import check_grid
+
+    return check_grid(v, name)
+
+
+def _c_bool(v: Any, name: str, f: Field) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise InputError(f"{name} must be True or False, got {show(v)}")
+    return bool(v)
+
+
 #: Value kinds of :data:`FIELDS` and their canonical Python types.
 KINDS: dict[str, str] = {
     "real": "float in [lo, hi]",
@@ -269,12 +307,15 @@ KINDS: dict[str, str] = {
     "inst_weights": "dict {inst: weight >= 0}",
     "inst_set": "frozenset of instrument ids",
     "order": f"a permutation of {CANONICAL_ORDER!r}, or 'random'",
+    "bpm": "float tempo in beats per minute, in [1, 999]",
+    "grid": "str '1/N' or '1/Nt' (triplets), N in 1, 2, 4, 8, 16, 32, 64",
+    "bool": "True or False",
 }
 _CONVERTERS = {
     "real": _c_real, "int": _c_int, "inst": _c_inst, "note_map": _c_note_map,
     "per_inst": _c_per_inst, "intervals": _c_intervals, "penalty": _c_penalty,
     "quantile": _c_quantile, "inst_weights": _c_inst_weights, "inst_set": _c_inst_set,
-    "order": _c_order,
+    "order": _c_order, "bpm": _c_bpm, "grid": _c_grid, "bool": _c_bool,
 }
 _INF = math.inf
 FIELDS: dict[str, Field] = {f.name: f for f in (
@@ -313,6 +354,21 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     Field("external", "inst_set", role="setting",
           doc="instruments played from outside: no duration/polyphony guarantees, no steering"),
     Field("order", "order", optional=True, role="setting"),
+    Field("bpm", "bpm", optional=True, role="setting",
+          doc="tempo (quarter-note beats per minute) for the beat fields; None = free time"),
+    Field("beat", "real", finite=True, optional=True, role="setting",
+          doc="beat position at the stream's current time; None = from the stream clock"),
+    Field("beats_per_bar", "int", 1, 64, role="setting"),
+    Field("grid", "grid", optional=True,
+          doc="onsets on this grid (pulled by grid_strength); needs bpm"),
+    Field("swing", "real", 0.0, 1.0, doc="0 straight .. 1 triplet swing; needs a straight grid"),
+    Field("grid_strength", "real", 0.0, 1.0,
+          doc="0 = free, in between a soft pull to the grid, 1 = hard quantisation"),
+    Field("min_beats", "real", 0.0, _INF, finite=True, role="hard",
+          doc="min_time in beats (the later of the two holds)"),
+    Field("max_beats", "real", 0.0, _INF, role="soft",
+          doc="max_time in beats (the earlier of the two holds, soft like max_time)"),
+    Field("next_bar", "bool", role="hard", doc="only the next bar line (a voice entering)"),
 )}
 """Every :class:`Constraints` field, in declaration order: how it is checked and converted.
 

@@ -29,6 +29,7 @@ from ... import events as ev
 from ...errors import InputError, NoPossibleEvents
 from ..cores.core import InferenceCore
 from .constraints import Constraints, check_order
+from .grid import place
 from .guards import forced_breaks
 from .held import HeldNotes
 from .subevents import draw_sub_event
@@ -135,6 +136,8 @@ class EventDraw:
         order = check_order(order or comp.cons.order or ev.SAMPLING_ORDER)
         if order == "random":
             order = "".join(np.array(list(ev.CANONICAL_ORDER))[rng.permutation(4)])
+        if comp.beat is not None:
+            comp = place(comp, held.elapsed)  # the time pieces on the grid, for this event
         sup = build_support(comp, held)
         sup.autoset()
         return cls(sup, comp, order, rng, config, return_params, where)

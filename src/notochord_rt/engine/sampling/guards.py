@@ -113,8 +113,8 @@ def apply_guards(comp: Compiled, held: HeldNotes, held_m: np.ndarray | None,
         return _forced(f_on, None, comp, Soft.MIN_POLY.value)
     pen_on = np.where(cand & (poly >= maxp), cons.penalty_of(Soft.MAX_POLY), 0.0)
     pen_off = np.where(cand & (poly <= minp), cons.penalty_of(Soft.MIN_POLY), 0.0)
-    if cons.time is None and math.isfinite(float(cons.max_time)):
-        time_pens.append((float(cons.max_time), cons.penalty_of(Soft.MAX_TIME),
+    if cons.time is None and math.isfinite(comp.max_time):
+        time_pens.append((comp.max_time, cons.penalty_of(Soft.MAX_TIME),
                           Soft.MAX_TIME.value))
     # -- stratify ------------------------------------------------------------------------------
     has_on_pen = bool(np.any(pen_on[on_r] > 0))
@@ -180,7 +180,7 @@ def forced_breaks(comp: Compiled, held: HeldNotes, i: int, p: int, t: float,
     elif cons.note_on_map is not None and not _in_map(cons.note_on_map, i, None):
         out.add("note_on_map")  # its instruments are the default note-off map
     # -- soft ----------------------------------------------------------------------------------
-    if t > float(cons.max_time) + _TOL:
+    if t > comp.max_time + _TOL:
         out.add(Soft.MAX_TIME.value)
     if not comp.ext[i]:
         poly = int(held.poly[i])

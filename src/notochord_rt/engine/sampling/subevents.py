@@ -50,12 +50,26 @@ def _time_bounds(lo: float, hi: float, t_lo: float, t_hi: float, res: float
     return (-math.inf if lo <= t_lo else lo), (math.inf if hi >= t_hi else hi)
 
 
+def _time_bounds_many(pieces: np.ndarray, t_lo: float, t_hi: float, res: float
+                      ) -> np.ndarray:
+    """:func:`_time_bounds` of every row of ``pieces`` (``(n, 2)``)."""
+    lo, hi = pieces[:, 0], pieces[:, 1]
+    narrow = hi - lo < res
+    mid = 0.5 * (lo + hi)
+    lo = np.where(narrow, mid - 0.5 * res, lo)
+    hi = np.where(narrow, mid + 0.5 * res, hi)
+    return np.stack((np.where(lo <= t_lo, -math.inf, lo), np.where(hi >= t_hi, math.inf, hi)), 1)
+
+
 def draw_time(mix: np.ndarray, sup: Support, cons: Constraints, rng: np.random.Generator,
               config) -> float:
     t_lo, t_hi = config.time_bounds
     res = config.time_res
     pieces = sup.time_pieces()
-    bounds = np.array([_time_bounds(lo, hi, t_lo, t_hi, res) for lo, hi, _ in pieces])
+    if len(pieces) <= 4:
+        bounds = np.array([_time_bounds(lo, hi, t_lo, t_hi, res) for lo, hi, _ in pieces])
+    else:  # a grid: many pieces, the same bounds computed at once
+        bounds = _time_bounds_many(pieces, t_lo, t_hi, res)
     k, pre = sample_pieces(mix, bounds, pieces[:, 2], rng)
     lo, hi = float(pieces[k, 0]), float(pieces[k, 1])
     if lo == hi:

@@ -44,6 +44,7 @@ from .constraints import (
     note_mask,
     per_inst,
 )
+from .grid import BeatSpec, beat_spec
 from .held import HeldNotes
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,11 @@ class Compiled:
     """True when no duration, polyphony or max_time limit can ever apply (fast path)."""
     vel_uniform: bool = True
     """True when every instrument has the same note-on velocity bounds."""
+    max_time: float = math.inf
+    """The soft time limit: the earlier of ``max_time`` and ``max_beats``."""
+    beat: BeatSpec | None = None
+    """The tempo context; when it has a grid or ``next_bar``, :func:`.grid.place` puts
+    ``pieces`` on the grid before each event."""
 
 
 def compile_constraints(cons: Constraints) -> Compiled:
@@ -156,6 +162,17 @@ def compile_constraints(cons: Constraints) -> Compiled:
     min_time = float(cons.min_time)
     if min_time > 0:
         names.append("min_time")
+    beat = beat_spec(cons)
+    max_time = float(cons.max_time)
+    if beat is not None:
+        if cons.min_beats > 0:
+            names.append("min_beats")
+            min_time = max(min_time, float(cons.min_beats) * beat.spb)
+        max_time = min(max_time, float(cons.max_beats) * beat.spb)
+        if beat.active():
+            names.append("next_bar" if beat.next_bar else "grid")
+        else:
+            beat = None  # a tempo alone changes no time piece
     if cons.time is not None:
         names.append("time")
         t = float(cons.time)
@@ -193,12 +210,13 @@ def compile_constraints(cons: Constraints) -> Compiled:
     min_poly = per_inst(cons.min_polyphony, "min_polyphony", 0)
     no_soft = bool(np.all(np.isinf(max_dur)) and np.all(min_dur <= MIN_GAP)
                    and np.all(max_poly >= ev.NUM_PITCHES) and np.all(min_poly <= 0)
-                   and math.isinf(float(cons.max_time)))
+                   and math.isinf(max_time))
     return Compiled(
         cons, on, on.any(1), off, vlo, vhi, user_vel, pieces,
         float(pieces[0, 0]), names,
         inst_mask(cons.external) if cons.external else np.zeros(N_I, dtype=bool),
-        max_dur, min_dur, max_poly, min_poly, lw, no_soft, uniform_velocity(vlo, vhi))
+        max_dur, min_dur, max_poly, min_poly, lw, no_soft, uniform_velocity(vlo, vhi),
+        max_time, beat)
 
 
 def build_support(comp: Compiled, held: HeldNotes) -> Support:
