@@ -1,0 +1,154 @@
+"""``notochord-rt web``: a local web playground (page + WebSocket; see docs/web.md).
+
+Open the page, press keys (on screen, on the computer keyboard or on a MIDI controller
+through Web MIDI) and hear the model's voices answer through a General MIDI SoundFont
+synth in the page. Each tab is a session with its own voices, run by the same real-time
+player and voices policy as ``notochord-rt play``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import socket
+import sys
+
+from ..apps.live.args import add_download_argument
+from ..engine.cores.precisions import DEFAULT_PRECISION, PRECISIONS
+from ..errors import UserError
+
+NAME = "web"
+HELP = "live: a web playground in the browser (keyboard, Web MIDI, GM synth, piano roll)"
+
+log = logging.getLogger(__name__)
+
+EXTRA_HINT = "pip install 'notochord-rt[web]'"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; any other address "
+                             "prints a warning)")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="TCP port (default 8000; 0 = any free port)")
+    parser.add_argument("--checkpoint", default="default",
+                        help="model: a .safetensors file, a model name (`notochord-rt models "
+                             "list`) or 'default' (the bundled model; the default)")
+    add_download_argument(parser)
+    parser.add_argument("--precision", default=DEFAULT_PRECISION,
+                        choices=(*PRECISIONS, "module"),
+                        help="core of each tab's sampler (default fp32)")
+    parser.add_argument("--soundfont", metavar="PATH",
+                        help="General MIDI SoundFont (.sf2/.sf3) the page plays with "
+                             "(default: Debian's FluidR3_GM from fluid-soundfont-gm)")
+    parser.add_argument("--presets", metavar="FILE",
+                        help="presets TOML file (default: the bundled presets, as play)")
+    parser.add_argument("--preset", default=None,
+                        help="preset each new tab starts with (default: the first)")
+    parser.add_argument("--open", action="store_true", help="open the page in a browser")
+    parser.add_argument("--max-sessions", type=int, default=16,
+                        help="tabs served at once (default 16)")
+    parser.add_argument("--session-timeout", type=float, default=600.0,
+                        help="close sessions idle for this many seconds (default 600; "
+                             "0 = never)")
+    parser.add_argument("--rate", type=float, default=200.0,
+                        help="messages per second one tab may send (default 200, bursts "
+                             "of twice that)")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                        help="another page origin allowed to open sessions (repeatable)")
+    parser.add_argument("--seed", type=int, help="seed the sessions (reproducible runs)")
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _check(args: argparse.Namespace) -> None:
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {args.port}")
+    if args.max_sessions < 1:
+        raise UserError(f"--max-sessions must be >= 1, got {args.max_sessions}")
+    if args.session_timeout < 0:
+        raise UserError(f"--session-timeout must be >= 0, got {args.session_timeout}")
+    if not args.rate > 0:
+        raise UserError(f"--rate must be > 0, got {args.rate}")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (the real port is known before the app is built)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        raise UserError(f"{e.name or e} is needed for the web playground: {EXTRA_HINT}") from None
+    from ..apps.loading import load_sampler
+    from ..apps.play.presets import load_presets
+    from ..apps.web.engine import SamplerFactory
+    from ..apps.web.protocol import MAX_FRAME
+    from ..apps.web.server import LOOPBACK_NAMES, WebApp, WebConfig
+    from ..apps.web.sessions import SessionManager
+    from ..apps.web.soundfont import HOW_TO_GET, find_soundfont
+
+    _check(args)
+    book = load_presets(args.presets)
+    if not book.presets:
+        raise UserError(f"{book.source} has no presets")
+    preset = book.find(int(args.preset) - 1 if args.preset and args.preset.isdigit()
+                       else args.preset or 0).name
+    soundfont = find_soundfont(args.soundfont)
+    base = load_sampler(args.checkpoint, "module", download=args.download)
+    manager = SessionManager(SamplerFactory(base, args.precision), book,
+                             max_sessions=args.max_sessions,
+                             idle_timeout=args.session_timeout or None, preset=preset,
+                             seed=args.seed)
+    local = loopback(args.host)
+    hosts = LOOPBACK_NAMES if local else ("*",)
+    config = WebConfig(hosts=hosts, allow_origins=tuple(args.allow_origin), rate=args.rate,
+                       burst=2 * args.rate, info={"model": str(args.checkpoint)})
+    web = WebApp(manager, soundfont, config)
+    sock = bind(args.host, args.port)
+    port = sock.getsockname()[1]
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{shown}:{port}/"
+    if not local:
+        print(f"notochord-rt web: WARNING: listening on {args.host}, not a loopback address: "  # noqa: T201
+              "anyone who can reach this port can play with the model and use this "
+              "machine's CPU (use a trusted network or a firewall)", file=sys.stderr, flush=True)
+    print(f"notochord-rt web: {url} (model {args.checkpoint}, preset {preset}, SoundFont "  # noqa: T201
+          f"{soundfont or 'none: ' + HOW_TO_GET}); Ctrl-C to stop", file=sys.stderr, flush=True)
+    uv = uvicorn.Server(uvicorn.Config(web.app, log_level="warning", ws_max_size=MAX_FRAME,
+                                       lifespan="on"))
+    if args.open:
+        import threading
+        import webbrowser
+
+        threading.Timer(0.5, webbrowser.open, (url,)).start()
+    try:
+        uv.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        manager.close_all()
+        sock.close()
+    return 0
