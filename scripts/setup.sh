@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 dev=0; [ "${1:-}" = "--dev" ] && dev=1
 if [ $dev = 1 ]; then
     pkgs=$(grep -v '^#' scripts/apt-packages.txt | tr '\n' ' ')
-    extras='dev,train,live,plot,corpus,web'
+    extras='dev,train,live,link,plot,corpus,web'
 else
     pkgs="fluidsynth fluid-soundfont-gm"
     extras='live,plot'

@@ -1,0 +1,147 @@
+"""MIDI clock through real JACK MIDI ports (``jackd --no-realtime -d dummy``): a test-side
+drum machine sends clock at 120 BPM, changes to 90, stops, starts again and goes silent;
+:class:`MidiClock` follows all of it. And clock out: :class:`ClockSender` leads a
+test-side receiver at our internal tempo."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from jack import jack_or_skip
+
+from notochord_rt.apps.live.clock import InternalClock
+from notochord_rt.apps.live.clock_midi import (
+    START,
+    STOP,
+    TICK,
+    ClockSender,
+    MidiClock,
+    TempoEstimator,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def jack():
+    yield from jack_or_skip(period=256)  # 5.3 ms cycles: the backend's own tick jitter
+
+
+class DrumMachine:
+    """A virtual JACK output sending MIDI clock on absolute times from a thread."""
+
+    def __init__(self) -> None:
+        import rtmidi
+
+        self.out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="drum-machine")
+        self.out.open_virtual_port("clock")
+        self.port = "drum-machine:clock"
+
+    def play(self, plan: list[tuple[str, float, float]]) -> threading.Thread:
+        """``plan``: ``("ticks", bpm, beats)``, ``("msg", byte, 0)`` or ``("rest", s, 0)``;
+        each step's start time is recorded in ``self.marks``."""
+        self.marks: list[float] = []
+
+        def run() -> None:
+            t = time.perf_counter()
+            for kind, a, b in plan:
+                self.marks.append(t)
+                if kind == "msg":
+                    self.out.send_message([int(a)])
+                elif kind == "rest":
+                    t += a
+                    time.sleep(max(0.0, t - time.perf_counter()))
+                else:
+                    for _ in range(int(b * 24)):
+                        time.sleep(max(0.0, t - time.perf_counter()))
+                        self.out.send_message([TICK])
+                        t += 60.0 / (24 * a)
+
+        th = threading.Thread(target=run, daemon=True)
+        th.start()
+        return th
+
+    def close(self) -> None:
+        self.out.close_port()
+        self.out.delete()
+
+
+def test_midi_clock_followed_through_jack(jack):
+    drum = DrumMachine()
+    clock = MidiClock(drum.port, api="jack", client_name="follower").start()
+    events = []
+    clock.subscribe(events.append)
+    try:
+        time.sleep(0.3)  # JACK makes the connection effective a few cycles later
+        th = drum.play([("msg", START, 0), ("ticks", 120, 4), ("ticks", 90, 3),
+                        ("msg", STOP, 0), ("rest", 0.3, 0), ("msg", START, 0),
+                        ("ticks", 90, 1)])
+        time.sleep(0.05)
+        while len(drum.marks) < 2:
+            time.sleep(0.01)
+        time.sleep(3.5 * 0.5)  # 3.5 beats at 120
+        at_120 = clock.info()
+        assert at_120.playing and at_120.bpm == pytest.approx(120, rel=0.02), at_120
+        assert at_120.beat == pytest.approx(3.5, abs=0.25), at_120
+        while len(drum.marks) < 3:
+            time.sleep(0.002)
+        change = drum.marks[2]
+        followed = None
+        while time.perf_counter() < change + 3 * 60 / 90:
+            b = clock.info().bpm
+            if followed is None and b is not None and abs(b - 90) / 90 < 0.02:
+                followed = time.perf_counter() - change
+            time.sleep(0.005)
+        assert followed is not None and followed < 60 / 90, followed  # within one beat
+        while len(drum.marks) < 5:
+            time.sleep(0.005)
+        time.sleep(0.1)
+        assert not clock.info().playing  # stopped
+        th.join(10)
+        time.sleep(60 / 90 * 2 + 0.4)  # the clock fell silent while playing: lost
+        kinds = [e.kind for e in events]
+        assert kinds.count("start") == 2 and "stop" in kinds and kinds[-1] == "lost", kinds
+        assert not clock.info().playing
+    finally:
+        clock.close()
+        drum.close()
+
+
+def test_clock_out_leads_a_receiver(jack):
+    import rtmidi
+
+    recv = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="hardware")
+    recv.ignore_types(sysex=True, timing=False, active_sense=True)
+    recv.open_virtual_port("in")
+    internal = InternalClock(100)
+    sender = ClockSender(internal, "hardware:in", api="jack", client_name="leader")
+    got: list[tuple[float, list[int]]] = []
+    try:
+        time.sleep(0.3)
+        internal.start()
+        sender.start()
+        t, end = 0.0, time.monotonic() + 2.5
+        while time.monotonic() < end:
+            m = recv.get_message()
+            if m is None:
+                time.sleep(0.0005)
+                continue
+            t += m[1]
+            got.append((t, m[0]))
+        sender.close()
+        internal.close()
+        time.sleep(0.2)
+        while (m := recv.get_message()) is not None:
+            got.append((t + m[1], m[0]))
+    finally:
+        recv.close_port()
+        recv.delete()
+    kinds = [m[0] for _, m in got]
+    assert kinds[0] == START and kinds[-1] == STOP
+    est = TempoEstimator()
+    for ts, m in got:
+        if m[0] == TICK:
+            est.tick(ts)
+    assert kinds.count(TICK) >= 24 * 3 and est.bpm == pytest.approx(100, rel=0.01), est.bpm
