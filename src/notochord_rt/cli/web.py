@@ -9,9 +9,7 @@ player and voices policy as ``notochord-rt play``.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
-import socket
 import sys
 
 from ..apps.live.args import add_download_argument
@@ -60,16 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed the sessions (reproducible runs)")
 
 
-def loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback address or ``localhost``."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]").split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
 def _check(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
@@ -81,33 +69,16 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError(f"--rate must be > 0, got {args.rate}")
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket (the real port is known before the app is built)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as e:
-        sock.close()
-        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         import starlette  # noqa: F401
-        import uvicorn
+        import uvicorn  # noqa: F401
+        import websockets  # noqa: F401
     except ImportError as e:
         raise UserError(f"{e.name or e} is needed for the web playground: {EXTRA_HINT}") from None
     from ..apps.loading import load_sampler
     from ..apps.play.presets import load_presets
-    from ..apps.web.engine import SamplerFactory
-    from ..apps.web.protocol import MAX_FRAME
-    from ..apps.web.server import LOOPBACK_NAMES, WebApp, WebConfig
-    from ..apps.web.sessions import SessionManager
+    from ..apps.web.serve import bind, loopback, make_web_app, uvicorn_server
     from ..apps.web.soundfont import HOW_TO_GET, find_soundfont
 
     _check(args)
@@ -118,15 +89,12 @@ def run(args: argparse.Namespace) -> int:
                        else args.preset or 0).name
     soundfont = find_soundfont(args.soundfont)
     base = load_sampler(args.checkpoint, "module", download=args.download)
-    manager = SessionManager(SamplerFactory(base, args.precision), book,
-                             max_sessions=args.max_sessions,
-                             idle_timeout=args.session_timeout or None, preset=preset,
-                             seed=args.seed)
+    web = make_web_app(base, book, soundfont=soundfont, precision=args.precision,
+                       max_sessions=args.max_sessions, idle_timeout=args.session_timeout or None,
+                       preset=preset, seed=args.seed, rate=args.rate, host=args.host,
+                       allow_origins=tuple(args.allow_origin),
+                       info={"model": str(args.checkpoint)})
     local = loopback(args.host)
-    hosts = LOOPBACK_NAMES if local else ("*",)
-    config = WebConfig(hosts=hosts, allow_origins=tuple(args.allow_origin), rate=args.rate,
-                       burst=2 * args.rate, info={"model": str(args.checkpoint)})
-    web = WebApp(manager, soundfont, config)
     sock = bind(args.host, args.port)
     port = sock.getsockname()[1]
     shown = f"[{args.host}]" if ":" in args.host else args.host
@@ -137,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
               "machine's CPU (use a trusted network or a firewall)", file=sys.stderr, flush=True)
     print(f"notochord-rt web: {url} (model {args.checkpoint}, preset {preset}, SoundFont "  # noqa: T201
           f"{soundfont or 'none: ' + HOW_TO_GET}); Ctrl-C to stop", file=sys.stderr, flush=True)
-    uv = uvicorn.Server(uvicorn.Config(web.app, log_level="warning", ws_max_size=MAX_FRAME,
-                                       lifespan="on"))
+    uv = uvicorn_server(web)
     if args.open:
         import threading
         import webbrowser
@@ -149,6 +116,6 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        manager.close_all()
+        web.manager.close_all()
         sock.close()
     return 0

@@ -208,6 +208,9 @@ class WebSession:
                 self.recorder.stop()
             return [{"type": "recording", "on": self.recorder.on, "events": len(self.recorder)}]
         if t == "export":
+            if not len(self.recorder):
+                raise ProtocolError("export: nothing recorded yet (press record, play, then "
+                                    "download)", t)
             self._programs()
             data = self.recorder.midi()
             return [{"type": "midi", "name": "notochord-session.mid", "events": len(self.recorder),

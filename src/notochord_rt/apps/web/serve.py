@@ -1,0 +1,112 @@
+"""Putting the app together and serving it: used by ``notochord-rt web``, the tests and
+``benchmarks/web.py`` (a server on a background thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ...errors import UserError
+from .engine import SamplerFactory
+from .protocol import MAX_FRAME
+from .server import LOOPBACK_NAMES, WebApp, WebConfig
+from .sessions import SessionManager
+
+log = logging.getLogger(__name__)
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def make_web_app(base: Any, book: Any = None, *, soundfont: Path | None = None,
+                 precision: str = "fp32", max_sessions: int = 16,
+                 idle_timeout: float | None = 600.0, preset: str | int = 0,
+                 seed: int | None = None, rate: float = 200.0, host: str = "127.0.0.1",
+                 allow_origins: tuple[str, ...] = (), info: dict | None = None) -> WebApp:
+    """The web app over the loaded sampler ``base`` (its weights are shared by the tabs)
+    and the presets ``book`` (default: the bundled presets)."""
+    from ..play.presets import load_presets
+
+    book = book if book is not None else load_presets(None)
+    manager = SessionManager(SamplerFactory(base, precision), book, max_sessions=max_sessions,
+                             idle_timeout=idle_timeout, preset=preset, seed=seed)
+    config = WebConfig(hosts=LOOPBACK_NAMES if loopback(host) else ("*",),
+                       allow_origins=tuple(allow_origins), rate=rate, burst=2 * rate,
+                       info=dict(info or {}))
+    return WebApp(manager, soundfont, config)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, so the real port is known before serving (``port`` 0 =
+    any free port). UserError when the address cannot be used."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(128)
+    return sock
+
+
+def uvicorn_server(web: WebApp) -> Any:
+    """A uvicorn server for the app (frame size limit of the protocol, lifespan on)."""
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(web.app, log_level="warning", ws_max_size=MAX_FRAME,
+                                         lifespan="on", ws_ping_interval=20.0))
+
+
+class ServerThread:
+    """Serve ``web`` on ``host:port`` from a background thread (tests, benchmarks).
+
+    ``url`` is ``http://host:port``; :meth:`stop` shuts the server down (closing every
+    session, so every model note is released)."""
+
+    def __init__(self, web: WebApp, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.web = web
+        self.sock = bind(host, port)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        self.server = uvicorn_server(web)
+        self.server.config.install_signal_handlers = False  # not the main thread
+        self._thread = threading.Thread(target=self._run, name="notochord-web", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve(sockets=[self.sock]))
+
+    def start(self, timeout: float = 20.0) -> ServerThread:
+        self._thread.start()
+        t0 = time.monotonic()
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() - t0 > timeout:
+                raise RuntimeError("the web server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout)
+        self.sock.close()
+        self.web.manager.close_all()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
