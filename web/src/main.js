@@ -3,7 +3,7 @@
 // the benchmark read it).
 import { Connection } from "./connection.js";
 import { Keyboard, KEY_MAP } from "./keyboard.js";
-import { PianoRoll } from "./roll.js";
+import { PianoRoll, instColour } from "./roll.js";
 import { Synth } from "./synth.js";
 import { VoicesPanel } from "./voices.js";
 import { WebMidi } from "./webmidi.js";
@@ -43,7 +43,7 @@ const midi = new WebMidi((pitch, vel) => play(pitch, vel, "midi"), (text, proble
 const kb = new Keyboard($("keyboard"), (pitch, vel) => play(pitch, vel, "keys"), {
   onShift: (base, vel) => { $("octave").textContent = `keys from ${noteName(base)}, velocity ${vel}`; },
 });
-Object.assign(nrt, { synth, roll, panel, midi, kb });
+Object.assign(nrt, { synth, roll, panel, midi, kb, instColour });
 
 function noteName(p) {
   return ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"][p % 12] + (Math.floor(p / 12) - 1);
