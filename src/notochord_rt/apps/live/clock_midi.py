@@ -144,8 +144,8 @@ class ClockFollower(Clock):
             period = self.tempo.period
             if self._playing and not self._pending and period and self._last_t is not None:
                 end = self.tempo.line_end() or self._last_t
-                ahead = max(0.0, t - end) / period
-                beat += min(ahead, 1.0) / PPQN  # never run more than a tick ahead
+                ticks = (t - end) / period  # back in time too: the beat of a past event
+                beat += min(ticks, 1.0) / PPQN  # never run more than a tick ahead
             return BeatInfo(self.source, self.tempo.bpm, beat,
                             self._playing and not self._pending, self.per_bar)
 

@@ -263,14 +263,19 @@ def stratify(on: np.ndarray, off: np.ndarray, pieces: np.ndarray, pen_on: np.nda
     scoring is over instruments and the (few) ``md_cells`` only.
     """
     md_i, md_p, md_t = md_cells
-    breaks = sorted({b for b, _, _ in time_pens} | set(md_t.tolist()))
-    if breaks:
-        cut = []
-        for lo, hi, w in pieces:
-            inner = [b for b in breaks if lo < b < hi]
-            edges = [lo, *inner, hi]
-            cut.extend((a, b, w) for a, b in zip(edges[:-1], edges[1:]))
-        pieces = np.array(cut)
+    breaks = np.array(sorted({b for b, _, _ in time_pens} | set(md_t.tolist())))
+    if len(breaks):  # cut every piece at the breaks strictly inside it
+        lo, hi = pieces[:, 0], pieces[:, 1]
+        first = np.searchsorted(breaks, lo, side="right")
+        n_in = np.maximum(np.searchsorted(breaks, hi, side="left") - first, 0)
+        if n_in.any():
+            rows = np.repeat(np.arange(len(pieces)), n_in + 1)
+            k = np.arange(len(rows)) - np.repeat(np.cumsum(n_in + 1) - (n_in + 1), n_in + 1)
+            starts = np.where(k == 0, lo[rows], breaks[np.minimum(first[rows] + k - 1,
+                                                                   len(breaks) - 1)])
+            ends = np.where(k == n_in[rows], hi[rows],
+                            breaks[np.minimum(first[rows] + k, len(breaks) - 1)])
+            pieces = np.stack((starts, ends, pieces[rows, 2]), 1)
     mids = 0.5 * (pieces[:, 0] + pieces[:, 1])
     g = np.zeros(len(pieces))
     for b, p, _ in time_pens:
@@ -287,18 +292,14 @@ def stratify(on: np.ndarray, off: np.ndarray, pieces: np.ndarray, pen_on: np.nda
         rest, rest_r = off, off_r
     on_min = pen_on[on_r].min() if on_r.any() else math.inf
     rest_min = pen_off[rest_r].min() if rest_r.any() else math.inf
-    md_base = pen_off[md_i]
-    costs = []  # per segment: (best, md cell costs)
-    for k in range(len(pieces)):
-        md_cost = md_base + g[k] + md_pen * early[k]
-        best = min(on_min + g[k], rest_min + g[k], md_cost.min() if md_cost.size else math.inf)
-        costs.append((best, md_cost))
-    level = min(c[0] for c in costs)
+    md_cost = pen_off[md_i][None, :] + g[:, None] + md_pen * early  # (segments, md cells)
+    best = np.minimum(np.minimum(on_min + g, rest_min + g),
+                      md_cost.min(1) if md_i.size else math.inf)
+    level = float(best.min())
     groups: dict[tuple, list[int]] = {}
-    for k, (best, md_cost) in enumerate(costs):
-        if best <= level + _TOL:
-            sel = np.abs(md_cost - level) <= _TOL
-            groups.setdefault((g[k], tuple(sel.tolist())), []).append(k)
+    sel_all = np.abs(md_cost - level) <= _TOL
+    for k in np.flatnonzero(best <= level + _TOL).tolist():
+        groups.setdefault((g[k], tuple(sel_all[k].tolist())), []).append(k)
     atoms: list[Atom] = []
     broken: set[str] = set()
     for (gk, sel_t), idx in groups.items():
