@@ -13,6 +13,7 @@ export class PianoRoll {
     this.notes = []; // {inst, pitch, ch, start, end|null, mine}
     this.open = new Map(); // "ch:pitch" -> note
     this.drawn = 0; // notes drawn in the last frame (tests read it)
+    this.dirty = true; // something changed since the last frame
     this.frame = this.frame.bind(this);
     requestAnimationFrame(this.frame);
   }
@@ -22,6 +23,7 @@ export class PianoRoll {
     const key = `${mine ? "me" : ch}:${pitch}`;
     const old = this.open.get(key);
     if (old) old.end = now;
+    this.dirty = true;
     const n = { inst, pitch, ch, start: now, end: null, mine };
     this.notes.push(n);
     this.open.set(key, n);
@@ -31,7 +33,7 @@ export class PianoRoll {
   off(ch, pitch, mine) {
     const key = `${mine ? "me" : ch}:${pitch}`;
     const n = this.open.get(key);
-    if (n) { n.end = performance.now() / 1000; this.open.delete(key); }
+    if (n) { n.end = performance.now() / 1000; this.open.delete(key); this.dirty = true; }
   }
 
   /** End every open note of the model (panic, reset) or all of them. */
@@ -42,11 +44,16 @@ export class PianoRoll {
       n.end = now;
       this.open.delete(key);
     }
+    this.dirty = true;
   }
 
   get sounding() { return [...this.open.values()]; }
 
   frame() {
+    requestAnimationFrame(this.frame);
+    // nothing moves on an empty roll: skip the frame (an idle tab costs no CPU)
+    if (!this.dirty && this.drawn === 0 && this.canvas.width === Math.round(this.canvas.clientWidth * (window.devicePixelRatio || 1))) return;
+    this.dirty = false;
     const c = this.canvas, g = c.getContext("2d");
     const w = c.clientWidth, h = c.clientHeight, dpr = window.devicePixelRatio || 1;
     if (c.width !== Math.round(w * dpr) || c.height !== Math.round(h * dpr)) {
@@ -73,6 +80,5 @@ export class PianoRoll {
       drawn++;
     }
     this.drawn = drawn;
-    requestAnimationFrame(this.frame);
   }
 }

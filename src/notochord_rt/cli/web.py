@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{e.name or e} is needed for the web playground: {EXTRA_HINT}") from None
     from ..apps.loading import load_sampler
     from ..apps.play.presets import load_presets
-    from ..apps.web.serve import bind, loopback, make_web_app, uvicorn_server
+    from ..apps.web import serve as srv
     from ..apps.web.soundfont import HOW_TO_GET, find_soundfont
 
     _check(args)
@@ -89,13 +89,13 @@ def run(args: argparse.Namespace) -> int:
                        else args.preset or 0).name
     soundfont = find_soundfont(args.soundfont)
     base = load_sampler(args.checkpoint, "module", download=args.download)
-    web = make_web_app(base, book, soundfont=soundfont, precision=args.precision,
+    web = srv.make_web_app(base, book, soundfont=soundfont, precision=args.precision,
                        max_sessions=args.max_sessions, idle_timeout=args.session_timeout or None,
                        preset=preset, seed=args.seed, rate=args.rate, host=args.host,
                        allow_origins=tuple(args.allow_origin),
                        info={"model": str(args.checkpoint)})
-    local = loopback(args.host)
-    sock = bind(args.host, args.port)
+    local = srv.loopback(args.host)
+    sock = srv.bind(args.host, args.port)
     port = sock.getsockname()[1]
     shown = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{shown}:{port}/"
@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
               "machine's CPU (use a trusted network or a firewall)", file=sys.stderr, flush=True)
     print(f"notochord-rt web: {url} (model {args.checkpoint}, preset {preset}, SoundFont "  # noqa: T201
           f"{soundfont or 'none: ' + HOW_TO_GET}); Ctrl-C to stop", file=sys.stderr, flush=True)
-    uv = uvicorn_server(web)
+    uv = srv.uvicorn_server(web)
+    srv.fast_thread_switching()
     if args.open:
         import threading
         import webbrowser
