@@ -1,4 +1,4 @@
-"""The harmonizer (apps.harmonizer) and ``notochord-rt harmonize``, on a tiny random model."""
+"""The harmonizer (apps.harmony) and ``notochord-rt harmonize``, on a tiny random model."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from tiny import tiny_model
 
 from notochord_rt import events as ev
 from notochord_rt.apps.harmony import (
-    Harmonizer,
+    HarmonyPolicy,
     HarmonyState,
     Voice,
-    VoiceEvent,
+    answer_constraints,
     harmonize_piece,
 )
+from notochord_rt.apps.live.player import NoteIn, Player, PlayerConfig
 from notochord_rt.cli import harmonize as cli_harmonize
 from notochord_rt.cli import main
 from notochord_rt.engine.sampling.sampler import Notochord
@@ -63,69 +64,128 @@ def test_voice_range_is_clipped():
     assert list(Voice(1, 0, 5).pitches(125)) == [125, 126, 127]
 
 
-def test_state_allowed_pitches_and_parent_tracking():
-    s = HarmonyState([Voice(VIOLIN, -2, 2)])
-    assert s.allowed_pitches(s.voices[0], 60, {59}) == [58, 61, 62]
-    c = s.constraints(s.voices[0], 60, 77, {59})
-    assert c.inst == VIOLIN and c.time == 0.0 and c.vel == 77.0
-    assert sorted(c.note_on_map[VIOLIN]) == [58, 61, 62]
-    assert s.constraints(Voice(VIOLIN, 0, 0), 60, 77, ()) is None
+def test_state_parent_tracking():
+    s = HarmonyState()
     s.attach((PIANO, 60), (VIOLIN, 58))
     s.attach((PIANO, 60), (VIOLIN, 62))
     s.attach((PIANO, 64), (VIOLIN, 63))
     assert s.dependents((PIANO, 60)) == [(VIOLIN, 58), (VIOLIN, 62)]
     assert s.release((PIANO, 60)) == [(VIOLIN, 58), (VIOLIN, 62)]
     assert s.voice_notes() == [(VIOLIN, 63)] and s.release((PIANO, 60)) == []
+    s.attach((PIANO, 67), (VIOLIN, 63))  # a note answers one parent at a time
+    assert s.dependents((PIANO, 64)) == [] and s.dependents((PIANO, 67)) == [(VIOLIN, 63)]
 
 
-# -- the harmonizer on a model ------------------------------------------------------------------
-def test_note_on_adds_voice_notes_in_range_and_note_off_releases_them(model):
+# -- the harmony policy on a player, driven offline ---------------------------------------------
+class _Out:
+    """Sink of an offline player: every note sent, in order."""
+
+    def __init__(self):
+        self.notes = []
+
+    def note(self, inst, pitch, vel):
+        self.notes.append((inst, pitch, vel))
+
+    def panic(self):
+        pass
+
+
+def offline_player(model, policy, seed=0):
+    model.reset(seed=seed)
+    out = _Out()
+    player = Player(model, out, policy, PlayerConfig(pause_after_send=0.0), clock=lambda: 0.0,
+                    reset_on_start=False)
+    return player, out
+
+
+def test_policy_adds_voice_notes_in_range_and_releases_them_with_their_note(model):
     voices = [Voice(VIOLIN, -12, -3), Voice(FLUTE, 3, 12)]
-    h = Harmonizer(model, voices, seed=0)
-    added = h.note_on(PIANO, 60, 90, dt=0.5)
-    assert [a.inst for a in added] == [VIOLIN, FLUTE]
-    assert 48 <= added[0].pitch <= 57 and 63 <= added[1].pitch <= 72
-    assert all(a.vel == 90 for a in added)
+    policy = HarmonyPolicy(voices)
+    player, out = offline_player(model, policy)
+    player.process(NoteIn(PIANO, 60, 90, 0.0))
+    added = list(out.notes)
+    assert [a[0] for a in added] == [VIOLIN, FLUTE]
+    assert 48 <= added[0][1] <= 57 and 63 <= added[1][1] <= 72
+    assert all(a[2] == 90 for a in added)
     held = model.held_notes
-    assert (PIANO, 60) in held and all((a.inst, a.pitch) in held for a in added)
-    second = h.note_on(PIANO, 64, 70, dt=0.25)
-    assert all(a.vel == 70 for a in second)
-    released = h.note_off(PIANO, 60, dt=0.5)
-    assert sorted(released) == sorted(VoiceEvent(a.inst, a.pitch, 0) for a in added)
+    assert (PIANO, 60) in held and all((a[0], a[1]) in held for a in added)
+    player.process(NoteIn(PIANO, 64, 70, 0.0))
+    second = out.notes[2:]
+    assert all(a[2] == 70 for a in second)
+    player.process(NoteIn(PIANO, 60, 0, 0.0))
+    released = out.notes[4:]
+    assert sorted(released) == sorted((a[0], a[1], 0) for a in added)
     held = model.held_notes
-    assert (PIANO, 60) not in held and all((a.inst, a.pitch) not in held for a in added)
-    assert all((a.inst, a.pitch) in held for a in second)  # the other note's voices sound on
-    assert h.note_off(PIANO, 60) == []  # a second note-off is ignored
-    assert sorted(h.note_off(PIANO, 64)) == sorted(VoiceEvent(a.inst, a.pitch, 0) for a in second)
-    assert h.sounding_voice_notes() == []
+    assert (PIANO, 60) not in held and all((a[0], a[1]) not in held for a in added)
+    assert all((a[0], a[1]) in held for a in second)  # the other note's voices sound on
+    player.process(NoteIn(PIANO, 60, 0, 0.0))  # a second note-off is dropped
+    assert len(out.notes) == 6 and (PIANO, 60) not in model.held_notes
+    player.process(NoteIn(PIANO, 64, 0, 0.0))
+    assert sorted(out.notes[6:]) == sorted((a[0], a[1], 0) for a in second)
+    assert policy.state.voice_notes() == [] and player.sounding() == set()
 
 
 def test_voice_avoids_played_and_sounding_pitches(model):
-    h = Harmonizer(model, [Voice(VIOLIN, -1, 1)], seed=1)
-    first = h.note_on(PIANO, 60, 80)
-    assert len(first) == 1 and first[0].pitch in (59, 61)
-    second = h.note_on(PIANO, 62, 80)  # 61 may sound already; 62 is played
+    player, out = offline_player(model, HarmonyPolicy([Voice(VIOLIN, -1, 1)]), seed=1)
+    player.process(NoteIn(PIANO, 60, 80, 0.0))
+    (first,) = out.notes
+    assert first[1] in (59, 61)
+    player.process(NoteIn(PIANO, 62, 80, 0.0))  # 61 may sound already; 62 is played
+    second = out.notes[1:]
     assert len(second) <= 1
     if second:
-        assert second[0].pitch in (61, 63) and second[0].pitch != first[0].pitch
-    assert h.note_on(PIANO, 70, 80, harmonize=False) == []
-    h2 = Harmonizer(model, [Voice(VIOLIN, 0, 0)], seed=1)
-    assert h2.note_on(PIANO, 60, 80) == []  # only the played pitch: nothing to add
+        assert second[0][1] in (61, 63) and second[0][1] != first[1]
+    player2, out2 = offline_player(model, HarmonyPolicy([Voice(VIOLIN, 0, 0)]), seed=1)
+    player2.process(NoteIn(PIANO, 60, 80, 0.0))
+    assert out2.notes == []  # only the played pitch: nothing to add
+
+
+def test_parts_and_mute(model):
+    policy = HarmonyPolicy([Voice(VIOLIN, 1, 12)], parts=[BASS])
+    player, out = offline_player(model, policy)
+    player.process(NoteIn(PIANO, 60, 80, 0.0))
+    assert out.notes == [] and (PIANO, 60) in model.held_notes  # fed as context only
+    player.process(NoteIn(BASS, 40, 80, 0.0))
+    assert len(out.notes) == 1
+    policy.on_control(player, "mute", 1.0)
+    player.process(NoteIn(BASS, 45, 80, 0.0))
+    assert len(out.notes) == 1
 
 
 def test_same_instrument_voice_and_restrike(model):
-    h = Harmonizer(model, [Voice(PIANO, 1, 2)], seed=2)
-    (v,) = h.note_on(PIANO, 60, 80)
-    assert v.inst == PIANO and v.pitch in (61, 62)
-    out = h.note_on(PIANO, v.pitch, 90, harmonize=False)  # the player plays the voice's pitch
-    assert out[0] == VoiceEvent(PIANO, v.pitch, 0)
-    assert (PIANO, v.pitch) in model.held_notes and h.dependents(PIANO, 60) == []
-    again = h.note_on(PIANO, 60, 100)  # re-strike of a held note
-    free = ({61, 62} - {v.pitch}).pop()  # v.pitch now sounds (played), 60 is played
-    assert again == [VoiceEvent(PIANO, free, 100)]
-    assert (PIANO, 60) in model.held_notes and h.dependents(PIANO, 60) == [(PIANO, free)]
-    released = h.note_on(PIANO, 60, 90)  # re-strike again: its voice is released first
-    assert released[0] == VoiceEvent(PIANO, free, 0)
+    policy = HarmonyPolicy([Voice(PIANO, 1, 2)])
+    player, out = offline_player(model, policy, seed=2)
+    player.process(NoteIn(PIANO, 60, 80, 0.0))
+    (v,) = out.notes
+    assert v[0] == PIANO and v[1] in (61, 62)
+    policy.muted = True
+    player.process(NoteIn(PIANO, v[1], 90, 0.0))  # the player plays the voice's pitch
+    assert out.notes[-1] == (PIANO, v[1], 0)  # the voice note ended first
+    assert (PIANO, v[1]) in model.held_notes and (PIANO, v[1]) not in player.sounding()
+    policy.muted = False
+    n = len(out.notes)
+    player.process(NoteIn(PIANO, 60, 100, 0.0))  # re-strike of a held note
+    free = ({61, 62} - {v[1]}).pop()  # v's pitch now sounds (played), 60 is played
+    assert out.notes[n:] == [(PIANO, free, 100)]
+    assert (PIANO, 60) in model.held_notes and policy.state.dependents((PIANO, 60)) == [
+        (PIANO, free)]
+    n = len(out.notes)
+    player.process(NoteIn(PIANO, 60, 90, 0.0))  # re-strike again: its voice released first
+    assert out.notes[n] == (PIANO, free, 0)
+    player.stop()
+    assert player.sounding() == set()
+
+
+def test_answer_constraints_is_the_one_builder():
+    c = answer_constraints(VIOLIN, 60, 177, {59}, offsets=(-2, 2))
+    assert c.inst == VIOLIN and c.time == 0.0 and c.vel == 127.0 and c.external == {VIOLIN}
+    assert sorted(c.note_on_map[VIOLIN]) == [58, 61, 62] and c.note_off_map == {}
+    c = answer_constraints(VIOLIN, 60, 90, (), offsets=(-12, 12), pitch_range=(55, 62),
+                           vel_range=(10, 50), pitch_temp=0.5)
+    assert sorted(c.note_on_map[VIOLIN]) == [55, 56, 57, 58, 59, 61, 62]
+    assert c.vel == 50.0 and c.pitch_temp == 0.5
+    assert answer_constraints(VIOLIN, 60, 77, (), offsets=(0, 0)) is None
+    assert answer_constraints(VIOLIN, 126, 77, (), offsets=(2, 5)) is None  # above 127
 
 
 def test_harmonize_piece_voices_follow_their_parents(model, files):
@@ -206,10 +266,10 @@ def test_cli_harmonize_without_input_calls_live(monkeypatch):
     import types
 
     called = {}
-    fake = types.ModuleType("notochord_rt.apps.live.session")
+    fake = types.ModuleType("notochord_rt.apps.live.harmonize")
     fake.harmonize_main = lambda args: called.setdefault("args", args) and 0
-    monkeypatch.setitem(sys.modules, "notochord_rt.apps.live.session", fake)
-    monkeypatch.setattr(cli_harmonize, "_module_exists", lambda name: name.endswith(".session"))
+    monkeypatch.setitem(sys.modules, "notochord_rt.apps.live.harmonize", fake)
+    monkeypatch.setattr(cli_harmonize, "_module_exists", lambda name: name.endswith(".harmonize"))
     monkeypatch.setattr(cli_harmonize, "_live_args_error", None)
     assert main(["harmonize", "--voice", "violin:1:4"]) == 0
     assert called["args"].input is None and called["args"].voices == [Voice(VIOLIN, 1, 4)]

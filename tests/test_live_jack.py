@@ -23,10 +23,10 @@ from jack import Probe, jack_or_skip, sounding_after
 from tiny import tiny_model
 
 from notochord_rt import Notochord
-from notochord_rt.apps.harmony import Voice
+from notochord_rt.apps.harmony import HarmonyPolicy, Voice
 from notochord_rt.apps.live.improvise import ImprovisePolicy
 from notochord_rt.apps.live.ports import ChannelMap
-from notochord_rt.apps.live.session import HarmonizePolicy, LiveOptions, LiveSession, voice_channels
+from notochord_rt.apps.live.session import LiveOptions, LiveSession, voice_channels
 from notochord_rt.errors import UserError
 
 torch.set_num_threads(1)
@@ -74,7 +74,7 @@ def test_harmonize_through_jack_ports(probe):
     cin = ChannelMap({0: PIANO})
     cout = voice_channels([VIOLIN, CELLO], set(cin.inst))
     played = [60, 62, 64, 65, 67, 69]
-    with LiveSession(tiny(), HarmonizePolicy(voices), cin, cout,
+    with LiveSession(tiny(), HarmonyPolicy(voices), cin, cout,
                      options(probe.out_port, probe.in_port)) as s:
         settle(probe)
         for p in played:
@@ -153,7 +153,7 @@ def test_lost_input_port_is_reported_and_the_app_keeps_running(jack):
     try:
         voices = [Voice(VIOLIN, -12, -1)]
         opt = options(keys.out_port, synth.in_port, watch_interval=0.1)
-        with LiveSession(tiny(), HarmonizePolicy(voices), ChannelMap({0: PIANO}),
+        with LiveSession(tiny(), HarmonyPolicy(voices), ChannelMap({0: PIANO}),
                          ChannelMap({1: VIOLIN}), opt) as s:
             settle(synth)
             keys.send(NOTE_ON, 60, 90)
@@ -178,7 +178,7 @@ def test_lost_port_exits_cleanly_when_asked(jack):
     keys, synth = Probe("keys2"), Probe("synth2")
     try:
         opt = options(keys.out_port, synth.in_port, watch_interval=0.1, on_port_loss="exit")
-        with LiveSession(tiny(), HarmonizePolicy([Voice(VIOLIN, 1, 12)]), ChannelMap({0: PIANO}),
+        with LiveSession(tiny(), HarmonyPolicy([Voice(VIOLIN, 1, 12)]), ChannelMap({0: PIANO}),
                          ChannelMap({1: VIOLIN}), opt) as s:
             settle(synth)
             keys.send(NOTE_ON, 60, 90)
@@ -195,7 +195,7 @@ def test_lost_port_exits_cleanly_when_asked(jack):
 
 def test_missing_port_is_a_user_error(jack):
     with pytest.raises(UserError, match="no MIDI input port matches 'nosuchport'"):
-        with LiveSession(tiny(), HarmonizePolicy([Voice(VIOLIN, 1, 2)]), ChannelMap({0: 1}),
+        with LiveSession(tiny(), HarmonyPolicy([Voice(VIOLIN, 1, 2)]), ChannelMap({0: 1}),
                          ChannelMap({1: VIOLIN}), options("nosuchport", None,
                                                           virtual_out=["o"])):
             pass
@@ -278,7 +278,7 @@ def test_replugged_output_gets_programs_again(jack):
     keys, synth = Probe("keys3"), Probe("synth3")
     try:
         opt = options(keys.out_port, synth.in_port, watch_interval=0.1)
-        with LiveSession(tiny(), HarmonizePolicy([Voice(VIOLIN, 1, 12)]), ChannelMap({0: PIANO}),
+        with LiveSession(tiny(), HarmonyPolicy([Voice(VIOLIN, 1, 12)]), ChannelMap({0: PIANO}),
                          ChannelMap({1: VIOLIN}), opt) as s:
             settle(synth)
             synth.close()  # the synth is unplugged ...

@@ -23,11 +23,11 @@ import torch
 from tiny import tiny_model
 
 from notochord_rt import Constraints, Notochord
-from notochord_rt.apps.harmony import Voice
+from notochord_rt.apps.harmony import HarmonyPolicy, Voice
 from notochord_rt.apps.live.improvise import ImprovisePolicy
 from notochord_rt.apps.live.player import Player, PlayerConfig, Policy, TimingStats
 from notochord_rt.apps.live.ports import ChannelMap, FeedbackFilter, MidiOut, find_port
-from notochord_rt.apps.live.session import HarmonizePolicy, InputRouter, voice_channels
+from notochord_rt.apps.live.session import InputRouter, voice_channels
 from notochord_rt.apps.steering import steer_window, steering_fields
 from notochord_rt.errors import InputError, UserError
 
@@ -267,7 +267,7 @@ def test_stop_twice_and_without_start_is_safe():
 def test_harmonize_policy_answers_each_note_within_range_and_releases_with_it():
     voices = [Voice(VIOLIN, -12, -3), Voice(CELLO, -24, -13)]
     clock = TickClock()
-    player, sink = player_with(tiny(), HarmonizePolicy(voices), clock=clock)
+    player, sink = player_with(tiny(), HarmonyPolicy(voices), clock=clock)
     played = [60, 64, 67, 72, 55]
     with player:
         for p in played:
@@ -298,7 +298,7 @@ def test_harmonize_restruck_note_keeps_output_and_model_consistent():
     voices = [Voice(VIOLIN, -2, -1)]
     clock = TickClock()
     model = tiny(3)
-    player, sink = player_with(model, HarmonizePolicy(voices), clock=clock)
+    player, sink = player_with(model, HarmonyPolicy(voices), clock=clock)
     with player:
         for _ in range(8):
             player.note_input(PIANO, 60, 80)

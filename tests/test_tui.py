@@ -518,7 +518,8 @@ def test_policy_balances_the_auto_voices():
     assert set(weights) == {CELLO} and weights[CELLO] > 1.0
 
     class Ctx:
-        model_view = None
+        def reset_model(self, state=None):
+            pass
 
     policy.on_reset(Ctx)
     assert policy.next_constraints(None).inst_weights == {}

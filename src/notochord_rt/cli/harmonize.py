@@ -37,7 +37,7 @@ DEFAULT_VOICE = "acoustic grand piano:1:12"
 log = logging.getLogger(__name__)
 
 _LIVE_ARGS = "notochord_rt.apps.live.args"
-_LIVE = "notochord_rt.apps.live.session"
+_LIVE = "notochord_rt.apps.live.harmonize"
 _live_args_error: str | None = None
 
 
@@ -94,7 +94,7 @@ def _run_live(args: argparse.Namespace) -> int:
         raise UserError(f"the live harmonizer failed to load its options: {_live_args_error}")
     if not _module_exists(_LIVE):
         raise UserError("give a MIDI file to harmonize (IN.mid); the live harmonizer "
-                        "(notochord_rt.apps.live.session) is not installed in this version")
+                        "(notochord_rt.apps.live.harmonize) is not installed in this version")
     args.voices = parse_voices(args.voice)  # the live app reads parsed voices
     return int(importlib.import_module(_LIVE).harmonize_main(args) or 0)
 

@@ -55,47 +55,8 @@ from .player_api import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Clock", "ModelView", "NoteIn", "Player", "PlayerConfig", "PlayerContext",
+__all__ = ["Clock", "NoteIn", "Player", "PlayerConfig", "PlayerContext",
            "PlayerEvent", "Policy", "Sink", "TimingStats"]
-
-
-class ModelView:
-    """The player's model as a policy may use it (scheduler thread only).
-
-    ``feed`` / ``sample`` / ``reset`` go through the player, which times them and
-    re-plans after any change of state; ``held_notes`` / ``held_map`` read. It has the
-    shape of the parts of ``Notochord`` that shared logic (``apps.harmonizer``) uses.
-    """
-
-    def __init__(self, player: Player) -> None:
-        self._p = player
-        self.on_sample: Callable[[Any], None] | None = None
-        """Called with each sampled event before ``sample`` returns (to send it at once,
-        before the caller's bookkeeping and feeding)."""
-
-    def feed(self, inst: int, pitch: int, time: float, vel: float, **ignored: Any) -> None:
-        self._p._feed(inst, pitch, time, vel)
-        self._p._dirty = True
-
-    def sample(self, constraints: Any = None, **kw: Any) -> Any:
-        t0 = self._p.clock()
-        e = self._p.model.sample(constraints, **kw)
-        self._p.stats.add("sample", self._p.clock() - t0)
-        if self.on_sample is not None:
-            self.on_sample(e)
-        return e
-
-    def reset(self, *args: Any, **kw: Any) -> None:
-        self._p.model.reset(*args, **kw)
-        self._p._t_last = self._p.clock()
-        self._p._dirty = True
-
-    @property
-    def held_notes(self) -> dict[tuple[int, int], float]:
-        return self._p.model.held_notes
-
-    def held_map(self) -> dict[int, set[int]]:
-        return self._p.model.held_map()
 
 
 _STOP = object()
@@ -135,8 +96,7 @@ class Player:
         self._plan: tuple[float, Any] | None = None  # (due time, SampledEvent)
         self._dirty = True  # the plan must be (re)made
         self._stopping = False
-        self._input_dt = 0.0
-        self._view = ModelView(self)
+        self._offline = False  # process() has started the stream on the caller's thread
         self._plan_times: deque[float] = deque(maxlen=64)
 
     # -- thread-safe API ---------------------------------------------------------------------
@@ -204,6 +164,18 @@ class Player:
         Keep it quick (a UI should hand the event to its own loop)."""
         self._listeners.append(fn)
 
+    def process(self, note: NoteIn) -> None:
+        """Handle one played note now, on the caller's thread: the offline way to drive
+        the player (``apps.harmony.harmonize_piece`` feeds a file through the live
+        harmonizer's policy on a virtual clock). Planned events are not played; call
+        :meth:`stop` at the end to release what sounds. Not while the thread runs."""
+        if self.running:
+            raise RuntimeError("Player.process is for offline use; the scheduler thread runs")
+        if not self._offline:
+            self._start_stream()
+            self._offline = True
+        self._on_input(note)
+
     # -- PlayerContext (scheduler thread) ----------------------------------------------------
     def now(self) -> float:
         return self.clock()
@@ -216,18 +188,15 @@ class Player:
         """Notes this player started and has not ended."""
         return set(self._sounding)
 
-    @property
-    def model_view(self) -> ModelView:
-        """The model for policies (``ctx.model_view``); scheduler thread only."""
-        return self._view
-
-    @property
-    def input_dt(self) -> float:
-        """Delta time of the played note being handled (for ``feeds_input`` policies)."""
-        return self._input_dt
+    def reset_model(self, state: Any = None) -> None:
+        """Reset the model to a new stream, or to ``state`` (from ``model.get_state()``, e.g.
+        after a prompt); the timeline restarts now and the next event is re-planned."""
+        self.model.reset(state=state)
+        self._t_last = self.clock()
+        self._dirty = True
 
     def send_now(self, inst: int, pitch: int, vel: int, t_in: float | None = None) -> None:
-        """Send a note without feeding it (the policy fed it through ``ctx.model_view``)."""
+        """Send a note without feeding it (a note the model must not hear)."""
         self._send(inst, pitch, vel)
         if t_in is not None and vel > 0:
             self.stats.add("latency", self.clock() - t_in)
@@ -265,6 +234,7 @@ class Player:
         self._send(e.inst, e.pitch, vel)
         if t_in is not None:
             self.stats.add("latency", self.clock() - t_in)
+        self.yield_to_driver()
         self._feed(e.inst, e.pitch, 0.0, e.vel)
         self._dirty = True
         self._emit(PlayerEvent("output", e.inst, e.pitch, vel, self._t_last, e))
@@ -360,18 +330,40 @@ class Player:
         self._dirty = True
 
     def _on_input(self, note: NoteIn) -> None:
+        """A played note: repaired so the model's held notes match what sounds, fed, and
+        handed to the policy.
+
+        A note-off for a note that is not the player's (silent, or a model note) is
+        dropped. A note-on for a pitch that already sounds ends that note first: the
+        model's own note by :meth:`play_now`, the player's held note by a note-off handed
+        on like a played one (so the policy releases its answers).
+        """
         self.stats.count("inputs")
         if self._plan is not None:
             self.stats.count("replans")
             self._emit(PlayerEvent("replanned", info=self._plan[1]))
         self._plan = None
         self._dirty = True
-        dt = max(0.0, note.t - self._t_last)
-        self._input_dt = dt
-        if not self.policy.feeds_input:
-            self._feed(note.inst, note.pitch, dt, note.vel)
+        key = (note.inst, note.pitch)
+        held = key in self.model.held_notes
+        if note.vel < 1:
+            if not held or key in self._sounding:
+                log.debug("note-off for a note the player does not hold %s: dropped", key)
+                return
+        elif held:
+            if key in self._sounding:  # a model voice of the same instrument holds it
+                self.play_now(note.inst, note.pitch, 0)
+            else:  # the player re-strikes a held note
+                self._accept(NoteIn(note.inst, note.pitch, 0, note.t), played=False)
+        self._accept(note)
+
+    def _accept(self, note: NoteIn, played: bool = True) -> None:
+        """Feed a note of the player's and hand it to the policy; listeners hear of it
+        when it was ``played`` (not a note-off the repair added)."""
+        self._feed(note.inst, note.pitch, max(0.0, note.t - self._t_last), note.vel)
         self._t_last = max(self._t_last, note.t)
-        self._emit(PlayerEvent("input", note.inst, note.pitch, note.vel, note.t))
+        if played:
+            self._emit(PlayerEvent("input", note.inst, note.pitch, note.vel, note.t))
         self.policy.on_input(self, note)
 
     def _make_plan(self) -> None:

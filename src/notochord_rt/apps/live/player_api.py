@@ -10,12 +10,9 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .player import ModelView
 
 Clock = Callable[[], float]
 
@@ -62,14 +59,7 @@ class Policy:
 
     Subclass and override what you need. The context gives the current time, the held
     notes and the ways to make sound at once (see :class:`PlayerContext`).
-
-    ``feeds_input``: False (default) means the player feeds each played note before
-    :meth:`on_input`. True means the policy feeds it itself through ``ctx.model_view`` (a
-    :class:`ModelView`) with ``ctx.input_dt`` as its delta — for logic such as the shared
-    ``Harmonizer`` that repairs live input while feeding it.
     """
-
-    feeds_input: bool = False
 
     def next_constraints(self, ctx: PlayerContext) -> Any:
         """Constraints (or compiled constraints) for the next *autonomous* event, or None
@@ -77,7 +67,11 @@ class Policy:
         return None
 
     def on_input(self, ctx: PlayerContext, note: NoteIn) -> None:
-        """A played note was just fed to the model; react (e.g. harmonize) here."""
+        """A played note was just fed to the model; react (e.g. harmonize) here.
+
+        The player repairs input before this: a note-off always ends a note the player
+        holds, and a note-on never finds its pitch sounding (a re-strike arrives as a
+        note-off first)."""
 
     def on_played(self, ctx: PlayerContext, event: Any) -> None:
         """An autonomous event (a ``SampledEvent``) was just sent and fed."""
@@ -100,10 +94,7 @@ class PlayerContext(Protocol):
     def send_now(self, inst: int, pitch: int, vel: int, t_in: float | None = None) -> None: ...
     def replan(self) -> None: ...
     def yield_to_driver(self) -> None: ...
-    @property
-    def model_view(self) -> ModelView: ...
-    @property
-    def input_dt(self) -> float: ...
+    def reset_model(self, state: Any = None) -> None: ...
 
 
 @dataclass

@@ -1,14 +1,10 @@
-"""Live MIDI sessions: ports + channel maps + the :class:`~.player.Player`, and the live
-harmonizer.
+"""Live MIDI sessions: ports + channel maps + the :class:`~.player.Player`.
 
 :class:`LiveSession` wires everything a live app needs and tears it down in the safe
 order (inputs closed, then the player stopped — which releases every note — then the
 outputs closed), on normal exit, Ctrl-C, a player error, or a lost port with
 ``on_port_loss="exit"``. :class:`InputRouter` is the MIDI-input callback: it only stamps
 and enqueues (notes of the player channels, steering CCs, reset/panic actions).
-
-:func:`harmonize_main` is ``notochord-rt harmonize --live`` (or without an input file);
-it reuses the shared :class:`~.harmonizer.Harmonizer` through :class:`HarmonizePolicy`.
 """
 
 from __future__ import annotations
@@ -25,7 +21,7 @@ import mido
 
 from ... import events as ev
 from ...errors import UserError
-from .player import NoteIn, Player, PlayerConfig, PlayerContext, Policy
+from .player import Player, PlayerConfig, Policy
 from .ports import ChannelMap, FeedbackFilter, MidiOut, OpenedPort, PortWatch, open_ports, rt_api
 
 log = logging.getLogger(__name__)
@@ -228,79 +224,6 @@ class LiveSession:
             self._watch = None
 
 
-# -- the live harmonizer ---------------------------------------------------------------------
-class HarmonizePolicy(Policy):
-    """Answer each played note with the voices of a shared ``Harmonizer``.
-
-    The harmonizer is built on ``ctx.model_view`` (the player's model) and feeds the
-    played notes itself (with the player's wall-clock deltas). Each voice note is sent
-    as soon as it is sampled; the latency from the played note's arrival is recorded.
-    """
-
-    feeds_input = True
-
-    def __init__(self, voices: list[Any], *, pitch_temp: float = 1.0,
-                 seed: int | None = None) -> None:
-        self.voices, self.pitch_temp, self.seed = voices, pitch_temp, seed
-        self.harm: Any = None
-        self.muted = False
-
-    def _get(self, ctx: PlayerContext) -> Any:
-        if self.harm is None:
-            from ..harmony import Harmonizer
-
-            self.harm = Harmonizer(ctx.model_view, self.voices, pitch_temp=self.pitch_temp,
-                                   seed=self.seed, reset=False)
-        return self.harm
-
-    def on_input(self, ctx: PlayerContext, note: NoteIn) -> None:
-        harm = self._get(ctx)
-        if note.vel < 1:
-            for e in harm.note_off(note.inst, note.pitch, ctx.input_dt):
-                ctx.send_now(e.inst, e.pitch, e.vel)
-            return
-        # Send each voice note the moment it is sampled, before the harmonizer feeds it
-        # (one model step less of latency). A voice note sampled on a pitch whose release
-        # is still pending (a re-struck note) is re-started by the player, which sends
-        # that note-off first; the pending release is then skipped.
-        early: list[tuple[int, int]] = []
-        skip_off: set[tuple[int, int]] = set()
-
-        def send_early(e: Any) -> None:
-            if e.is_note_on and e.time == 0.0:
-                key = (e.inst, e.pitch)
-                if key in ctx.sounding():
-                    skip_off.add(key)
-                ctx.send_now(e.inst, e.pitch, note.vel, t_in=note.t)
-                early.append(key)
-                ctx.yield_to_driver()
-
-        view = ctx.model_view
-        view.on_sample = send_early
-        try:
-            out = harm.note_on(note.inst, note.pitch, note.vel, ctx.input_dt,
-                               harmonize=not self.muted)
-        finally:
-            view.on_sample = None
-        for e in out:
-            key = (e.inst, e.pitch)
-            if e.vel > 0 and key in early:
-                early.remove(key)
-            elif e.vel == 0 and key in skip_off:
-                skip_off.discard(key)
-            else:
-                ctx.send_now(e.inst, e.pitch, e.vel, t_in=note.t if e.vel > 0 else None)
-
-    def on_control(self, ctx: PlayerContext, name: str, value: float) -> None:
-        if name == "mute":
-            self.muted = not self.muted
-            log.info("harmony %s", "muted" if self.muted else "unmuted")
-
-    def on_reset(self, ctx: PlayerContext) -> None:
-        if self.harm is not None:
-            self.harm.reset(self.seed)
-
-
 def voice_channels(insts: list[int], taken: set[int], spec: str | None = None) -> ChannelMap:
     """Output channels for model instruments: ``spec`` ("2=violin,...") or the first free
     channels (drum kits on channel 10 when free), skipping ``taken``."""
@@ -387,32 +310,5 @@ def run_session(session: LiveSession, args: Any, what: str) -> int:
     return status
 
 
-def harmonize_main(args: Any) -> int:
-    """``notochord-rt harmonize`` live: needs ``args.voices`` (``Voice`` objects or
-    ``INST:LO:HI`` strings), ``args.pitch_temp``, ``args.seed``, ``args.checkpoint`` and
-    the live flags."""
-    from ..harmony import Voice
-
-    voices = [v if isinstance(v, Voice) else _parse_voice(v) for v in (args.voices or [])]
-    if not voices:
-        raise UserError("give at least one voice (--voice INST:LO:HI)")
-    cmap_in = ChannelMap.parse(args.player, {0: 1})
-    cmap_out = voice_channels([v.inst for v in voices], set(cmap_in.inst), args.out_channels)
-    model = load_live_model(args)
-    policy = HarmonizePolicy(voices, pitch_temp=getattr(args, "pitch_temp", 1.0),
-                             seed=getattr(args, "seed", None))
-    session = LiveSession(model, policy, cmap_in, cmap_out, options_from_args(args))
-    return run_session(session, args, "harmonize")
-
-
-def _parse_voice(spec: str) -> Any:
-    from ..harmony import Voice
-
-    try:
-        return Voice.parse(spec)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
-
-__all__ = ["HarmonizePolicy", "InputRouter", "LiveOptions", "LiveSession", "harmonize_main",
-           "load_live_model", "options_from_args", "run_session", "voice_channels"]
+__all__ = ["InputRouter", "LiveOptions", "LiveSession", "load_live_model", "options_from_args",
+           "run_session", "voice_channels"]

@@ -63,7 +63,7 @@ class VoicesPolicy(Policy):
         self.rig = rig.copy().validate()
         self.on_layout = on_layout
         self.prompt_state = prompt_state
-        self.follow = HarmonyState([])  # follow notes by the note they answer
+        self.follow = HarmonyState()  # follow notes by the note they answer
         self._cons: Any = None
         self._recent: deque[int] = deque(maxlen=RECENT)  # instruments of recent note-ons
         self._ready = prompt_state is None
@@ -82,7 +82,7 @@ class VoicesPolicy(Policy):
     def start(self, ctx: PlayerContext) -> None:
         """Begin the stream: restore the prompt state if there is one."""
         if self.prompt_state is not None:
-            ctx.model_view.reset(state=self.prompt_state)
+            ctx.reset_model(self.prompt_state)
         self._ready = True
         ctx.replan()
 
@@ -96,8 +96,9 @@ class VoicesPolicy(Policy):
     def on_input(self, ctx: PlayerContext, note: NoteIn) -> None:
         v = self.rig.voice_of(note.inst)
         key = (note.inst, note.pitch)
-        self._release_answers(ctx, key)  # a repeated note-on ends the old note's answers
-        if note.vel > 0 and v is not None:
+        if note.vel < 1:  # the player repairs input: this note sounded, and is ending
+            self._release_answers(ctx, key)
+        elif v is not None:
             self._answer(ctx, v.channel, note.pitch, note.vel, key, note.t, 0)
 
     def on_played(self, ctx: PlayerContext, event: Any) -> None:
@@ -144,7 +145,7 @@ class VoicesPolicy(Policy):
         self._recent.clear()
         self._cons = None
         if self.prompt_state is not None:
-            ctx.model_view.reset(state=self.prompt_state)
+            ctx.reset_model(self.prompt_state)
 
     # -- configuration -----------------------------------------------------------------------
     def set_rig(self, ctx: PlayerContext, rig: Rig, controls: bool = False) -> None:

@@ -424,24 +424,17 @@ class Rig:
     def follow_constraints(self, voice: VoiceConfig, played: int, vel: int,
                            sounding: Iterable[int]):
         """Constraints of ``voice``'s answer to a note-on of pitch ``played`` at velocity
-        ``vel``: a note-on now, its pitch within ``transpose`` of ``played`` and inside
-        ``range``, not ``played`` itself nor a pitch the voice already ``sounding``s; the
-        velocity clipped to the voice's. None when no pitch is free."""
-        from ...engine.sampling.constraints import Constraints
+        ``vel`` (:func:`~notochord_rt.apps.harmony.answer_constraints` with the voice's
+        ``transpose`` offsets, ``range`` and velocity range, and the pitch steering).
+        None when no pitch is free."""
+        from ..harmony import answer_constraints
 
-        lo = max(voice.range[0], played + voice.transpose[0])
-        hi = min(voice.range[1], played + voice.transpose[1])
-        busy = set(sounding) | {played}
-        allowed = [p for p in range(lo, hi + 1) if p not in busy]
-        if not allowed:
-            return None
         steer = self.steering()
-        return Constraints(
-            note_on_map={voice.inst: allowed}, note_off_map={}, inst=voice.inst, time=0.0,
-            vel=float(min(voice.vel[1], max(voice.vel[0], int(vel)))),
-            pitch_temp=steer["pitch_temp"],  # type: ignore[arg-type]
-            truncate_quantile_pitch=steer["truncate_quantile_pitch"],  # type: ignore[arg-type]
-            external={voice.inst})
+        return answer_constraints(
+            voice.inst, played, vel, sounding, offsets=voice.transpose,
+            pitch_range=voice.range, vel_range=voice.vel,
+            pitch_temp=steer["pitch_temp"],
+            truncate_quantile_pitch=steer["truncate_quantile_pitch"])
 
 
 BALANCE_MARGIN = 8
