@@ -58,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest checkpoint /notochord/load may read (default 256)")
     parser.add_argument("--no-files", action="store_true",
                         help="(the default now) read no files")
+    from ..apps.live.clock import add_clock_arguments
+
+    add_clock_arguments(parser, grid=False)  # sample requests with grid take its beat
+    parser.add_argument("--midi-api", default=None, choices=["jack", "alsa", "coremidi", "winmm"],
+                        help="MIDI system of --clock-in / --clock-out")
 
 
 def _loopback(host: str) -> bool:
@@ -113,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
     sessions = Sessions(model, max_sessions=args.max_sessions, precision=args.precision,
                         seed=args.seed, per_host=args.sessions_per_host)
     sessions.checkpoint = args.checkpoint
+    from ..apps.live.clock import clock_from_args
+
+    clock, clock_out = clock_from_args(args, "notochord-rt-serve")
+    sessions.clock = clock
     if args.prompt:
         try:
             info = sessions.prompt(0, args.prompt)
@@ -125,7 +134,10 @@ def run(args: argparse.Namespace) -> int:
                            allow_reply_port=args.allow_reply_port, rate=args.rate,
                            session_timeout=args.session_timeout or None)
     except OSError as e:
+        if clock is not None:
+            clock.close()
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    server.parser.clocked = clock is not None
     host, port = server.address
     if not _loopback(host):
         print(f"notochord-rt serve: WARNING: listening on {host}, not a loopback address: "  # noqa: T201
@@ -138,9 +150,17 @@ def run(args: argparse.Namespace) -> int:
           f"model {args.checkpoint}; files {'in ' + files.root if files else 'off'}; "
           "Ctrl-C to stop", file=sys.stderr, flush=True)
     try:
+        if clock is not None:
+            clock.start()
+            if clock_out is not None:
+                clock_out.start()
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.stop()
+        if clock_out is not None:
+            clock_out.close()
+        if clock is not None:
+            clock.close()
     return 0

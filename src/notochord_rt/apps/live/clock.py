@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ...engine.sampling.grid import BPM_MAX, BPM_MIN, check_bpm
 from ...errors import UserError
@@ -238,3 +239,69 @@ def make_clock(source: str | None, *, bpm: float | None = None, port: str | None
     from .clock_link import LinkClock
 
     return LinkClock(bpm if bpm is not None else 120.0, quantum=quantum, per_bar=per_bar)
+
+
+def add_clock_arguments(parser: Any, grid: bool = True) -> None:
+    """``--clock``, ``--bpm``, ``--clock-in``, ``--clock-out``, ``--quantum``,
+    ``--beats-per-bar`` and (``grid``) the grid flags of the autonomous voices."""
+    g = parser.add_argument_group("tempo and clock (default: free time)")
+    g.add_argument("--clock", choices=SOURCES, default=None,
+                   help="where the beat comes from: our own tempo (internal --bpm N), MIDI "
+                        "clock on --clock-in, or an Ableton Link session")
+    g.add_argument("--bpm", type=float, default=None,
+                   help="tempo for --clock internal (and the starting tempo of link)")
+    g.add_argument("--clock-in", default=None, metavar="PORT",
+                   help="input port that sends MIDI clock (--clock midi)")
+    g.add_argument("--clock-out", default=None, metavar="PORT",
+                   help="send MIDI clock, start and stop to this output port (internal "
+                        "or link)")
+    g.add_argument("--quantum", type=float, default=4.0,
+                   help="Link quantum: beats of the phase cycle peers align (default 4)")
+    g.add_argument("--beats-per-bar", type=int, default=4, help="beats per bar (default 4)")
+    if grid:
+        g.add_argument("--grid", default="1/16", metavar="1/N[t]",
+                       help="with --clock: the grid of the improvising voices' onsets "
+                            "(default 1/16; triplets 1/8t...; 'off' = free timing)")
+        g.add_argument("--swing", type=float, default=0.0,
+                       help="0 straight .. 1 triplet swing")
+        g.add_argument("--grid-strength", type=float, default=1.0,
+                       help="1 = every onset on the grid, below 1 a softer pull")
+
+
+def grid_fields(args: Any) -> dict[str, Any]:
+    """The Constraints grid fields of parsed :func:`add_clock_arguments` flags (empty
+    without ``--clock`` or with ``--grid off``); UserError naming a bad flag."""
+    from ...engine.sampling.constraints import Constraints
+    from ...errors import InputError
+
+    if getattr(args, "clock", None) is None or getattr(args, "grid", "off") == "off":
+        return {}
+    out = {"grid": args.grid, "swing": args.swing, "grid_strength": args.grid_strength}
+    try:
+        Constraints(bpm=120.0, **out).validate()
+    except InputError as e:
+        raise UserError(f"--{str(e).replace('_', '-')}") from None
+    return out
+
+
+def clock_from_args(args: Any, client_name: str = "notochord-rt") -> tuple[Clock | None, Any]:
+    """``(clock, clock sender or None)`` from :func:`add_clock_arguments` flags; neither
+    started. UserError for anything missing or out of range."""
+    clock = make_clock(args.clock, bpm=args.bpm, port=args.clock_in,
+                       api=getattr(args, "midi_api", None), quantum=args.quantum,
+                       per_bar=args.beats_per_bar, client_name=f"{client_name}-clock")
+    sender = None
+    if args.clock_out:
+        if clock is None or clock.source == "midi":
+            if clock is not None:
+                clock.close()
+            raise UserError("--clock-out needs a tempo of ours: --clock internal or link")
+        from .clock_midi import ClockSender
+
+        try:
+            sender = ClockSender(clock, args.clock_out, api=getattr(args, "midi_api", None),
+                                 client_name=f"{client_name}-clock-out")
+        except BaseException:
+            clock.close()
+            raise
+    return clock, sender

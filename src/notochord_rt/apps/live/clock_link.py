@@ -70,7 +70,17 @@ class LinkClock(Clock):
     def start(self) -> LinkClock:
         self.link.enabled = True
         self._emit("start", "Link enabled")
+        asyncio.run_coroutine_threadsafe(self._watch(), self._loop)
         return self
+
+    async def _watch(self, every: float = 0.5) -> None:
+        """Report peers joining and leaving, on the Link thread, until closed."""
+        while not self._closed:
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - the watch must not die on a report
+                log.exception("Link peer watch failed")
+            await asyncio.sleep(every)
 
     def info(self, t: float | None = None) -> BeatInfo:
         link = self.link

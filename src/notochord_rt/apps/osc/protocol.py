@@ -86,6 +86,8 @@ CONTROL_KEYS: dict[str, tuple[str, ...]] = {
     "ping": (),
 }
 SAMPLE_EXTRA = ("feed", "allow_end")
+#: constraint fields that ask for the beat (with ``serve --clock`` the clock gives the tempo)
+BEAT_KEYS = ("grid", "next_bar", "min_beats", "max_beats", "bpm")
 
 class RequestError(InputError):
     """A message that cannot be served; ``handle`` and ``address`` go into the error reply."""
@@ -106,6 +108,9 @@ class Draw:
     allow_end: bool = False
     return_params: bool = False
     feed_after: bool = False
+    clocked: bool = False
+    """The constraints ask for the beat: the server's clock gives ``bpm`` and ``beat``
+    when sampling (``serve --clock``; the ``bpm`` compiled here is a stand-in)."""
 
 
 @dataclass
@@ -167,8 +172,9 @@ class Parser:
     again and again; compiling costs about half a millisecond).
     """
 
-    def __init__(self, cache_size: int = 256) -> None:
+    def __init__(self, cache_size: int = 256, clocked: bool = False) -> None:
         self.cache_size = cache_size
+        self.clocked = clocked  # serve --clock: beat fields take the server clock's tempo
         self._cache: OrderedDict[str, tuple[Compiled, str]] = OrderedDict()
 
     def parse(self, address: str, params: Sequence[Any]) -> Request:
@@ -264,6 +270,10 @@ class Parser:
                              "to /notochord/session/open or /notochord/reset instead")
         return_params = _bool(kw.pop("return_params", False), "return_params")
         raw = kind == "sample" and _bool(kw.pop("raw", False), "raw")
+        clocked = self.clocked and kind == "sample" and any(k in kw for k in BEAT_KEYS)
+        if clocked:
+            kw["bpm"] = 120.0  # a stand-in so the fields check; the clock's at sampling
+            kw.pop("beat", None)
         key = kind + ("raw" if raw else "") + json.dumps(sorted(kw.items()), default=repr)
         hit = self._cache.get(key)
         if hit is None:
@@ -285,7 +295,7 @@ class Parser:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(key)
-        return Draw(hit[0], hit[1], kind, allow_end, return_params, feed_after)
+        return Draw(hit[0], hit[1], kind, allow_end, return_params, feed_after, clocked)
 
     @staticmethod
     def _control(req: Request, kw: dict[str, Any]) -> None:

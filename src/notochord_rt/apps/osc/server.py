@@ -247,6 +247,8 @@ class OscServer:
             return req, req.reply_to, {"handle": req.handle}
         s = self.sessions
         out: dict[str, Any] = {"sessions": s.open_count, "backlog": len(self.queue)}
+        if s.clock is not None:  # serve --clock: "120.0 BPM  3:2  midi"
+            out["clock"] = s.clock.info().text()
         if req.args.get("detail"):
             out.update({"max_sessions": s.max_sessions, "checkpoint": s.checkpoint[-128:],
                         **{k: self.stats[k] for k in (

@@ -33,6 +33,7 @@ import numpy as np
 
 from ...engine.sampling.sampler import SampledEvent, SamplerState
 from ...engine.sampling.streams import Streams
+from ...engine.sampling.support import compile_constraints
 from ...errors import CheckpointError, InputError, MidiError, NoPossibleEvents
 from ...events import CANONICAL_ORDER, SUB_EVENTS
 from .files import FileJob, FileRoot, default_loader, read_prompt
@@ -126,6 +127,7 @@ class Sessions:
         self._job: tuple[FileJob, Request] | None = None
         self._stale: FileJob | None = None  # a finished or timed-out job's thread
         self._feeding: tuple[Request, Session, list, int, dict] | None = None
+        self.clock: Any = None  # serve --clock: an apps.live.clock.Clock
 
     @property
     def allow_files(self) -> bool:
@@ -282,7 +284,7 @@ class Sessions:
             return {}
         params = any(r.draw.return_params for r, _ in items)  # type: ignore[union-attr]
         try:
-            events = self.streams.sample([r.draw.compiled for r, _ in items],  # type: ignore
+            events = self.streams.sample([self._on_beat(r.draw) for r, _ in items],  # type: ignore
                                          idx=[s.slot for _, s in items], return_params=params)
             return {id(r): e for (r, _), e in zip(items, events)}
         except Exception as e:
@@ -292,6 +294,19 @@ class Sessions:
         for item in items:
             out.update(self._sample([item]))
         return out
+
+    def _on_beat(self, draw: Any) -> Any:
+        """A draw's compiled constraints, with the clock's tempo and beat now when it asks
+        for the beat (``serve --clock``)."""
+        if not draw.clocked:
+            return draw.compiled
+        info = None if self.clock is None else self.clock.info()
+        if info is None or info.bpm is None or not info.playing:
+            raise InputError("the server's clock has no tempo now (stopped or waiting "
+                             "for MIDI clock)")
+        return compile_constraints(dataclasses.replace(
+            draw.compiled.cons, bpm=info.bpm, beat=info.beat,
+            beats_per_bar=self.clock.per_bar))
 
     @staticmethod
     def _event_reply(r: Request, s: Session, e: SampledEvent, step: int) -> dict[str, Any]:
