@@ -37,12 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sample the model as it is: no pitch truncation, velocity "
                              "narrowing or minimum note duration (docs/model-card.md)")
     add_live_arguments(parser, live_flag=False)
+    from ..apps.live.clock import add_clock_arguments
+
+    add_clock_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..apps.live.beat import run_with_clock
     from ..apps.live.improvise import ImprovisePolicy
     from ..apps.live.ports import ChannelMap
-    from ..apps.live.session import LiveSession, load_live_model, options_from_args, run_session
+    from ..apps.live.session import LiveSession, load_live_model, options_from_args
     from ..apps.musical import defaults_for
     from ..errors import UserError
 
@@ -59,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     shared = set(cmap_in.channel) & set(cmap_out.channel)
     if shared:
         raise UserError(f"instrument {min(shared)} is both the player's and the model's")
+    from ..apps.live.clock import grid_fields
+
+    grid = grid_fields(args)
     model = load_live_model(args)
     if args.seed is not None:
         model.reset(seed=args.seed)
@@ -66,6 +73,6 @@ def run(args: argparse.Namespace) -> int:
         list(cmap_out.inst.values()), list(cmap_in.inst.values()),
         max_polyphony=args.max_polyphony, max_duration=args.max_duration,
         max_time=args.max_time, pitch_temp=args.pitch_temp, rhythm_temp=args.rhythm_temp,
-        timing_temp=args.timing_temp, musical=defaults_for(args.raw))
+        timing_temp=args.timing_temp, musical=defaults_for(args.raw), grid=grid)
     session = LiveSession(model, policy, cmap_in, cmap_out, options_from_args(args))
-    return run_session(session, args, "improvise")
+    return run_with_clock(session, args, "improvise")

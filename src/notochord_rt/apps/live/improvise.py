@@ -13,6 +13,10 @@ player). Steering controls (0..1, from MIDI CCs or pitch bend, see
 ``mute`` toggles the voices (their notes are released at once); ``replan`` re-samples.
 Model notes are released after ``max_duration`` and kept within ``max_polyphony`` by the
 sampler's guarantees, so nothing hangs.
+
+With a clock (``--clock``), ``grid`` holds the beat fields of the voices' constraints
+(``grid``, ``swing``, ``grid_strength``): the player adds the clock's tempo and beat
+(:mod:`.beat`), so the voices' onsets are sampled on the grid.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ... import events as ev
 from ...engine.sampling.constraints import Constraints
@@ -54,7 +59,8 @@ class ImprovisePolicy(Policy):
                  ranges: Mapping[int, tuple[int, int]] | None = None, max_polyphony: int = 4,
                  max_duration: float = 5.0, max_time: float = math.inf,
                  pitch_temp: float | None = None, rhythm_temp: float = 1.0,
-                 timing_temp: float = 1.0, musical: MusicalDefaults = DEFAULTS) -> None:
+                 timing_temp: float = 1.0, musical: MusicalDefaults = DEFAULTS,
+                 grid: Mapping[str, Any] | None = None) -> None:
         if not model_insts:
             raise ValueError("the improviser needs at least one model instrument")
         self.model_insts = [int(i) for i in model_insts]
@@ -66,6 +72,7 @@ class ImprovisePolicy(Policy):
             pitch_temp = musical.pitch_temp
         self.temps = (float(pitch_temp), float(rhythm_temp), float(timing_temp))
         self.musical = musical
+        self.grid = dict(grid or {})
         self.steer = Steering()
         self.muted = False
         self._cons: Constraints | None = None
@@ -85,7 +92,7 @@ class ImprovisePolicy(Policy):
                 steer_density=min(1.0, max(0.0, self.steer.density)),
                 pitch_temp=self.temps[0], rhythm_temp=self.temps[1], timing_temp=self.temps[2],
                 vel_temp=self.musical.vel_temp,
-                min_duration=self.musical.min_durations(self.model_insts))
+                min_duration=self.musical.min_durations(self.model_insts), **self.grid)
         return self._cons
 
     def next_constraints(self, ctx: PlayerContext) -> Constraints | None:

@@ -42,6 +42,7 @@ from typing import Any
 from ... import events as ev
 from ...engine.sampling.constraints import Constraints
 from ...errors import NoPossibleEvents
+from .beat import BeatSync, free_time
 from .player_api import (
     Clock,
     NoteIn,
@@ -79,7 +80,7 @@ class Player:
 
     def __init__(self, model: Any, sink: Sink, policy: Policy | None = None,
                  config: PlayerConfig | None = None, *, clock: Clock = time.perf_counter,
-                 reset_on_start: bool = True) -> None:
+                 reset_on_start: bool = True, beat_clock: Any = None) -> None:
         self.model = model
         self.sink = sink
         self.policy = policy or Policy()
@@ -98,6 +99,9 @@ class Player:
         self._stopping = False
         self._offline = False  # process() has started the stream on the caller's thread
         self._plan_times: deque[float] = deque(maxlen=64)
+        self.beat: BeatSync | None = None  # the beat of a --clock (apps/live/beat.py)
+        if beat_clock is not None:
+            self.set_beat_clock(beat_clock)
 
     # -- thread-safe API ---------------------------------------------------------------------
     def start(self) -> Player:
@@ -158,6 +162,18 @@ class Player:
     def set_policy(self, policy: Policy) -> None:
         """Swap the policy (takes effect on the scheduler thread, with a re-plan)."""
         self.call(lambda ctx: setattr(self, "policy", policy))
+
+    def set_beat_clock(self, clock: Any) -> None:
+        """Follow ``clock`` (an ``apps.live.clock.Clock``): autonomous events that ask for
+        a grid go on its beat, the voices pause while it is stopped and come back on the
+        next bar line (:mod:`.beat`). Call before :meth:`start`."""
+        self.beat = BeatSync(clock)
+        clock.subscribe(lambda e: self._q.put(("clock", e)))
+
+    def beat_info(self) -> Any:
+        """The clock's reading now (tempo, bar:beat, source: a ``BeatInfo``); None in
+        free time."""
+        return None if self.beat is None else self.beat.info()
 
     def add_listener(self, fn: Callable[[PlayerEvent], None]) -> None:
         """Call ``fn(PlayerEvent)`` on the scheduler thread for everything that happens.
@@ -310,6 +326,8 @@ class Player:
         elif kind == "call":
             item[1](self)
             self._dirty = True
+        elif kind == "clock":
+            self._on_clock(item[1])
         elif kind == "panic":
             self._release_notes_fed("panic")
             self._emit(PlayerEvent("panic"))
@@ -321,6 +339,22 @@ class Player:
             self._dirty = True
             self._emit(PlayerEvent("reset"))
         return True
+
+    def _on_clock(self, event: Any) -> None:
+        """A clock event: stop / lost sends every note-off at once, then feeds them (the
+        voices wait, :class:`BeatSync`); start, tempo and position re-plan."""
+        act = self.beat.action(event) if self.beat is not None else None
+        if act == "release":
+            notes = list(self._sounding)
+            self._release_all(f"clock {event.kind}")
+            now = self.clock()
+            for inst, pitch in notes:
+                self._feed(inst, pitch, max(0.0, now - self._t_last), 0)
+                self._t_last = max(self._t_last, now)
+        if act is not None:
+            self._plan = None
+            self._dirty = True
+        self._emit(PlayerEvent("clock", info=event))
 
     def _release_notes_fed(self, why: str) -> None:
         """Panic that keeps the model in step: every note-off is also fed."""
@@ -370,6 +404,7 @@ class Player:
         self._dirty = False
         self._plan = None
         cons = self.policy.next_constraints(self)
+        cons = free_time(cons) if self.beat is None else self.beat.constraints(cons, self._t_last)
         if cons is None:
             return
         t0 = self.clock()
@@ -417,6 +452,8 @@ class Player:
             self._feed(e.inst, e.pitch, e.time, e.vel)
             self._t_last = due
         self._emit(PlayerEvent("output", e.inst, e.pitch, vel, due, e))
+        if self.beat is not None:
+            self.beat.played()
         self.policy.on_played(self, e)
 
     def _wait(self) -> tuple | None:

@@ -43,7 +43,8 @@ class PlayerEvent:
     """What observers (UI, logs, tests) are told, on the scheduler thread.
 
     ``kind`` is ``"input"``, ``"output"`` (sent and fed), ``"planned"`` (sampled, due at
-    ``t``), ``"replanned"`` (a plan was discarded), ``"reset"``, ``"panic"`` or ``"error"``.
+    ``t``), ``"replanned"`` (a plan was discarded), ``"reset"``, ``"panic"``, ``"clock"``
+    (``info`` is the clock's ``ClockEvent``: start, stop, tempo, lost...) or ``"error"``.
     """
 
     kind: str
@@ -95,6 +96,7 @@ class PlayerContext(Protocol):
     def replan(self) -> None: ...
     def yield_to_driver(self) -> None: ...
     def reset_model(self, state: Any = None) -> None: ...
+    def beat_info(self) -> Any: ...
 
 
 @dataclass

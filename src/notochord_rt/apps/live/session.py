@@ -48,6 +48,8 @@ class LiveOptions:
     controls: Mapping[int, str] = field(default_factory=lambda: dict(DEFAULT_CONTROLS))
     actions: Mapping[int, str] = field(default_factory=lambda: dict(DEFAULT_ACTIONS))
     player: PlayerConfig = field(default_factory=PlayerConfig)
+    clock: Any = None
+    """An ``apps.live.clock.Clock`` (``--clock``) the player follows; None = free time."""
 
 
 class InputRouter:
@@ -155,7 +157,7 @@ class LiveSession:
                                   self._watch.listers["input"])
         out_map = self.cmap_out.merged(self.cmap_in) if o.thru else self.cmap_out
         self.out = MidiOut(self._outputs, out_map, fb, send_programs=o.send_programs)
-        self.player = Player(self.model, self.out, self.policy, o.player)
+        self.player = Player(self.model, self.out, self.policy, o.player, beat_clock=o.clock)
         self.router = InputRouter(self.player, self.cmap_in, controls=o.controls,
                                   actions=o.actions, feedback=fb,
                                   thru=self.out if o.thru else None)
