@@ -589,12 +589,36 @@ def test_constraint_values_convert_names_and_json():
         "max_time": "inf", "external": "drums", "penalty": {"max_time": 1},
         "truncate_quantile_pitch": [0.1, 0.9], "time_ranges": [[0, 1, 2]],
         "inst_weights": {"anon2": 0.5}, "steer_density": None})
-    assert c.note_on_map == {41: [60], 129: [36]} and c.max_polyphony == {41: 2.0}
+    assert c.note_on_map == {41: (60,), 129: (36,)} and c.max_polyphony == {41: 2.0}
     assert c.max_time == float("inf") and c.external == {129}
     assert c.truncate_quantile_pitch == (0.1, 0.9) and c.time_ranges == [(0.0, 1.0, 2.0)]
     assert c.inst_weights == {258: 0.5} and c.steer_density is None
     with pytest.raises(InputError, match="min_tim"):
         proto.sample_constraints({"min_tim": 1})
+
+
+def test_osc_constraint_values_follow_the_field_table():
+    """Every kind of the one field table has its OSC spelling, and each OSC value is then
+    checked by the same row as in Python: the same value is refused the same way."""
+    from notochord_rt.apps.osc import values
+    from notochord_rt.engine.sampling.constraints import FIELDS, KINDS
+
+    assert set(values._WIRE) == set(KINDS)
+    assert {f.kind for f in FIELDS.values()} <= set(KINDS)
+    for name, bad, words in (("swing", 1.5, "swing"), ("pitch", 128, "pitch"),
+                             ("truncate_quantile_time", [0.9, 0.1], "lo < hi"),
+                             ("grid", "1/7", "grid"), ("next_bar", 2, "next_bar"),
+                             ("order", "ipt", "order"), ("min_time", -1, "min_time"),
+                             ("penalty", {"nope": 1}, "unknown key")):
+        with pytest.raises(InputError, match=words):
+            values.constraint_value(name, bad)
+        if name != "next_bar":  # the OSC spelling of a bool is 0/1 too
+            with pytest.raises(InputError, match=words):
+                FIELDS[name].convert(bad)
+    assert values.constraint_value("next_bar", 1) is True
+    assert values.constraint_value("max_duration", {"violin": "inf"}) == {41: float("inf")}
+    with pytest.raises(InputError, match="min_duration"):  # inf only for upper bounds
+        values.constraint_value("min_duration", {"violin": "inf"})
     assert proto.flatten({"a": 1, "b": None, "c": [1, 2], "handle": [3]}) == [
         "a", 1, "c", "[1, 2]", "handle", [3]]
 

@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ... import events as ev
-from ...engine.sampling.constraints import Constraints, Soft
+from ...engine.sampling.constraints import FIELDS, Constraints
 from ...errors import InputError, short_repr
-from ...events import SAMPLING_ORDER
 from ..musical import MusicalDefaults
 
 PREFIX = "/notochord"
@@ -30,12 +29,6 @@ MAX_ABS = 1e6  # largest magnitude of a number argument (seconds, velocities, we
 MAX_HANDLE = 64  # characters / bytes of a string / blob handle
 MAX_MESSAGE = 160  # characters of an error reply's message
 _CONSTRAINT_FIELDS = {f.name for f in dataclasses.fields(Constraints)}
-_PER_INST = ("min_vel", "max_vel", "min_polyphony", "max_polyphony", "min_duration",
-             "max_duration")
-_FLOATS = ("time", "vel", "min_time", "max_time", "inst_temp", "pitch_temp", "rhythm_temp",
-           "timing_temp", "vel_temp", "steer_density")
-_BEAT_FLOATS = ("bpm", "beat", "swing", "grid_strength", "min_beats", "max_beats")
-_PAIRS = ("truncate_quantile_time", "truncate_quantile_pitch", "truncate_quantile_vel")
 
 
 # -- values ---------------------------------------------------------------------------------
@@ -165,56 +158,56 @@ def _intervals(value: Any, name: str) -> list[tuple[float, ...]]:
 
 
 # -- our sample: Constraints fields by name --------------------------------------------------
+def _wire_number(value: Any, name: str) -> Any:
+    return _float(value, name)
+
+
+def _wire_numbers(value: Any, name: str) -> Any:
+    """A list (pair, intervals) of numbers as sent: each number bounded like a float."""
+    if not isinstance(value, list):
+        return value  # the field's converter names the expected shape
+    return [_wire_numbers(v, name) if isinstance(v, list) else _float(v, name) for v in value]
+
+
+def _wire_map(value: Any, name: str, convert) -> Any:
+    if not isinstance(value, Mapping):
+        return convert(value, name) if convert is _float else value
+    return _inst_dict(value, name, convert)
+
+
+#: How an OSC value of each :data:`~notochord_rt.engine.sampling.constraints.KINDS` kind
+#: reaches the field's converter: instruments may be names (``"violin"``), dict keys arrive
+#: as strings, ``"inf"`` is a number, true/false may be 1/0, one pitch may stand for a list,
+#: and every number is bounded by :data:`MAX_ABS`. The rest is the field table's job.
+_WIRE = {
+    "real": _wire_number,
+    "bpm": _wire_number,
+    "int": lambda v, n: _int(v, n, -2**31, 2**31 - 1),
+    "inst": _inst,
+    "inst_set": lambda v, n: [_inst(i, n) for i in (v if isinstance(v, list) else [v])],
+    "note_map": lambda v, n: _wire_map(v, n, _ints),
+    "per_inst": lambda v, n: _wire_map(v, n, _float),
+    "inst_weights": lambda v, n: _wire_map(v, n, _float),
+    "intervals": _wire_numbers,
+    "quantile": _wire_numbers,
+    "penalty": lambda v, n: ({k: _float(x, f"{n}[{k}]") for k, x in v.items()}
+                             if isinstance(v, Mapping) else v),
+    "bool": _bool,
+    "order": lambda v, n: v,
+    "grid": lambda v, n: v,
+}
+
+
 def constraint_value(name: str, value: Any) -> Any:
-    """Convert one decoded OSC value to the type of the :class:`Constraints` field ``name``."""
-    if name in ("note_on_map", "note_off_map"):
-        return _inst_dict(value, name, _ints)
-    if name == "inst":
-        return None if value is None else _inst(value, name)
-    if name in ("pitch", "index_pitch"):
-        return None if value is None else _int(value, name, 0, ev.NUM_PITCHES)
-    if name in _FLOATS:
-        return None if value is None and name in ("time", "vel", "steer_density") else _float(
-            value, name)
-    if name in _PER_INST:
-        if isinstance(value, Mapping):
-            return _inst_dict(value, name, _float)
-        return _float(value, name)
-    if name in ("time_ranges", "vel_ranges"):
-        return None if value is None else _intervals(value, name)
-    if name in _PAIRS:
-        if not isinstance(value, list) or len(value) != 2:
-            raise InputError(f"{name} must be a pair [lo, hi], got {_short(value)}")
-        return (_float(value[0], name), _float(value[1], name))
-    if name == "penalty":
-        if not isinstance(value, Mapping):
-            raise InputError(f"penalty must be a dict {{name: cost}}, got {_short(value)}")
-        known = {s.value: s for s in Soft}
-        bad = [k for k in value if k not in known]
-        if bad:
-            raise InputError(f"penalty: unknown name(s) {bad} (known: {', '.join(known)})")
-        return {known[k]: _float(v, f"penalty[{k}]") for k, v in value.items()}
-    if name == "inst_weights":
-        return _inst_dict(value, name, _float)
-    if name == "external":
-        items = value if isinstance(value, list) else [value]
-        return {_inst(v, name) for v in items}
-    if name in _BEAT_FLOATS:  # beat-aware fields (engine/sampling/grid.py)
-        return None if value is None and name in ("bpm", "beat") else _float(value, name)
-    if name == "beats_per_bar":
-        return _int(value, name, 1, 64)
-    if name == "grid":  # "1/16", "1/8t"; checked by Constraints.validate
-        return None if value is None else value
-    if name == "next_bar":  # OSC has no bool everywhere: 0 / 1 too
-        if isinstance(value, bool) or value in (0, 1):
-            return bool(value)
-        raise InputError(f"next_bar must be true/false or 0/1, got {_short(value)}")
-    if name == "order":
-        if not isinstance(value, str):
-            raise InputError(f"order must be a string such as {SAMPLING_ORDER!r}, "
-                             f"got {_short(value)}")
-        return value
-    raise InputError(f"unknown constraint {name!r}")
+    """One decoded OSC value as the :class:`Constraints` field ``name`` holds it: OSC's
+    spellings normalised (:data:`_WIRE`), then checked and converted by the field's row of
+    the one field table, :data:`~notochord_rt.engine.sampling.constraints.FIELDS`."""
+    field = FIELDS.get(name)
+    if field is None:
+        raise InputError(f"unknown constraint {name!r}")
+    if value is not None:
+        value = _WIRE[field.kind](value, name)
+    return field.convert(value, name)
 
 
 def sample_constraints(kw: Mapping[str, Any],
