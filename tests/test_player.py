@@ -504,3 +504,33 @@ def test_improvise_cli_rejects_bad_maps(capsys):
     assert "unknown instrument" in capsys.readouterr().err
     assert main(["improvise", "--voices", "1=violin", "--player", "1=1"]) == 2
     assert "both a player and a model channel" in capsys.readouterr().err
+
+
+# -- resuming voices -------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("within", [0.4, None])
+def test_unmuted_voices_come_back_within_resume_window(within):
+    """Voices muted for 8 s, then unmuted: the next note is planned within
+    ``resume_within`` of now, not at the gap the model expects after its last event
+    (which it counts from 8 s ago). ``None``: the window off, to show it is what acts."""
+    import math
+
+    clock = TickClock()
+    config = PlayerConfig(resume_within=math.inf if within is None else within)
+    policy = ImprovisePolicy([VIOLIN], max_time=30.0)
+    policy.muted = True
+    dues = []
+    for seed in range(4):
+        player, sink = player_with(tiny(seed), policy, config, clock=clock)
+        policy.muted = True
+        with player:
+            sync(player)
+            clock.advance(8.0)
+            now = clock()
+            player.control("mute", 1.0)  # toggles: unmuted
+            sink.until(lambda s=sink: s.kinds("planned"))
+            dues.append(sink.kinds("planned")[0].t - now)
+    if within is not None:
+        assert max(dues) <= within + 0.05, dues
+    else:  # without the window the model's own gap after 8 s of silence is much longer
+        assert max(dues) > 1.0, dues

@@ -108,5 +108,7 @@ class ImprovisePolicy(Policy):
             if self.muted:
                 for inst, pitch in sorted(ctx.sounding()):
                     ctx.play_now(inst, pitch, 0)
+            else:
+                ctx.resume()
         elif name != "replan":
             log.debug("improviser: unknown control %r ignored", name)

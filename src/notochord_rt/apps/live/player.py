@@ -99,6 +99,7 @@ class Player:
         self._stopping = False
         self._offline = False  # process() has started the stream on the caller's thread
         self._plan_times: deque[float] = deque(maxlen=64)
+        self._resume = True  # the next autonomous event comes within config.resume_within
         self.beat: BeatSync | None = None  # the beat of a --clock (apps/live/beat.py)
         if beat_clock is not None:
             self.set_beat_clock(beat_clock)
@@ -228,6 +229,13 @@ class Player:
         """Discard the planned event; a new one is sampled before waiting again."""
         self._dirty = True
 
+    def resume(self) -> None:
+        """Voices come back (unmute, a new preset, start): re-plan, and let the next
+        autonomous event come within ``config.resume_within`` of now instead of at the
+        gap the model expects after its last note, however long ago that was."""
+        self._resume = True
+        self._dirty = True
+
     def sample_now(self, constraints: Any, t_in: float | None = None) -> Any:
         """Sample an event at time 0 (now) under ``constraints``, send and feed it at once.
 
@@ -307,6 +315,7 @@ class Player:
             log.info("released %d sounding notes (%s)", len(notes), why)
 
     def _start_stream(self) -> None:
+        self._resume = True
         if self._reset_on_start:
             self.model.reset()
         self._t_last = self.clock()
@@ -335,6 +344,7 @@ class Player:
             self._release_all("reset")
             self.model.reset()
             self._t_last = self.clock()
+            self._resume = True
             self.policy.on_reset(self)
             self._dirty = True
             self._emit(PlayerEvent("reset"))
@@ -411,6 +421,11 @@ class Player:
         earliest = t0 + self.lookahead() - self._t_last
         if isinstance(cons, Constraints) and earliest > cons.min_time and cons.time is None:
             cons = dataclasses.replace(cons, min_time=min(earliest, ev.TIME_MAX))
+        if self._resume and self.beat is None and isinstance(cons, Constraints) \
+                and cons.time is None:
+            soon = max(cons.min_time, earliest) + self.config.resume_within
+            if soon < cons.max_time:
+                cons = dataclasses.replace(cons, max_time=soon)
         try:
             e = self.model.sample(cons)
         except NoPossibleEvents as err:
@@ -437,6 +452,7 @@ class Player:
         due, e = self._plan  # type: ignore[misc]
         self._plan = None
         self._dirty = True
+        self._resume = False
         vel = _midi_vel(e)
         self._send(e.inst, e.pitch, vel)
         sent = self.clock()

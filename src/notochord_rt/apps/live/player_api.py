@@ -96,6 +96,7 @@ class PlayerContext(Protocol):
     def replan(self) -> None: ...
     def yield_to_driver(self) -> None: ...
     def reset_model(self, state: Any = None) -> None: ...
+    def resume(self) -> None: ...
     def beat_info(self) -> Any: ...
 
 
@@ -118,6 +119,9 @@ class PlayerConfig:
     computes again: without realtime scheduling, a MIDI driver thread (JACK's) may
     otherwise wait for a CPU while the model runs, delaying delivery (measured in
     docs/performance.md). 0 = off."""
+    resume_within: float = 0.4
+    """After :meth:`PlayerContext.resume` (unmute, preset change, start, reset) the next
+    autonomous event is due within this many seconds (the model picks when, inside it)."""
     late_margin: float = 0.05
     """An event sent later than this is fed with its real delta, not the planned one."""
     idle_wait: float = 0.05
