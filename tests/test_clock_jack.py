@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 from jack import jack_or_skip
 
@@ -43,6 +44,8 @@ class DrumMachine:
         """``plan``: ``("ticks", bpm, beats)``, ``("msg", byte, 0)`` or ``("rest", s, 0)``;
         each step's start time is recorded in ``self.marks``."""
         self.marks: list[float] = []
+        self.ticks: list[tuple[float, float]] = []  # (send time, bpm) of ticks while playing
+        playing = [False]
 
         def run() -> None:
             t = time.perf_counter()
@@ -50,6 +53,7 @@ class DrumMachine:
                 self.marks.append(t)
                 if kind == "msg":
                     self.out.send_message([int(a)])
+                    playing[0] = int(a) in (START, 0xFB)
                 elif kind == "rest":
                     t += a
                     time.sleep(max(0.0, t - time.perf_counter()))
@@ -57,6 +61,8 @@ class DrumMachine:
                     for _ in range(int(b * 24)):
                         time.sleep(max(0.0, t - time.perf_counter()))
                         self.out.send_message([TICK])
+                        if playing[0]:
+                            self.ticks.append((t, a))
                         t += 60.0 / (24 * a)
 
         th = threading.Thread(target=run, daemon=True)
@@ -145,3 +151,50 @@ def test_clock_out_leads_a_receiver(jack):
         if m[0] == TICK:
             est.tick(ts)
     assert kinds.count(TICK) >= 24 * 3 and est.bpm == pytest.approx(100, rel=0.01), est.bpm
+
+
+def test_improviser_plays_on_the_clock_and_stops_with_it(jack):
+    """The issue's test: clock at 120 BPM, then 90, then stop; the app's onsets on the
+    beat grid (1/8), every note off after the stop."""
+    from jack import Probe, sounding_after
+    from tiny import tiny_model
+
+    from notochord_rt.apps.live.improvise import ImprovisePolicy
+    from notochord_rt.apps.live.ports import ChannelMap
+    from notochord_rt.apps.live.session import LiveOptions, LiveSession
+
+    drum = DrumMachine()
+    probe = Probe("band")
+    clock = MidiClock(drum.port, api="jack", client_name="app-clock")
+    policy = ImprovisePolicy([41], max_polyphony=2, max_duration=0.8, max_time=0.6,
+                             grid={"grid": "1/8"})
+    opt = LiveOptions(api="jack", outputs=[probe.in_port], client_name="app",
+                      send_programs=False, clock=clock)
+    try:
+        with LiveSession(tiny_model(0, init="default", sampler_seed=0), policy,
+                         ChannelMap({}), ChannelMap({1: 41}), opt):
+            clock.start()
+            time.sleep(0.4)
+            th = drum.play([("ticks", 120, 1), ("msg", START, 0), ("ticks", 120, 8),
+                            ("ticks", 90, 6), ("msg", STOP, 0), ("ticks", 90, 2)])
+            th.join(20)
+            time.sleep(0.3)
+            msgs = probe.messages()
+    finally:
+        clock.close()
+        probe.close()
+        drum.close()
+    stop = drum.marks[4]
+    # beat times: every 12th tick sent while playing is an eighth
+    eighths = np.array([t for k, (t, _) in enumerate(drum.ticks) if k % 12 == 0])
+    ons = np.array([t for t, m in msgs if m[0] & 0xF0 == 0x90 and m[2] > 0 and t < stop])
+    assert len(ons) >= 8, len(ons)
+    k = np.clip(np.searchsorted(eighths, ons - 0.1), 0, len(eighths) - 1)
+    dev = np.array([min(abs(o - eighths[j]), abs(o - eighths[min(j + 1, len(eighths) - 1)]))
+                    for o, j in zip(ons, k)])
+    offset = np.median(dev)  # the ports' and the tick estimate's constant share
+    assert offset < 0.03, offset
+    assert np.mean(np.abs(dev - offset) < 0.012) >= 0.8, np.round(dev * 1e3, 1)
+    late = [t for t, m in msgs if m[0] & 0xF0 == 0x90 and m[2] > 0 and t > stop + 0.05]
+    assert not late, "a note started after the clock stopped"
+    assert not sounding_after(msgs, all_notes_off=False), "a note was left sounding"
