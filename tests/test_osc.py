@@ -174,6 +174,24 @@ def test_feed_query_feed_and_held_notes(client):
     assert r["step"] == 5
 
 
+@pytest.mark.parametrize("guard", [8.0, 0.0])
+def test_query_feed_never_leaves_notes_sounding_for_ever(server, client, guard):
+    """A client that only sends query_feed: with the server's guard no note is held much
+    longer than --query-max-duration; without it (the reference's behaviour) notes pile up."""
+    server.parser.query_max_duration = guard
+    try:
+        for _ in range(200):
+            client.ask("/notochord/query_feed")
+        _, r = client.ask("/notochord/held")
+    finally:
+        server.parser.query_max_duration = 8.0
+    ages = [n[2] for n in json.loads(r["notes"])]
+    if guard:
+        assert max(ages, default=0.0) <= guard + 0.5, ages
+    else:
+        assert len(ages) > 5 and max(ages) > 8.5, ages
+
+
 def test_reset_and_start_false(client):
     client.send("/notochord/feed", 1, 60, 0.1, 90)
     _, r = client.ask("/notochord/reset")

@@ -71,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         except Exception as e:  # a broken live module must not break the whole CLI
             _live_args_error = f"{type(e).__name__}: {e}"
             log.debug("live harmonizer arguments unavailable: %s", _live_args_error)
+        else:
+            from ..apps.live.clock import add_clock_arguments
+
+            add_clock_arguments(parser, grid=False)  # --live: stop/start with a clock
 
 
 def parse_voices(specs: list[str] | None) -> list:

@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="OSC messages per second one sender (host and port) may send; "
                              "the rest are dropped unread (default 1000, bursts of 200)")
     parser.add_argument("--seed", type=int, help="seed every session (reproducible runs)")
+    parser.add_argument("--query-max-duration", type=float, default=8.0, metavar="SECONDS",
+                        help="notes sampled by the reference-style query end after about "
+                             "this long (default 8; 0 = never, as the reference)")
     parser.add_argument("--allow-files", metavar="DIR",
                         help="let /notochord/prompt and /notochord/load read regular files "
                              "inside DIR (default: no file is read; loopback --host only)")
@@ -81,6 +84,9 @@ def _check(args: argparse.Namespace) -> None:
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got "
                             f"{getattr(args, name)}")
+    if not 0 <= args.query_max_duration < float("inf"):
+        raise UserError(f"--query-max-duration must be a number of seconds >= 0 (0 = off), "
+                        f"got {args.query_max_duration}")
     for name in ("sessions_per_host", "rate", "max_checkpoint_mb"):
         if not getattr(args, name) > 0:
             raise UserError(f"--{name.replace('_', '-')} must be > 0, got "
@@ -138,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
             clock.close()
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     server.parser.clocked = clock is not None
+    server.parser.query_max_duration = args.query_max_duration
     host, port = server.address
     if not _loopback(host):
         print(f"notochord-rt serve: WARNING: listening on {host}, not a loopback address: "  # noqa: T201

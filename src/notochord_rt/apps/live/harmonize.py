@@ -29,7 +29,11 @@ def harmonize_main(args: Any) -> int:
         model.reset(seed=seed)
     policy = HarmonyPolicy(voices, pitch_temp=getattr(args, "pitch_temp", 1.0))
     session = LiveSession(model, policy, cmap_in, cmap_out, options_from_args(args))
-    return run_session(session, args, "harmonize")
+    if getattr(args, "clock", None) is None:
+        return run_session(session, args, "harmonize")
+    from .beat import run_with_clock
+
+    return run_with_clock(session, args, "harmonize")  # answers stay immediate
 
 
 def _parse_voice(spec: str) -> Voice:

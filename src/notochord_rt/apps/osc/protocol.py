@@ -165,6 +165,13 @@ def pairs(params: Sequence[Any], address: str, handle: Any) -> dict[str, Any]:
 
 
 # -- the parser ------------------------------------------------------------------------------
+QUERY_MAX_DURATION = 8.0
+"""Seconds a note may sound in a session driven by the reference-style ``query`` before the
+sampler prefers to end it (the soft ``max_duration`` guard of :class:`Constraints`). The
+reference's query has no such guard, so a client that only queries and feeds piles up
+notes that never end; ``serve --query-max-duration 0`` restores that behaviour."""
+
+
 class Parser:
     """Turns ``(address, params)`` into :class:`Request` objects.
 
@@ -172,9 +179,11 @@ class Parser:
     again and again; compiling costs about half a millisecond).
     """
 
-    def __init__(self, cache_size: int = 256, clocked: bool = False) -> None:
+    def __init__(self, cache_size: int = 256, clocked: bool = False,
+                 query_max_duration: float = QUERY_MAX_DURATION) -> None:
         self.cache_size = cache_size
         self.clocked = clocked  # serve --clock: beat fields take the server clock's tempo
+        self.query_max_duration = query_max_duration  # serve --query-max-duration
         self._cache: OrderedDict[str, tuple[Compiled, str]] = OrderedDict()
 
     def parse(self, address: str, params: Sequence[Any]) -> Request:
@@ -281,6 +290,8 @@ class Parser:
                 if kind == "query":
                     cons, order = query_constraints(query_values(kw))
                     cons.order = order
+                    if self.query_max_duration > 0:  # no note held for ever (see the doc)
+                        cons.max_duration = self.query_max_duration
                 else:
                     cons = sample_constraints(kw, None if raw else DEFAULTS)
                     order = cons.order or SAMPLING_ORDER
