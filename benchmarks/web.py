@@ -17,6 +17,7 @@ machine. The page's synth is not loaded (no SoundFont: 16 tabs would hold 16 cop
 it); it runs on its own audio thread and is not on this path.
 
     python benchmarks/web.py                 # 1 and 16 tabs, 60 presses per tab
+    python benchmarks/web.py --background    # and 16 tabs of which 15 do not draw
     python benchmarks/web.py --tabs 1 4 --presses 20
 """
 
@@ -60,7 +61,7 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
-def run(tabs: int, presses: int, base, chromium: str) -> dict:
+def run(tabs: int, presses: int, base, chromium: str, background: bool = False) -> dict:
     from playwright.sync_api import sync_playwright
 
     from notochord_rt.apps.web.serve import ServerThread, make_web_app
@@ -78,6 +79,9 @@ def run(tabs: int, presses: int, base, chromium: str) -> dict:
             while not page.evaluate("() => !!(window.nrt && nrt.session && nrt.panel.rig)"):
                 time.sleep(0.02)
         sessions = list(web.manager.sessions.values())
+        if background:  # every tab but the first stops drawing, as a background tab does
+            for page in pages[1:]:
+                page.evaluate("() => { nrt.roll.frame = () => {}; }")
         for page in pages:  # warm up each tab's model and connection
             page.evaluate(RUN, 3)
         while not all(pg.evaluate("() => __bench.done") for pg in pages):
@@ -97,7 +101,8 @@ def run(tabs: int, presses: int, base, chromium: str) -> dict:
         server = [1000 * x for s in sessions for x in s.player.stats.values("latency")]
         browser.close()
     missing = tabs * presses - len(lat)
-    return {"tabs": tabs, "presses": len(lat), "unanswered": missing, "wall_s": round(wall, 1),
+    return {"tabs": tabs, "background": background, "presses": len(lat),
+            "unanswered": missing, "wall_s": round(wall, 1),
             "page_p50_ms": round(pct(lat, 50), 2), "page_p99_ms": round(pct(lat, 99), 2),
             "page_max_ms": round(max(lat), 2) if lat else None,
             "page_mean_ms": round(statistics.fmean(lat), 2) if lat else None,
@@ -109,6 +114,10 @@ def main() -> int:
     ap.add_argument("--tabs", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--presses", type=int, default=60, help="key presses per tab")
     ap.add_argument("--checkpoint", default="default")
+    ap.add_argument("--background", action="store_true",
+                    help="also run each tab count with every tab but the first not drawing "
+                         "its piano roll (browsers run no animation frames in background "
+                         "tabs; headless Chromium treats every tab as visible)")
     ap.add_argument("--json", metavar="PATH", help="also write the figures here")
     args = ap.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -129,12 +138,18 @@ def main() -> int:
     print(f"{'tabs':>4} {'presses':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
           f"{'server p50/p99 ms':>18}")
     results = []
-    for n in args.tabs:
-        r = run(n, args.presses, base, chromium)
+    runs = [(n, False) for n in args.tabs]
+    if args.background:
+        runs += [(n, True) for n in args.tabs if n > 1]
+    for n, bg in runs:
+        r = run(n, args.presses, base, chromium, bg)
         results.append(r)
-        print(f"{n:>4} {r['presses']:>7} {r['page_p50_ms']:>7.2f} {r['page_p99_ms']:>7.2f} "
+        print(f"{n:>4}{'*' if bg else ' '}{r['presses']:>7} {r['page_p50_ms']:>7.2f} "
+              f"{r['page_p99_ms']:>7.2f} "
               f"{r['page_max_ms']:>7.2f} {r['server_p50_ms']:>8.2f} / {r['server_p99_ms']:<7.2f}"
               + (f"  ({r['unanswered']} unanswered)" if r["unanswered"] else ""), flush=True)
+    if args.background:
+        print("* every tab but the first draws no piano roll (as a background tab)")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine_line(), "results": results},
                                               indent=1))

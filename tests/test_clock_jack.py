@@ -198,3 +198,37 @@ def test_improviser_plays_on_the_clock_and_stops_with_it(jack):
     late = [t for t, m in msgs if m[0] & 0xF0 == 0x90 and m[2] > 0 and t > stop + 0.05]
     assert not late, "a note started after the clock stopped"
     assert not sounding_after(msgs, all_notes_off=False), "a note was left sounding"
+
+
+def test_harmonizer_answers_stay_immediate_on_a_stopped_clock(jack):
+    """With a clock the harmonizer still answers a played note at once (even while the
+    clock is stopped: the voices wait, answers do not); clock stop releases its notes."""
+    from jack import Probe, sounding_after
+    from tiny import tiny_model
+
+    from notochord_rt.apps.harmony import HarmonyPolicy, Voice
+    from notochord_rt.apps.live.ports import ChannelMap
+    from notochord_rt.apps.live.session import LiveOptions, LiveSession
+
+    probe = Probe("keys")
+    clock = InternalClock(100)
+    opt = LiveOptions(api="jack", inputs=[probe.out_port], outputs=[probe.in_port],
+                      client_name="harm", clock=clock)
+    try:
+        with LiveSession(tiny_model(0, init="default", sampler_seed=0),
+                         HarmonyPolicy([Voice(41, -12, -3)]), ChannelMap({0: 1}),
+                         ChannelMap({1: 41}), opt) as s:
+            assert probe.wait_for(lambda m: any(x[0] & 0xF0 == 0xC0 for _, x in m), 10)
+            time.sleep(0.2)
+            probe.send(0x90, 64, 100)  # clock not started: still answered
+            assert probe.wait_for(lambda m: any(x[0] == 0x91 and x[2] > 0 for _, x in m))
+            clock.start()
+            probe.send(0x90, 67, 100)
+            assert probe.wait_for(lambda m: sum(x[0] == 0x91 and x[2] > 0 for _, x in m) >= 2)
+            latency = s.player.stats.values("latency")
+            clock.stop()  # every model note off at once (the keys are still held)
+            assert probe.wait_for(lambda m: not sounding_after(m, all_notes_off=False), 0.5)
+    finally:
+        clock.close()
+        probe.close()
+    assert len(latency) == 2 and (latency < 0.25).all()

@@ -250,3 +250,53 @@ def test_without_a_soundfont_the_page_says_how_to_get_one(page, bare_server) -> 
     assert page.locator("#audio-status").inner_text() == HOW_TO_GET
     press(page, 60)  # playing still works, silently
     wait_js(page, "nrt.latencies.length >= 1")
+
+
+def test_click_to_enable_audio_where_the_browser_requires_it(playwright, server) -> None:
+    """Without the autoplay flag the audio context starts suspended: the page shows the
+    button, and a click starts the sound."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM,
+                                         args=["--no-sandbox", "--mute-audio"])
+    try:
+        page = browser.new_page()
+        open_page(page, server)
+        button = page.locator("#enable-audio")
+        assert button.is_visible()
+        assert page.evaluate("() => nrt.synth.audioState") in ("none", "suspended")
+        button.click()
+        assert wait_js(page, "nrt.synth.audioState === 'running' && nrt.synth.audioState")
+        if server.web.soundfont is not None:
+            wait_js(page, "nrt.synth.loaded", 60)
+        assert not button.is_visible()
+    finally:
+        browser.close()
+
+
+def test_touch_on_the_on_screen_keyboard(browser, server) -> None:
+    context = browser.new_context(has_touch=True)
+    try:
+        page = context.new_page()
+        open_page(page, server)
+        box = page.locator('.key[data-pitch="65"]').bounding_box()
+        page.touchscreen.tap(box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.8)
+        wait_js(page, "nrt.latencies.length >= 1")
+        wait_js(page, f"{MODEL_SOUNDING} === 0")  # the tap's note ended, and its answers
+        assert page.evaluate("() => nrt.roll.notes.filter(n => n.mine).map(n => n.pitch)") == [65]
+    finally:
+        context.close()
+
+
+def test_a_midi_file_loaded_in_the_page_becomes_the_prompt(page, server, tmp_path) -> None:
+    from midifiles import simple_song
+
+    song = tmp_path / "song.mid"
+    song.write_bytes(simple_song())
+    open_page(page, server)
+    page.set_input_files("#prompt", str(song))
+    wait_js(page, "nrt.log.some(t => t.startsWith('prompt: '))")
+    insts = page.evaluate("() => nrt.panel.rig.voices.map(v => v.inst)")
+    assert 34 in insts  # the song's fingered bass is a voice now
+    too_big = tmp_path / "big.mid"
+    too_big.write_bytes(b"MThd" + bytes(300 * 1024))
+    page.set_input_files("#prompt", str(too_big))
+    wait_js(page, "nrt.log.some(t => t.includes('larger than'))")

@@ -273,3 +273,42 @@ def test_disconnect_releases_every_model_note(serve) -> None:
     assert not sess.player.running and sess.closed
     assert sess.sink.sounding == set()
     assert sess.player.sounding() == set()
+
+
+def test_the_command_serves_and_warns_off_loopback(tmp_path) -> None:
+    """``notochord-rt web`` as a user runs it: the URL is printed, the page is served,
+    a non-loopback --host prints a warning; SIGTERM stops it."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
+        proc = subprocess.Popen([sys.executable, "-m", "notochord_rt", "web", "--host", host,
+                                 "--port", "0", "--soundfont", str(_sf(tmp_path))],
+                                stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            line = proc.stderr.readline()
+            text = line
+            while "Ctrl-C" not in line:
+                line = proc.stderr.readline()
+                assert line, text
+                text += line
+            assert ("WARNING" in text) == warned, text
+            port = int(re.search(r":(\d+)/", text).group(1))
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", "/api/info", headers={"Host": f"127.0.0.1:{port}"})
+            r = c.getresponse()
+            assert r.status == 200 and json.loads(r.read())["soundfont"] == "mini.sf2"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            # uvicorn shuts down (sessions closed), then re-raises the signal it caught
+            assert proc.wait(30) in (0, -signal.SIGTERM)
+
+
+def _sf(tmp_path):
+    sf = tmp_path / "mini.sf2"
+    sf.write_bytes(b"RIFF" + bytes(64))
+    return sf

@@ -203,3 +203,16 @@ def test_a_midi_file_prompt_sets_the_voices(open_session) -> None:
     msgs = inbox.wait(lambda m: any(x.get("about") == "prompt" for x in m))
     err = [x for x in msgs if x.get("about") == "prompt"][0]
     assert "bad.mid" in err["message"] and "/tmp" not in err["message"]
+
+
+def test_tab_samplers_share_the_weights_not_the_stream(factory) -> None:
+    a, b = factory.new(1), factory.new(2)
+    base = dict(factory.base.named_parameters())
+    for name, p in a.named_parameters():
+        assert p.data_ptr() == base[name].data_ptr()  # the same tensors: no copy
+        assert p.data_ptr() == dict(b.named_parameters())[name].data_ptr()
+    assert a.core is not b.core  # a core reuses scratch buffers: one per tab's thread
+    a.reset()
+    b.reset()
+    a.feed(1, 60, 0.0, 100)
+    assert a.held_notes and not b.held_notes  # separate streams
