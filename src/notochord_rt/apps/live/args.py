@@ -29,10 +29,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads (1 is fastest for one live stream)")
 
 
-def add_live_arguments(parser: argparse.ArgumentParser, live_flag: bool = True) -> None:
+def add_live_arguments(parser: argparse.ArgumentParser, live_flag: bool = True,
+                       app: str | None = None) -> None:
     """MIDI ports, channel maps and timing flags of a live session (and ``--live`` for
-    commands that also have an offline mode)."""
+    commands that also have an offline mode). With ``app`` (``"harmonize"``,
+    ``"improvise"``), ``--cc`` and the app's CC map in the help's epilog."""
     g = parser.add_argument_group("live MIDI")
+    if app is not None:
+        from .controls import help_epilog
+
+        g.add_argument("--cc", default=None, metavar="NAME=CC,...",
+                       help="move controls/actions to other CCs, e.g. "
+                            "'steer_pitch=1,mute=off' (the map is shown below)")
+        parser.epilog = help_epilog(app)
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
     if live_flag:
         g.add_argument("--live", action="store_true",
                        help="run live on MIDI ports (the default when no input file is given)")
@@ -51,7 +61,9 @@ def add_live_arguments(parser: argparse.ArgumentParser, live_flag: bool = True) 
                    help="player channels, e.g. '1=acoustic grand,10=drums' (default 1=1, piano)")
     g.add_argument("--out-channels", default=None, metavar="MAP",
                    help="output channels of the model's instruments, e.g. '2=violin'")
-    g.add_argument("--thru", action="store_true", help="echo the played notes to the output")
+    g.add_argument("--thru", action="store_true",
+                   help="pass everything played on the player channels (notes, sustain, "
+                        "expression, pitch bend, pressure) to the output")
     g.add_argument("--suppress-feedback", type=float, default=0.0, metavar="SECONDS",
                    help="ignore input equal to our own output within this window "
                         "(loopback setups; e.g. 0.03)")
@@ -66,3 +78,26 @@ def add_live_arguments(parser: argparse.ArgumentParser, live_flag: bool = True) 
                    help="stop after this long (default: until Ctrl-C)")
     g.add_argument("--stats-json", default=None, metavar="FILE",
                    help="write timing statistics (latency, lateness) here on exit")
+
+
+EXTRA = "pip install 'notochord-rt[live]'"
+
+
+def require_modules(command: str, *modules: str) -> None:
+    """Raise one :class:`~notochord_rt.errors.UserError` line naming the extra to install
+    when an optional module of a live app is missing (call before loading the model)."""
+    import importlib.util
+
+    from ...errors import UserError
+
+    pip_names = {"rtmidi": "python-rtmidi", "textual": "textual", "pythonosc": "python-osc"}
+    missing = []
+    for m in modules:
+        try:
+            found = importlib.util.find_spec(m) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(pip_names.get(m, m))
+    if missing:
+        raise UserError(f"{command} needs {' and '.join(missing)}: {EXTRA}")

@@ -21,13 +21,19 @@ import mido
 
 from ... import events as ev
 from ...errors import UserError
+from .controls import SUSTAIN, ControlMap, Edges, sustain_name
+from .noise import backend_noise
 from .player import Player, PlayerConfig, Policy
 from .ports import ChannelMap, FeedbackFilter, MidiOut, OpenedPort, PortWatch, open_ports, rt_api
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONTROLS = {1: "steer_pitch", 2: "steer_density", 3: "steer_rate"}
-DEFAULT_ACTIONS = {4: "reset", 5: "replan", 6: "mute", 7: "panic"}
+startup_log = logging.getLogger("notochord_rt.startup")
+"""Lines a user should see when an app starts (the ports, the CC map, "running"): the
+CLI shows this logger at INFO even without ``-v``."""
+
+DEFAULT_CONTROLS = dict(ControlMap.default("improvise").controls)
+DEFAULT_ACTIONS = dict(ControlMap.default("improvise").actions)
 
 
 @dataclass
@@ -55,18 +61,24 @@ class LiveOptions:
 class InputRouter:
     """mido input callback: stamp each message and hand it to the player (never blocks).
 
-    Notes on channels of ``cmap`` become ``player.note_input``; CCs in ``controls``
-    become ``player.control(name, value / 127)``; CCs in ``actions`` trigger ``reset``,
-    ``panic`` or ``player.control(action, 1)`` (the policy handles ``mute``/``replan``);
-    pitch bend steers pitch. Everything else is ignored. ``thru`` echoes played notes.
+    Only the player channels (``cmap``) are heard: their notes become
+    ``player.note_input``; CCs in ``controls`` become ``player.control(name, value /
+    127)``; CCs in ``actions`` trigger ``reset``, ``panic`` or ``player.control(action,
+    1)`` (the policy handles ``mute``/``query``/``stop``) once per rising edge past
+    ``threshold`` (:class:`~.controls.Edges`); the sustain pedal (CC 64) becomes
+    ``player.control("sustain:INST", 1 or 0)`` when it goes down or up. With no player
+    channels at all, CCs are heard on every channel. ``thru`` (a :class:`MidiOut`) gets
+    every channel message of the player channels (notes, sustain, expression, pitch bend,
+    pressure; not the CCs of the map), on the instrument's output channel.
     """
 
     def __init__(self, player: Player, cmap: ChannelMap, *, controls: Mapping[int, str],
                  actions: Mapping[int, str], feedback: FeedbackFilter | None = None,
-                 thru: MidiOut | None = None) -> None:
+                 thru: MidiOut | None = None, threshold: int = 64) -> None:
         self.player, self.cmap = player, cmap
         self.controls, self.actions = dict(controls), dict(actions)
         self.feedback, self.thru = feedback, thru
+        self.edges = Edges(threshold)
         self.ignored = 0
 
     def __call__(self, msg: mido.Message) -> None:
@@ -74,37 +86,45 @@ class InputRouter:
         try:
             if self.feedback is not None and self.feedback.is_echo(msg.bytes()):
                 return
-            if msg.type in ("note_on", "note_off"):
-                inst = self.cmap.inst_of(msg.channel)
-                if inst is None:
-                    self.ignored += 1
-                    return
+            inst = self.cmap.inst_of(msg.channel) if hasattr(msg, "channel") else None
+            if msg.type in ("note_on", "note_off") and inst is not None:
                 vel = msg.velocity if msg.type == "note_on" else 0
                 self.player.note_input(inst, msg.note, vel, t)
-                if self.thru is not None:
-                    self.thru.send(msg)
-            elif msg.type == "control_change":
-                self._control(msg.control, msg.value)
-            elif msg.type == "pitchwheel":
-                self.player.control("steer_pitch", (msg.pitch + 8192) / 16383)
+            elif msg.type == "control_change" and (inst is not None or not self.cmap.inst):
+                if self._control(msg.channel, inst, msg.control, msg.value):
+                    return  # ours: not passed thru
             else:
                 self.ignored += 1
+                if inst is None:
+                    return
+            if self.thru is not None and inst is not None:
+                ch = self.thru.cmap.channel_of(inst)
+                self.thru.send(msg if ch is None or ch == msg.channel else msg.copy(channel=ch))
         except Exception:  # a callback must never raise into rtmidi's thread
             log.exception("MIDI input handling failed for %s", msg)
 
-    def _control(self, cc: int, value: int) -> None:
+    def _control(self, channel: int, inst: int | None, cc: int, value: int) -> bool:
+        """Handle one CC; True when it belongs to the control map."""
         if cc in self.controls:
             self.player.control(self.controls[cc], value / 127)
-        elif cc in self.actions and value > 0:
-            action = self.actions[cc]
-            if action == "reset":
-                self.player.reset()
-            elif action == "panic":
-                self.player.panic()
-            else:
-                self.player.control(action, 1.0)
+        elif cc in self.actions:
+            if self.edges.rising(channel, cc, value):
+                action = self.actions[cc]
+                if action == "reset":
+                    self.player.reset()
+                elif action == "panic":
+                    self.player.panic()
+                else:
+                    self.player.control(action, 1.0)
         else:
-            self.ignored += 1
+            if cc == SUSTAIN and inst is not None:
+                down = self.edges.pedal(channel, value)
+                if down is not None:
+                    self.player.control(sustain_name(inst), 1.0 if down else 0.0)
+            else:
+                self.ignored += 1
+            return False
+        return True
 
 
 class LiveSession:
@@ -133,7 +153,8 @@ class LiveSession:
 
     def __enter__(self) -> LiveSession:
         try:
-            self._open()
+            with backend_noise():  # ALSA/libjack chatter: one summary line
+                self._open()
         except BaseException:
             self.close()
             raise
@@ -248,15 +269,18 @@ def voice_channels(insts: list[int], taken: set[int], spec: str | None = None) -
     return ChannelMap(mapping)
 
 
-def options_from_args(args: Any) -> LiveOptions:
-    """:class:`LiveOptions` from the flags of :func:`.live_args.add_live_arguments`."""
+def options_from_args(args: Any, app: str | None = None) -> LiveOptions:
+    """:class:`LiveOptions` from the flags of :func:`.live_args.add_live_arguments`; the
+    CC map is ``app``'s part of the default map (:mod:`.controls`) changed by ``--cc``."""
     virtual_in = list(args.virtual_in or [])
     virtual_out = list(args.virtual_out or [])
     if not (args.midi_in or virtual_in):
         virtual_in = ["in"]
     if not (args.midi_out or virtual_out):
         virtual_out = ["out"]
+    cmap = ControlMap.default().with_spec(getattr(args, "cc", None)).only(app)
     return LiveOptions(
+        controls=dict(cmap.controls), actions=dict(cmap.actions),
         api=args.midi_api, inputs=list(args.midi_in or []), outputs=list(args.midi_out or []),
         virtual_in=virtual_in, virtual_out=virtual_out, client_name=args.client_name,
         thru=args.thru, suppress_feedback=args.suppress_feedback or None,
@@ -275,28 +299,41 @@ def load_live_model(args: Any) -> Any:
                         download=bool(getattr(args, "download", False)))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C (every note
+    released); the app then exits with :data:`EXIT_SIGTERM`."""
+
+
+EXIT_SIGINT = 130
+"""Exit status after Ctrl-C (128 + SIGINT), the same in every live app."""
+EXIT_SIGTERM = 143
+"""Exit status after SIGTERM (128 + SIGTERM), the same in every live app."""
+
+
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def run_session(session: LiveSession, args: Any, what: str) -> int:
     """Run until done; log a timing summary (and write it to ``--stats-json``).
 
     SIGTERM is handled like Ctrl-C (in the main thread), so a killed app still releases
-    every note.
+    every note; the status is then 143 (130 after Ctrl-C).
     """
     import signal
 
     old = None
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, _interrupt)
-    log.warning("%s: running (Ctrl-C to stop)", what)
+    o = session.opt
+    startup_log.info("%s: %s", what, ControlMap(o.controls, o.actions).summary())
     status = 0
     try:
         with session:
+            startup_log.info("%s: running (Ctrl-C to stop)", what)
             status = session.wait(args.duration)
-    except KeyboardInterrupt:
-        status = 130
+    except KeyboardInterrupt as e:
+        status = EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
@@ -312,5 +349,6 @@ def run_session(session: LiveSession, args: Any, what: str) -> int:
     return status
 
 
-__all__ = ["InputRouter", "LiveOptions", "LiveSession", "load_live_model", "options_from_args",
-           "run_session", "voice_channels"]
+__all__ = ["EXIT_SIGINT", "EXIT_SIGTERM", "InputRouter", "LiveOptions", "LiveSession",
+           "Terminated", "load_live_model", "options_from_args", "run_session", "startup_log",
+           "voice_channels"]
