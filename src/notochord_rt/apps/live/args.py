@@ -56,7 +56,9 @@ def add_live_arguments(parser: argparse.ArgumentParser, live_flag: bool = True,
                    help="create a virtual input port (default 'in' when no --midi-in)")
     g.add_argument("--virtual-out", action="append", metavar="NAME",
                    help="create a virtual output port (default 'out' when no --midi-out)")
-    g.add_argument("--client-name", default="notochord-rt", help="MIDI client name")
+    g.add_argument("--client-name", default="notochord-rt",
+                   help="MIDI client name: outputs on NAME (NAME:out), inputs on NAME-in "
+                        "(NAME-in:in); NAME-2... when taken (the ports are printed at start)")
     g.add_argument("--player", default=None, metavar="MAP",
                    help="player channels, e.g. '1=acoustic grand,10=drums' (default 1=1, piano)")
     g.add_argument("--out-channels", default=None, metavar="MAP",
@@ -72,6 +74,9 @@ def add_live_arguments(parser: argparse.ArgumentParser, live_flag: bool = True,
     g.add_argument("--on-port-loss", choices=["wait", "exit"], default="wait",
                    help="when a connected port disappears: report and wait for it, or exit "
                         "(every note is released either way)")
+    g.add_argument("--on-server-loss", choices=["exit", "wait"], default="exit",
+                   help="when the MIDI server (JACK) dies: exit, or wait for it and open the "
+                        "ports again (every note is released either way)")
     g.add_argument("--lookahead", type=float, default=4.0, metavar="MS",
                    help="earliest a sampled event is scheduled after sampling starts")
     g.add_argument("--duration", type=float, default=None, metavar="SECONDS",

@@ -21,10 +21,12 @@ import mido
 
 from ... import events as ev
 from ...errors import UserError
+from .connections import PortsMixin
 from .controls import SUSTAIN, ControlMap, Edges, sustain_name
 from .noise import backend_noise
 from .player import Player, PlayerConfig, Policy
-from .ports import ChannelMap, FeedbackFilter, MidiOut, OpenedPort, PortWatch, open_ports, rt_api
+from .ports import ChannelMap, FeedbackFilter, MidiOut, OpenedPort
+from .portwatch import PortWatch
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,9 @@ class LiveOptions:
     suppress_feedback: float | None = None
     send_programs: bool = True
     on_port_loss: str = "wait"
-    watch_interval: float = 0.5
+    on_server_loss: str = "exit"
+    """When the MIDI server dies: ``"exit"``, or ``"wait"`` for it and reopen the ports."""
+    watch_interval: float = 0.25
     controls: Mapping[int, str] = field(default_factory=lambda: dict(DEFAULT_CONTROLS))
     actions: Mapping[int, str] = field(default_factory=lambda: dict(DEFAULT_ACTIONS))
     player: PlayerConfig = field(default_factory=PlayerConfig)
@@ -127,8 +131,9 @@ class InputRouter:
         return True
 
 
-class LiveSession:
+class LiveSession(PortsMixin):
     """Open ports, start a :class:`Player` with ``policy``; close everything on exit.
+    Ports, connections and the MIDI server are watched (:mod:`.connections`).
 
     ``cmap_in``: player channels → instruments fed as input; ``cmap_out``: instruments the
     model plays → output channels. Use as a context manager, then :meth:`wait`.
@@ -141,6 +146,9 @@ class LiveSession:
         self.opt = options or LiveOptions()
         if self.opt.on_port_loss not in ("wait", "exit"):
             raise UserError(f"on_port_loss must be 'wait' or 'exit', got {self.opt.on_port_loss!r}")
+        if self.opt.on_server_loss not in ("wait", "exit"):
+            raise UserError("on_server_loss must be 'wait' or 'exit', "
+                            f"got {self.opt.on_server_loss!r}")
         self.lost = threading.Event()
         self.lost_ports: list[tuple[str, str]] = []
         self.out: MidiOut | None = None
@@ -168,14 +176,8 @@ class LiveSession:
         o = self.opt
         if not (o.outputs or o.virtual_out):
             raise UserError("no MIDI output: give --midi-out NAME or --virtual-out NAME")
-        api = rt_api(o.api)
         fb = FeedbackFilter(o.suppress_feedback) if o.suppress_feedback else None
-        self._watch = PortWatch(api, o.client_name, o.watch_interval, on_lost=self._on_lost,
-                                on_back=self._on_back)
-        self._outputs = open_ports("output", api, o.outputs, o.virtual_out, o.client_name,
-                                   self._watch.listers["output"])
-        self._inputs = open_ports("input", api, o.inputs, o.virtual_in, o.client_name,
-                                  self._watch.listers["input"])
+        self._open_ports()
         out_map = self.cmap_out.merged(self.cmap_in) if o.thru else self.cmap_out
         self.out = MidiOut(self._outputs, out_map, fb, send_programs=o.send_programs)
         self.player = Player(self.model, self.out, self.policy, o.player, beat_clock=o.clock)
@@ -183,36 +185,25 @@ class LiveSession:
                                   actions=o.actions, feedback=fb,
                                   thru=self.out if o.thru else None)
         self.player.start()
-        for p in self._inputs:
-            p.listen(self.router)
-        self._watch.watch(self._inputs + self._outputs)
-        self._watch.start()
+        self._listen_and_watch()
+        self._report_ports()
         # a fresh JACK connection may lose what is sent before it is active: say it again
         self._announce = threading.Timer(0.5, self.out.announce)
         self._announce.daemon = True
         self._announce.start()
 
-    def _on_back(self, name: str, kind: str) -> None:
-        if kind == "output" and self.out is not None:
-            self.out.announce()  # a re-plugged synth needs its programs again
-
-    def _on_lost(self, name: str, kind: str) -> None:
-        self.lost_ports.append((name, kind))
-        if self.opt.on_port_loss == "exit":
-            self.lost.set()
-        elif kind == "input" and self.player is not None:
-            self.player.panic()  # nobody may be left to send the note-offs
-
     def wait(self, duration: float | None = None, poll: float = 0.05) -> int:
         """Block until ``duration`` passes, a port is lost (``on_port_loss="exit"``), the
-        player fails, or Ctrl-C; returns an exit status (0 ok, 1 player error, 3 lost port)."""
+        player fails, or Ctrl-C; returns an exit status (0 ok, 1 player error, 3 lost port
+        or MIDI server)."""
         end = None if duration is None else time.monotonic() + duration
         while True:
             if self.player is not None and self.player.error is not None:
                 return 1
             if self.lost.is_set():
-                names = ", ".join(n for n, _ in self.lost_ports)
-                log.warning("exiting: MIDI port lost (%s)", names)
+                if self.server_lost is None:
+                    names = ", ".join(n for n, _ in self.lost_ports)
+                    log.warning("exiting: MIDI port lost (%s)", names)
                 return 3
             if end is not None and time.monotonic() >= end:
                 return 0
@@ -223,28 +214,7 @@ class LiveSession:
         if self._announce is not None:
             self._announce.cancel()
             self._announce.join()
-        if self._watch is not None:
-            self._watch.stop()
-        for p in self._inputs:
-            p.deafen()
-        for p in self._inputs:
-            try:
-                p.close()
-            except Exception:  # noqa: BLE001
-                log.debug("closing input %s failed", p.name, exc_info=True)
-        self._inputs = []
-        if self.player is not None:
-            self.player.stop()
-        if self.out is not None:
-            self.out.close()
-            self.out = None
-        else:
-            for p in self._outputs:
-                p.close()
-        self._outputs = []
-        if self._watch is not None:
-            self._watch.close()
-            self._watch = None
+        self._close_ports()
 
 
 def voice_channels(insts: list[int], taken: set[int], spec: str | None = None) -> ChannelMap:
@@ -285,6 +255,7 @@ def options_from_args(args: Any, app: str | None = None) -> LiveOptions:
         virtual_in=virtual_in, virtual_out=virtual_out, client_name=args.client_name,
         thru=args.thru, suppress_feedback=args.suppress_feedback or None,
         send_programs=not args.no_program_change, on_port_loss=args.on_port_loss,
+        on_server_loss=getattr(args, "on_server_loss", "exit"),
         player=PlayerConfig(lookahead=args.lookahead / 1000))
 
 

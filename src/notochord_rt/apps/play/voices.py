@@ -21,6 +21,7 @@ A :class:`Rig` is what a musician sets up in the terminal UI (docs/design.md §7
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -107,9 +108,11 @@ class VoiceConfig:
     duration: tuple[float, float] = (0.0, 8.0)
     vel: tuple[int, int] = (1, 127)
     program: int | None = None
+    grid: str | None = None
+    swing: float = 0.0
 
     KEYS = ("mode", "inst", "mute", "source", "transpose", "range", "poly", "duration",
-            "vel", "program")
+            "vel", "program", "grid", "swing")
 
     @property
     def state(self) -> str:
@@ -162,6 +165,13 @@ class VoiceConfig:
         if self.program is not None and not (
                 isinstance(self.program, int) and 0 <= self.program < ev.N_GM):
             raise InputError(f"{what}: program must be a GM program 0..127, got {self.program!r}")
+        if self.grid is not None or self.swing:  # with a clock (--clock): the auto notes' grid
+            from ...engine.sampling.constraints import Constraints
+
+            try:
+                Constraints(bpm=120.0, grid=self.grid, swing=self.swing).validate()
+            except InputError as e:
+                raise InputError(f"{what}: {e}") from None
         return self
 
     @classmethod
@@ -407,8 +417,13 @@ class Rig:
         autos = self.auto_voices()
         if not autos:
             return None
+        grids = {(v.grid, v.swing) for v in autos}
+        if len(grids) > 1:  # one event stream: its time sub-event has one grid
+            raise InputError("the auto voices playing together must share one grid and "
+                             f"swing (got {', '.join(sorted(f'{g} {s:g}' for g, s in grids))})")
+        grid, swing = grids.pop()
         weights = balance_weights([v.inst for v in autos], recent or {})
-        return Constraints(
+        cons = Constraints(
             inst_weights=weights,
             note_on_map={v.inst: range(v.range[0], v.range[1] + 1) for v in autos},
             min_vel={v.inst: float(v.vel[0]) for v in autos},
@@ -420,7 +435,13 @@ class Rig:
             max_time=self.max_time,
             external={v.inst for v in self.voices.values() if v.state != "auto"},
             **self.steering(),  # type: ignore[arg-type]
-        ).validate()
+            **({} if grid is None else {"grid": grid, "swing": swing}),
+        )
+        if grid is None:
+            return cons.validate()
+        # the player's clock adds the tempo and beat (apps/live/beat.py); check the rest
+        dataclasses.replace(cons, bpm=120.0).validate()
+        return cons
 
     def follow_constraints(self, voice: VoiceConfig, played: int, vel: int,
                            sounding: Iterable[int]):
