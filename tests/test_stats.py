@@ -212,6 +212,9 @@ def test_rhythm_test_on_a_tiny_model():
     assert d["model_gap_median"] >= 0.01  # never inside the chord window
     again = rhythm_test(tiny_model(0), sources, pieces=3, positions=10, samples=2, seed=1)
     assert again.as_dict() == d
+    late = rhythm_test(tiny_model(0), sources, pieces=3, positions=10, seed=1,
+                       fields={"min_time": 1.0})  # further Constraints fields of the draw
+    assert late.as_dict()["model_gap_median"] >= 1.0
 
 
 # -- the command --------------------------------------------------------------------------

@@ -291,14 +291,14 @@ def test_control_keys_and_ccs_move_the_controls(book):
             await pilot.press("minus")
             assert await until(
                 pilot, lambda: abs(r.policy.view.values["steer_rate"] - (want - 0.05)) < 1e-9)
-            # MIDI CCs through the input router: CC 3 is steer_rate (0 -> low end)
-            r.router(mido.Message("control_change", channel=0, control=3, value=0))
+            # MIDI CCs through the input router: CC 22 is steer_rate (0 -> low end)
+            r.router(mido.Message("control_change", channel=0, control=22, value=0))
             assert await until(pilot, lambda: r.policy.view.values["steer_rate"] == 0.0)
-            r.router(mido.Message("control_change", channel=0, control=7, value=127))
+            r.router(mido.Message("control_change", channel=0, control=24, value=127))
             assert await until(pilot, lambda: r.policy.view.values["pitch_temp"] == 1.0)
-            r.router(mido.Message("pitchwheel", channel=0, pitch=8191))
+            r.router(mido.Message("control_change", channel=0, control=20, value=127))
             assert await until(pilot, lambda: r.policy.view.values["steer_pitch"] == 1.0)
-            r.router(mido.Message("control_change", channel=0, control=86, value=127))  # mute
+            r.router(mido.Message("control_change", channel=0, control=104, value=127))  # mute
             assert await until(pilot, lambda: r.policy.view.muted)
             assert await until(pilot, lambda: "MUTED" in str(app._status.render()))
             assert f"{0.0:5.2f}" in panel.lines["steer_rate"]  # the UI shows the CC's value

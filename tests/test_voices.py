@@ -11,6 +11,7 @@ from midifiles import simple_song
 from tiny import tiny_model
 
 from notochord_rt import events as ev
+from notochord_rt.apps.live.controls import ControlMap
 from notochord_rt.apps.live.ports import ChannelMap
 from notochord_rt.apps.play.presets import load_presets, parse_presets, prompt_rig
 from notochord_rt.apps.play.voices import (
@@ -210,11 +211,16 @@ def test_default_controls_are_complete_and_valid():
     Rig(controls=controls).validate()
     action_ccs = {cc for ccs in default_actions().values() for cc in ccs}
     assert not action_ccs & {7, 10, 11, 64}  # volume, pan, expression, sustain never act
+    # one map for every live app: play's defaults are the shared ones
+    shared = ControlMap.default()
+    assert {cc: s.name for s in controls.values() for cc in s.ccs} == dict(shared.controls)
+    assert {cc: a for a, ccs in default_actions().items() for cc in ccs} == dict(shared.actions)
 
 
 @pytest.mark.parametrize("change, needle", [
-    (lambda r: setattr(r.controls["steer_rate"], "ccs", (1,)), "CC 1 is used by both"),
-    (lambda r: r.actions.update(query=(74,)), "CC 74 is used by both"),
+    (lambda r: setattr(r.controls["steer_rate"], "ccs", (20,)), "CC 20 is used by both"),
+    (lambda r: r.actions.update(query=(21,)), "CC 21 is used by both"),
+    (lambda r: r.actions.update(query=(64,)), "CC 64 is the sustain pedal"),
     (lambda r: setattr(r.controls["steer_rate"], "hi", 3.0), "range must lie within"),
     (lambda r: r.actions.update(explode=(90,)), "unknown action"),
     (lambda r: r.voices.update({5: VoiceConfig(5, 1, "follow", source=7)}), "has no voice"),
@@ -277,13 +283,13 @@ voice = {poly = [0, 2]}
 
 [[control]]
 name = "steer_rate"
-cc = [21]
+cc = [30]
 value = 0.25
 range = [0.1, 0.9]
 
 [[action]]
 name = "panic"
-cc = [22]
+cc = [31]
 
 [[preset]]
 name = "Pair"
@@ -310,9 +316,9 @@ def test_parse_presets_with_defaults_controls_and_actions():
     assert pair.voices[1].mode == "auto" and pair.voices[1].poly == (1, 3)
     assert pair.voices[0].poly == (0, 2)  # from [defaults]
     assert pair.value("steer_pitch") == 0.7 and pair.value("steer_rate") == 0.25
-    assert pair.controls["steer_rate"].ccs == (21,)
+    assert pair.controls["steer_rate"].ccs == (30,)
     assert pair.controls["steer_rate"].from_cc(127) == pytest.approx(0.9)
-    assert pair.actions["panic"] == (22,)
+    assert pair.actions["panic"] == (31,)
     chain = book.rig(1)
     assert chain.max_time == 1.0
     assert chain.voices[2].inst != VIOLIN and ev.is_anonymous(chain.voices[2].inst)
@@ -337,7 +343,7 @@ def test_parse_presets_with_defaults_controls_and_actions():
     ("[[preset]]\nname='a'\ncontrols={steer_pitch=3}", "steer_pitch: value must be a number in"),
     ("[[preset]]\nname='a'\ncontrols={wobble=0.1}", "unknown control 'wobble'"),
     ("[[control]]\nname='wobble'", "name must be one of"),
-    ("[[control]]\nname='steer_rate'\ncc=[1]", "CC 1 is used by both"),
+    ("[[control]]\nname='steer_rate'\ncc=[20]", "CC 20 is used by both"),
     ("[[control]]\nname='steer_rate'\ncc=[200]", "CC numbers must be 0..119"),
     ("[[action]]\nname='explode'", "name must be one of"),
     ("[defaults]\nmax_time=-1", "max_time must be a number of seconds > 0"),

@@ -104,12 +104,13 @@ def find_positions(events: ev.EventArrays, min_start: float = MIN_START,
 
 def rhythm_test(model, sources: Sequence[Source], *, pieces: int = 20, positions: int = 50,
                 samples: int = 1, config: StatsConfig | None = None, seed: int = 0,
-                progress: bool = False) -> RhythmResult:
+                progress: bool = False, fields: dict[str, Any] | None = None) -> RhythmResult:
     """Run the teacher-forced rhythm test of ``model`` (a :class:`~notochord_rt.engine.
     sampler.Notochord`) on up to ``pieces`` of ``sources`` (see the module docstring).
 
     ``samples`` next onsets are drawn at each position. Pieces that cannot be read or
-    give no position are recorded in ``skipped``.
+    give no position are recorded in ``skipped``. ``fields`` are further ``Constraints``
+    fields of the draw (e.g. the apps' ``timing_temp``), to test sampling settings.
     """
     from ..engine.sampling.constraints import Constraints
     from ..engine.sampling.support import compile_constraints
@@ -119,7 +120,8 @@ def rhythm_test(model, sources: Sequence[Source], *, pieces: int = 20, positions
     if pieces < 1 or positions < 1 or samples < 1:
         raise ValueError("pieces, positions and samples must be at least 1")
     chosen = _spread(len(sources), pieces)
-    cons = compile_constraints(Constraints(note_off_map={}, min_time=MIN_GAP, order=SAMPLING_ORDER))
+    cons = compile_constraints(Constraints(note_off_map={}, min_time=MIN_GAP,
+                                           order=SAMPLING_ORDER, **(fields or {})))
     result = RhythmResult(chance=min(2.0 * cfg.tolerance, 1.0))
     it: Any = chosen
     if progress:

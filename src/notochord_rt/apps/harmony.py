@@ -17,7 +17,9 @@ One answer path for every model voice that answers a played note (docs/design.md
   :class:`~.live.player.Player`, synchronously on a virtual clock — the offline
   ``notochord-rt harmonize`` is the live harmonizer fed from a file.
 
-:class:`HarmonyState` remembers which voice notes answer which played note.
+:class:`HarmonyState` remembers which voice notes answer which played note;
+:class:`PedalHold` keeps them sounding past the key-up while the player's sustain pedal
+is down (``harmonize --live`` and ``play``'s follow voices).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from typing import Any
 from .. import events as ev
 from ..engine.sampling.constraints import Constraints
 from ..errors import InputError
+from .live.controls import sustain_inst
 from .live.player import NoteIn, Player, PlayerConfig, PlayerContext, PlayerEvent, Policy
+from .steering import steering_fields
 
 log = logging.getLogger(__name__)
 
@@ -154,50 +158,116 @@ class HarmonyState:
         self._owner.clear()
 
 
+class PedalHold:
+    """The sustain pedal of each player instrument and the voice notes it holds.
+
+    A policy hands over the answers of a key released while the pedal is down
+    (:meth:`hold`) and ends them when the pedal lifts (:meth:`on_control` returns them).
+    """
+
+    def __init__(self) -> None:
+        self.down: set[int] = set()
+        self.held: dict[int, list[Note]] = {}
+
+    def is_down(self, inst: int) -> bool:
+        return int(inst) in self.down
+
+    def hold(self, inst: int, notes: Iterable[Note]) -> None:
+        """Keep ``notes`` sounding until the pedal of player instrument ``inst`` lifts."""
+        self.held.setdefault(int(inst), []).extend(notes)
+
+    def forget(self, note: Note) -> None:
+        """``note`` answers a new played note now: the pedal no longer ends it."""
+        for notes in self.held.values():
+            if note in notes:
+                notes.remove(note)
+
+    def on_control(self, name: str, value: float) -> list[Note] | None:
+        """Take a ``sustain:INST`` control (1 down, 0 up): the notes to end now (those
+        held when the pedal lifts). None when ``name`` is not a pedal."""
+        inst = sustain_inst(name)
+        if inst is None:
+            return None
+        if value >= 0.5:
+            self.down.add(inst)
+            return []
+        self.down.discard(inst)
+        return self.held.pop(inst, [])
+
+    def clear(self) -> None:
+        self.held.clear()
+
+
 class HarmonyPolicy(Policy):
-    """Answer each played note-on with one note per :class:`Voice`, released with it.
+    """Answer each played note-on with one note per :class:`Voice`, released with it (or,
+    while that instrument's sustain pedal is down, when the pedal lifts).
 
     ``pitch_temp`` goes to the sampler (``<= 1`` nucleus, ``> 1`` temperature); ``parts``
-    limits the instruments harmonized (None: all); the ``mute`` control toggles the
-    answers (played notes are still fed as context).
+    limits the instruments harmonized (None: all). Controls: ``mute`` toggles the answers
+    (played notes are still fed as context); ``steer_pitch`` (0..1, 0.5 neutral) moves
+    the answers' pitch window; ``pitch_temp`` (0..1) sets the top-p of the answers.
     """
 
     def __init__(self, voices: Sequence[Voice], *, pitch_temp: float = 1.0,
                  parts: Iterable[int] | None = None) -> None:
         self.voices = list(voices)
         self.pitch_temp = float(pitch_temp)
+        self.steer_pitch = 0.5
         self.parts = None if parts is None else {int(p) for p in parts}
         self.state = HarmonyState()
+        self.pedal = PedalHold()
         self.muted = False
 
     def on_input(self, ctx: PlayerContext, note: NoteIn) -> None:
         parent = (note.inst, note.pitch)
         if note.vel < 1:
-            sounding = ctx.sounding()
-            for n in self.state.release(parent):
-                if n in sounding:
-                    ctx.play_now(n[0], n[1], 0)
+            notes = self.state.release(parent)
+            if self.pedal.is_down(note.inst):
+                self.pedal.hold(note.inst, notes)
+            else:
+                self._end(ctx, notes)
             return
         if self.muted or (self.parts is not None and note.inst not in self.parts):
             return
+        steer = {} if self.steer_pitch == 0.5 else {
+            "truncate_quantile_pitch": steering_fields(pitch=self.steer_pitch)[
+                "truncate_quantile_pitch"]}
         for voice in self.voices:
             held = [p for (i, p) in ctx.held_notes() if i == voice.inst]
             cons = answer_constraints(voice.inst, note.pitch, note.vel, held,
-                                      offsets=(voice.lo, voice.hi), pitch_temp=self.pitch_temp)
+                                      offsets=(voice.lo, voice.hi), pitch_temp=self.pitch_temp,
+                                      **steer)
             if cons is None:
                 log.debug("harmony: no free pitch for %s around %d", voice, note.pitch)
                 continue
             e = ctx.sample_now(cons, t_in=note.t)
             if e is not None:
-                self.state.attach(parent, (int(e.inst), int(e.pitch)))
+                answer = (int(e.inst), int(e.pitch))
+                self.state.attach(parent, answer)
+                self.pedal.forget(answer)
+
+    @staticmethod
+    def _end(ctx: PlayerContext, notes: Iterable[Note]) -> None:
+        sounding = ctx.sounding()
+        for n in notes:
+            if n in sounding:
+                ctx.play_now(n[0], n[1], 0)
 
     def on_control(self, ctx: PlayerContext, name: str, value: float) -> None:
-        if name == "mute":
+        lifted = self.pedal.on_control(name, value)
+        if lifted is not None:
+            self._end(ctx, lifted)
+        elif name == "mute":
             self.muted = not self.muted
             log.info("harmony %s", "muted" if self.muted else "unmuted")
+        elif name == "steer_pitch":
+            self.steer_pitch = min(1.0, max(0.0, float(value)))
+        elif name == "pitch_temp":
+            self.pitch_temp = min(1.0, max(0.0, float(value)))
 
     def on_reset(self, ctx: PlayerContext) -> None:
         self.state.clear()
+        self.pedal.clear()
 
 
 class _Collect:
@@ -250,4 +320,5 @@ def harmonize_piece(model: Any, piece: ev.EventArrays, voices: Sequence[Voice],
     return ev.EventArrays.build(*zip(*out.rows)), out.added
 
 
-__all__ = ["HarmonyPolicy", "HarmonyState", "Voice", "answer_constraints", "harmonize_piece"]
+__all__ = ["HarmonyPolicy", "HarmonyState", "PedalHold", "Voice", "answer_constraints",
+           "harmonize_piece"]

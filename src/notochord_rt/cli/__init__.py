@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"{__name__}.{info.name}")
         cmd = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
+        # -v after the subcommand too (SUPPRESS: absent, it keeps the global count)
+        cmd.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                         help="more logging")
         cmd.set_defaults(_run=module.run)
     return parser
 
@@ -44,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # what a live app says at start (ports, CC map, "running") shows without -v
+    logging.getLogger("notochord_rt.startup").setLevel(min(logging.INFO,
+                                                           logging.getLogger().level))
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0

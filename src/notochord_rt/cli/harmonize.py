@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_arguments(parser, "harmonized.mid")
     if _module_exists(_LIVE_ARGS):
         try:
-            importlib.import_module(_LIVE_ARGS).add_live_arguments(parser)
+            importlib.import_module(_LIVE_ARGS).add_live_arguments(parser, app="harmonize")
         except Exception as e:  # a broken live module must not break the whole CLI
             _live_args_error = f"{type(e).__name__}: {e}"
             log.debug("live harmonizer arguments unavailable: %s", _live_args_error)

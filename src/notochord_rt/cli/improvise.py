@@ -1,8 +1,8 @@
 """``notochord-rt improvise``: model voices that improvise live with a MIDI player.
 
 The player's channels (``--player``, default ``1=1``: piano on channel 1) are fed to the
-model; the model plays the instruments of ``--voices`` on their channels, steered by CCs (1 pitch,
-2 density, 3 rate; 4 reset, 5 re-plan, 6 mute, 7 panic; pitch bend steers pitch).
+model; the model plays the instruments of ``--voices`` on their channels, steered by the
+CCs of :mod:`notochord_rt.apps.live.controls` (``--help`` shows them; ``--cc`` moves them).
 By default it makes a virtual input ``in`` and output ``out`` (JACK or ALSA).
 """
 
@@ -36,13 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", action="store_true",
                         help="sample the model as it is: no pitch truncation, velocity "
                              "narrowing or minimum note duration (docs/model-card.md)")
-    add_live_arguments(parser, live_flag=False)
+    add_live_arguments(parser, live_flag=False, app="improvise")
     from ..apps.live.clock import add_clock_arguments
 
     add_clock_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..apps.live.args import require_modules
     from ..apps.live.beat import run_with_clock
     from ..apps.live.improvise import ImprovisePolicy
     from ..apps.live.ports import ChannelMap
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from ..apps.live.clock import grid_fields
 
     grid = grid_fields(args)
+    require_modules("improvise", "rtmidi")
+    opts = options_from_args(args, "improvise")
     model = load_live_model(args)
     if args.seed is not None:
         model.reset(seed=args.seed)
@@ -74,5 +77,5 @@ def run(args: argparse.Namespace) -> int:
         max_polyphony=args.max_polyphony, max_duration=args.max_duration,
         max_time=args.max_time, pitch_temp=args.pitch_temp, rhythm_temp=args.rhythm_temp,
         timing_temp=args.timing_temp, musical=defaults_for(args.raw), grid=grid)
-    session = LiveSession(model, policy, cmap_in, cmap_out, options_from_args(args))
+    session = LiveSession(model, policy, cmap_in, cmap_out, opts)
     return run_with_clock(session, args, "improvise")

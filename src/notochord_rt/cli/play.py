@@ -3,9 +3,11 @@
 Each MIDI channel is a voice in a mode — ``input`` (you play it), ``auto`` (the model
 plays it), ``follow`` (the model answers another channel's notes) or ``mute`` — with an
 instrument, set up by a preset (``--preset``, from ``--presets FILE`` or the bundled
-presets) and changed live in the UI. Steering controls follow MIDI CCs (see the presets
-file). ``--prompt FILE.mid`` starts from a piece: it is fed to the model and its
-instruments become the auto voices. By default virtual ports ``in`` and ``out`` are made.
+presets) and changed live in the UI. Steering controls and actions follow the MIDI CCs
+of every live app (:mod:`notochord_rt.apps.live.controls`; ``--help`` lists them; a
+presets file can move them). ``--prompt FILE.mid`` starts from a piece: it is fed to the
+model and its instruments become the auto voices. By default virtual ports ``in`` and
+``out`` are made.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--headless", action="store_true",
                         help="run the UI without a terminal (scripts, tests; use --duration)")
     add_live_arguments(parser)
+    from ..apps.live.controls import help_epilog
+
+    parser.epilog = help_epilog("play")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def _preset_key(text: str | None) -> str | int:
@@ -67,6 +73,7 @@ class _ToUI(logging.Handler):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..apps.live.args import require_modules
     from ..apps.live.ports import ChannelMap
     from ..apps.live.session import LiveSession, load_live_model, options_from_args
     from ..apps.play.policy import PlayController, VoicesPolicy, feed_prompt_file, layout_hook
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{book.source} has no presets")
     preset = book.find(_preset_key(args.preset))
     rig = book.rig(preset.name)
+    require_modules("play", "rtmidi", "textual")  # before the model loads
     model = load_live_model(args)
     if args.seed is not None:
         model.reset(seed=args.seed)
@@ -99,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
 
             rig, prompt_state, notes = feed_prompt_file(model, args.prompt, rig, progress)
     opts = options_from_args(args)
-    opts.controls = {cc: s.name for s in rig.controls.values() for cc in s.ccs}
-    opts.actions = {cc: name for name, ccs in rig.actions.items() for cc in ccs}
+    cc_map = rig.control_map()  # the presets' CC map (by default every live app's)
+    opts.controls, opts.actions = dict(cc_map.controls), dict(cc_map.actions)
     thru, opts.thru = opts.thru, False  # the output map already has every voice's channel
     policy = VoicesPolicy(rig, prompt_state=prompt_state)
     session = LiveSession(model, policy, ChannelMap(rig.input_channels()),
@@ -111,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_ui(session: Any, policy: Any, book: Any, preset: str, notes: list[str], thru: bool,
             args: argparse.Namespace, controller_cls: Any, hook: Any) -> int:
+    from ..apps.live.controls import ControlMap
+    from ..apps.live.session import EXIT_SIGINT, startup_log
     from ..apps.play.tui import PlayApp
     from ..errors import UserError
 
@@ -129,6 +139,8 @@ def _run_ui(session: Any, policy: Any, book: Any, preset: str, notes: list[str],
             for n in notes:
                 ctl.say(n)
             root.handlers = [_ToUI(ctl.say)]
+            o = session.opt
+            startup_log.info("play: %s", ControlMap(o.controls, o.actions).summary())
             player.call(policy.start)
             announce_at = [time.monotonic() + ANNOUNCE_AGAIN] if session.opt.send_programs else []
 
@@ -144,7 +156,7 @@ def _run_ui(session: Any, policy: Any, book: Any, preset: str, notes: list[str],
             app = PlayApp(ctl, duration=args.duration, check=check)
             code = app.run(headless=args.headless)
     except KeyboardInterrupt:
-        code = 130
+        code = EXIT_SIGINT  # SIGTERM: the UI quits with 143, as every live app
     finally:
         root.handlers = saved
         if session.player is not None and getattr(args, "stats_json", None):

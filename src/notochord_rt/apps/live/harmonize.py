@@ -10,6 +10,7 @@ from typing import Any
 
 from ...errors import UserError
 from ..harmony import HarmonyPolicy, Voice
+from .args import require_modules
 from .ports import ChannelMap
 from .session import LiveSession, load_live_model, options_from_args, run_session, voice_channels
 
@@ -23,12 +24,14 @@ def harmonize_main(args: Any) -> int:
         raise UserError("give at least one voice (--voice INST:LO:HI)")
     cmap_in = ChannelMap.parse(args.player, {0: 1})
     cmap_out = voice_channels([v.inst for v in voices], set(cmap_in.inst), args.out_channels)
+    require_modules("harmonize --live", "rtmidi")
+    opts = options_from_args(args, "harmonize")
     model = load_live_model(args)
     seed = getattr(args, "seed", None)
     if seed is not None:
         model.reset(seed=seed)
     policy = HarmonyPolicy(voices, pitch_temp=getattr(args, "pitch_temp", 1.0))
-    session = LiveSession(model, policy, cmap_in, cmap_out, options_from_args(args))
+    session = LiveSession(model, policy, cmap_in, cmap_out, opts)
     if getattr(args, "clock", None) is None:
         return run_session(session, args, "harmonize")
     from .beat import run_with_clock

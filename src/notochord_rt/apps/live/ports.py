@@ -18,8 +18,8 @@ existing client.
   and sends note-offs + all-notes-off on :meth:`MidiOut.panic`.
 * :class:`FeedbackFilter` drops input identical to something we sent within a short
   window, for loopback setups where our output comes back in.
-* :class:`PortWatch` polls the port list: a port that disappears is reported (and the
-  app told); when it comes back it is reopened.
+* :class:`~.portwatch.PortWatch` (in :mod:`.portwatch`) polls the port list and the
+  connections of our ports.
 
 Channels are 0-based in code and 1-based in anything a user types.
 """
@@ -46,6 +46,11 @@ FLUSH_SECONDS = 0.25
 APIS = {"jack": "UNIX_JACK", "alsa": "LINUX_ALSA", "coremidi": "MACOSX_CORE",
         "winmm": "WINDOWS_MM"}
 ALL_NOTES_OFF, ALL_SOUND_OFF, SUSTAIN = 123, 120, 64
+PITCH_BEND = -1
+"""Key of the pitch bend in :class:`MidiOut`'s controller state."""
+NOT_STATE = frozenset({0, 32, *range(120, 128)})
+"""Controllers that are not state to repeat to a new synth: bank select (the program
+messages carry it) and the channel mode messages (all notes off...)."""
 
 
 def rt_api(api: str | None = None) -> int:
@@ -216,6 +221,8 @@ class MidiOut:
         self._lock = threading.Lock()
         self._sounding: set[tuple[int, int]] = set()  # (channel, pitch)
         self._unmapped: set[int] = set()
+        self._controls: dict[tuple[int, int], int] = {}  # (channel, cc or PITCH_BEND) -> value
+        self._unheard: set[tuple[int, int]] = set()  # released while a connection was down
         self.sent = 0
         self.send_programs = send_programs
         self.announce()
@@ -226,10 +233,38 @@ class MidiOut:
             for msg in self.cmap.program_messages():
                 self.send(msg)
 
+    def announce_state(self) -> None:
+        """Programs (if enabled) and the controller state — the last value sent of every
+        controller and the pitch bend of every channel — for a synth that just connected;
+        with the note-offs of notes released while a connection was down."""
+        self.announce()
+        with self._lock:
+            state = sorted(self._controls.items())
+            offs = sorted(self._unheard - self._sounding)
+            self._unheard.clear()
+        for (ch, cc), value in state:
+            if cc == PITCH_BEND:
+                self.send(mido.Message("pitchwheel", channel=ch, pitch=value))
+            else:
+                self.send(mido.Message("control_change", channel=ch, control=cc, value=value))
+        for ch, pitch in offs:
+            self.send(mido.Message("note_off", channel=ch, note=pitch, velocity=0))
+
+    def disconnected(self) -> int:
+        """A connection went down: remember what sounds now, so that a synth connecting
+        again gets those note-offs (:meth:`announce_state`); returns how many."""
+        with self._lock:
+            self._unheard |= self._sounding
+            return len(self._sounding)
+
     def send(self, msg: mido.Message) -> None:
         """Send to every port; a port that fails is logged, the others still get it."""
         data = bytes(msg.bytes())
         with self._lock:
+            if msg.type == "control_change" and msg.control not in NOT_STATE:
+                self._controls[(msg.channel, msg.control)] = msg.value
+            elif msg.type == "pitchwheel":
+                self._controls[(msg.channel, PITCH_BEND)] = msg.pitch
             if self.feedback is not None:
                 self.feedback.sent(data)
             for port in self.ports:
@@ -277,12 +312,16 @@ class OpenedPort:
     """One rtmidi port (its own client) that can be reconnected after its peer vanished.
 
     ``name`` is the peer port's full name for a connection, or the port's own name for a
-    virtual port. Input callbacks are installed by :meth:`listen`, after every client
-    exists. ``send`` and ``close`` are safe to call from any thread.
+    virtual port; :attr:`own_name` is our port's full name (``client:port``, as JACK
+    lists it; ALSA adds the numbers). Input callbacks are installed by :meth:`listen`,
+    after every client exists. ``send`` and ``close`` are safe to call from any thread.
     """
 
-    def __init__(self, kind: str, api: int, name: str, virtual: bool, client_name: str) -> None:
+    def __init__(self, kind: str, api: int, name: str, virtual: bool, client_name: str,
+                 port_name: str | None = None) -> None:
         self.kind, self.name, self.virtual = kind, name, virtual
+        self.port_name = name if virtual else (port_name or ("in" if kind == "input" else "out"))
+        self.own_name = f"{client_name}:{self.port_name}"
         self.rt = _new_client(kind, api, client_name)
         self.callback: Callable[[mido.Message], None] | None = None
         self.closed = False
@@ -304,7 +343,7 @@ class OpenedPort:
         if self.name not in names:
             raise UserError(f"MIDI {self.kind} port {self.name!r} is not there")
         try:
-            self.rt.open_port(names.index(self.name))
+            self.rt.open_port(names.index(self.name), self.port_name)
         except Exception as e:  # rtmidi raises its own error types
             raise UserError(f"cannot open MIDI {self.kind} {self.name!r}: {e}") from None
 
@@ -347,6 +386,12 @@ class OpenedPort:
                 self.rt.send_message(msg.bytes())
                 self._last_send = time.monotonic()
 
+    def abandon(self) -> None:
+        """Forget the client without a word to the MIDI server (it is dead: closing would
+        wait on it and print its errors)."""
+        with self._lock:
+            self.closed = True
+
     def close(self) -> None:
         with self._lock:
             if self.closed:
@@ -363,92 +408,39 @@ class OpenedPort:
             self.rt.delete()
 
 
+def port_client(base: str, kind: str, k: int) -> str:
+    """The client of our ``k``-th (0-based) port of ``kind``: outputs on ``base``,
+    ``base-out2``...; inputs on ``base-in``, ``base-in2``... (rtmidi makes one client per
+    port, and JACK would rename clashing names ``base-01``...)."""
+    if kind == "output":
+        return base if k == 0 else f"{base}-out{k + 1}"
+    return f"{base}-in" if k == 0 else f"{base}-in{k + 1}"
+
+
+def is_own(port: str, clients: Iterable[str]) -> bool:
+    """Whether ``port`` (a full name from a port list) belongs to one of ``clients``."""
+    return any(port.startswith(f"{c}:") for c in clients)
+
+
 def open_ports(kind: str, api: int, names: list[str], virtual: list[str],
-               client_name: str, lister: Any) -> list[OpenedPort]:
-    """Connect to named ports (matched with :func:`find_port` against ``lister``'s view)
-    and create virtual ones; no callbacks yet."""
+               client_name: str, lister: Any, own: Iterable[str] = ()) -> list[OpenedPort]:
+    """Connect to named ports (matched with :func:`find_port` against ``lister``'s view,
+    where the ports of the ``own`` clients count only by their exact name) and create virtual ones, each on its
+    client :func:`port_client`; no callbacks yet."""
     out: list[OpenedPort] = []
+    own = list(own) + [port_client(client_name, kind, k) for k in range(len(names) + len(virtual))]
     try:
-        available = lister.get_ports() if names else []
-        for wanted in names:
-            name = find_port(available, wanted, kind)
-            out.append(OpenedPort(kind, api, name, False, client_name))
+        every = lister.get_ports() if names else []
+        available = [p for p in every if not is_own(p, own)]
+        for wanted in names:  # our own port only by its exact name (a deliberate loopback)
+            name = wanted if wanted in every else find_port(available, wanted, kind)
+            client = port_client(client_name, kind, len(out))
+            out.append(OpenedPort(kind, api, name, False, client))
         for name in virtual:
-            out.append(OpenedPort(kind, api, name, True, client_name))
+            client = port_client(client_name, kind, len(out))
+            out.append(OpenedPort(kind, api, name, True, client))
     except BaseException:
         for p in out:
             p.close()
         raise
     return out
-
-
-# -- port watching -------------------------------------------------------------------------------
-class PortWatch:
-    """Poll the port lists; report connected ports that vanish and reconnect them when back.
-
-    Make it (it creates its two listing clients) *before* any input callback runs, then
-    :meth:`watch` the opened ports and :meth:`start`. ``on_lost(name, kind)`` is called
-    once per loss, from the watch thread.
-    """
-
-    def __init__(self, api: int, client_name: str, interval: float = 0.5,
-                 on_lost: Callable[[str, str], None] | None = None,
-                 on_back: Callable[[str, str], None] | None = None) -> None:
-        self.listers = {"input": _new_client("input", api, f"{client_name}-watch"),
-                        "output": _new_client("output", api, f"{client_name}-watch")}
-        self.ports: list[OpenedPort] = []
-        self.interval = float(interval)
-        self.on_lost, self.on_back = on_lost, on_back
-        self.lost: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="midi-port-watch", daemon=True)
-
-    def watch(self, ports: list[OpenedPort]) -> None:
-        self.ports.extend(p for p in ports if not p.virtual)
-
-    def start(self) -> PortWatch:
-        if self.ports:
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop polling (the listing clients stay until :meth:`close`)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5.0)
-
-    def close(self) -> None:
-        """Close the listing clients; call after every input callback is cancelled."""
-        self.stop()
-        for rt in self.listers.values():
-            rt.delete()
-        self.listers = {}
-
-    def check(self) -> None:
-        """One poll (the watch thread calls it every ``interval``)."""
-        names: dict[str, set[str]] = {}
-        for p in self.ports:
-            if p.kind not in names:
-                try:
-                    names[p.kind] = set(self.listers[p.kind].get_ports())
-                except Exception as e:  # noqa: BLE001 - the MIDI system itself is gone
-                    log.warning("cannot list MIDI ports: %s", e)
-                    return
-            present = p.name in names[p.kind]
-            if not present and p.name not in self.lost:
-                self.lost.add(p.name)
-                log.warning("MIDI %s port %r disappeared", p.kind, p.name)
-                if self.on_lost:
-                    self.on_lost(p.name, p.kind)
-            elif present and p.name in self.lost and p.reopen():
-                self.lost.discard(p.name)
-                log.warning("MIDI %s port %r is back; reconnected", p.kind, p.name)
-                if self.on_back:
-                    self.on_back(p.name, p.kind)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.check()
-            except Exception:
-                log.exception("MIDI port watch failed")

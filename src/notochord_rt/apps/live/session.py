@@ -21,13 +21,21 @@ import mido
 
 from ... import events as ev
 from ...errors import UserError
+from .connections import PortsMixin
+from .controls import SUSTAIN, ControlMap, Edges, sustain_name
+from .noise import backend_noise
 from .player import Player, PlayerConfig, Policy
-from .ports import ChannelMap, FeedbackFilter, MidiOut, OpenedPort, PortWatch, open_ports, rt_api
+from .ports import ChannelMap, FeedbackFilter, MidiOut, OpenedPort
+from .portwatch import PortWatch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONTROLS = {1: "steer_pitch", 2: "steer_density", 3: "steer_rate"}
-DEFAULT_ACTIONS = {4: "reset", 5: "replan", 6: "mute", 7: "panic"}
+startup_log = logging.getLogger("notochord_rt.startup")
+"""Lines a user should see when an app starts (the ports, the CC map, "running"): the
+CLI shows this logger at INFO even without ``-v``."""
+
+DEFAULT_CONTROLS = dict(ControlMap.default("improvise").controls)
+DEFAULT_ACTIONS = dict(ControlMap.default("improvise").actions)
 
 
 @dataclass
@@ -44,7 +52,9 @@ class LiveOptions:
     suppress_feedback: float | None = None
     send_programs: bool = True
     on_port_loss: str = "wait"
-    watch_interval: float = 0.5
+    on_server_loss: str = "exit"
+    """When the MIDI server dies: ``"exit"``, or ``"wait"`` for it and reopen the ports."""
+    watch_interval: float = 0.25
     controls: Mapping[int, str] = field(default_factory=lambda: dict(DEFAULT_CONTROLS))
     actions: Mapping[int, str] = field(default_factory=lambda: dict(DEFAULT_ACTIONS))
     player: PlayerConfig = field(default_factory=PlayerConfig)
@@ -55,18 +65,24 @@ class LiveOptions:
 class InputRouter:
     """mido input callback: stamp each message and hand it to the player (never blocks).
 
-    Notes on channels of ``cmap`` become ``player.note_input``; CCs in ``controls``
-    become ``player.control(name, value / 127)``; CCs in ``actions`` trigger ``reset``,
-    ``panic`` or ``player.control(action, 1)`` (the policy handles ``mute``/``replan``);
-    pitch bend steers pitch. Everything else is ignored. ``thru`` echoes played notes.
+    Only the player channels (``cmap``) are heard: their notes become
+    ``player.note_input``; CCs in ``controls`` become ``player.control(name, value /
+    127)``; CCs in ``actions`` trigger ``reset``, ``panic`` or ``player.control(action,
+    1)`` (the policy handles ``mute``/``query``/``stop``) once per rising edge past
+    ``threshold`` (:class:`~.controls.Edges`); the sustain pedal (CC 64) becomes
+    ``player.control("sustain:INST", 1 or 0)`` when it goes down or up. With no player
+    channels at all, CCs are heard on every channel. ``thru`` (a :class:`MidiOut`) gets
+    every channel message of the player channels (notes, sustain, expression, pitch bend,
+    pressure; not the CCs of the map), on the instrument's output channel.
     """
 
     def __init__(self, player: Player, cmap: ChannelMap, *, controls: Mapping[int, str],
                  actions: Mapping[int, str], feedback: FeedbackFilter | None = None,
-                 thru: MidiOut | None = None) -> None:
+                 thru: MidiOut | None = None, threshold: int = 64) -> None:
         self.player, self.cmap = player, cmap
         self.controls, self.actions = dict(controls), dict(actions)
         self.feedback, self.thru = feedback, thru
+        self.edges = Edges(threshold)
         self.ignored = 0
 
     def __call__(self, msg: mido.Message) -> None:
@@ -74,41 +90,50 @@ class InputRouter:
         try:
             if self.feedback is not None and self.feedback.is_echo(msg.bytes()):
                 return
-            if msg.type in ("note_on", "note_off"):
-                inst = self.cmap.inst_of(msg.channel)
-                if inst is None:
-                    self.ignored += 1
-                    return
+            inst = self.cmap.inst_of(msg.channel) if hasattr(msg, "channel") else None
+            if msg.type in ("note_on", "note_off") and inst is not None:
                 vel = msg.velocity if msg.type == "note_on" else 0
                 self.player.note_input(inst, msg.note, vel, t)
-                if self.thru is not None:
-                    self.thru.send(msg)
-            elif msg.type == "control_change":
-                self._control(msg.control, msg.value)
-            elif msg.type == "pitchwheel":
-                self.player.control("steer_pitch", (msg.pitch + 8192) / 16383)
+            elif msg.type == "control_change" and (inst is not None or not self.cmap.inst):
+                if self._control(msg.channel, inst, msg.control, msg.value):
+                    return  # ours: not passed thru
             else:
                 self.ignored += 1
+                if inst is None:
+                    return
+            if self.thru is not None and inst is not None:
+                ch = self.thru.cmap.channel_of(inst)
+                self.thru.send(msg if ch is None or ch == msg.channel else msg.copy(channel=ch))
         except Exception:  # a callback must never raise into rtmidi's thread
             log.exception("MIDI input handling failed for %s", msg)
 
-    def _control(self, cc: int, value: int) -> None:
+    def _control(self, channel: int, inst: int | None, cc: int, value: int) -> bool:
+        """Handle one CC; True when it belongs to the control map."""
         if cc in self.controls:
             self.player.control(self.controls[cc], value / 127)
-        elif cc in self.actions and value > 0:
-            action = self.actions[cc]
-            if action == "reset":
-                self.player.reset()
-            elif action == "panic":
-                self.player.panic()
-            else:
-                self.player.control(action, 1.0)
+        elif cc in self.actions:
+            if self.edges.rising(channel, cc, value):
+                action = self.actions[cc]
+                if action == "reset":
+                    self.player.reset()
+                elif action == "panic":
+                    self.player.panic()
+                else:
+                    self.player.control(action, 1.0)
         else:
-            self.ignored += 1
+            if cc == SUSTAIN and inst is not None:
+                down = self.edges.pedal(channel, value)
+                if down is not None:
+                    self.player.control(sustain_name(inst), 1.0 if down else 0.0)
+            else:
+                self.ignored += 1
+            return False
+        return True
 
 
-class LiveSession:
+class LiveSession(PortsMixin):
     """Open ports, start a :class:`Player` with ``policy``; close everything on exit.
+    Ports, connections and the MIDI server are watched (:mod:`.connections`).
 
     ``cmap_in``: player channels → instruments fed as input; ``cmap_out``: instruments the
     model plays → output channels. Use as a context manager, then :meth:`wait`.
@@ -121,6 +146,9 @@ class LiveSession:
         self.opt = options or LiveOptions()
         if self.opt.on_port_loss not in ("wait", "exit"):
             raise UserError(f"on_port_loss must be 'wait' or 'exit', got {self.opt.on_port_loss!r}")
+        if self.opt.on_server_loss not in ("wait", "exit"):
+            raise UserError("on_server_loss must be 'wait' or 'exit', "
+                            f"got {self.opt.on_server_loss!r}")
         self.lost = threading.Event()
         self.lost_ports: list[tuple[str, str]] = []
         self.out: MidiOut | None = None
@@ -133,7 +161,8 @@ class LiveSession:
 
     def __enter__(self) -> LiveSession:
         try:
-            self._open()
+            with backend_noise():  # ALSA/libjack chatter: one summary line
+                self._open()
         except BaseException:
             self.close()
             raise
@@ -147,14 +176,8 @@ class LiveSession:
         o = self.opt
         if not (o.outputs or o.virtual_out):
             raise UserError("no MIDI output: give --midi-out NAME or --virtual-out NAME")
-        api = rt_api(o.api)
         fb = FeedbackFilter(o.suppress_feedback) if o.suppress_feedback else None
-        self._watch = PortWatch(api, o.client_name, o.watch_interval, on_lost=self._on_lost,
-                                on_back=self._on_back)
-        self._outputs = open_ports("output", api, o.outputs, o.virtual_out, o.client_name,
-                                   self._watch.listers["output"])
-        self._inputs = open_ports("input", api, o.inputs, o.virtual_in, o.client_name,
-                                  self._watch.listers["input"])
+        self._open_ports()
         out_map = self.cmap_out.merged(self.cmap_in) if o.thru else self.cmap_out
         self.out = MidiOut(self._outputs, out_map, fb, send_programs=o.send_programs)
         self.player = Player(self.model, self.out, self.policy, o.player, beat_clock=o.clock)
@@ -162,36 +185,25 @@ class LiveSession:
                                   actions=o.actions, feedback=fb,
                                   thru=self.out if o.thru else None)
         self.player.start()
-        for p in self._inputs:
-            p.listen(self.router)
-        self._watch.watch(self._inputs + self._outputs)
-        self._watch.start()
+        self._listen_and_watch()
+        self._report_ports()
         # a fresh JACK connection may lose what is sent before it is active: say it again
         self._announce = threading.Timer(0.5, self.out.announce)
         self._announce.daemon = True
         self._announce.start()
 
-    def _on_back(self, name: str, kind: str) -> None:
-        if kind == "output" and self.out is not None:
-            self.out.announce()  # a re-plugged synth needs its programs again
-
-    def _on_lost(self, name: str, kind: str) -> None:
-        self.lost_ports.append((name, kind))
-        if self.opt.on_port_loss == "exit":
-            self.lost.set()
-        elif kind == "input" and self.player is not None:
-            self.player.panic()  # nobody may be left to send the note-offs
-
     def wait(self, duration: float | None = None, poll: float = 0.05) -> int:
         """Block until ``duration`` passes, a port is lost (``on_port_loss="exit"``), the
-        player fails, or Ctrl-C; returns an exit status (0 ok, 1 player error, 3 lost port)."""
+        player fails, or Ctrl-C; returns an exit status (0 ok, 1 player error, 3 lost port
+        or MIDI server)."""
         end = None if duration is None else time.monotonic() + duration
         while True:
             if self.player is not None and self.player.error is not None:
                 return 1
             if self.lost.is_set():
-                names = ", ".join(n for n, _ in self.lost_ports)
-                log.warning("exiting: MIDI port lost (%s)", names)
+                if self.server_lost is None:
+                    names = ", ".join(n for n, _ in self.lost_ports)
+                    log.warning("exiting: MIDI port lost (%s)", names)
                 return 3
             if end is not None and time.monotonic() >= end:
                 return 0
@@ -202,28 +214,7 @@ class LiveSession:
         if self._announce is not None:
             self._announce.cancel()
             self._announce.join()
-        if self._watch is not None:
-            self._watch.stop()
-        for p in self._inputs:
-            p.deafen()
-        for p in self._inputs:
-            try:
-                p.close()
-            except Exception:  # noqa: BLE001
-                log.debug("closing input %s failed", p.name, exc_info=True)
-        self._inputs = []
-        if self.player is not None:
-            self.player.stop()
-        if self.out is not None:
-            self.out.close()
-            self.out = None
-        else:
-            for p in self._outputs:
-                p.close()
-        self._outputs = []
-        if self._watch is not None:
-            self._watch.close()
-            self._watch = None
+        self._close_ports()
 
 
 def voice_channels(insts: list[int], taken: set[int], spec: str | None = None) -> ChannelMap:
@@ -248,19 +239,23 @@ def voice_channels(insts: list[int], taken: set[int], spec: str | None = None) -
     return ChannelMap(mapping)
 
 
-def options_from_args(args: Any) -> LiveOptions:
-    """:class:`LiveOptions` from the flags of :func:`.live_args.add_live_arguments`."""
+def options_from_args(args: Any, app: str | None = None) -> LiveOptions:
+    """:class:`LiveOptions` from the flags of :func:`.live_args.add_live_arguments`; the
+    CC map is ``app``'s part of the default map (:mod:`.controls`) changed by ``--cc``."""
     virtual_in = list(args.virtual_in or [])
     virtual_out = list(args.virtual_out or [])
     if not (args.midi_in or virtual_in):
         virtual_in = ["in"]
     if not (args.midi_out or virtual_out):
         virtual_out = ["out"]
+    cmap = ControlMap.default().with_spec(getattr(args, "cc", None)).only(app)
     return LiveOptions(
+        controls=dict(cmap.controls), actions=dict(cmap.actions),
         api=args.midi_api, inputs=list(args.midi_in or []), outputs=list(args.midi_out or []),
         virtual_in=virtual_in, virtual_out=virtual_out, client_name=args.client_name,
         thru=args.thru, suppress_feedback=args.suppress_feedback or None,
         send_programs=not args.no_program_change, on_port_loss=args.on_port_loss,
+        on_server_loss=getattr(args, "on_server_loss", "exit"),
         player=PlayerConfig(lookahead=args.lookahead / 1000))
 
 
@@ -275,28 +270,41 @@ def load_live_model(args: Any) -> Any:
                         download=bool(getattr(args, "download", False)))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C (every note
+    released); the app then exits with :data:`EXIT_SIGTERM`."""
+
+
+EXIT_SIGINT = 130
+"""Exit status after Ctrl-C (128 + SIGINT), the same in every live app."""
+EXIT_SIGTERM = 143
+"""Exit status after SIGTERM (128 + SIGTERM), the same in every live app."""
+
+
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def run_session(session: LiveSession, args: Any, what: str) -> int:
     """Run until done; log a timing summary (and write it to ``--stats-json``).
 
     SIGTERM is handled like Ctrl-C (in the main thread), so a killed app still releases
-    every note.
+    every note; the status is then 143 (130 after Ctrl-C).
     """
     import signal
 
     old = None
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, _interrupt)
-    log.warning("%s: running (Ctrl-C to stop)", what)
+    o = session.opt
+    startup_log.info("%s: %s", what, ControlMap(o.controls, o.actions).summary())
     status = 0
     try:
         with session:
+            startup_log.info("%s: running (Ctrl-C to stop)", what)
             status = session.wait(args.duration)
-    except KeyboardInterrupt:
-        status = 130
+    except KeyboardInterrupt as e:
+        status = EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
@@ -312,5 +320,6 @@ def run_session(session: LiveSession, args: Any, what: str) -> int:
     return status
 
 
-__all__ = ["InputRouter", "LiveOptions", "LiveSession", "load_live_model", "options_from_args",
-           "run_session", "voice_channels"]
+__all__ = ["EXIT_SIGINT", "EXIT_SIGTERM", "InputRouter", "LiveOptions", "LiveSession",
+           "Terminated", "load_live_model", "options_from_args", "run_session", "startup_log",
+           "voice_channels"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ... import events as ev
-from ..harmony import HarmonyState
+from ..harmony import HarmonyState, PedalHold
 from ..live.player import NoteIn, Player, PlayerContext, PlayerEvent, Policy
 from ..offline.generate import feed_prompt
 from .voices import MODES, N_CHANNELS, Rig, VoiceConfig, balance_weights
@@ -64,6 +64,7 @@ class VoicesPolicy(Policy):
         self.on_layout = on_layout
         self.prompt_state = prompt_state
         self.follow = HarmonyState()  # follow notes by the note they answer
+        self.pedal = PedalHold()  # follow notes held by an input voice's sustain pedal
         self._cons: Any = None
         self._recent: deque[int] = deque(maxlen=RECENT)  # instruments of recent note-ons
         self._ready = prompt_state is None
@@ -97,7 +98,10 @@ class VoicesPolicy(Policy):
         v = self.rig.voice_of(note.inst)
         key = (note.inst, note.pitch)
         if note.vel < 1:  # the player repairs input: this note sounded, and is ending
-            self._release_answers(ctx, key)
+            if self.pedal.is_down(note.inst):  # the answers sound on until the pedal lifts
+                self.pedal.hold(note.inst, self.follow.release(key))
+            else:
+                self._release_answers(ctx, key)
         elif v is not None:
             self._answer(ctx, v.channel, note.pitch, note.vel, key, note.t, 0)
 
@@ -123,6 +127,11 @@ class VoicesPolicy(Policy):
         return [v.inst for v in self.rig.auto_voices()]
 
     def on_control(self, ctx: PlayerContext, name: str, value: float) -> None:
+        lifted = self.pedal.on_control(name, value)
+        if lifted is not None:  # a sustain pedal ("sustain:INST")
+            for note in lifted:
+                self._end(ctx, note)
+            return
         if name in self.rig.controls:
             spec = self.rig.controls[name]
             spec.value = spec.from_unit(value)
@@ -142,6 +151,7 @@ class VoicesPolicy(Policy):
 
     def on_reset(self, ctx: PlayerContext) -> None:
         self.follow.clear()
+        self.pedal.clear()
         self._recent.clear()
         self._cons = None
         if self.prompt_state is not None:
@@ -188,6 +198,7 @@ class VoicesPolicy(Policy):
                 continue
             note = (int(e.inst), int(e.pitch))
             self.follow.attach(parent, note)
+            self.pedal.forget(note)
             self._answer(ctx, f.channel, note[1], vel, note, t_in, depth + 1)
 
     def _release_answers(self, ctx: PlayerContext, parent: tuple[int, int]) -> None:

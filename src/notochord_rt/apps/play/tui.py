@@ -159,7 +159,7 @@ class PlayApp(App[int]):
         self._mixer.show(self.ctl.rig.voices, self.channel, per_inst)
         self._controls.show([self.ctl.rig.controls[n] for n in self.control_names],
                             [self.ctl.control_value(n) for n in self.control_names],
-                            self.control_index)
+                            self.control_index, self.ctl.rig.control_map().action_legend())
         view = self.ctl.policy.view
         flags = [f for f, on in (("MUTED", view.muted), ("STOPPED", view.stopped)) if on]
         v = self.ctl.voice(self.channel)

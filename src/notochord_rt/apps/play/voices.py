@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from ... import events as ev
 from ...errors import InputError
 from ...gm import DRUM_KIT_NAMES, FAMILY_NAMES
+from ..live.controls import DEFAULT_CCS, ControlMap, check_cc
 from ..steering import steering_fields
 
 MODES: tuple[str, ...] = ("auto", "input", "follow", "mute")
@@ -251,36 +252,31 @@ CONTROL_BOUNDS: dict[str, tuple[float, float]] = {
 ``<= 1`` are top-p, ``> 1`` temperatures, as in :class:`Constraints`)."""
 
 
+CONTROL_START = {"steer_pitch": 0.5, "steer_density": 0.5, "steer_rate": 0.5,
+                 "steer_velocity": 0.5, "timing_temp": 0.2, "rhythm_temp": 1.0,
+                 "pitch_temp": 0.9}
+"""Start values of the controls (ranges 0..1)."""
+
+
 def default_controls() -> dict[str, ControlSpec]:
-    """The controls with their default values, ranges and CCs (as the reference's)."""
-    specs = [
-        ControlSpec("steer_pitch", 0.5, 0, 1, (1, 74)),
-        ControlSpec("steer_density", 0.5, 0, 1, (2, 75)),
-        ControlSpec("steer_rate", 0.5, 0, 1, (3, 76)),
-        ControlSpec("steer_velocity", 0.5, 0, 1, (4, 77)),
-        ControlSpec("timing_temp", 0.2, 0, 1, (5, 78)),
-        ControlSpec("rhythm_temp", 1.0, 0, 1, (6, 79)),
-        ControlSpec("pitch_temp", 0.9, 0, 1, (7, 80)),
-    ]
-    return {s.name: s for s in specs}
+    """The controls with their default values, ranges and CCs (the CCs of every live app:
+    :data:`~notochord_rt.apps.live.controls.DEFAULT_CCS`)."""
+    return {name: ControlSpec(name, value, 0, 1, (DEFAULT_CCS[name],))
+            for name, value in CONTROL_START.items()}
 
 
 def default_actions() -> dict[str, tuple[int, ...]]:
-    """Actions and the CCs that trigger them (a CC value > 0 triggers). Besides the
-    reference's reset CCs, CCs the MIDI spec leaves undefined (85..87, 89), so that pan or
-    an expression pedal never stops the music."""
-    return {"reset": (8, 81), "query": (85,), "mute": (86,), "stop": (87,), "panic": (89,)}
+    """Actions and the CCs that trigger them (on a rising edge past 64), the same as in
+    every live app (:mod:`notochord_rt.apps.live.controls`)."""
+    return {name: (DEFAULT_CCS[name],) for name in ACTIONS}
 
 
 def check_ccs(value: object, what: str) -> tuple[int, ...]:
-    """A CC number or list of CC numbers (0..119; 120..127 are channel mode messages)."""
+    """A CC number or list of CC numbers (0..119, not 64; :func:`~.controls.check_cc`)."""
     items = [value] if isinstance(value, int) and not isinstance(value, bool) else value
     if not isinstance(items, (list, tuple)):
         raise InputError(f"{what}: cc must be a number or a list of numbers, got {value!r}")
-    for cc in items:
-        if isinstance(cc, bool) or not isinstance(cc, int) or not 0 <= cc <= 119:
-            raise InputError(f"{what}: CC numbers must be 0..119, got {cc!r}")
-    return tuple(items)
+    return tuple(check_cc(cc, what) for cc in items)
 
 
 # -- the whole rig ---------------------------------------------------------------------------
@@ -306,6 +302,11 @@ class Rig:
     def value(self, name: str) -> float:
         """The current value of a control (``KeyError`` for an unknown name)."""
         return self.controls[name].value
+
+    def control_map(self) -> ControlMap:
+        """The CCs of the controls and actions as the live apps' one :class:`ControlMap`."""
+        return ControlMap.from_names({**{s.name: s.ccs for s in self.controls.values()},
+                                      **self.actions})
 
     # -- validation and instrument layout ----------------------------------------------------
     def validate(self) -> Rig:

@@ -140,7 +140,9 @@ class ControlPanel(Static):
         super().__init__(markup=False, **kw)
         self.lines: dict[str, str] = {}
 
-    def show(self, specs: list[ControlSpec], values: list[float], selected: int) -> None:
+    def show(self, specs: list[ControlSpec], values: list[float], selected: int,
+             legend: str = "") -> None:
+        """Draw the controls; ``legend`` (e.g. the action CCs) is a last line."""
         lines = {}
         for k, (spec, value) in enumerate(zip(specs, values)):
             filled = int(round(spec.to_unit(value) * self.WIDTH))
@@ -149,7 +151,7 @@ class ControlPanel(Static):
             lines[spec.name] = (f"{mark} {spec.name:<15}[{'#' * filled}"
                                 f"{'.' * (self.WIDTH - filled)}] {value:5.2f}  cc {ccs}")
         self.lines = lines
-        set_text(self, "\n".join(lines.values()))
+        set_text(self, "\n".join([*lines.values(), legend] if legend else lines.values()))
 
 
 def describe_event(e: Any, now: float) -> str:
