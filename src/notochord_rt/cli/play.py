@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--headless", action="store_true",
                         help="run the UI without a terminal (scripts, tests; use --duration)")
     add_live_arguments(parser)
+    from ..apps.live.clock import add_clock_arguments
+
+    add_clock_arguments(parser, grid=False)  # the voices' grid and swing: the presets
     from ..apps.live.controls import help_epilog
 
     parser.epilog = help_epilog("play")
@@ -107,14 +110,27 @@ def run(args: argparse.Namespace) -> int:
 
             rig, prompt_state, notes = feed_prompt_file(model, args.prompt, rig, progress)
     opts = options_from_args(args)
+    from ..apps.live.clock import clock_from_args
+
+    opts.clock, clock_out = clock_from_args(args, "notochord-rt-play")
     cc_map = rig.control_map()  # the presets' CC map (by default every live app's)
     opts.controls, opts.actions = dict(cc_map.controls), dict(cc_map.actions)
     thru, opts.thru = opts.thru, False  # the output map already has every voice's channel
     policy = VoicesPolicy(rig, prompt_state=prompt_state)
     session = LiveSession(model, policy, ChannelMap(rig.input_channels()),
                           ChannelMap(rig.channel_insts(), rig.programs()), opts)
-    return _run_ui(session, policy, book, preset.name, notes, thru, args,
-                   PlayController, layout_hook)
+    try:
+        if opts.clock is not None:
+            opts.clock.start()
+            if clock_out is not None:
+                clock_out.start()
+        return _run_ui(session, policy, book, preset.name, notes, thru, args,
+                       PlayController, layout_hook)
+    finally:
+        if clock_out is not None:
+            clock_out.close()
+        if opts.clock is not None:
+            opts.clock.close()
 
 
 def _run_ui(session: Any, policy: Any, book: Any, preset: str, notes: list[str], thru: bool,

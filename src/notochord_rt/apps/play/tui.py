@@ -183,7 +183,9 @@ class PlayApp(App[int]):
         if lines:  # one write per tick
             self._log.write("\n".join(lines[-200:]))
         now = self.ctl.player.clock()
-        set_text(self._next, describe_event(self.ctl.next_event, now))
+        beat = self.ctl.player.beat_info()  # --clock: tempo, bar:beat and the source
+        set_text(self._next, describe_event(self.ctl.next_event, now) if beat is None
+                 else f"{beat.text()}  |  {describe_event(self.ctl.next_event, now)}")
         set_text(self._sounding, describe_sounding(self.ctl.sounding))
         view = self.ctl.policy.view  # replaced by the policy on every change (CCs too)
         if events or view is not self._view_seen or self._ticks % 10 == 1:
