@@ -1,0 +1,97 @@
+"""``play`` presets with a grid and swing per voice (used with ``--clock``)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from notochord_rt.apps.live.beat import BeatSync
+from notochord_rt.apps.live.clock import InternalClock
+from notochord_rt.apps.play.presets import parse_presets
+from notochord_rt.apps.play.voices import Rig, VoiceConfig
+from notochord_rt.errors import InputError
+
+PRESETS = """
+[[preset]]
+name = "groove"
+channel.1 = {mode = "input", inst = "acoustic grand"}
+channel.2 = {mode = "auto", inst = "violin", grid = "1/16", swing = 0.3}
+channel.3 = {mode = "auto", inst = "cello", grid = "1/16", swing = 0.3}
+channel.4 = {mode = "follow", inst = "contrabass", source = 1}
+"""
+
+
+def test_preset_voices_set_grid_and_swing_and_the_clock_gives_the_tempo():
+    book = parse_presets(PRESETS)
+    rig = book.rig("groove")
+    assert rig.voices[1].grid == "1/16" and rig.voices[1].swing == 0.3
+    cons = rig.constraints()
+    assert (cons.grid, cons.swing, cons.bpm) == ("1/16", 0.3, None)
+    clock = InternalClock(96.0).start()
+    placed = BeatSync(clock).constraints(cons, time.perf_counter())
+    assert placed.bpm == 96.0 and placed.grid == "1/16"
+
+
+@pytest.mark.parametrize("voice,needle", [
+    ({"grid": "1/5"}, "grid"), ({"grid": "1/16", "swing": 2}, "swing"),
+    ({"swing": 0.2}, "swing"), ({"grid": "1/8t", "swing": 0.2}, "swing"),
+])
+def test_bad_voice_grids_name_the_channel_and_field(voice, needle):
+    with pytest.raises(InputError, match=f"channel 2: {needle}"):
+        VoiceConfig.from_dict(1, {"mode": "auto", "inst": "violin", **voice})
+
+
+def test_auto_voices_playing_together_share_one_grid():
+    rig = Rig(voices={1: VoiceConfig(1, 41, "auto", grid="1/16"),
+                      2: VoiceConfig(2, 42, "auto", grid="1/8t")}).validate()
+    with pytest.raises(InputError, match="share one grid"):
+        rig.constraints()
+    rig.voices[2].grid = "1/16"
+    assert rig.constraints().grid == "1/16"
+
+
+@pytest.mark.slow
+def test_the_tui_shows_tempo_bar_beat_and_the_clock_source():
+    import asyncio
+
+    from tiny import tiny_model
+
+    from notochord_rt.apps.live.player import Player
+    from notochord_rt.apps.play.policy import PlayController, VoicesPolicy
+    from notochord_rt.apps.play.tui import PlayApp
+
+    rig = Rig(voices={0: VoiceConfig(0, 1, "input"),
+                      1: VoiceConfig(1, 41, "auto", grid="1/8", duration=(0.0, 0.4))},
+              max_time=0.3).validate()
+
+    class Sink:
+        def note(self, *a):
+            pass
+
+        def panic(self):
+            pass
+
+    clock = InternalClock(100.0)
+    policy = VoicesPolicy(rig)
+    player = Player(tiny_model(), Sink(), policy, beat_clock=clock)
+    ctl = PlayController(player, policy, None)
+    player.start()
+    player.call(policy.start)
+    clock.start()
+
+    async def run() -> str:
+        app = PlayApp(ctl, poll_interval=0.02)
+        async with app.run_test(size=(120, 40)) as pilot:
+            for _ in range(100):
+                await pilot.pause(0.02)
+                if "BPM" in getattr(app._next, "shown_text", ""):
+                    break
+            return app._next.shown_text
+
+    try:
+        shown = asyncio.run(run())
+    finally:
+        player.stop()
+        clock.close()
+    assert "100.0 BPM" in shown and "internal" in shown, shown
