@@ -174,7 +174,7 @@ def bench_ours(files: list[str], tmp: Path, loader: str | None, run: int = 0) ->
 def bench_ours_inprocess(files: list[str], loader: str | None, run: int = 0) -> Timing:
     from notochord_rt.data.prep import worker as pw
 
-    config = pw.WorkerConfig(fault=None)
+    config = pw.WorkerConfig()
     if loader:
         config.loader = loader
     pw.process_file(files[0], config)  # import the ingest module outside the timing
@@ -223,7 +223,7 @@ def profile_ours(files: list[str], tmp: Path, loader: str | None, top: int = 25)
     pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(top)
     spool = tmp / "profiled-spool"
     spool.mkdir()
-    config = pw.WorkerConfig(fault=None, spool_dir=str(spool))
+    config = pw.WorkerConfig(spool_dir=str(spool))
     if loader:
         config.loader = loader
 

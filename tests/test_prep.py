@@ -13,6 +13,7 @@ from pathlib import Path
 import fuzz_midi
 import numpy as np
 import pytest
+from prep_faults import faulty
 from split_files import folder_bytes
 
 from notochord_rt.cli import main as cli_main
@@ -207,11 +208,11 @@ def test_interrupted_run_loses_only_files_in_flight(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_crashing_and_hanging_workers_are_reported(corpus, tmp_path, monkeypatch):
+def test_crashing_and_hanging_workers_are_reported(corpus, tmp_path):
     root, paths = corpus
-    monkeypatch.setenv(pw.FAULT_ENV, "crash=song_01;abort=song_02;hang=song_04")
     dest = tmp_path / "dest"
-    summary = prepare([root / "good"], dest, jobs=2, timeout=3.0)
+    summary = prepare([root / "good"], dest, jobs=2, timeout=3.0,
+                      task=faulty("crash=song_01;abort=song_02;hang=song_04"))
     report = {e["path"]: e for e in read_report(dest)}
     assert report[str(paths["good_1"])]["category"] == pw.CRASH
     assert "status 70" in report[str(paths["good_1"])]["reason"]
@@ -223,7 +224,6 @@ def test_crashing_and_hanging_workers_are_reported(corpus, tmp_path, monkeypatch
         assert str(paths[f"good_{i}"]) in in_store
     assert summary.skipped_by_category[pw.CRASH] == 2
     # failures are remembered; --retry-failed tries them again (now without faults)
-    monkeypatch.delenv(pw.FAULT_ENV)
     assert prepare([root / "good"], dest, jobs=2).processed_now == 0
     retried = prepare([root / "good"], dest, jobs=2, retry_failed=True)
     assert retried.processed_now == 4  # the 3 files and the broken link (unreadable)
@@ -234,8 +234,8 @@ def test_pool_attributes_each_crash_to_its_task(tmp_path):
     names = [tmp_path / f"f{i}.mid" for i in range(6)]
     for n in names:
         n.write_bytes(b"")
-    config = pw.WorkerConfig(fault="crash=f1;crash=f4")
-    with SupervisedPool(pw.process_file, config, jobs=2, timeout=30) as pool:
+    with SupervisedPool(faulty("crash=f1;crash=f4"), pw.WorkerConfig(), jobs=2,
+                        timeout=30) as pool:
         outcomes = {Path(o.task).name: o for o in pool.run([str(n) for n in names])}
     assert {k for k, o in outcomes.items() if o.kind == "crash"} == {"f1.mid", "f4.mid"}
     for k in ("f0.mid", "f2.mid", "f3.mid", "f5.mid"):

@@ -19,6 +19,7 @@ from pathlib import Path
 import fuzz_midi
 import numpy as np
 import pytest
+from prep_faults import faulty
 from split_files import folder_bytes
 
 from notochord_rt.data.prep import worker as pw
@@ -67,8 +68,8 @@ def _names(paths) -> list[str]:
 
 def test_crash_inside_a_batch_costs_only_its_file(tmp_path):
     files = _names(songs(tmp_path, 10))
-    config = pw.WorkerConfig(fault="crash=song_002;abort=song_007")
-    with SupervisedPool(pw.process_file, config, jobs=1, batch_size=5, timeout=30) as pool:
+    with SupervisedPool(faulty("crash=song_002;abort=song_007"), pw.WorkerConfig(), jobs=1,
+                        batch_size=5, timeout=30) as pool:
         outcomes = list(pool.run(files))
     assert sorted(o.task for o in outcomes) == files  # every task exactly once
     kinds = {Path(o.task).name: o.kind for o in outcomes}
@@ -84,8 +85,8 @@ def test_crash_inside_a_batch_costs_only_its_file(tmp_path):
 @pytest.mark.slow
 def test_hang_inside_a_batch_is_a_timeout_of_that_file_only(tmp_path):
     files = _names(songs(tmp_path, 6))
-    config = pw.WorkerConfig(fault="hang=song_003")
-    with SupervisedPool(pw.process_file, config, jobs=1, batch_size=6, timeout=2) as pool:
+    with SupervisedPool(faulty("hang=song_003"), pw.WorkerConfig(), jobs=1, batch_size=6,
+                        timeout=2) as pool:
         outcomes = {Path(o.task).name: o for o in pool.run(files)}
     assert len(outcomes) == 6
     assert outcomes["song_003.mid"].kind == "timeout"

@@ -120,8 +120,8 @@ def rhythm_test(model, sources: Sequence[Source], *, pieces: int = 20, positions
     if pieces < 1 or positions < 1 or samples < 1:
         raise ValueError("pieces, positions and samples must be at least 1")
     chosen = _spread(len(sources), pieces)
-    cons = compile_constraints(Constraints(note_off_map={}, min_time=MIN_GAP,
-                                           order=SAMPLING_ORDER, **(fields or {})))
+    base = {"note_off_map": {}, "min_time": MIN_GAP, "order": SAMPLING_ORDER}
+    cons = compile_constraints(Constraints(**{**base, **(fields or {})}))
     result = RhythmResult(chance=min(2.0 * cfg.tolerance, 1.0))
     it: Any = chosen
     if progress:

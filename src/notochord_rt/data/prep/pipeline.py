@@ -176,6 +176,7 @@ def prepare(
     flush_seconds: float = 60.0,
     progress: Progress | None = None,
     loader: str | None = None,
+    task: Callable[[str, pw.WorkerConfig], pw.FileResult] | None = None,
 ) -> PrepSummary:
     """Prepare the MIDI files under ``sources`` into the dataset folder ``dest``.
 
@@ -183,8 +184,9 @@ def prepare(
     ``timeout`` seconds per file. Files bigger than ``max_bytes`` or longer than
     ``max_hours`` (the ingest itself refuses pieces over 6 h) and pieces with fewer than
     ``min_events`` events are reported, not stored. ``limit`` keeps only the first that
-    many files found. ``loader`` names another ingest function as ``"module:function"`` (a
-    seam for tests and benchmarks). Returns the summary that is also written to
+    many files found. ``loader`` names another ingest function as ``"module:function"``;
+    ``task`` replaces the per-file work :func:`~.worker.process_file` (a picklable
+    callable; seams for tests and benchmarks). Returns the summary that is also written to
     ``dest/summary.json``.
     """
     if min_events < 0:
@@ -200,7 +202,8 @@ def prepare(
                         f"{max_hours} hours")
     with frozen_heap():
         return _prepare(sources, Path(dest), jobs, min_events, limit, timeout, max_bytes,
-                        max_hours, retry_failed, flush_every, flush_seconds, progress, loader)
+                        max_hours, retry_failed, flush_every, flush_seconds, progress, loader,
+                        task or pw.process_file)
 
 
 @contextlib.contextmanager
@@ -223,7 +226,7 @@ def frozen_heap() -> Iterator[None]:
 
 
 def _prepare(sources, dest: Path, jobs, min_events, limit, timeout, max_bytes, max_hours,
-             retry_failed, flush_every, flush_seconds, progress, loader) -> PrepSummary:
+             retry_failed, flush_every, flush_seconds, progress, loader, task) -> PrepSummary:
     """:func:`prepare` after its arguments are checked."""
     started, cpu_started, worker_cpu = time.monotonic(), time.process_time(), 0.0
     files, not_files, absolute, unreadable = _discover(sources)
@@ -255,7 +258,7 @@ def _prepare(sources, dest: Path, jobs, min_events, limit, timeout, max_bytes, m
                 config.log_level = logging.getLogger("notochord_rt").getEffectiveLevel()
             worker_cpu = _process(todo, absolute, ledger, records, config,
                                   jobs or os.cpu_count() or 1, timeout, flush_every,
-                                  flush_seconds, progress)
+                                  flush_seconds, progress, task)
         cpu.append(time.process_time())
         summary = _finalize(dest, ledger, files, not_files, records, min_events, unreadable)
     finally:
@@ -274,13 +277,13 @@ def _prepare(sources, dest: Path, jobs, min_events, limit, timeout, max_bytes, m
 
 
 def _process(todo, absolute, ledger, records, config, jobs, timeout, flush_every, flush_seconds,
-             progress):
+             progress, task):
     """Run the workers over ``todo``, committing results to the ledger as they come."""
     if progress:
         progress(0, len(todo))
     last_flush = time.monotonic()
     module = config.loader.partition(":")[0]
-    pool = SupervisedPool(pw.process_file, config, jobs=min(jobs, len(todo)), timeout=timeout,
+    pool = SupervisedPool(task, config, jobs=min(jobs, len(todo)), timeout=timeout,
                           preload=[pw.__name__, module], encode=pw.pack_results,
                           decode=pw.unpack_results, weigh=pw.result_weight,
                           max_message=MAX_MESSAGE_EVENTS, setup=pw.worker_setup)

@@ -12,17 +12,6 @@ The results of a batch of files travel to the parent as one small message
 (:func:`pack_results` / :func:`unpack_results`): a tuple of plain values per file. The
 events themselves go to the worker's spool file (:mod:`.prep_spool`) and only their
 location travels, so they are never pickled, piped or copied by the parent.
-
-Fault injection (tests only)
-----------------------------
-The environment variable ``NOTOCHORD_RT_PREP_FAULT`` makes a worker misbehave on purpose, so
-that the crash and timeout handling of the pool can be tested honestly (no real MIDI file is
-known to crash or hang symusic). It is read when :class:`WorkerConfig` is made, in the
-process that calls ``prepare`` (workers forked from a fork server would not see later
-changes of their parent's environment). Its value is ``;``-separated ``action=substring`` items;
-when a file's name contains ``substring`` the worker does ``action`` before reading it:
-``crash`` (``os._exit(70)``), ``abort`` (``SIGABRT``, like a C++ ``std::terminate``) or
-``hang`` (sleep for an hour). Unset, it costs one dictionary lookup per file.
 """
 
 from __future__ import annotations
@@ -32,9 +21,7 @@ import hashlib
 import importlib
 import logging
 import os
-import signal
 import stat
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,8 +30,6 @@ from ...errors import MidiError
 from ...events import EventArrays
 from .limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_HOURS
 from .spool import Location, SpoolWriter
-
-FAULT_ENV = "NOTOCHORD_RT_PREP_FAULT"
 
 # Report categories (also used by the parent for crashes, timeouts and directories).
 OK = "ok"
@@ -74,8 +59,6 @@ class WorkerConfig:
     max_seconds: float = DEFAULT_MAX_HOURS * 3600.0
     loader: str = "notochord_rt.midi.ingest:load_midi"
     """``module:function`` taking bytes and returning an object with ``.events``."""
-    fault: str | None = field(default_factory=lambda: os.environ.get(FAULT_ENV))
-    """The fault-injection spec, read from the environment of the process making the config."""
     log_level: int = logging.ERROR
     """Level of this package's loggers in the workers (ingest warns about odd files)."""
     spool_dir: str | None = None
@@ -129,22 +112,6 @@ def worker_setup(config: WorkerConfig) -> None:
     package's loggers only show records at ``config.log_level`` there. (Not done by
     :func:`process_file`, which may run in a caller's process whose logging is its own.)"""
     logging.getLogger("notochord_rt").setLevel(config.log_level)
-
-
-def _inject_fault(path: str, spec: str | None) -> None:
-    if not spec:
-        return
-    name = os.path.basename(path)
-    for item in spec.split(";"):
-        action, _, pattern = item.partition("=")
-        if not pattern or pattern not in name:
-            continue
-        if action == "crash":
-            os._exit(70)
-        if action == "abort":
-            os.kill(os.getpid(), signal.SIGABRT)
-        if action == "hang":
-            time.sleep(3600)
 
 
 def note_on_counts(events: EventArrays) -> dict[int, int]:
@@ -235,7 +202,6 @@ def _ingest(result: FileResult, data: bytes, config: WorkerConfig) -> FileResult
 
 def process_file(path: str, config: WorkerConfig) -> FileResult:
     """Read, hash and ingest one file; every failure is returned as a categorised result."""
-    _inject_fault(path, config.fault)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
