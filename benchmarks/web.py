@@ -5,7 +5,8 @@ on loopback) plays the bundled default model (or ``--checkpoint``) with the ``fo
 preset: each note played on channel 1 is answered at once by follow voices. Debian's
 chromium (headless, driven by Playwright) opens ``--tabs`` tabs, each its own session;
 in every tab a loop in the page presses a key through the page's own keyboard handler
-(the path a mouse press takes), waits for the first answer, releases the key, waits a
+(the path a mouse press takes), waits for the first answer (the page's ``nrt-answer``
+event, no polling), releases the key, waits a
 random 80-160 ms and presses the next. The latency is measured in the page with
 ``performance.now()``: from the press to the arrival of the first answering note (the
 WebSocket message naming the press), i.e. page -> WebSocket -> server -> the tab's
@@ -43,11 +44,14 @@ RUN = """(n) => {
   (async () => {
     const kb = nrt.kb;
     for (let k = 0; k < n; k++) {
-      const before = nrt.latencies.length;
       const pitch = 55 + (k * 5) % 24;
+      const answered = new Promise((resolve) => {
+        const timer = setTimeout(resolve, 5000);  // counted as unanswered
+        window.addEventListener('nrt-answer', () => { clearTimeout(timer); resolve(); },
+                                { once: true });
+      });
       kb.press('bench', pitch);
-      const t0 = performance.now();
-      while (nrt.latencies.length === before && performance.now() - t0 < 5000) await wait(1);
+      await answered;
       kb.release('bench');
       await wait(80 + Math.random() * 80);
     }
@@ -99,6 +103,8 @@ def run(tabs: int, presses: int, base, chromium: str, background: bool = False) 
         wall = time.monotonic() - t0
         lat = [x for pg in pages for x in pg.evaluate("() => __bench.lat")]
         server = [1000 * x for s in sessions for x in s.player.stats.values("latency")]
+        sample = [1000 * x for s in sessions for x in s.player.stats.values("sample")]
+        feed = [1000 * x for s in sessions for x in s.player.stats.values("feed")]
         browser.close()
     missing = tabs * presses - len(lat)
     return {"tabs": tabs, "background": background, "presses": len(lat),
@@ -106,7 +112,9 @@ def run(tabs: int, presses: int, base, chromium: str, background: bool = False) 
             "page_p50_ms": round(pct(lat, 50), 2), "page_p99_ms": round(pct(lat, 99), 2),
             "page_max_ms": round(max(lat), 2) if lat else None,
             "page_mean_ms": round(statistics.fmean(lat), 2) if lat else None,
-            "server_p50_ms": round(pct(server, 50), 2), "server_p99_ms": round(pct(server, 99), 2)}
+            "server_p50_ms": round(pct(server, 50), 2), "server_p99_ms": round(pct(server, 99), 2),
+            "sample_p50_ms": round(pct(sample, 50), 3), "feed_p50_ms": round(pct(feed, 50), 3),
+            "model_calls_per_press": round((len(sample) + len(feed)) / max(1, len(lat)), 1)}
 
 
 def main() -> int:
@@ -147,6 +155,8 @@ def main() -> int:
         print(f"{n:>4}{'*' if bg else ' '}{r['presses']:>7} {r['page_p50_ms']:>7.2f} "
               f"{r['page_p99_ms']:>7.2f} "
               f"{r['page_max_ms']:>7.2f} {r['server_p50_ms']:>8.2f} / {r['server_p99_ms']:<7.2f}"
+              + f"  sample/feed p50 {r['sample_p50_ms']:.2f}/{r['feed_p50_ms']:.2f} ms, "
+              f"{r['model_calls_per_press']:.0f} model calls a press"
               + (f"  ({r['unanswered']} unanswered)" if r["unanswered"] else ""), flush=True)
     if args.background:
         print("* every tab but the first draws no piano roll (as a background tab)")

@@ -300,3 +300,27 @@ def test_a_midi_file_loaded_in_the_page_becomes_the_prompt(page, server, tmp_pat
     too_big.write_bytes(b"MThd" + bytes(300 * 1024))
     page.set_input_files("#prompt", str(too_big))
     wait_js(page, "nrt.log.some(t => t.includes('larger than'))")
+
+
+def test_voice_controls_in_the_page_change_the_sessions_voices(page, server) -> None:
+    open_page(page, server)
+    sess = server.web.manager.sessions[page.evaluate("() => nrt.session")]
+    page.select_option('select.mode[data-channel="2"]', "auto")
+    wait_js(page, "nrt.panel.rig.voices.find(v => v.channel === 2).mode === 'auto'")
+    page.select_option('tr[data-channel="3"] select.inst', "41")  # violin
+    wait_js(page, "nrt.panel.rig.voices.find(v => v.channel === 3).inst === 41")
+    lo = page.locator('tr[data-channel="4"] input.lo')
+    lo.fill("40")
+    lo.dispatch_event("change")
+    wait_js(page, "nrt.panel.rig.voices.find(v => v.channel === 4).range[0] === 40")
+    page.locator('input[data-control="steer_pitch"]').fill("0.8")
+    page.locator('input[data-control="steer_pitch"]').dispatch_event("change")
+    end = time.monotonic() + 10
+    while sess.policy.view.values.get("steer_pitch") != pytest.approx(0.8):
+        assert time.monotonic() < end, "the control never reached the policy"
+        time.sleep(0.02)
+    rig = sess.policy.rig  # the player's own copy of the voices
+    assert rig.voices[1].mode == "auto" and rig.voices[2].inst == 41
+    assert rig.voices[3].range == (40, 60)
+    page.locator("#volume").fill("0.2")
+    assert page.evaluate("() => nrt.synth.volume") == pytest.approx(0.2)

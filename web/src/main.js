@@ -75,8 +75,10 @@ function onNote(m) {
     synth.noteOn(m.ch, m.pitch, m.vel);
     roll.on(m.ch, m.inst, m.pitch, false);
     if (m.reply !== undefined && nrt.pressed.has(m.reply)) {
-      nrt.latencies.push(performance.now() - nrt.pressed.get(m.reply));
+      const ms = performance.now() - nrt.pressed.get(m.reply);
+      nrt.latencies.push(ms);
       nrt.pressed.delete(m.reply);
+      window.dispatchEvent(new CustomEvent("nrt-answer", { detail: ms }));
     }
   } else {
     nrt.stats.modelOff++;
