@@ -18,6 +18,7 @@ from tiny import tiny_config
 
 from notochord_rt.cli import main as cli_main
 from notochord_rt.data.store import write_split
+from notochord_rt.engine.sampling.sampler import Notochord
 from notochord_rt.errors import UserError
 from notochord_rt.events import EventArrays
 from notochord_rt.train import checkpoints as ck
@@ -277,6 +278,20 @@ def test_fine_tune_with_frozen_rnn(data, tmp_path):
     for k, p in tune.model.named_parameters():
         frozen = k.startswith("rnn.") or k == "initial_state"
         assert torch.equal(start[k], p) == frozen, k
+
+
+def test_init_from_takes_model_names(data, tmp_path, monkeypatch):
+    """Trainer(init_from=NAME) resolves names as every --checkpoint does: "default" is the
+    bundled model, a registry name not yet pulled is one clear line with the pull command."""
+    from notochord_rt.hub.resolve import NotCached
+
+    monkeypatch.setenv("NOTOCHORD_RT_HOME", str(tmp_path / "home"))
+    tune = Trainer(config(data, tmp_path / "tune", max_steps=1, init_from="default", model={}))
+    assert tune.model.config == Notochord.load("default").config
+    tune.close()
+    with pytest.raises(NotCached, match="models pull notochord-lakh"):
+        Trainer(config(data, tmp_path / "tune2", max_steps=1, init_from="notochord-lakh",
+                       model={}))
 
 
 @pytest.mark.reference

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from ..errors import UserError
 
 NAME = "eval"
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     clean, not_finite = json_safe(result)
     text = json.dumps(clean, indent=2, allow_nan=False)  # NaN is not JSON: null instead
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        atomic_write_text(args.out, text + "\n")
     print(text if args.json else _table(result), file=sys.stdout)  # noqa: T201
     if not_finite:
         shown = ", ".join(not_finite[:6]) + (" ..." if len(not_finite) > 6 else "")

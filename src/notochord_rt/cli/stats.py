@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from ..errors import UserError
 
 NAME = "stats"
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         text.append("plots: " + ", ".join(str(p) for p in paths))
     payload = json.dumps(report.jsonable(result), indent=1, allow_nan=False)
     if args.out:
-        Path(args.out).write_text(payload + "\n")
+        atomic_write_text(args.out, payload + "\n")
     print(payload if args.json else "\n\n".join(text), file=sys.stdout)  # noqa: T201
     return 0
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from ..atomic import atomic_write_text
 from ..data.balance import WeightedStepIndexer, piece_weights
 from ..errors import CheckpointError, NotochordError, UserError
+from ..hub.resolve import resolve_checkpoint as resolve_name
 from ..model.checkpoint import (
     load_training_state,
     restore_rng_state,
@@ -99,7 +100,8 @@ class Trainer:
         if resume_dir is not None:
             self.model = sources.load_model(resume_dir)
         elif config.init_from:
-            self.model = sources.load_model(ck.resolve_checkpoint(config.init_from))
+            self.model = sources.load_model(ck.resolve_checkpoint(
+                resolve_name(config.init_from)))  # a path, or a model name as everywhere
             if config.model:
                 log.warning("model options %s ignored: the architecture comes from %s",
                             sorted(config.model), config.init_from)

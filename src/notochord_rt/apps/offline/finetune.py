@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...atomic import atomic_write_text
 from ...errors import UserError
 
 log = logging.getLogger(__name__)
@@ -282,7 +283,7 @@ def run_finetune(sources: list[str], base: str, out: str | Path,
     result.wall_seconds = round(time.perf_counter() - started, 1)
     from ...analysis.report import jsonable
 
-    (out / "finetune.json").write_text(json.dumps(jsonable(asdict(result)), indent=1) + "\n")
+    atomic_write_text(out / "finetune.json", json.dumps(jsonable(asdict(result)), indent=1) + "\n")
     progress("done", 1.0)
     return result
 
