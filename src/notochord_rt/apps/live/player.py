@@ -53,6 +53,7 @@ from .player_api import (
     Sink,
     TimingStats,
 )
+from .warmup import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +319,7 @@ class Player:
         self._resume = True
         if self._reset_on_start:
             self.model.reset()
+        warm_up(self.model)  # the first played note must not pay first-call costs
         self._t_last = self.clock()
         self._plan = None
         self._dirty = True
