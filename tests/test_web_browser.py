@@ -324,3 +324,16 @@ def test_voice_controls_in_the_page_change_the_sessions_voices(page, server) -> 
     assert rig.voices[3].range == (40, 60)
     page.locator("#volume").fill("0.2")
     assert page.evaluate("() => nrt.synth.volume") == pytest.approx(0.2)
+
+
+def test_a_lost_connection_is_opened_again(page, server) -> None:
+    open_page(page, server)
+    first = page.evaluate("() => nrt.session")
+    page.evaluate("() => nrt.conn.ws.close()")  # as a dropped connection
+    wait_js(page, f"nrt.session && nrt.session !== {first!r}", 20)
+    press(page, 60)
+    wait_js(page, "nrt.latencies.length >= 1")
+    end = time.monotonic() + 10  # the old session was closed and its notes released
+    while first in server.web.manager.sessions:
+        assert time.monotonic() < end
+        time.sleep(0.02)

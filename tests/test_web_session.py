@@ -216,3 +216,11 @@ def test_tab_samplers_share_the_weights_not_the_stream(factory) -> None:
     b.reset()
     a.feed(1, 60, 0.0, 100)
     assert a.held_notes and not b.held_notes  # separate streams
+
+
+@pytest.mark.slow
+def test_the_controllers_notes_reach_the_page(open_session) -> None:
+    s, inbox = open_session("solo")
+    s.handle(Message("voice", {"channel": 1, "mode": "follow"}))
+    msgs = inbox.wait(lambda m: any(x["type"] == "log" for x in m))
+    assert any("no other voice to follow" in x["message"] for x in msgs if x["type"] == "log")

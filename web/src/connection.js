@@ -1,4 +1,5 @@
-// The WebSocket client of the protocol in docs/web.md: JSON messages, reconnect on loss.
+// The WebSocket client of the protocol in docs/web.md: JSON messages; the page decides
+// whether to open it again after a loss (main.js).
 export const PROTOCOL_VERSION = 1;
 
 export class Connection {
@@ -11,6 +12,7 @@ export class Connection {
   }
 
   open() {
+    this.closedByServer = false;
     const ws = new WebSocket(this.url);
     this.ws = ws;
     ws.onopen = () => {
@@ -21,6 +23,7 @@ export class Connection {
       let msg;
       try { msg = JSON.parse(ev.data); } catch { return; }
       if (msg.type === "closing") this.closedByServer = true;
+      if (msg.type === "error" && msg.message.includes("sessions are open")) this.closedByServer = true;
       this.handlers.message(msg);
     };
     ws.onclose = (ev) => this.handlers.close?.(ev.reason || `connection closed (${ev.code})`);

@@ -126,6 +126,7 @@ function handle(m) {
     case "midi": download(m.name, m.data); say(`downloaded ${m.events} events`); break;
     case "prompting": say(`reading ${m.name}…`); break;
     case "error": nrt.stats.errors.push(m.message); say(m.message, true); break;
+    case "log": say(m.message); break;
     case "closing": say(`the server closed this session (${m.reason}): reload to play again`, true); break;
     default: break;
   }
@@ -133,6 +134,7 @@ function handle(m) {
 
 function programsOut(voices) { for (const v of voices) midi.program(v.channel, v.program); }
 
+let leaving = false;
 const proto = location.protocol === "https:" ? "wss:" : "ws:";
 const conn = new Connection(`${proto}//${location.host}/ws`, {
   message: handle,
@@ -141,6 +143,12 @@ const conn = new Connection(`${proto}//${location.host}/ws`, {
     roll.releaseAll(false);
     synth.panic();
     midi.allOff();
+    // a lost connection is tried again (a new session); a session the server closed or
+    // refused is not
+    if (!conn.closedByServer && !leaving) {
+      $("conn").textContent += " · reconnecting…";
+      setTimeout(() => conn.open(), 2000);
+    }
   },
 });
 nrt.conn = conn;
@@ -179,7 +187,7 @@ window.addEventListener("keydown", (e) => {
 });
 window.addEventListener("keyup", (e) => { if (kb.keyup(e)) e.preventDefault(); });
 window.addEventListener("blur", () => kb.releaseAll());
-window.addEventListener("pagehide", () => { kb.releaseAll(); conn.close(); });
+window.addEventListener("pagehide", () => { leaving = true; kb.releaseAll(); conn.close(); });
 
 // Audio: try at once (allowed where the page was opened by a gesture or by policy); else
 // the "click to enable audio" button stays.

@@ -168,8 +168,16 @@ class WebSession:
     # -- messages from the page (event loop) -------------------------------------------------
     def handle(self, msg: Message) -> list[dict[str, Any]]:
         """Act on a checked message; returns the replies (``ProtocolError`` for a refused
-        one; the session is unchanged then)."""
+        one; the session is unchanged then), then the controller's notes to the person
+        (``log`` messages, e.g. an instrument made anonymous because another voice has it)."""
         self.last_active = time.monotonic()
+        try:
+            return self._handle(msg)
+        finally:
+            while self.ctl.messages:
+                self.send({"type": "log", "message": self.ctl.messages.popleft()})
+
+    def _handle(self, msg: Message) -> list[dict[str, Any]]:
         t, a = msg.type, msg.args
         if t == "note":
             self._note(a)
