@@ -112,7 +112,7 @@ def test_improvise_plays_and_releases_everything_on_exit(probe):
             time.sleep(0.05)
             probe.send(NOTE_OFF, 50 + k, 0)
         assert probe.wait_for(lambda m: len(notes_on(m, 1)) >= 5, timeout=5)
-        probe.send(CC, 6, 127)  # mute: the voice stops and its notes end
+        probe.send(CC, 104, 127)  # mute (apps/live/controls.py): the voice stops, its notes end
         time.sleep(0.2)
         assert sounding_after(probe.messages(), all_notes_off=False) == set()
         inputs = s.player.stats.summary()["counts"]["inputs"]
@@ -253,7 +253,7 @@ def test_harmonize_live_command_end_to_end(jack, probe, checkpoint):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 130, err
+    assert proc.returncode == 143, err  # 128 + SIGTERM, as in every live app
     msgs = probe.messages()
     on = notes_on(msgs)
     assert [p for _, p, _ in on][:3] and all(
