@@ -107,6 +107,9 @@ def test_page_sound_keys_answers_roll_and_release(page, server) -> None:
     if server.web.soundfont is not None:
         wait_js(page, "nrt.synth.loaded", 60)
         assert "sound on" in page.locator("#audio-status").inner_text()
+        # the voices' GM programs reached the synth: vibraphone 11, marimba 12, bass 32
+        wait_js(page, "[1, 2, 3].map(c => nrt.synth.synth.midiChannels[c]?.patch?.program)"
+                      ".join() === '11,12,32'")
     assert not page.locator("#enable-audio").is_visible()
     before = page.evaluate("() => nrt.stats.modelOn")
     press(page, 60, hold=0.4)
