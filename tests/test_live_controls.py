@@ -28,6 +28,7 @@ from notochord_rt.apps.live.controls import (
     sustain_inst,
     sustain_name,
 )
+from notochord_rt.apps.live.improvise import ImprovisePolicy
 from notochord_rt.apps.live.noise import split_noise
 from notochord_rt.apps.live.player import NoteIn, Player, PlayerConfig
 from notochord_rt.apps.live.ports import ChannelMap
@@ -38,6 +39,7 @@ from notochord_rt.apps.live.session import (
     options_from_args,
     run_session,
 )
+from notochord_rt.apps.loading import load_sampler
 from notochord_rt.apps.play.policy import VoicesPolicy
 from notochord_rt.apps.play.presets import load_presets
 from notochord_rt.cli import build_parser
@@ -303,6 +305,36 @@ def test_pedal_hold_forgets_a_note_that_answers_again():
     p.forget((41, 50))
     assert p.on_control("sustain:1", 0.0) == [(41, 52)]
     assert p.on_control("mute", 1.0) is None
+
+
+# -- the improviser's voices share the notes ------------------------------------------------
+def note_on_shares(policy: ImprovisePolicy, model, events: int = 300) -> dict[int, float]:
+    """Run the improviser's own constraints ``events`` times through ``model`` (what the
+    player does, without the waiting) and return each voice's share of the note-ons."""
+    counts = dict.fromkeys(policy.model_insts, 0)
+    for _ in range(events):
+        e = model.sample(policy.next_constraints(None))
+        model.feed(e.inst, e.pitch, e.time, e.vel)
+        policy.on_played(None, e)
+        if e.vel > 0:
+            counts[int(e.inst)] += 1
+    total = sum(counts.values())
+    return {i: c / total for i, c in counts.items()}
+
+
+@pytest.mark.slow
+def test_improvise_voices_get_a_fair_share():
+    model = load_sampler("default", "fp32", 1)
+    voices = [VIOLIN, 43, 74]  # violin, cello, flute: the model favours the strings
+    for seed in (0, 1):
+        model.reset(seed=seed)
+        balanced = note_on_shares(ImprovisePolicy(voices, [PIANO]), model)
+        model.reset(seed=seed)
+        free = ImprovisePolicy(voices, [PIANO])
+        free.balance = None
+        unbalanced = note_on_shares(free, model)
+        assert min(balanced.values()) >= 0.2, balanced  # a fair share is 1/3
+        assert min(balanced.values()) > min(unbalanced.values()) + 0.05, (balanced, unbalanced)
 
 
 # -- command line ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ instrument; pitch, timing and velocity are untouched.
 from __future__ import annotations
 
 import math
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -162,3 +163,50 @@ class InstrumentBalance:
             lw[over] = self.strength * np.log(self.max_share / share[over])
         np.clip(lw, -cap, cap, out=lw)
         return lw if np.any(lw) else None
+
+
+BALANCE_MARGIN = 8
+"""Note-ons an auto voice may lag behind the busiest one before it is favoured."""
+
+
+def balance_weights(insts: Iterable[int], recent: Mapping[int, int],
+                    margin: int = BALANCE_MARGIN) -> dict[int, float]:
+    """Instrument weights that favour voices which have played less lately (as the
+    reference's homunculus): ``e ** max(0, most - count - margin)`` where ``count`` is an
+    instrument's recent note-ons and ``most`` the largest count. Weights of 1 are left out;
+    an empty dict means no reweighting."""
+    insts = list(insts)
+    if len(insts) < 2:
+        return {}
+    counts = {i: int(recent.get(i, 0)) for i in insts}
+    most = max(counts.values())
+    return {i: math.exp(min(30, most - c - margin)) for i, c in counts.items()
+            if most - c - margin > 0}
+
+
+class VoiceBalance:
+    """The recent note-ons of a few model voices and the :func:`balance_weights` that
+    keep every voice heard (``improvise --voices 2=violin,3=cello``: without them one
+    instrument may take most of the notes). ``window``: note-ons remembered."""
+
+    def __init__(self, insts: Iterable[int], window: int = 32,
+                 margin: int = BALANCE_MARGIN) -> None:
+        self.insts = [int(i) for i in insts]
+        self.margin = int(margin)
+        self.recent: deque[int] = deque(maxlen=int(window))
+
+    def weights(self) -> dict[int, float]:
+        """``inst_weights`` for the next event's constraints (empty: no reweighting)."""
+        return balance_weights(self.insts, Counter(self.recent), self.margin)
+
+    def played(self, inst: int) -> bool:
+        """Count a note-on of ``inst``; True when the weights changed (they change only
+        when a lag passes the margin, so constraints are rebuilt only then)."""
+        if int(inst) not in self.insts:
+            return False
+        before = self.weights()
+        self.recent.append(int(inst))
+        return self.weights() != before
+
+    def clear(self) -> None:
+        self.recent.clear()

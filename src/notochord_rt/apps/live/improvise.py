@@ -3,8 +3,7 @@
 The player's channels are fed to the model as they are played (the player does that);
 the model plays only its own instruments, one event at a time, each planned at or after
 "now" and re-planned whenever the player plays (docs/design.md §7, without predicting the
-player). Steering controls (0..1, from MIDI CCs or pitch bend, see
-``apps.live.DEFAULT_CONTROLS``):
+player). Steering controls (0..1, from the MIDI CCs of :mod:`.controls`):
 
 * ``steer_pitch``: the pitch quantile window, centred on the value (0.5 = no steering);
 * ``steer_rate``: the time quantile window, centred on ``1 - value`` (higher = sooner);
@@ -29,7 +28,7 @@ from typing import Any
 
 from ... import events as ev
 from ...engine.sampling.constraints import Constraints
-from ..musical import DEFAULTS, MusicalDefaults
+from ..musical import DEFAULTS, MusicalDefaults, VoiceBalance
 from ..steering import steering_fields
 from .player import PlayerContext, Policy
 
@@ -76,6 +75,8 @@ class ImprovisePolicy(Policy):
         self.steer = Steering()
         self.muted = False
         self._cons: Constraints | None = None
+        # every voice heard: a voice lagging behind the busiest is favoured (--raw: off)
+        self.balance = VoiceBalance(self.model_insts, margin=2) if musical.balance else None
 
     def constraints(self) -> Constraints:
         """The constraints of the next event under the current steering (cached)."""
@@ -86,6 +87,7 @@ class ImprovisePolicy(Policy):
                 on[inst] = range(int(lo), int(hi) + 1)
             self._cons = Constraints(
                 note_on_map=on, max_polyphony=self.max_polyphony,
+                inst_weights=self.balance.weights() if self.balance is not None else {},
                 max_duration=self.max_duration, max_time=self.max_time,
                 external=set(self.player_insts),
                 **steering_fields(pitch=self.steer.pitch, rate=self.steer.rate),
@@ -97,6 +99,15 @@ class ImprovisePolicy(Policy):
 
     def next_constraints(self, ctx: PlayerContext) -> Constraints | None:
         return None if self.muted else self.constraints()
+
+    def on_played(self, ctx: PlayerContext, event: Any) -> None:
+        if self.balance is not None and event.vel > 0 and self.balance.played(event.inst):
+            self._cons = None  # the balance weights changed
+
+    def on_reset(self, ctx: PlayerContext) -> None:
+        if self.balance is not None:
+            self.balance.clear()
+        self._cons = None
 
     def on_control(self, ctx: PlayerContext, name: str, value: float) -> None:
         if name in self.CONTROLS:

@@ -30,6 +30,7 @@ from ... import events as ev
 from ...errors import InputError
 from ...gm import DRUM_KIT_NAMES, FAMILY_NAMES
 from ..live.controls import DEFAULT_CCS, ControlMap, check_cc
+from ..musical import BALANCE_MARGIN, balance_weights  # noqa: F401 - re-exported
 from ..steering import steering_fields
 
 MODES: tuple[str, ...] = ("auto", "input", "follow", "mute")
@@ -457,25 +458,6 @@ class Rig:
             pitch_range=voice.range, vel_range=voice.vel,
             pitch_temp=steer["pitch_temp"],
             truncate_quantile_pitch=steer["truncate_quantile_pitch"])
-
-
-BALANCE_MARGIN = 8
-"""Note-ons an auto voice may lag behind the busiest one before it is favoured."""
-
-
-def balance_weights(insts: Iterable[int], recent: Mapping[int, int],
-                    margin: int = BALANCE_MARGIN) -> dict[int, float]:
-    """Instrument weights that favour auto voices which have played less lately (as the
-    reference's homunculus): ``e ** max(0, most - count - margin)`` where ``count`` is an
-    instrument's recent note-ons and ``most`` the largest count. Weights of 1 are left out;
-    an empty dict means no reweighting."""
-    insts = list(insts)
-    if len(insts) < 2:
-        return {}
-    counts = {i: int(recent.get(i, 0)) for i in insts}
-    most = max(counts.values())
-    return {i: math.exp(min(30, most - c - margin)) for i, c in counts.items()
-            if most - c - margin > 0}
 
 
 def names_for_picker() -> list[tuple[int, str]]:
