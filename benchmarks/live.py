@@ -27,6 +27,11 @@ the numbers still depend on that load, which the output records (``loadavg``). R
 ``python benchmarks/live.py`` (about 4 minutes; ``--quick`` for a smoke run; ``--json
 PATH`` writes the numbers; ``--precision int8`` for the int8 core). The OSC query round
 trip of ``notochord-rt serve`` is measured by ``benchmarks/live_osc.py``.
+
+Start-up and UI (``live_start.py``; ``--only first-note|tui``): the first played note
+after ``harmonize --live`` starts against the steady notes after it (``--starts``), and
+the ``play`` TUI's scheduling lateness while keys are pressed at 80x24, interleaved with
+the same session without a UI (``--tui-seconds``; play's default model).
 """
 
 from __future__ import annotations
@@ -363,6 +368,45 @@ def run(args) -> dict:
     return out
 
 
+def run_start(args) -> dict:
+    """The first-note and TUI scenarios (``live_start.py``), on a server of their own."""
+    from jack import Probe, jack_server
+    from live_start import first_note, tui_lateness
+
+    from notochord_rt.model.checkpoint import save_model
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp, jack_server(period=args.period):
+        ckpt = args.checkpoint
+        if not ckpt:
+            import torch
+
+            from notochord_rt.engine.sampling.sampler import Notochord
+
+            torch.manual_seed(0)
+            ckpt = str(Path(tmp) / "random-default.safetensors")
+            save_model(Notochord(seed=0), ckpt)
+        probe = Probe("bench-start")
+        try:
+            if args.only in ("all", "first-note"):
+                out["first_note"] = first_note(harmonize_cmd(ckpt, probe, args.precision),
+                                               probe, args.starts, stats_ms)
+                print(f"first note {out['first_note']}", flush=True)  # noqa: T201
+            if args.only in ("all", "tui"):  # play's own default model
+                from notochord_rt.apps.loading import load_sampler
+
+                model = load_sampler(args.checkpoint or "default", args.precision, 1)
+                for tui in (False, True, False, True):
+                    key = "tui" if tui else "tui_baseline_no_ui"
+                    got = tui_lateness(model, probe.in_port, args.tui_seconds / 2, stats_ms,
+                                       tui=tui)
+                    out.setdefault(key, []).append(got)
+                    print(f"{key} {got}", flush=True)  # noqa: T201
+        finally:
+            probe.close()
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="few notes, short runs")
@@ -376,6 +420,12 @@ def main() -> int:
     ap.add_argument("--checkpoint", default=None, help="a trained model (default: random)")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--json", default=None, help="also write the numbers here")
+    ap.add_argument("--only", default="all", choices=["all", "timing", "first-note", "tui"],
+                    help="run only some scenarios (timing = latency and jitter)")
+    ap.add_argument("--starts", type=int, default=5,
+                    help="first-note scenario: how many app starts")
+    ap.add_argument("--tui-seconds", type=float, default=15.0,
+                    help="tui scenario: seconds of key presses")
     ap.add_argument("--pause-ms", type=float, default=2.0,
                     help="the player's pause_after_send in the echo / jitter apps (the "
                          "harmonize command uses its default, 2 ms)")
@@ -389,7 +439,10 @@ def main() -> int:
         return role_main(args)
     if args.quick:
         args.notes, args.seconds, args.rounds = 30, 3.0, 1
-    result = run(args)
+        args.starts, args.tui_seconds = 2, 4.0
+    result = run(args) if args.only in ("all", "timing") else {"machine": machine_info()}
+    if args.only in ("all", "first-note", "tui"):
+        result.update(run_start(args))
     print(json.dumps(result, indent=1))  # noqa: T201
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

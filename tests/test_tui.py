@@ -262,7 +262,7 @@ def test_mute_stop_and_query_keys(book):
                 assert await until(pilot, lambda f=flag: not getattr(r.policy.view, f))
                 assert await until(pilot, lambda m=mark: len(r.sink.note_ons(since=m)) >= 1)
             n = len(planned)
-            await pilot.press("q")
+            await pilot.press("n")  # query: plan the next event again
             assert await until(pilot, lambda: len(planned) > n)
 
     asyncio.run(go())

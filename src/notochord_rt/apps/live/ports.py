@@ -425,8 +425,8 @@ def is_own(port: str, clients: Iterable[str]) -> bool:
 def open_ports(kind: str, api: int, names: list[str], virtual: list[str],
                client_name: str, lister: Any, own: Iterable[str] = ()) -> list[OpenedPort]:
     """Connect to named ports (matched with :func:`find_port` against ``lister``'s view,
-    where the ports of the ``own`` clients count only by their exact name) and create virtual ones, each on its
-    client :func:`port_client`; no callbacks yet."""
+    where the ports of the ``own`` clients count only by their exact name) and create
+    virtual ones, each on its client :func:`port_client`; no callbacks yet."""
     out: list[OpenedPort] = []
     own = list(own) + [port_client(client_name, kind, k) for k in range(len(names) + len(virtual))]
     try:

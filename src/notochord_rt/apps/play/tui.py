@@ -4,36 +4,51 @@ steering controls, the next predicted event, the sounding notes, timing, and a l
 
 The app holds no music logic: keys and clicks call a
 :class:`~notochord_rt.apps.play.policy.PlayController`, which tells the player; a timer polls the
-controller for the player's events. Keys::
+controller for the player's events. Keys (shown at the bottom, :data:`KEYS_HELP`)::
 
     left/right  channel          o  cycle mode (auto, input, follow, mute)
     up/down     control          i  instrument picker      space  mute the channel
     + / -       move control     m  mute all (model)       x  stop/start auto voices
-    r  reset (release all, new stream)   q  query again    p  panic (release all now)
-    1..9, 0     presets          ctrl+q, ctrl+c  quit (every note is released)
+    r  reset (release all, new stream)   n  query: plan the next event again
+    p  panic (release all now)   1..9, 0  presets
+    q, ctrl+q, ctrl+c  quit (every note is released)
+
+It fits 80x24: the mixer's cells are 9 characters wide at 80 columns, with a legend in
+its bottom border; instrument names are abbreviated there (:func:`.widgets.abbreviate`)
+and shown in full for the selected channel.
+
+Notes never wait for the UI: the scheduler is the player's own thread, the player's
+listener only appends to a deque, and while the app runs the interpreter switches
+threads every :data:`SWITCH_INTERVAL` seconds (not 5 ms) and the objects made at start
+are frozen out of the garbage collector's full passes, so that neither a long render
+nor a collection holds the GIL long while a note is due.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Static
 
 from ... import events as ev
 from .policy import PlayController
-from .voices import N_CHANNELS, short_name
+from .voices import N_CHANNELS
 from .widgets import (
     ControlPanel,
     InstrumentPicker,
     LogPane,
     Mixer,
+    abbreviate,
     describe_event,
     describe_sounding,
     describe_timing,
@@ -44,20 +59,38 @@ log = logging.getLogger(__name__)
 
 CSS = """
 Screen { layout: vertical; }
+Mixer { height: 9; border: round $panel; border-subtitle-align: left; }
 #main { height: 1fr; }
-#left { width: 3fr; }
-Mixer { height: 9; border: round $panel; }
-ControlPanel { height: 9; padding: 0 1; }
-#right { width: 2fr; padding: 0 1; }
+#left { width: 46; }
+ControlPanel { height: auto; max-height: 12; padding: 0 1; }
+#sounding { height: 1fr; padding: 0 1; }
+#right { width: 1fr; padding: 0 1; }
 #status { height: 2; }
 #next { height: 2; }
-#sounding { height: 10; }
-#timing { height: 6; }
-#log { height: 1fr; min-height: 4; border: round $panel; }
+#timing { height: 3; }
+#log { height: 1fr; min-height: 3; border: round $panel; }
+#keys { height: 2; background: $panel; }
 InstrumentPicker { align: center middle; }
 #picker { width: 70; height: 24; border: thick $accent; background: $surface; }
 #picker-list { height: 1fr; }
 """
+
+
+KEYS_HELP = ("q quit  \u2190\u2192 channel  \u2191\u2193 control  +/- move it  o mode  "
+             "i instrument  1-0 presets\n"
+             "space mute ch  m mute all  x stop/start  r reset  p panic  n query")
+"""The key lines at the bottom (they fit 80 columns)."""
+
+MIXER_LEGEND = "NN<SS: ch NN follows SS \u00b7 * sounding \u00b7 struck out: muted"
+"""The mixer's legend, in its bottom border."""
+
+SWITCH_INTERVAL = 0.0005
+"""The interpreter's thread switch interval while the app runs (default 5 ms): a thread
+that wants the GIL waits at most about this long for the UI thread to give it up."""
+
+PENDING = 0.5
+"""Seconds a value set by a key counts as the control's value until the player's view
+shows it (quick presses build on each other, none is lost)."""
 
 
 class PlayApp(App[int]):
@@ -83,7 +116,8 @@ class PlayApp(App[int]):
         Binding("m", "act('mute')", "mute"),
         Binding("x", "act('stop')", "stop"),
         Binding("r", "act('reset')", "reset"),
-        Binding("q", "act('query')", "query"),
+        Binding("n", "act('query')", "query"),
+        Binding("q", "quit", "quit"),
         Binding("p", "act('panic')", "panic"),
         *[Binding(str((k + 1) % 10), f"preset({k})", show=False) for k in range(10)],
         Binding("ctrl+q", "quit", "quit", priority=True),
@@ -103,23 +137,26 @@ class PlayApp(App[int]):
         self._ticks = 0
         self._view_seen: Any = None
         self._sigterm = False
+        self._pending: dict[str, tuple[float, float]] = {}  # control -> (value, when set)
+        self._switch = sys.getswitchinterval()
 
     # -- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        yield Header()
-        # left: what the musician sets up; right: what happens (so that the frequent updates
-        # on the right repaint only that column)
+        # the mixer across the top; left: the controls and what sounds; right: status,
+        # next event, timing and log (the frequent updates repaint small fixed regions)
+        mixer = Mixer(id="mixer")
+        mixer.border_subtitle = MIXER_LEGEND
+        yield mixer
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                yield Mixer(id="mixer")
                 yield ControlPanel(id="controls")
+                yield Static(id="sounding", markup=False)
             with Vertical(id="right"):
                 yield Static(id="status", markup=False)
                 yield Static(id="next", markup=False)
-                yield Static(id="sounding", markup=False)
                 yield Static(id="timing", markup=False)
                 yield LogPane(id="log")
-        yield Footer()
+        yield Static(KEYS_HELP, id="keys", markup=False)
 
     def on_mount(self) -> None:
         # widgets of the main screen, kept: while the picker is open, queries see the picker
@@ -131,6 +168,8 @@ class PlayApp(App[int]):
         self._mixer = self.query_one(Mixer)
         self._controls = self.query_one(ControlPanel)
         self.sub_title = self.ctl.preset_name or ""
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        gc.freeze()  # what exists now is never garbage: keep it out of full collections
         self.refresh_all()
         self.set_interval(self.poll_interval, self.tick)
         if self.duration is not None:
@@ -146,6 +185,8 @@ class PlayApp(App[int]):
         self.exit(128 + signal.SIGTERM)
 
     def on_unmount(self) -> None:
+        sys.setswitchinterval(self._switch)
+        gc.unfreeze()
         if self._sigterm:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
         self.ctl.player.stop()  # releases every sounding note (and the sink's panic)
@@ -158,15 +199,16 @@ class PlayApp(App[int]):
             per_inst[inst] = per_inst.get(inst, 0) + 1
         self._mixer.show(self.ctl.rig.voices, self.channel, per_inst)
         self._controls.show([self.ctl.rig.controls[n] for n in self.control_names],
-                            [self.ctl.control_value(n) for n in self.control_names],
+                            [self.control_value(n) for n in self.control_names],
                             self.control_index, self.ctl.rig.control_map().action_legend())
         view = self.ctl.policy.view
         flags = [f for f, on in (("MUTED", view.muted), ("STOPPED", view.stopped)) if on]
         v = self.ctl.voice(self.channel)
         about = "no voice" if v is None else (
-            f"{v.label()} {v.state} {ev.instrument_name(v.inst)} range {v.range[0]}-{v.range[1]}")
-        set_text(self._status,
-            f"channel {self.channel + 1}: {about}\n{' '.join(flags) or 'playing'}")
+            f"{v.state} {v.range[0]}-{v.range[1]}\n{ev.instrument_name(v.inst)}")
+        preset = f" [{self.sub_title}]" if self.sub_title else ""
+        set_text(self._status, f"ch {self.channel + 1} {' '.join(flags) or 'playing'}"
+                               f"{preset}: {about}")
 
     def tick(self) -> None:
         """Poll the controller (player events, messages) and the exit conditions."""
@@ -178,7 +220,8 @@ class PlayApp(App[int]):
         for e in events:
             if e.kind in ("input", "output"):
                 what = "on " if e.vel else "off"
-                lines.append(f"{e.kind:<6} {what} {short_name(e.inst, 16):<16} {e.pitch:3d} "
+                lines.append(f"{'in ' if e.kind == 'input' else 'out'} {what} "
+                             f"{abbreviate(ev.instrument_name(e.inst), 12):<12} {e.pitch:3d} "
                              f"{e.vel:3d}")
         if lines:  # one write per tick
             self._log.write("\n".join(lines[-200:]))
@@ -217,9 +260,26 @@ class PlayApp(App[int]):
         self.control_index = (self.control_index + step) % len(self.control_names)
         self.refresh_all()
 
+    def control_value(self, name: str) -> float:
+        """The control's value: the one a key just set while the player's view does not
+        show it yet (at most :data:`PENDING` s), else the view's (CCs move it too)."""
+        shown = self.ctl.control_value(name)
+        pending = self._pending.get(name)
+        if pending is None:
+            return shown
+        value, when = pending
+        if abs(shown - value) < 1e-9 or time.monotonic() - when > PENDING:
+            del self._pending[name]
+            return shown
+        return value
+
     def action_nudge(self, steps: int) -> None:
+        """Move the selected control by ``steps`` twentieths of its range, from the value
+        the last key set (quick presses are never lost to a view not yet updated)."""
         name = self.control_names[self.control_index]
-        self.ctl.nudge(name, steps)
+        spec = self.ctl.rig.controls[name]
+        self.ctl.set_control(name, self.control_value(name) + steps * (spec.hi - spec.lo) / 20)
+        self._pending[name] = (spec.value, time.monotonic())
         self.refresh_all()
 
     def action_mode(self) -> None:

@@ -31,6 +31,25 @@ def pitch_name(pitch: int, inst: int) -> str:
     return f"{PITCH_NAMES[pitch % 12]}{pitch // 12 - 1}"
 
 
+def abbreviate(name: str, width: int) -> str:
+    """``name`` in at most ``width`` characters, still telling instruments apart: the
+    words but the last cut to two letters, the last one cut to fit, a number or a
+    ``(variant)`` kept short at the end (``Acoustic Grand Piano`` → ``AcGrPian``,
+    ``Electric Bass (finger)`` → ``ElBa(fi)``, ``Electric Piano 1`` → ``ElPiano1`` at 8)."""
+    if len(name) <= width:
+        return name
+    words, suffix = name.split(), ""
+    if len(words) > 1 and words[-1].startswith("("):
+        suffix = "(" + words.pop().strip("()")[:2] + ")"
+    elif len(words) > 1 and words[-1].isdigit():
+        suffix = words.pop()
+    prefix = "".join(w[:2] for w in words[:-1])
+    room = width - len(prefix) - len(suffix)
+    if room < 2:
+        return name[: width - 1] + "."
+    return prefix + words[-1][:room] + suffix
+
+
 def set_text(widget: Static, text: str, layout: bool = False) -> None:
     """Update a Static only when its text changes, without a layout pass unless asked
     (the panels have fixed sizes; layout passes cost the model's thread the GIL)."""
@@ -43,8 +62,9 @@ class Mixer(Static):
     """The 16 channels in two rows of 8 cells, drawn as one widget (many small widgets made
     every repaint cost tens of milliseconds of the GIL on a loaded machine).
 
-    A cell shows the channel's tag (``-->01`` input, ``02`` auto, ``01->03`` follow, with a
-    ``*`` per sounding note), its mode and its instrument. Clicking a cell's mode line or
+    A cell shows the channel number (``03<01``: channel 3 follows channel 1) with a
+    ``*`` per sounding note (up to 3), its mode and its instrument (abbreviated to the
+    cell, :func:`abbreviate`; struck out when muted). Clicking a cell's mode line or
     instrument line posts :class:`Mixer.Clicked`; :attr:`cells` holds what is shown.
     """
 
@@ -75,10 +95,14 @@ class Mixer(Static):
         for ch in range(16):
             v = voices.get(ch)
             if v is None:
-                cells[ch] = (f"ch {ch + 1}", "--", "--")
+                cells[ch] = (f"{ch + 1:02d}", "--", "--")
             else:
-                stars = "*" * min(sounding.get(v.inst, 0), 4)
-                cells[ch] = (f"{v.label()} {stars}", v.state, short_name(v.inst))
+                tag = f"{ch + 1:02d}"
+                if v.mode == "follow":
+                    tag += "<" + ("??" if v.source is None else f"{v.source + 1:02d}")
+                stars = "*" * min(sounding.get(v.inst, 0), 3)
+                name = abbreviate(short_name(v.inst, 40), self.cell_width - 1)
+                cells[ch] = (f"{tag} {stars}".rstrip(), v.state, name)
         muted = tuple(ch for ch, v in voices.items() if v.mute)
         shown = (tuple(cells.items()), selected, muted, self.cell_width)
         if shown == self._shown:
@@ -134,7 +158,7 @@ class ControlPanel(Static):
     the value and its CCs; the selected one is marked with ``>``. One widget for all (a
     repaint costs per widget)."""
 
-    WIDTH = 20
+    WIDTH = 12
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(markup=False, **kw)
@@ -148,8 +172,8 @@ class ControlPanel(Static):
             filled = int(round(spec.to_unit(value) * self.WIDTH))
             ccs = ",".join(str(c) for c in spec.ccs) or "-"
             mark = ">" if k == selected else " "
-            lines[spec.name] = (f"{mark} {spec.name:<15}[{'#' * filled}"
-                                f"{'.' * (self.WIDTH - filled)}] {value:5.2f}  cc {ccs}")
+            lines[spec.name] = (f"{mark} {spec.name:<14} [{'#' * filled}"
+                                f"{'.' * (self.WIDTH - filled)}] {value:5.2f} cc{ccs}")
         self.lines = lines
         set_text(self, "\n".join([*lines.values(), legend] if legend else lines.values()))
 
@@ -162,8 +186,8 @@ def describe_event(e: Any, now: float) -> str:
     vel = "off" if e.vel == 0 else f"vel {e.vel}"
     end = getattr(sampled, "end", 0.0)
     ms = getattr(sampled, "time", 0.0) * 1000  # the predicted delta, not a countdown
-    return (f"next: {short_name(e.inst, 22)}  {pitch_name(e.pitch, e.inst)} ({e.pitch})  "
-            f"after {ms:6.0f} ms  {vel}  end {end:.3f}")
+    return (f"next: {abbreviate(short_name(e.inst, 40), 12)} {pitch_name(e.pitch, e.inst)} "
+            f"({e.pitch}) {vel}\n  after {ms:.0f} ms  end {end:.3f}")
 
 
 def describe_sounding(sounding: dict[tuple[int, int], int], limit: int = 12) -> str:
@@ -172,23 +196,22 @@ def describe_sounding(sounding: dict[tuple[int, int], int], limit: int = 12) -> 
         return "sounding: none"
     lines = [f"sounding: {len(sounding)}"]
     for (inst, pitch), vel in sorted(sounding.items())[:limit]:
-        lines.append(f"  {short_name(inst, 16):<16} {pitch_name(pitch, inst):>4} ({pitch:3d}) "
-                     f"v{vel}")
+        lines.append(f"  {abbreviate(short_name(inst, 40), 16):<16} "
+                     f"{pitch_name(pitch, inst):>4} ({pitch:3d}) v{vel}")
     if len(sounding) > limit:
         lines.append(f"  ... and {len(sounding) - limit} more")
     return "\n".join(lines)
 
 
 def describe_timing(summary: dict[str, Any]) -> str:
-    """Latency (input → answer), lateness of planned events, model call times (ms)."""
-    lines = ["timing (ms)      p50     p99"]
-    for key, label in (("latency", "input->answer"), ("lateness", "lateness"),
-                       ("sample", "sample"), ("feed", "feed")):
+    """Latency (input → answer) and lateness of planned events (p50/p99 ms), counts."""
+    lines = []
+    for key, label in (("latency", "answer"), ("lateness", "late  ")):
         s = summary.get(key, {})
         if s.get("n"):
-            lines.append(f"{label:<14} {s['p50_ms']:7.2f} {s['p99_ms']:7.2f}")
+            lines.append(f"{label} p50 {s['p50_ms']:5.1f} p99 {s['p99_ms']:5.1f} ms")
         else:
-            lines.append(f"{label:<14}       -       -")
+            lines.append(f"{label} p50     - p99     - ms")
     counts = summary.get("counts", {})
     lines.append(f"in {counts.get('inputs', 0)}  out {counts.get('outputs', 0)}  "
                  f"replans {counts.get('replans', 0)}")
