@@ -354,6 +354,19 @@ def test_help_shows_the_cc_map(command, capsys):
     assert "CC 102  reset" in out and "CC  20  steer_pitch" in out and "CC 64" in out
 
 
+def test_play_without_textual_stops_before_the_model_loads(monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "textual", None)  # as if not installed
+    assert cli_main(["play", "--checkpoint", "no-such-model.safetensors"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["notochord-rt play: error: play needs textual: "
+                   "pip install 'notochord-rt[live]'"]  # not the missing model
+
+
+def test_a_bad_cc_flag_is_a_user_error(capsys):
+    assert cli_main(["improvise", "--cc", "steer_pitch=64", "--checkpoint", "nope"]) == 2
+    assert "--cc: steer_pitch: CC 64 is the sustain pedal" in capsys.readouterr().err
+
+
 def test_a_missing_extra_is_one_line():
     with pytest.raises(UserError, match=r"play needs no-such-mod: pip install "
                                         r"'notochord-rt\[live\]'"):

@@ -20,7 +20,7 @@ from typing import Any
 import mido
 
 from ... import events as ev
-from ...errors import UserError
+from ...errors import InputError, UserError
 from .connections import PortsMixin
 from .controls import SUSTAIN, ControlMap, Edges, sustain_name
 from .noise import backend_noise
@@ -248,7 +248,10 @@ def options_from_args(args: Any, app: str | None = None) -> LiveOptions:
         virtual_in = ["in"]
     if not (args.midi_out or virtual_out):
         virtual_out = ["out"]
-    cmap = ControlMap.default().with_spec(getattr(args, "cc", None)).only(app)
+    try:
+        cmap = ControlMap.default().with_spec(getattr(args, "cc", None)).only(app)
+    except InputError as e:
+        raise UserError(f"--cc: {str(e).removeprefix('--cc: ')}") from None
     return LiveOptions(
         controls=dict(cmap.controls), actions=dict(cmap.actions),
         api=args.midi_api, inputs=list(args.midi_in or []), outputs=list(args.midi_out or []),
