@@ -65,12 +65,14 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
-def run(tabs: int, presses: int, base, chromium: str, background: bool = False) -> dict:
+def run(tabs: int, presses: int, base, chromium: str, background: bool = False,
+        engine: str = "per-tab") -> dict:
     from playwright.sync_api import sync_playwright
 
     from notochord_rt.apps.web.serve import ServerThread, make_web_app
 
-    web = make_web_app(base, soundfont=None, preset="follows", rate=5000, max_sessions=tabs)
+    web = make_web_app(base, soundfont=None, preset="follows", rate=5000, max_sessions=tabs,
+                       engine=engine)
     with ServerThread(web) as srv, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=[
             "--autoplay-policy=no-user-gesture-required", "--no-sandbox", "--mute-audio"])
@@ -107,7 +109,7 @@ def run(tabs: int, presses: int, base, chromium: str, background: bool = False) 
         feed = [1000 * x for s in sessions for x in s.player.stats.values("feed")]
         browser.close()
     missing = tabs * presses - len(lat)
-    return {"tabs": tabs, "background": background, "presses": len(lat),
+    return {"tabs": tabs, "engine": engine, "background": background, "presses": len(lat),
             "unanswered": missing, "wall_s": round(wall, 1),
             "page_p50_ms": round(pct(lat, 50), 2), "page_p99_ms": round(pct(lat, 99), 2),
             "page_max_ms": round(max(lat), 2) if lat else None,
@@ -122,6 +124,8 @@ def main() -> int:
     ap.add_argument("--tabs", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--presses", type=int, default=60, help="key presses per tab")
     ap.add_argument("--checkpoint", default="default")
+    ap.add_argument("--engine", default="per-tab", choices=("per-tab", "batched"),
+                    help="how the tabs' samplers are made (notochord-rt web --engine)")
     ap.add_argument("--background", action="store_true",
                     help="also run each tab count with every tab but the first not drawing "
                          "its piano roll (browsers run no animation frames in background "
@@ -141,7 +145,8 @@ def main() -> int:
     fast_thread_switching()  # as notochord-rt web does
     base = load_sampler(args.checkpoint, "module")
     print(f"machine: {machine_line()}")
-    print(f"model {args.checkpoint}, preset follows, {args.presses} presses per tab, "
+    print(f"model {args.checkpoint}, engine {args.engine}, preset follows, "
+          f"{args.presses} presses per tab, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"{'tabs':>4} {'presses':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
           f"{'server p50/p99 ms':>18}")
@@ -150,7 +155,7 @@ def main() -> int:
     if args.background:
         runs += [(n, True) for n in args.tabs if n > 1]
     for n, bg in runs:
-        r = run(n, args.presses, base, chromium, bg)
+        r = run(n, args.presses, base, chromium, bg, args.engine)
         results.append(r)
         print(f"{n:>4}{'*' if bg else ' '}{r['presses']:>7} {r['page_p50_ms']:>7.2f} "
               f"{r['page_p99_ms']:>7.2f} "

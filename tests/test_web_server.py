@@ -185,8 +185,9 @@ def _eventually(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
     return cond()
 
 
-def test_two_tabs_are_isolated(serve) -> None:
-    srv = serve()
+@pytest.mark.parametrize("engine", ["per-tab", "batched"])
+def test_two_tabs_are_isolated(serve, engine) -> None:
+    srv = serve(engine=engine)
     with connect(srv) as a, connect(srv) as b:
         wa = recv_until(a, lambda m: m["type"] == "welcome")[-1]
         wb = recv_until(b, lambda m: m["type"] == "welcome")[-1]
@@ -261,8 +262,9 @@ def test_rate_and_size_limits(serve) -> None:
         assert recv_until(b, lambda m: m["type"] == "pong")[-1]["id"] == 5
 
 
-def test_disconnect_releases_every_model_note(serve) -> None:
-    srv = serve(preset="band")
+@pytest.mark.parametrize("engine", ["per-tab", "batched"])
+def test_disconnect_releases_every_model_note(serve, engine) -> None:
+    srv = serve(preset="band", engine=engine)
     with connect(srv) as ws:
         recv_until(ws, lambda m: m["type"] == "welcome")
         for name in ("steer_rate", "steer_density"):
@@ -273,6 +275,9 @@ def test_disconnect_releases_every_model_note(serve) -> None:
     assert not sess.player.running and sess.closed
     assert sess.sink.sounding == set()
     assert sess.player.sounding() == set()
+    if engine == "batched":  # the stream slot went back, its held notes cleared
+        assert sess.player.model.held_notes == {}
+        assert sess.player.model.index in srv.web.manager.factory.engine._free
 
 
 def test_the_command_serves_and_warns_off_loopback(tmp_path) -> None:

@@ -15,7 +15,7 @@ from tiny import tiny_model
 pytest.importorskip("starlette")
 
 from notochord_rt.apps.play.presets import load_presets  # noqa: E402
-from notochord_rt.apps.web.engine import SamplerFactory  # noqa: E402
+from notochord_rt.apps.web.engine import ENGINES, SamplerFactory, make_factory  # noqa: E402
 from notochord_rt.apps.web.protocol import Message, ProtocolError  # noqa: E402
 from notochord_rt.apps.web.session import WebSession  # noqa: E402
 from notochord_rt.midi.ingest import load_midi  # noqa: E402
@@ -56,9 +56,10 @@ def sounding_after(msgs: list[dict]) -> set[tuple[int, int]]:
     return on
 
 
-@pytest.fixture
-def factory() -> SamplerFactory:
-    return SamplerFactory(tiny_model(0), "fp32")
+@pytest.fixture(params=ENGINES)
+def factory(request):
+    """Each session test runs on both engines."""
+    return make_factory(tiny_model(0), request.param, max_sessions=4)
 
 
 @pytest.fixture
@@ -205,7 +206,8 @@ def test_a_midi_file_prompt_sets_the_voices(open_session) -> None:
     assert "bad.mid" in err["message"] and "/tmp" not in err["message"]
 
 
-def test_tab_samplers_share_the_weights_not_the_stream(factory) -> None:
+def test_tab_samplers_share_the_weights_not_the_stream() -> None:
+    factory = SamplerFactory(tiny_model(0), "fp32")
     a, b = factory.new(1), factory.new(2)
     base = dict(factory.base.named_parameters())
     for name, p in a.named_parameters():
@@ -224,3 +226,41 @@ def test_the_controllers_notes_reach_the_page(open_session) -> None:
     s.handle(Message("voice", {"channel": 1, "mode": "follow"}))
     msgs = inbox.wait(lambda m: any(x["type"] == "log" for x in m))
     assert any("no other voice to follow" in x["message"] for x in msgs if x["type"] == "log")
+
+
+def test_the_batched_engine_combines_concurrent_calls_and_isolates_errors() -> None:
+    from notochord_rt.apps.web.batched import BatchedEngine
+    from notochord_rt.engine.sampling.constraints import Constraints
+    from notochord_rt.errors import NoPossibleEvents
+
+    engine = BatchedEngine(tiny_model(0), 8)
+    slots = [engine.slot(k) for k in range(8)]
+    errors: list[BaseException] = []
+    results: dict[int, list] = {k: [] for k in range(8)}
+    start = threading.Barrier(8)
+
+    def play(k: int) -> None:
+        s = slots[k]
+        start.wait()
+        try:
+            for _ in range(30):
+                e = s.sample(Constraints(note_on_map={1: range(50, 70)}) if k else
+                             Constraints(note_on_map={1: []}, note_off_map={}))
+                s.feed(e.inst, e.pitch, e.time, e.vel)
+                results[k].append(e)
+        except NoPossibleEvents as err:  # slot 0 asked for nothing possible
+            errors.append(err)
+
+    threads = [threading.Thread(target=play, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(errors) == 1 and results[0] == []  # the impossible request failed alone
+    for k in range(1, 8):
+        assert len(results[k]) == 30
+        assert all(e.inst == 1 and (50 <= e.pitch < 70 or e.vel == 0) for e in results[k])
+        assert slots[k].step_count == 30
+    assert engine.batches < engine.calls  # concurrent calls shared batched steps
+    engine.release(slots[1])
+    assert slots[1].held_notes == {} and engine.slot().index == 1

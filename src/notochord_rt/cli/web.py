@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default=DEFAULT_PRECISION,
                         choices=(*PRECISIONS, "module"),
                         help="core of each tab's sampler (default fp32)")
+    parser.add_argument("--engine", default="per-tab", choices=("per-tab", "batched"),
+                        help="per-tab: each tab its own sampler over the shared weights (the "
+                             "default); batched: every tab a stream of one batched engine, "
+                             "concurrent calls combined into one step")
     parser.add_argument("--soundfont", metavar="PATH",
                         help="General MIDI SoundFont (.sf2/.sf3) the page plays with "
                              "(default: Debian's FluidR3_GM from fluid-soundfont-gm)")
@@ -90,10 +94,11 @@ def run(args: argparse.Namespace) -> int:
     soundfont = find_soundfont(args.soundfont)
     base = load_sampler(args.checkpoint, "module", download=args.download)
     web = srv.make_web_app(base, book, soundfont=soundfont, precision=args.precision,
-                       max_sessions=args.max_sessions, idle_timeout=args.session_timeout or None,
-                       preset=preset, seed=args.seed, rate=args.rate, host=args.host,
-                       allow_origins=tuple(args.allow_origin),
-                       info={"model": str(args.checkpoint)})
+                           engine=args.engine, max_sessions=args.max_sessions,
+                           idle_timeout=args.session_timeout or None, preset=preset,
+                           seed=args.seed, rate=args.rate, host=args.host,
+                           allow_origins=tuple(args.allow_origin),
+                           info={"model": str(args.checkpoint)})
     local = srv.loopback(args.host)
     sock = srv.bind(args.host, args.port)
     port = sock.getsockname()[1]

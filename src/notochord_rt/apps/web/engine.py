@@ -3,15 +3,15 @@
 Each browser tab gets its own real-time :class:`~notochord_rt.apps.live.player.Player`,
 whose scheduler thread owns one model stream. The weights are loaded once (through
 :func:`notochord_rt.apps.loading.load_sampler`) and every tab's ``Notochord`` is built
-with ``load_state_dict(..., assign=True)``, so its parameters *are* the base model's
-tensors (no copy). The packed inference core is per tab: a
+over the base model's tensors (no copy: ``Notochord.from_net`` where the sampler composes
+its network, else ``load_state_dict(..., assign=True)``). The packed inference core is per tab: a
 :class:`~notochord_rt.engine.cores.fast.FastCore` reuses small scratch buffers and is not
 thread-safe, and the tabs' players run on their own threads (for the default model a
 core is a few MB and builds in milliseconds).
 
-The batched many-stream engine (:class:`~notochord_rt.engine.sampling.streams.Streams`,
-used by the OSC sessions) would need one thread stepping all tabs together; the player
-samples synchronously on its own thread, so the tabs use one stream each instead.
+The other way, :mod:`.batched`, serves every tab from one batched many-stream engine
+(:class:`~notochord_rt.engine.sampling.streams.Streams`, as the OSC sessions); see
+``ENGINES``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,26 @@ from typing import Any
 from ...engine.cores.precisions import MODULE_CORE
 
 log = logging.getLogger(__name__)
+
+ENGINES = ("per-tab", "batched")
+"""How the tabs' samplers are made: ``per-tab`` (the default: :class:`SamplerFactory`) or
+``batched`` (one ``Streams`` for every tab, calls combined into batched steps:
+:mod:`.batched`). Measured with 16 Python WebSocket clients on the loaded 2-core VM
+(docs/web.md), neither was clearly better under load, and a batch of one through the
+batched engine costs about twice a single stream's call (one tab's p50 9.6 vs 4.8 ms), so
+per-tab is the default."""
+
+
+def make_factory(base: Any, engine: str, max_sessions: int, precision: str = "fp32") -> Any:
+    """The sessions' sampler source of kind ``engine`` (see :data:`ENGINES`)."""
+    if engine == "batched":
+        from .batched import BatchedFactory
+
+        return BatchedFactory(base, max_sessions, "fp32" if precision == MODULE_CORE
+                              else precision)
+    if engine == "per-tab":
+        return SamplerFactory(base, precision)
+    raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
 
 
 class SamplerFactory:
@@ -42,10 +62,17 @@ class SamplerFactory:
         stream (seeded with ``seed`` when given)."""
         from ...engine.sampling.sampler import Notochord
 
-        with self._lock:
-            model = Notochord(self.base.config, seed=seed)
-            model.load_state_dict(self.base.state_dict(), assign=True)
+        net = getattr(self.base, "net", None)
+        if net is not None:  # a sampler that composes its network: from_net shares it
+            model = Notochord.from_net(net, seed=seed)
+        else:  # a sampler that is its network: its parameters become the base's tensors
+            with self._lock:
+                model = Notochord(self.base.config, seed=seed)
+                model.load_state_dict(self.base.state_dict(), assign=True)
         model.eval()
         if self.precision and self.precision != MODULE_CORE:
             model.use_core(self.precision)
         return model
+
+    def release(self, model: Any) -> None:
+        """Nothing to give back: the sampler is the session's alone."""

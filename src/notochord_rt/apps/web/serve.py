@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import UserError
-from .engine import SamplerFactory
+from .engine import make_factory
 from .protocol import MAX_FRAME
 from .server import LOOPBACK_NAMES, WebApp, WebConfig
 from .sessions import SessionManager
@@ -46,16 +46,18 @@ def loopback(host: str) -> bool:
 
 
 def make_web_app(base: Any, book: Any = None, *, soundfont: Path | None = None,
-                 precision: str = "fp32", max_sessions: int = 16,
+                 precision: str = "fp32", engine: str = "per-tab", max_sessions: int = 16,
                  idle_timeout: float | None = 600.0, preset: str | int = 0,
                  seed: int | None = None, rate: float = 200.0, host: str = "127.0.0.1",
                  allow_origins: tuple[str, ...] = (), info: dict | None = None) -> WebApp:
-    """The web app over the loaded sampler ``base`` (its weights are shared by the tabs)
-    and the presets ``book`` (default: the bundled presets)."""
+    """The web app over the loaded sampler ``base`` (its weights are shared by the tabs,
+    through ``engine``: see :data:`.engine.ENGINES`) and the presets ``book`` (default: the
+    bundled presets)."""
     from ..play.presets import load_presets
 
     book = book if book is not None else load_presets(None)
-    manager = SessionManager(SamplerFactory(base, precision), book, max_sessions=max_sessions,
+    manager = SessionManager(make_factory(base, engine, max_sessions, precision), book,
+                             max_sessions=max_sessions,
                              idle_timeout=idle_timeout, preset=preset, seed=seed)
     config = WebConfig(hosts=LOOPBACK_NAMES if loopback(host) else ("*",),
                        allow_origins=tuple(allow_origins), rate=rate, burst=2 * rate,

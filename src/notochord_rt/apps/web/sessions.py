@@ -52,12 +52,16 @@ class SessionManager:
             seed = None if self.seed is None else self.seed + self._opened
             self._opened += 1
             self.sessions[sid] = None  # type: ignore[assignment]  # reserve the slot
+        model = None
         try:
-            sess = WebSession(sid, self.factory.new(seed), self.book, send, preset=self.preset)
+            model = self.factory.new(seed)
+            sess = WebSession(sid, model, self.book, send, preset=self.preset)
             sess.start()
         except BaseException:
             with self._lock:
                 self.sessions.pop(sid, None)
+            if model is not None:
+                self.factory.release(model)
             raise
         with self._lock:
             self.sessions[sid] = sess
@@ -70,7 +74,9 @@ class SessionManager:
             sess.close()
         finally:
             with self._lock:
-                self.sessions.pop(sess.id, None)
+                gone = self.sessions.pop(sess.id, None) is not None
+            if gone:  # once: the slot goes back to the factory
+                self.factory.release(sess.player.model)
 
     def idle(self, now: float | None = None) -> list[WebSession]:
         """Sessions without a message for longer than ``idle_timeout``."""
