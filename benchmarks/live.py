@@ -371,7 +371,7 @@ def run(args) -> dict:
 def run_start(args) -> dict:
     """The first-note and TUI scenarios (``live_start.py``), on a server of their own."""
     from jack import Probe, jack_server
-    from live_start import first_note, tui_lateness
+    from live_start import COLD, first_note, summarize_first, tui_lateness
 
     from notochord_rt.model.checkpoint import save_model
 
@@ -388,9 +388,14 @@ def run_start(args) -> dict:
             save_model(Notochord(seed=0), ckpt)
         probe = Probe("bench-start")
         try:
-            if args.only in ("all", "first-note"):
-                out["first_note"] = first_note(harmonize_cmd(ckpt, probe, args.precision),
-                                               probe, args.starts, stats_ms)
+            if args.only in ("all", "first-note"):  # with and without the warm-up, in turn
+                cmd = harmonize_cmd(ckpt, probe, args.precision)
+                cold = [sys.executable, "-c", COLD, *cmd[3:]]
+                runs: dict[str, list] = {"warm": [], "cold (no warm-up)": []}
+                for _ in range(args.starts):
+                    runs["warm"].append(first_note(cmd, probe, 1))
+                    runs["cold (no warm-up)"].append(first_note(cold, probe, 1))
+                out["first_note"] = {k: summarize_first(v, stats_ms) for k, v in runs.items()}
                 print(f"first note {out['first_note']}", flush=True)  # noqa: T201
             if args.only in ("all", "tui"):  # play's own default model
                 from notochord_rt.apps.loading import load_sampler

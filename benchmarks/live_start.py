@@ -30,9 +30,9 @@ def _answer_after(probe, t: float, channel: int, window: float) -> float | None:
     return hits[0] - t if hits else None
 
 
-def first_note(cmd: list[str], probe, starts: int, stats_ms, gap: float = 0.08) -> dict:
+def first_note(cmd: list[str], probe, starts: int, gap: float = 0.08) -> dict:
     """Start ``cmd`` (an app answering on channel 2) ``starts`` times; the first answer's
-    latency after each start and the steady latencies after it."""
+    latency after each start and the steady latencies after it (seconds)."""
     first, steady = [], []
     missed = 0
     for _ in range(starts):
@@ -66,12 +66,24 @@ def first_note(cmd: list[str], probe, starts: int, stats_ms, gap: float = 0.08) 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
-    f, s = np.array(first), np.array(steady)
-    out = {"first": stats_ms(f), "steady": stats_ms(s), "starts": starts,
-           "first_unanswered": missed, "first_ms": [round(float(x) * 1e3, 2) for x in f]}
+    return {"first": first, "steady": steady, "missed": missed}
+
+
+def summarize_first(runs: list[dict], stats_ms) -> dict:
+    """Pool :func:`first_note` runs: the first answers against the steady ones."""
+    f = np.array([x for r in runs for x in r["first"]])
+    s = np.array([x for r in runs for x in r["steady"]])
+    out = {"first": stats_ms(f), "steady": stats_ms(s), "starts": len(runs),
+           "first_unanswered": sum(r["missed"] for r in runs),
+           "first_ms": [round(float(x) * 1e3, 2) for x in f]}
     if len(f) and len(s):
         out["first_minus_steady_p50_ms"] = round(float(np.median(f) - np.median(s)) * 1e3, 3)
     return out
+
+
+COLD = ("import sys, notochord_rt.apps.live.player as p; p.warm_up = lambda model: 0.0; "
+        "from notochord_rt.cli import main; sys.exit(main())")
+"""``python -c COLD ARGS...``: the app without its warm-up (the comparison)."""
 
 
 def tui_lateness(model, probe_in: str, seconds: float, stats_ms, preset: str = "band",

@@ -152,7 +152,7 @@ def _run_ui(session: Any, policy: Any, book: Any, preset: str, notes: list[str],
                 session.router.thru = session.out
             ctl = controller_cls(player, policy, book)
             ctl.preset_name = preset
-            for n in notes:
+            for n in [*session.port_lines(), *notes]:  # the ports: also in the UI's log
                 ctl.say(n)
             root.handlers = [_ToUI(ctl.say)]
             o = session.opt

@@ -143,6 +143,7 @@ class PortsMixin:
             threading.Thread(target=self._await_server, name="midi-server-wait",
                              daemon=True).start()
         else:
+            self.lost_ports.append((f"MIDI server ({self.server_lost})", "server"))
             self.lost.set()
 
     def _await_server(self) -> None:
