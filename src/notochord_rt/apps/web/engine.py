@@ -27,10 +27,9 @@ log = logging.getLogger(__name__)
 ENGINES = ("per-tab", "batched")
 """How the tabs' samplers are made: ``per-tab`` (the default: :class:`SamplerFactory`) or
 ``batched`` (one ``Streams`` for every tab, calls combined into batched steps:
-:mod:`.batched`). Measured with 16 Python WebSocket clients on the loaded 2-core VM
-(docs/web.md), neither was clearly better under load, and a batch of one through the
-batched engine costs about twice a single stream's call (one tab's p50 9.6 vs 4.8 ms), so
-per-tab is the default."""
+:mod:`.batched`). A batch of one costs more than a single stream's call (one tab: sample
+p50 1.77 vs 1.13 ms, feed 0.80 vs 0.34 ms) and 16 tabs on the loaded 2-core VM gave no
+clear winner (docs/web.md), so per-tab is the default."""
 
 
 def make_factory(base: Any, engine: str, max_sessions: int, precision: str = "fp32") -> Any:
