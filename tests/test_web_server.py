@@ -247,7 +247,8 @@ def test_rate_and_size_limits(serve) -> None:
         got = drain(a, 1.0)
         pongs = [m for m in got if m["type"] == "pong"]
         errors = [m for m in got if m["type"] == "error"]
-        assert 40 <= len(pongs) < 100, len(pongs)  # the burst (2 x rate) and a little more
+        # the burst (2 x rate) and what refilled while the server worked through them
+        assert 40 <= len(pongs) < 200, len(pongs)
         assert errors and "too many messages" in errors[0]["message"]
         assert len(errors) <= 3  # one error a second, not one per dropped message
         time.sleep(1.0)
