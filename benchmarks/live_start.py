@@ -81,9 +81,11 @@ def summarize_first(runs: list[dict], stats_ms) -> dict:
     return out
 
 
-COLD = ("import sys, notochord_rt.apps.live.player as p; p.warm_up = lambda model: 0.0; "
+COLD = ("import sys, notochord_rt.apps.live.player as p, notochord_rt.apps.live.session as s; "
+        "p.warm_up = lambda model: 0.0; s.settle_memory = lambda: 0.0; "
         "from notochord_rt.cli import main; sys.exit(main())")
-"""``python -c COLD ARGS...``: the app without its warm-up (the comparison)."""
+"""``python -c COLD ARGS...``: the app without its warm-up and without the garbage
+collection at start (the comparison)."""
 
 
 def tui_lateness(model, probe_in: str, seconds: float, stats_ms, preset: str = "band",

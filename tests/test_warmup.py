@@ -37,3 +37,25 @@ def test_warm_up_skips_a_model_without_state():
             raise AssertionError("sampled")
 
     assert warm_up(Bare()) == 0.0
+
+
+def test_settle_memory_takes_the_full_collection_before_the_music():
+    import gc
+    import weakref
+
+    from notochord_rt.apps.live.warmup import settle_memory, unsettle_memory
+
+    class Cycle:
+        pass
+
+    a, b = Cycle(), Cycle()
+    a.other, b.other = b, a  # garbage only a collection finds
+    gone = weakref.ref(a)
+    del a, b
+    try:
+        settle_memory()
+        assert gone() is None  # collected first, not frozen
+        assert gc.get_freeze_count() > 0
+    finally:
+        unsettle_memory()
+    assert gc.get_freeze_count() == 0

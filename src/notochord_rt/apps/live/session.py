@@ -27,6 +27,7 @@ from .noise import backend_noise
 from .player import Player, PlayerConfig, Policy
 from .ports import ChannelMap, FeedbackFilter, MidiOut, OpenedPort
 from .portwatch import PortWatch
+from .warmup import settle_memory, unsettle_memory
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ class LiveSession(PortsMixin):
         self.router = InputRouter(self.player, self.cmap_in, controls=o.controls,
                                   actions=o.actions, feedback=fb,
                                   thru=self.out if o.thru else None)
+        settle_memory()  # the collector's first full pass now, not with the first notes
         self.player.start()
         self._listen_and_watch()
         self._report_ports()
@@ -215,6 +217,7 @@ class LiveSession(PortsMixin):
             self._announce.cancel()
             self._announce.join()
         self._close_ports()
+        unsettle_memory()
 
 
 def voice_channels(insts: list[int], taken: set[int], spec: str | None = None) -> ChannelMap:
