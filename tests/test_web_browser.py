@@ -340,3 +340,14 @@ def test_a_lost_connection_is_opened_again(page, server) -> None:
     while first in server.web.manager.sessions:
         assert time.monotonic() < end
         time.sleep(0.02)
+
+
+def test_computer_keys_play_again_after_moving_a_slider(page, server) -> None:
+    open_page(page, server)
+    volume = page.locator("#volume")
+    volume.focus()
+    volume.fill("0.5")  # input + change: the slider lets go of the focus
+    assert page.evaluate("() => document.activeElement.id") != "volume"
+    page.keyboard.down("f")  # F4: a note, not a slider step
+    page.keyboard.up("f")
+    wait_js(page, "nrt.roll.notes.some(n => n.mine && n.pitch === 65)")

@@ -180,6 +180,11 @@ $("prompt").addEventListener("change", async (e) => {
 });
 $("midi-out").addEventListener("change", (e) => { midi.outputId = e.target.value; });
 
+// After a choice in a menu or on a slider the computer keys play notes again (a focused
+// menu would take letters as a search).
+document.addEventListener("change", (e) => {
+  if (e.target.tagName === "SELECT" || e.target.type === "range") e.target.blur();
+});
 window.addEventListener("keydown", (e) => {
   if (e.target.closest?.("input, select, textarea")) return;
   if (e.code === "Escape") { $("panic").click(); return; }
