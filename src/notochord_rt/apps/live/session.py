@@ -303,10 +303,10 @@ def run_session(session: LiveSession, args: Any, what: str) -> int:
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, _interrupt)
     o = session.opt
-    startup_log.info("%s: %s", what, ControlMap(o.controls, o.actions).summary())
     status = 0
     try:
         with session:
+            startup_log.info("%s: %s", what, ControlMap(o.controls, o.actions).summary())
             startup_log.info("%s: running (Ctrl-C to stop)", what)
             status = session.wait(args.duration)
     except KeyboardInterrupt as e:
