@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import time
 
@@ -335,6 +336,34 @@ def test_improvise_voices_get_a_fair_share():
         unbalanced = note_on_shares(free, model)
         assert min(balanced.values()) >= 0.2, balanced  # a fair share is 1/3
         assert min(balanced.values()) > min(unbalanced.values()) + 0.05, (balanced, unbalanced)
+
+
+# -- the TUI shows the map ------------------------------------------------------------------
+@pytest.mark.slow
+def test_play_tui_shows_the_action_ccs():
+    import asyncio
+
+    from notochord_rt.apps.play.policy import PlayController
+    from notochord_rt.apps.play.tui import PlayApp
+
+    rig = load_presets().rig("duet")
+    policy = VoicesPolicy(rig)
+    player = Player(tiny_model(0), Sink(), policy)
+    ctl = PlayController(player, policy)
+    player.start()
+
+    async def go() -> str:
+        async with PlayApp(ctl, poll_interval=0.02).run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.2)
+            return str(pilot.app._controls.render())
+
+    try:
+        shown = asyncio.run(go())
+    finally:
+        player.stop()
+    assert re.search(r"steer_pitch .* cc ?20\b", shown)  # each control's CC beside it
+    legend = " ".join(shown.split())
+    assert "102 reset" in legend and "104 mute" in legend and "106 panic" in legend
 
 
 # -- command line ----------------------------------------------------------------------------

@@ -162,10 +162,14 @@ class ControlMap:
                 for cc, name in sorted(self.actions.items())] or ["  (none)"]
         return out
 
-    def action_legend(self) -> str:
-        """The actions' CCs in one short line (the TUI's legend under the controls)."""
-        acts = " ".join(f"{cc} {n}" for cc, n in sorted(self.actions.items())) or "none"
-        return f"action cc (rise past {self.threshold - 1}): {acts}"
+    def action_legend(self, width: int = 44) -> str:
+        """The actions' CCs in lines of at most ``width`` characters (the TUI's legend
+        under the controls)."""
+        import textwrap
+
+        acts = ", ".join(f"{cc} {n}" for cc, n in sorted(self.actions.items())) or "none"
+        return "\n".join(textwrap.wrap(f"action cc (on rising past {self.threshold - 1}): "
+                                        f"{acts}", width))
 
     def summary(self) -> str:
         """The whole map in one line (the start-up log line, the TUI's legend)."""
