@@ -108,7 +108,8 @@ def run_with_clock(session: Any, args: Any, what: str) -> int:
         clock.start()
         if sender is not None:
             sender.start()
-        log.warning("%s: clock %s", what, clock.info().text())
+        logging.getLogger("notochord_rt.startup").info("%s: clock %s", what,
+                                                       clock.info().text())
         return run_session(session, args, what)
     finally:
         if sender is not None:
