@@ -204,3 +204,23 @@ def test_clock_choices_name_what_is_missing():
 def test_beat_info_text():
     assert BeatInfo("midi", 120.0, 9.5, True).text() == "120.0 BPM  3:2  midi"
     assert "stopped" in BeatInfo("link", None, 0.0, False).text()
+
+
+def test_stalled_delivery_stays_near_the_tempo():
+    """A loaded machine's MIDI transport stalls now and then (20-80 ms) and then delivers
+    the held ticks at once: those late ticks are left out of the fit."""
+    rng = np.random.default_rng(0)
+    times = ticks(120, 24 * 8)
+    deliver, k = times.copy(), 0
+    while k < len(times):
+        if rng.random() < 0.1:
+            until = times[k] + rng.uniform(0.02, 0.08)
+            j = k
+            while j < len(times) and times[j] < until:
+                deliver[j] = until
+                j += 1
+            k = j
+        else:
+            k += 1
+    got = np.array(estimates(np.maximum.accumulate(deliver))[48:], dtype=float)
+    assert np.abs(got - 120).max() < 8, (got.min(), got.max())

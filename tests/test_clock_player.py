@@ -122,7 +122,11 @@ def test_beat_sync_pieces():
     assert sync.constraints(plain, time.perf_counter()) is plain  # answers stay immediate
     info = clock.info()
     assert sync.action(ClockEvent("stop", info)) == "release" and sync.on_bar
-    assert sync.action(ClockEvent("tempo", info)) == "replan"
+    assert sync.action(ClockEvent("tempo", info)) is None  # the plan's own tempo
+    clock.set_tempo(121.0)  # under 1 %: the plan stands
+    assert sync.action(ClockEvent("tempo", clock.info())) is None
+    clock.set_tempo(130.0)
+    assert sync.action(ClockEvent("tempo", clock.info())) == "replan"
     assert sync.action(ClockEvent("error", info)) is None
     assert wants_beat(cons) and not wants_beat(plain)
     assert free_time(cons).grid is None and free_time(plain) is plain

@@ -28,6 +28,8 @@ from .clock import BeatInfo, Clock, ClockEvent
 
 log = logging.getLogger(__name__)
 
+REPLAN_TEMPO = 0.01
+"""A plan is redone when the tempo moved by more than this (relative) since it was made."""
 _BEAT_FIELDS = {"grid": None, "swing": 0.0, "next_bar": False, "min_beats": 0.0,
                 "max_beats": math.inf, "bpm": None, "beat": None}
 
@@ -52,6 +54,7 @@ class BeatSync:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.on_bar = True  # the first event after a start waits for a bar line
+        self.used_bpm: float | None = None  # the tempo the current plan was made at
 
     def info(self, t: float | None = None) -> BeatInfo:
         """The clock's reading at ``t`` (default now)."""
@@ -68,6 +71,7 @@ class BeatSync:
             return None
         if not wants_beat(cons):
             return cons
+        self.used_bpm = info.bpm
         extra: dict[str, Any] = {"bpm": info.bpm, "beat": info.beat,
                                  "beats_per_bar": self.clock.per_bar}
         if self.on_bar:
@@ -87,8 +91,12 @@ class BeatSync:
         if event.kind in ("start", "continue"):
             self.on_bar = True
             return "replan"
-        if event.kind in ("tempo", "position"):
+        if event.kind == "position":
             return "replan"
+        if event.kind == "tempo":  # a plan made at a tempo 1 % off is 1 % of a gap off
+            bpm, used = event.info.bpm, self.used_bpm
+            if bpm is not None and (used is None or abs(bpm / used - 1.0) > REPLAN_TEMPO):
+                return "replan"
         return None
 
 

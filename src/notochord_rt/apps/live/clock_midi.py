@@ -39,8 +39,12 @@ CHANGE = 0.06
 STRIKES = 4
 """Consecutive ticks that must show a change before the estimate restarts (bursts of
 ticks make single disagreements)."""
+LATE = 0.5
+"""A tick later than this many periods above the fit's earliest quarter is left out."""
 GAP_TICKS = 8.0
 """A silence of this many tick periods means lost ticks: the fit starts over."""
+TEMPO_REPORT = 0.01
+"""A relative tempo change larger than this is reported (a ``tempo`` event)."""
 LOST_BEATS = 2.0
 """No tick for this many beats while playing: the clock is lost (treated as a stop)."""
 MAX_SONG_BEATS = 16383 / 4
@@ -68,10 +72,23 @@ class TempoEstimator:
 
     @staticmethod
     def _fit(ts: np.ndarray) -> tuple[float, float]:
-        """Least-squares ``(period, time of the last tick on the line)``."""
+        """``(period, time of the last tick on the line)``: least squares, then again
+        without the ticks that arrived late (a transport delivers late, never early: a
+        stalled cycle or a burst of ticks delivered at once lies above the line)."""
         x = np.arange(len(ts), dtype=np.float64)
-        xm, tm = x.mean(), ts.mean()
-        slope = float(((x - xm) * (ts - tm)).sum() / ((x - xm) ** 2).sum())
+        keep = np.ones(len(ts), dtype=bool)
+        slope, tm, xm = 0.0, float(ts.mean()), float(x.mean())
+        for _ in range(3):
+            xk, tk = x[keep], ts[keep]
+            xm, tm = float(xk.mean()), float(tk.mean())
+            den = float(((xk - xm) ** 2).sum())
+            if den <= 0:
+                break
+            slope = float(((xk - xm) * (tk - tm)).sum() / den)
+            late = ts - (tm + slope * (x - xm))
+            keep = late <= np.percentile(late, 25) + LATE * abs(slope)
+            if keep.sum() < max(3, len(ts) // 2):
+                break
         return slope, tm + slope * (x[-1] - xm)
 
     def tick(self, t: float) -> None:
@@ -87,7 +104,10 @@ class TempoEstimator:
         arr = np.fromiter(ts, dtype=np.float64, count=n)
         period, _ = self._fit(arr)
         half = self.window // 2
-        if n > half + 2:
+        spacing = self.period or period
+        if n > half + 2 and arr[-1] - arr[-2] >= 0.5 * spacing:
+            # judged on regularly spaced ticks only: inside a burst of ticks delivered at
+            # once the last half beat looks fast, and that is not a tempo change
             recent, _ = self._fit(arr[-(half + 1):])
             changed = recent > 0 and abs(recent / period - 1.0) > CHANGE
             self._strikes = self._strikes + 1 if changed else 0
@@ -186,7 +206,7 @@ class ClockFollower(Clock):
                                 f"({BPM_MIN:g}..{BPM_MAX:g}); kept {bpm or 0:.1f} BPM", t)
         self._refusing = refused is not None
         if bpm is not None and (self._shown_bpm is None
-                                or abs(bpm - self._shown_bpm) > 0.5):
+                                or abs(bpm / self._shown_bpm - 1.0) > TEMPO_REPORT):
             self._shown_bpm = bpm
             self._emit("tempo", f"{bpm:.1f} BPM", t)
 
@@ -254,20 +274,23 @@ class MidiClock(ClockFollower):
         return self
 
     def _run(self) -> None:
-        base: float | None = None  # perf_counter - backend time, the earliest seen
-        backend = 0.0
         while not self._stop_flag.is_set():
             try:
-                got = self._rt.get_message()
-                if got is None:
+                batch = []  # everything waiting, with the backend's spacing between them
+                while (got := self._rt.get_message()) is not None:
+                    batch.append(got)
+                if not batch:
                     self.check()
                     time.sleep(self._poll)
                     continue
+                # times from the wall clock at receipt (a backend's own clock can drift from
+                # it under load), spaced as the backend stamped them within this batch
                 now = time.perf_counter()
-                msg, delta = got
-                backend += delta
-                base = now - backend if base is None else min(base, now - backend)
-                self.feed(msg, backend + base)
+                ahead = sum(delta for _, delta in batch[1:])
+                t = now - ahead
+                for k, (msg, delta) in enumerate(batch):
+                    t += delta if k else 0.0
+                    self.feed(msg, min(t, now))
             except Exception:  # noqa: BLE001 - the clock thread must survive bad input
                 log.exception("MIDI clock input failed on a message; going on")
 
@@ -320,13 +343,14 @@ class ClockSender:
                     if spp:  # from a song position; else from the top
                         self._rt.send_message([SPP, spp & 0x7F, spp >> 7])
                     self._rt.send_message([CONTINUE if spp else START])
+                    last = int(info.beat * PPQN + 1e-9) - 1  # the next tick is this one
                 else:
                     self._rt.send_message([STOP])
             if info.bpm is None:
                 time.sleep(0.01)
                 continue
             k = int(info.beat * PPQN + 1e-9) + 1
-            if last >= k:  # woke a little early last time: that tick is sent already
+            if last >= 0 and k - last <= PPQN:  # every tick, late ones at once (catch up)
                 k = last + 1
             at = self.clock.time_at(k / PPQN)
             wait = 0.0 if at is None else at - time.perf_counter()
