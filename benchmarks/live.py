@@ -403,8 +403,7 @@ def run_start(args) -> dict:
                 model = load_sampler(args.checkpoint or "default", args.precision, 1)
                 for tui in (False, True, False, True):
                     key = "tui" if tui else "tui_baseline_no_ui"
-                    got = tui_lateness(model, probe.in_port, args.tui_seconds / 2, stats_ms,
-                                       tui=tui)
+                    got = tui_lateness(model, None, args.tui_seconds / 2, stats_ms, tui=tui)
                     out.setdefault(key, []).append(got)
                     print(f"{key} {got}", flush=True)  # noqa: T201
         finally:

@@ -88,12 +88,14 @@ COLD = ("import sys, notochord_rt.apps.live.player as p, notochord_rt.apps.live.
 collection at start (the comparison)."""
 
 
-def tui_lateness(model, probe_in: str, seconds: float, stats_ms, preset: str = "band",
+def tui_lateness(model, probe_in: str | None, seconds: float, stats_ms, preset: str = "band",
                  keys_per_s: float = 25.0, tui: bool = True) -> dict:
     """The play TUI in this process (headless, 80×24) around a real session playing into
-    ``probe_in``; keys pressed for ``seconds`` (``simulate_key``, as a terminal delivers
-    them, without waiting for the app); the player's lateness meanwhile. ``tui=False``:
-    the same session for the same time without any UI (the baseline)."""
+    ``probe_in`` (None: a virtual output nobody reads, so that no probe thread of this
+    process competes for the GIL; the lateness is the player's own). Keys are pressed
+    for ``seconds`` (``simulate_key``, as a terminal delivers them, without waiting for
+    the app); the player's lateness meanwhile. ``tui=False``: the same session for the
+    same time without any UI (the baseline)."""
     from notochord_rt.apps.live.ports import ChannelMap
     from notochord_rt.apps.live.session import LiveOptions, LiveSession
     from notochord_rt.apps.play.policy import PlayController, VoicesPolicy
@@ -103,7 +105,8 @@ def tui_lateness(model, probe_in: str, seconds: float, stats_ms, preset: str = "
     book = load_presets()
     rig = book.rig(book.find(preset).name)
     policy = VoicesPolicy(rig)
-    opt = LiveOptions(api="jack", outputs=[probe_in], virtual_in=["in"],
+    opt = LiveOptions(api="jack", outputs=[probe_in] if probe_in else [],
+                      virtual_out=[] if probe_in else ["out"], virtual_in=["in"],
                       client_name="bench-tui")
     session = LiveSession(model, policy, ChannelMap(rig.input_channels()),
                           ChannelMap(rig.channel_insts(), rig.programs()), opt)
