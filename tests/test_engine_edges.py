@@ -208,7 +208,7 @@ def test_feed_accepts_numpy_scalars_and_plain_ints(model):
 
 
 def test_streams_feed_refuses_text_times(net):
-    st = Streams(net, 2, seed=0)
+    st = Streams(net.net, 2, seed=0)
     with pytest.raises(InputError, match="time"):
         st.feed([0, 1], [1, 1], [60, 61], ["0.1", "0.2"], [64, 64])
     assert st.step_count.tolist() == [0, 0] and st.held_notes(0) == {}
@@ -339,7 +339,7 @@ def test_a_release_names_other_notes_left_past_their_deadline(model):
 
 
 def test_streams_report_forced_breaks_like_the_single_sampler(net):
-    st = Streams(net, 2, seed=[0, 1])
+    st = Streams(net.net, 2, seed=[0, 1])
     st.feed([0, 1], [1, 1], [60, 60], [0.0, 0.0], [64, 64])
     st.feed([0, 1], [1, 1], [62, 62], [2.0, 2.0], [64, 64])
     cons = Constraints(max_duration=1.5, note_off_map={}, time_ranges=[(0.3, 0.4)])

@@ -40,7 +40,7 @@ def play(m: Notochord, n: int, cons=None, order=None) -> list[SampledEvent]:
 
 def test_core_protocol_is_implemented(model):
     assert isinstance(model.core, InferenceCore)
-    assert isinstance(ModuleCore(model), InferenceCore)
+    assert isinstance(ModuleCore(model.net), InferenceCore)
 
 
 def test_sampled_events_are_valid_and_finite(model):
@@ -235,7 +235,7 @@ def test_fast_core_gives_the_same_events(model):
     play(model, 5)
     snap = model.get_state()
     expected = [model.sample(seed=s) for s in range(5)]
-    model.use_core(fast.FastCore(model, precision="fp32"))
+    model.use_core(fast.FastCore(model.net, precision="fp32"))
     model.set_state(snap)
     got = [model.sample(seed=s) for s in range(5)]
     assert [(e.inst, e.pitch, e.vel) for e in got] == [(e.inst, e.pitch, e.vel) for e in expected]

@@ -373,16 +373,16 @@ def test_pitch_frequencies_match_model_given_instrument():
 def _head_raw(m, sub, **known):
     """Raw head output given the known sub-events, computed with the network's modules."""
     with torch.no_grad():
-        x = m.h_proj(m._s.rnn[-1, 0])
+        x = m.net.h_proj(m._s.rnn[-1, 0])
         if "inst" in known:
-            x = x + m.inst_emb(torch.tensor(known["inst"]))
+            x = x + m.net.inst_emb(torch.tensor(known["inst"]))
         if "pitch" in known:
-            x = x + m.pitch_emb(torch.tensor(known["pitch"]))
+            x = x + m.net.pitch_emb(torch.tensor(known["pitch"]))
         if "time" in known:
-            x = x + m.time_emb(torch.tensor(float(known["time"])))
+            x = x + m.net.time_emb(torch.tensor(float(known["time"])))
         if "vel" in known:
-            x = x + m.vel_emb(torch.tensor(float(known["vel"])))
-        head = {"t": m.time_head, "v": m.vel_head}[sub]
+            x = x + m.net.vel_emb(torch.tensor(float(known["vel"])))
+        head = {"t": m.net.time_head, "v": m.net.vel_head}[sub]
         return head(torch.tanh(x))
 
 
@@ -405,7 +405,7 @@ def test_velocity_interval_frequencies_match_model_masses():
         counts[next(k for k, r in enumerate(ranges) if r[0] <= v <= r[1])] += 1
     raw = _head_raw(m, "v", inst=2, pitch=60, time=0.0)
     bounds = [(0.5, 40.5), (40.5, 90.5), (90.5, math.inf)]
-    masses = [_mass(m.vel_dist, raw, a, b) * r[2] for (a, b), r in zip(bounds, ranges)]
+    masses = [_mass(m.net.vel_dist, raw, a, b) * r[2] for (a, b), r in zip(bounds, ranges)]
     assert _chi2(counts, masses) > 1e-3
 
 
@@ -422,7 +422,7 @@ def test_time_interval_frequencies_match_model_masses():
         counts[next(k for k, r in enumerate(ranges) if r[0] - EPS <= t <= r[1] + EPS)] += 1
     raw = _head_raw(m, "t", inst=2, pitch=60, vel=70)
     bounds = [(-math.inf, 0.05), (0.1, 0.5), (1.0, math.inf)]
-    masses = [_mass(m.time_dist, raw, a, b) * r[2] for (a, b), r in zip(bounds, ranges)]
+    masses = [_mass(m.net.time_dist, raw, a, b) * r[2] for (a, b), r in zip(bounds, ranges)]
     assert _chi2(counts, masses) > 1e-3
 
 
@@ -432,7 +432,7 @@ def test_note_off_frequency_follows_steer_density():
     for p in (60, 62, 64):
         m.feed(1, p, 0.0, 80)
     raw = _head_raw(m, "v", inst=1, time=0.0)
-    p_off = _mass(m.vel_dist, raw, -math.inf, 0.5)
+    p_off = _mass(m.net.vel_dist, raw, -math.inf, 0.5)
     for density in (0.5, 0.8):
         cons = compile_constraints(Constraints(inst=1, time=0.0, note_on_map={1: range(60, 72)},
                                                steer_density=density))

@@ -6,9 +6,9 @@
 >>> model.feed(e.inst, e.pitch, e.time, e.vel)
 
 One instance is one performance stream (not thread-safe). It is a composition: the
-network's weights (``Notochord`` is still a ``NotochordNet``, so ``Notochord(config)``,
-``.config``, ``.parameters()`` and checkpoints work as before) reached only through an
-:class:`~.core.InferenceCore` (:meth:`use_core`); one :class:`~.state.StreamState` (the
+network's weights (:attr:`Notochord.net`, a ``NotochordNet``; many streams may share one,
+see :meth:`Notochord.from_net`) reached only through an :class:`~.core.InferenceCore`
+(:meth:`use_core`); one :class:`~.state.StreamState` (the
 recurrent state, the held notes with their onsets, elapsed time, the step counter and
 the random generator), which :meth:`get_state` / :meth:`set_state` save and restore (the
 context used for sampling is derived from the recurrent state, so it can never be stale
@@ -55,20 +55,26 @@ from .support import Compiled
 __all__ = ["Notochord", "SampledEvent", "SamplerState", "check_feed"]
 
 
-class Notochord(NotochordNet):
-    """``NotochordNet`` plus one stream's state and ``reset/feed/sample/query``.
+class Notochord:
+    """One performance stream over a network: ``reset/feed/sample/query``.
 
-    It stays a ``NotochordNet`` subclass for compatibility (training, checkpoints and the
-    apps use it as the network); the stream lives in ``self._s`` (a
-    :class:`~.state.StreamState`) and the network is used only through :attr:`core`.
-
-    Build like the network (``Notochord(config)`` or ``Notochord(emb_size=..., ...)``),
-    or wrap trained weights with :meth:`from_net`. ``seed`` seeds the stream's generator.
+    Build a new network like ``NotochordNet`` (``Notochord(config)`` or
+    ``Notochord(emb_size=..., ...)``), load one with :meth:`load`, or sample from existing
+    weights with :meth:`from_net` (shared, not copied: many streams, one network). The
+    network is :attr:`net`; the few things of it a stream's user needs (``config``,
+    ``device``, ``save``, ``score``, ``to``, ``state_dict`` ...) are passed through. The
+    stream lives in ``self._s`` (a :class:`~.state.StreamState`) and the network is used
+    only through :attr:`core`. ``seed`` seeds the stream's generator.
     """
 
-    def __init__(self, config=None, *, seed: int | None = None, **overrides: Any) -> None:
-        super().__init__(config, **overrides)
-        self.eval()
+    def __init__(self, config=None, *, net: NotochordNet | None = None,
+                 seed: int | None = None, **overrides: Any) -> None:
+        if net is None:
+            net = NotochordNet(config, **overrides)
+            net.eval()
+        elif config is not None or overrides:
+            raise InputError("give a network or a configuration, not both")
+        self.net = net
         self._s = StreamState(np.random.default_rng(seed))
         self._core: InferenceCore | None = None
 
@@ -79,7 +85,7 @@ class Notochord(NotochordNet):
 
     @classmethod
     def load(cls, path: Any, map_location: str | torch.device = "cpu", *,
-             download: bool = False) -> Notochord:
+             download: bool = False, seed: int | None = None) -> Notochord:
         """Load a checkpoint file, ``"default"`` or a registry model name (see
         ``notochord-rt models list``), in eval mode.
 
@@ -89,21 +95,79 @@ class Notochord(NotochordNet):
         """
         from ...hub.resolve import resolve_checkpoint
 
-        return super().load(resolve_checkpoint(path, download=download),
-                            map_location=map_location)
+        net = NotochordNet.load(resolve_checkpoint(path, download=download),
+                                map_location=map_location)
+        return cls(net=net, seed=seed)
 
     @classmethod
     def from_net(cls, net: NotochordNet, seed: int | None = None) -> Notochord:
-        """A ``Notochord`` with the weights of ``net`` (copied), ready to sample."""
-        model = cls(net.config, seed=seed)
-        model.load_state_dict(net.state_dict())
-        return model.to(net.device)
+        """A stream over ``net``'s weights (shared, not copied; ``net`` is put in eval
+        mode), ready to sample."""
+        if isinstance(net, Notochord):
+            net = net.net
+        if not isinstance(net, NotochordNet):
+            raise InputError(f"net must be a NotochordNet, got {type(net).__name__}")
+        net.eval()
+        return cls(net=net, seed=seed)
+
+    # -- the network (passed through) ----------------------------------------------------------
+    @property
+    def config(self) -> Any:
+        return self.net.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.device
+
+    @property
+    def training(self) -> bool:
+        return self.net.training
+
+    @property
+    def initial_state(self) -> torch.Tensor:
+        """The network's learned initial recurrent state (a parameter)."""
+        return self.net.initial_state
+
+    def save(self, path: Any, **metadata: str) -> None:
+        """Save the network's weights (:meth:`NotochordNet.save`)."""
+        self.net.save(path, **metadata)
+
+    def score(self, *args: Any, **kw: Any) -> dict[str, torch.Tensor]:
+        """Log-probabilities of a whole sequence (:meth:`NotochordNet.score`); the stream is
+        not touched."""
+        return self.net.score(*args, **kw)
+
+    def to(self, *args: Any, **kw: Any) -> Notochord:
+        """Move the network (the core is rebuilt on the next reset if it must be)."""
+        self.net.to(*args, **kw)
+        return self
+
+    def eval(self) -> Notochord:
+        self.net.eval()
+        return self
+
+    def train(self, mode: bool = True) -> Notochord:
+        self.net.train(mode)
+        return self
+
+    def parameters(self, recurse: bool = True) -> Any:
+        return self.net.parameters(recurse)
+
+    def named_parameters(self, *args: Any, **kw: Any) -> Any:
+        return self.net.named_parameters(*args, **kw)
+
+    def state_dict(self, *args: Any, **kw: Any) -> dict[str, torch.Tensor]:
+        return self.net.state_dict(*args, **kw)
+
+    def load_state_dict(self, *args: Any, **kw: Any) -> Any:
+        """Load weights into the network (call :meth:`use_core` again for a fast core)."""
+        return self.net.load_state_dict(*args, **kw)
 
     # -- core --------------------------------------------------------------------------------
     @property
     def core(self) -> InferenceCore:
         if self._core is None:
-            self._core = ModuleCore(self)
+            self._core = ModuleCore(self.net)
         return self._core
 
     def use_core(self, core: InferenceCore | str) -> None:
@@ -117,11 +181,11 @@ class Notochord(NotochordNet):
         """
         if isinstance(core, str):
             if core == "module":
-                core = ModuleCore(self)
+                core = ModuleCore(self.net)
             else:
                 from ..cores.fast import FastCore
 
-                core = FastCore(self, precision=core)
+                core = FastCore(self.net, precision=core)
         elif not isinstance(core, InferenceCore):
             raise InputError(f"core must implement InferenceCore, got {type(core).__name__}")
         self._core = core

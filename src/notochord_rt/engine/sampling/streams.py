@@ -37,6 +37,7 @@ from ...errors import InputError
 from ..cores.fast import FastCore
 from .constraints import Constraints
 from .event import BatchOps, EventDraw, SampledEvent, as_compiled, draw_event
+from .sampler import Notochord
 from .state import SamplerState, StreamState, check_feed
 from .support import Compiled
 
@@ -55,7 +56,7 @@ class Streams:
     """``n`` independent Notochord streams sharing one network and one batched step.
 
     Args:
-        model: a ``NotochordNet`` (or ``Notochord``) whose weights are packed.
+        model: a ``NotochordNet``, or a ``Notochord`` (its network), whose weights are packed.
         n: number of streams.
         precision: precision of the packed weights (see :class:`FastCore`).
         seed: an int (each stream gets an independent generator spawned from it), or a
@@ -70,6 +71,8 @@ class Streams:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise InputError(f"n must be a positive number of streams, got {n!r}")
         self.n = int(n)
+        if isinstance(model, Notochord):  # a single stream's sampler: its network
+            model = model.net
         self.config = model.config
         self.core = core if core is not None else FastCore(model, precision=precision)
         self._streams = [StreamState(g) for g in _rngs(seed, self.n)]
