@@ -3,11 +3,10 @@
 Each browser tab gets its own real-time :class:`~notochord_rt.apps.live.player.Player`,
 whose scheduler thread owns one model stream. The weights are loaded once (through
 :func:`notochord_rt.apps.loading.load_sampler`) and every tab's ``Notochord`` is built
-over the base model's tensors (no copy: ``Notochord.from_net`` where the sampler composes
-its network, else ``load_state_dict(..., assign=True)``). The packed inference core is per tab: a
-:class:`~notochord_rt.engine.cores.fast.FastCore` reuses small scratch buffers and is not
-thread-safe, and the tabs' players run on their own threads (for the default model a
-core is a few MB and builds in milliseconds).
+over the base model's network (``Notochord.from_net``: no copy). The packed inference
+core is per tab: a :class:`~notochord_rt.engine.cores.fast.FastCore` reuses small
+scratch buffers and is not thread-safe, and the tabs' players run on their own threads
+(for the default model a core is a few MB and builds in milliseconds).
 
 The other way, :mod:`.batched`, serves every tab from one batched many-stream engine
 (:class:`~notochord_rt.engine.sampling.streams.Streams`, as the OSC sessions); see
@@ -17,7 +16,6 @@ The other way, :mod:`.batched`, serves every tab from one batched many-stream en
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from ...engine.cores.precisions import MODULE_CORE
@@ -54,21 +52,13 @@ class SamplerFactory:
     def __init__(self, base: Any, precision: str = "fp32") -> None:
         self.base = base
         self.precision = precision
-        self._lock = threading.Lock()  # state_dict() of the shared base from one thread
 
     def new(self, seed: int | None = None) -> Any:
         """A ``Notochord`` sharing the base model's parameters, with its own core and
         stream (seeded with ``seed`` when given)."""
         from ...engine.sampling.sampler import Notochord
 
-        net = getattr(self.base, "net", None)
-        if net is not None:  # a sampler that composes its network: from_net shares it
-            model = Notochord.from_net(net, seed=seed)
-        else:  # a sampler that is its network: its parameters become the base's tensors
-            with self._lock:
-                model = Notochord(self.base.config, seed=seed)
-                model.load_state_dict(self.base.state_dict(), assign=True)
-        model.eval()
+        model = Notochord.from_net(self.base.net, seed=seed)  # the weights are shared
         if self.precision and self.precision != MODULE_CORE:
             model.use_core(self.precision)
         return model
