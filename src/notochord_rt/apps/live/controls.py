@@ -6,8 +6,9 @@ Every app reads the same table, so a knob means the same thing everywhere:
 * **Steering controls** (continuous; value 0..127 → 0..1 of the control's range):
   CC 20..26 (``steer_pitch`` .. ``timing_temp``).
 * **Actions** (``reset``, ``query``, ``mute``, ``stop``, ``panic``): CC 102..106, fired
-  once each time the value *rises past* :data:`THRESHOLD` (64): a button sending
-  127 then 0 fires once per press; a fader moved about above 64 fires once.
+  once each time the value rises from below :data:`THRESHOLD` (64) to 64 or more: a
+  button sending 127 then 0 fires once per press; a fader moved about above 64 fires
+  once.
 
 The defaults sit on controllers the MIDI specification leaves undefined (20..31,
 102..119), so a keyboard's mod wheel, volume fader, expression or sustain pedal never
