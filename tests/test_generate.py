@@ -398,7 +398,7 @@ def test_default_resolves_inside_the_installed_package():
 
 
 def test_cli_generate_makes_a_missing_output_folder(tmp_path, capsys):
-    from notochord_rt.cli.generate import check_output
+    from notochord_rt.cli._common import check_output
 
     target = tmp_path / "new" / "deeper" / "piece.mid"
     assert check_output(str(target), "--out", (".mid",)) == target

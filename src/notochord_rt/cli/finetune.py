@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..apps.loading import resolve_for_cli
     from ..apps.offline.finetune import FinetuneOptions, run_finetune
-    from .generate import torch_threads_restored
+    from ._common import torch_threads_restored
 
     base = str(resolve_for_cli(args.base, "--from", download=args.download))
     opts = FinetuneOptions(minutes=args.minutes, max_steps=args.max_steps,

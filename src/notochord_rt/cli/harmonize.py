@@ -21,7 +21,7 @@ import importlib
 import importlib.util
 import logging
 
-from .generate import (
+from ._common import (
     add_output_arguments,
     check_output,
     load_model,
