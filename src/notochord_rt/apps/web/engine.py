@@ -25,9 +25,8 @@ log = logging.getLogger(__name__)
 ENGINES = ("per-tab", "batched")
 """How the tabs' samplers are made: ``per-tab`` (the default: :class:`SamplerFactory`) or
 ``batched`` (one ``Streams`` for every tab, calls combined into batched steps:
-:mod:`.batched`). A batch of one costs more than a single stream's call (one tab: sample
-p50 1.77 vs 1.13 ms, feed 0.80 vs 0.34 ms) and 16 tabs on the loaded 2-core VM gave no
-clear winner (docs/web.md), so per-tab is the default."""
+:mod:`.batched`). A batch of one costs more than a single stream's call and 16 tabs
+gave no clear winner (measured in docs/web.md), so per-tab is the default."""
 
 
 def make_factory(base: Any, engine: str, max_sessions: int, precision: str = "fp32") -> Any:

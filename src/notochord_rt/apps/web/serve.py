@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.0005
 """Seconds between the interpreter's forced thread switches while serving (Python's
 default is 5 ms): a tab's player thread computing the next answer would otherwise keep
-the event loop from sending the answer already made for up to 5 ms (benchmarks/web.py, one
-tab: p99 13.3 ms without, 7.2 ms with it; indicative, the machine's load varied)."""
+the event loop from sending the answer already made for up to 5 ms (measured with
+``benchmarks/web.py``; the figures are in docs/web.md)."""
 
 
 def fast_thread_switching() -> None:
