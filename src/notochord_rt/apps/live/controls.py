@@ -212,8 +212,9 @@ def help_epilog(app: str, cmap: ControlMap | None = None) -> str:
     cmap = (cmap or ControlMap.default()).only(app)
     pedal = ("passed to the output with --thru" if app == "improvise" else
              "holds the model's answers until the pedal lifts (and passes with --thru)")
-    text = ["MIDI controls, heard on the player channels (on every channel when there are "
-            "none):", *("  " + s for s in cmap.lines()), f"  sustain (CC 64): {pedal}"]
+    where = "the input voices' channels" if app == "play" else "the player channels"
+    text = [f"MIDI controls, heard on {where} (on every channel when there are none):",
+            *("  " + s for s in cmap.lines()), f"  sustain (CC 64): {pedal}"]
     if app != "play":
         text.append("  --cc NAME=CC[,NAME=CC...] moves them (NAME=off drops one).")
     else:
