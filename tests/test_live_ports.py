@@ -224,3 +224,37 @@ def test_killed_server_is_waited_for_and_the_ports_come_back(own_server, checkpo
     assert app.returncode in (130, 143), err
     assert "Traceback" not in err
     assert "waiting for it to come back" in err and "MIDI server is back" in err
+
+
+@pytest.mark.slow
+def test_the_cli_prints_its_ports_and_jack_connect_takes_them(jack, checkpoint):
+    """``improvise`` prints ``in: ...`` / ``out: ...`` (INFO, without -v); the printed
+    names connect with ``jack_connect``; the synth connected later gets its program."""
+    import threading
+
+    synth = Probe("synth-c")
+    app = _app(jack, checkpoint)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(app.stderr), daemon=True)
+    reader.start()
+    try:
+        assert _wait(lambda: any("startup: out: " in ln for ln in lines), 60), lines
+        shown = [ln.strip().split("startup: ")[1] for ln in lines
+                 if "startup: in: " in ln or "startup: out: " in ln]
+        assert [ln for ln in lines if "startup: in: " in ln][0].startswith("INFO ")
+        ports = dict(ln.split(": ") for ln in shown)
+        assert ports == {"in": "nrtk-in:in", "out": "nrtk:out"}
+        assert ports["in"] in _ports_of(jack) and ports["out"] in _ports_of(jack)
+        assert jack_cmd("jack_connect", ports["out"], synth.in_port).returncode == 0
+        assert got(synth, [0xC1, VIOLIN - 1], timeout=5)
+        assert synth.wait_for(lambda m: len(on_channel(synth, 1)) >= 2, timeout=10)
+        app.send_signal(signal.SIGTERM)
+        app.wait(timeout=20)
+        reader.join(5)
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait()
+        synth.close()
+    assert "Traceback" not in "".join(lines)
+    assert sounding_after(synth.messages(), all_notes_off=False) == set()
