@@ -52,7 +52,7 @@ torch.set_num_threads(1)
 
 from machine import machine_info as base_machine_info  # noqa: E402
 
-from notochord_rt.engine import quant  # noqa: E402
+from notochord_rt.engine.cores import quant  # noqa: E402
 from notochord_rt.engine.cores.fast import FastCore  # noqa: E402
 from notochord_rt.engine.cores.quant import available_precisions  # noqa: E402
 from notochord_rt.engine.sampling.constraints import Constraints  # noqa: E402
