@@ -137,3 +137,29 @@ def test_ui_work_stays_off_the_scheduler_thread(book):
     r.player.stop()
     assert sys.getswitchinterval() == before
     assert all(i == PIANO for i, _ in r.model.held_notes)  # (only the played note remains)
+
+
+def test_the_timing_panel_reads_a_bounded_recent_window(book):
+    """A long session's history (100 000 values a series) is never copied or sorted by
+    the UI: the panel shows the last TIMING_WINDOW values."""
+    from notochord_rt.apps.play.tui import TIMING_WINDOW
+
+    r = Rig_(quiet_duet(book), book)
+    stats = r.player.stats
+    for _ in range(50_000):
+        stats.add("lateness", 0.0)
+    for k in range(TIMING_WINDOW):
+        stats.add("lateness", 0.005 + k * 1e-9)
+    last = stats.recent("lateness", 3)
+    assert list(last) == [0.005 + k * 1e-9 for k in range(TIMING_WINDOW - 3, TIMING_WINDOW)]
+
+    async def go():
+        async with r.app().run_test(size=SMALL) as pilot:
+            summary = pilot.app.timing()
+            assert summary["lateness"]["n"] == TIMING_WINDOW
+            assert summary["lateness"]["p50_ms"] == pytest.approx(5.0, abs=0.01)
+            await pilot.pause(0.2)
+            assert "late   p50   5.0" in str(pilot.app._timing.render())
+
+    asyncio.run(go())
+    r.player.stop()

@@ -10,6 +10,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Protocol
 
 import numpy as np
@@ -152,6 +153,14 @@ class TimingStats:
     def values(self, series: str) -> np.ndarray:
         with self._lock:
             return np.array(self._data[series], dtype=np.float64)
+
+    def recent(self, series: str, n: int) -> np.ndarray:
+        """The last ``n`` values, oldest first: a bounded copy, so the lock (which the
+        scheduler takes for every :meth:`add`) is held only briefly — for displays that
+        refresh while the music plays (the whole history can be 100 000 values)."""
+        with self._lock:
+            last = list(islice(reversed(self._data[series]), n))
+        return np.array(last[::-1], dtype=np.float64)
 
     def clear(self) -> None:
         with self._lock:

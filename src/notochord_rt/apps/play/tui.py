@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -87,6 +88,9 @@ MIXER_LEGEND = "NN<SS: ch NN follows SS \u00b7 * sounding \u00b7 struck out: mut
 SWITCH_INTERVAL = 0.0005
 """The interpreter's thread switch interval while the app runs (default 5 ms): a thread
 that wants the GIL waits at most about this long for the UI thread to give it up."""
+
+TIMING_WINDOW = 2000
+"""The timing panel's window: the last this many values of each series."""
 
 PENDING = 0.5
 """Seconds a value set by a key counts as the control's value until the player's view
@@ -235,7 +239,7 @@ class PlayApp(App[int]):
             self._view_seen = view
             self.refresh_all()
         if self._ticks % 10 == 1:
-            set_text(self._timing, describe_timing(self.ctl.timing()))
+            set_text(self._timing, describe_timing(self.timing()))
         if self.ctl.player.error is not None:
             self.exit_message = f"player stopped: {self.ctl.player.error}"
             self.exit(1)
@@ -244,6 +248,19 @@ class PlayApp(App[int]):
             if stop is not None:
                 self.exit_message = stop[1]
                 self.exit(stop[0])
+
+    def timing(self) -> dict[str, Any]:
+        """Latency and lateness over the last :data:`TIMING_WINDOW` values, and the
+        counts: the whole history (up to 100 000 values a series) would hold the GIL,
+        and the stats lock the scheduler needs, for tens of milliseconds every second."""
+        stats = self.ctl.player.stats
+        out: dict[str, Any] = {"counts": dict(stats.counts)}
+        for key in ("latency", "lateness"):
+            v = stats.recent(key, TIMING_WINDOW)
+            if len(v):
+                p50, p99 = np.percentile(v, [50, 99]) * 1e3
+                out[key] = {"n": len(v), "p50_ms": float(p50), "p99_ms": float(p99)}
+        return out
 
     def _drain_messages(self) -> list[str]:
         out = []
