@@ -82,7 +82,8 @@ KEYS_HELP = ("q quit  \u2190\u2192 channel  \u2191\u2193 control  +/- move it  o
              "space mute ch  m mute all  x stop/start  r reset  p panic  n query")
 """The key lines at the bottom (they fit 80 columns)."""
 
-MIXER_LEGEND = "NN<SS: ch NN follows SS \u00b7 * sounding \u00b7 struck out: muted"
+MIXER_LEGEND = ("NN<SS: NN follows SS \u00b7 * sounding \u00b7 struck out: muted \u00b7 "
+                "full name at right")
 """The mixer's legend, in its bottom border."""
 
 SWITCH_INTERVAL = 0.0005
