@@ -252,7 +252,7 @@ class PreparedCore(FastCore):
 
 def prepared_core(model: Notochord, precision: str) -> PreparedCore:
     """A :class:`PreparedCore` for ``model``, checked to feed exactly as ``FastCore`` does."""
-    core = PreparedCore(model, precision=precision)
+    core = PreparedCore(model.net, precision=precision)
     s0 = core.feed(core.initial_state(), 0, 128, 0.0, 0.0)
     want = core.feed(s0, 5, 60, 0.25, 80.0)
     core.prepare(s0)

@@ -9,7 +9,7 @@ player). Steering controls (0..1, from the MIDI CCs of :mod:`.controls`):
 * ``steer_rate``: the time quantile window, centred on ``1 - value`` (higher = sooner);
 * ``steer_density``: the sampler's note-on/note-off balance (``Constraints.steer_density``).
 
-``mute`` toggles the voices (their notes are released at once); ``replan`` re-samples.
+``mute`` toggles the voices (their notes are released at once); ``query`` (or ``replan``) re-samples.
 Model notes are released after ``max_duration`` and kept within ``max_polyphony`` by the
 sampler's guarantees, so nothing hangs.
 
@@ -121,5 +121,5 @@ class ImprovisePolicy(Policy):
                     ctx.play_now(inst, pitch, 0)
             else:
                 ctx.resume()
-        elif name != "replan":
+        elif name not in ("replan", "query"):
             log.debug("improviser: unknown control %r ignored", name)
