@@ -427,6 +427,7 @@ def test_cli_non_loopback_host_warns_and_disables_files(ckpt, tmp_path, monkeypa
     class Fake:
         def __init__(self, sessions, host, port, **kw):
             self.sessions = sessions
+            self.parser = osc_server.Parser()
 
         address = ("0.0.0.0", 9999)
 
