@@ -224,3 +224,29 @@ def test_stalled_delivery_stays_near_the_tempo():
             k += 1
     got = np.array(estimates(np.maximum.accumulate(deliver))[48:], dtype=float)
     assert np.abs(got - 120).max() < 8, (got.min(), got.max())
+
+
+def test_lost_ticks_do_not_shift_the_beat():
+    """Two ticks dropped by the transport (then regular ticks again): the beat position
+    counts them, where a stall (a silence, then a burst) counts nothing extra."""
+    f, now, _ = follower()
+    f.feed([START], 0.0)
+    times = ticks(120, 48)
+    for k, t in enumerate(times):
+        if k in (30, 31):
+            continue  # lost
+        now.t = float(t)
+        f.feed([TICK], now.t)
+    assert f.info(now.t).beat == pytest.approx(47 / 24, abs=1e-6)
+    g, now2, _ = follower()
+    g.feed([START], 0.0)
+    for k, t in enumerate(times):
+        if k in (30, 31):
+            continue
+        now2.t = float(times[32]) if k == 32 else float(t)  # 30, 31 held, then at once
+        if k == 32:
+            for _ in range(3):
+                g.feed([TICK], now2.t)
+            continue
+        g.feed([TICK], now2.t)
+    assert g.info(now2.t).beat == pytest.approx(47 / 24, abs=1e-6)

@@ -52,11 +52,20 @@ MAX_SONG_BEATS = 16383 / 4
 
 
 class TempoEstimator:
-    """Tempo (BPM) from MIDI clock tick times in seconds; see the module doc."""
+    """Tempo (BPM) from MIDI clock tick times in seconds; see the module doc.
+
+    Ticks are numbered; a silence of about ``k`` periods followed by regularly spaced
+    ticks means ``k - 1`` ticks were lost (a busy transport drops messages), and the
+    numbering skips them (:meth:`tick` returns how many) so the tempo and the beat stay
+    right. A silence followed by a burst is a stall: nothing was lost.
+    """
 
     def __init__(self, window: int = PPQN) -> None:
         self.window = window
         self._t: deque[float] = deque(maxlen=window + 1)
+        self._x: deque[float] = deque(maxlen=window + 1)  # tick numbers
+        self._next = 0.0
+        self._suspect = 0  # ticks possibly lost in the gap before the last tick
         self.period: float | None = None  # seconds per tick
         self.refused: float | None = None  # the out-of-range tempo seen, while it lasts
         self._strikes = 0
@@ -69,13 +78,16 @@ class TempoEstimator:
     def reset(self) -> None:
         """Forget the ticks (the estimate is kept until new ticks replace it)."""
         self._t.clear()
+        self._x.clear()
+        self._suspect = 0
 
     @staticmethod
-    def _fit(ts: np.ndarray) -> tuple[float, float]:
-        """``(period, time of the last tick on the line)``: least squares, then again
-        without the ticks that arrived late (a transport delivers late, never early: a
-        stalled cycle or a burst of ticks delivered at once lies above the line)."""
-        x = np.arange(len(ts), dtype=np.float64)
+    def _fit(ts: np.ndarray, x: np.ndarray | None = None) -> tuple[float, float]:
+        """``(period, time of the last tick on the line)`` for ticks numbered ``x``
+        (default 0, 1, ...): least squares, then again without the ticks that arrived
+        late (a transport delivers late, never early: a stalled cycle or a burst of ticks
+        delivered at once lies above the line)."""
+        x = np.arange(len(ts), dtype=np.float64) if x is None else x
         keep = np.ones(len(ts), dtype=bool)
         slope, tm, xm = 0.0, float(ts.mean()), float(x.mean())
         for _ in range(3):
@@ -91,47 +103,70 @@ class TempoEstimator:
                 break
         return slope, tm + slope * (x[-1] - xm)
 
-    def tick(self, t: float) -> None:
-        """Account for a tick at time ``t`` (seconds, non-decreasing)."""
-        ts = self._t
-        if ts and self.period is not None and t - ts[-1] > GAP_TICKS * self.period:
-            ts.clear()  # a gap: ticks were lost, or the tempo fell a lot; start over
-            self._strikes = 0
+    def tick(self, t: float) -> int:
+        """Account for a tick at time ``t`` (seconds, non-decreasing); returns the number
+        of ticks found lost just before the previous one (usually 0)."""
+        ts, xs, p = self._t, self._x, self.period
+        settled = len(ts) > self.window // 2 and ts[-1] > ts[0]
+        if settled:  # the window's own spacing (robust to a bad estimate)
+            p = (ts[-1] - ts[0]) / (xs[-1] - xs[0])
+        lost = 0
+        if self._suspect and p is not None and ts and t - ts[-1] >= 0.7 * p:
+            lost = self._suspect  # regular ticks after the silence: they were lost
+            xs[-1] += lost
+            self._next += lost
+        self._suspect = 0
+        if ts and p is not None:
+            gap = t - ts[-1]
+            if gap > GAP_TICKS * p:
+                self.reset()  # a long silence: start over
+                self._strikes = 0
+            elif gap > 1.6 * p and settled and abs(gap / p - round(gap / p)) < 0.2:
+                # a silence of whole periods (a delay that shifts later ticks is not): up to
+                # a quarter beat lost, confirmed or not by the next tick's spacing
+                self._suspect = min(round(gap / p) - 1, PPQN // 4)
         ts.append(t)
+        xs.append(self._next)
+        self._next += 1
         n = len(ts)
         if n < 3:
-            return
+            return lost
         arr = np.fromiter(ts, dtype=np.float64, count=n)
-        period, _ = self._fit(arr)
+        xa = np.fromiter(xs, dtype=np.float64, count=n)
+        period, _ = self._fit(arr, xa)
         half = self.window // 2
         spacing = self.period or period
         if n > half + 2 and arr[-1] - arr[-2] >= 0.5 * spacing:
             # judged on regularly spaced ticks only: inside a burst of ticks delivered at
             # once the last half beat looks fast, and that is not a tempo change
-            recent, _ = self._fit(arr[-(half + 1):])
+            recent, _ = self._fit(arr[-(half + 1):], xa[-(half + 1):])
             changed = recent > 0 and abs(recent / period - 1.0) > CHANGE
             self._strikes = self._strikes + 1 if changed else 0
             if self._strikes >= STRIKES:  # a tempo change: keep only the last half beat
                 while len(ts) > half + 1:
                     ts.popleft()
+                    xs.popleft()
                 period, self._strikes = recent, 0
         if period <= 0:
-            return  # a burst of equal times: wait for more ticks
+            return lost  # a burst of equal times: wait for more ticks
         bpm = 60.0 / (PPQN * period)
         if not BPM_MIN <= bpm <= BPM_MAX:
             if self.refused is None:
                 log.warning("MIDI clock at %.0f BPM is out of range (%g..%g); ignored",
                             bpm, BPM_MIN, BPM_MAX)
             self.refused = bpm
-            return
+            return lost
         self.refused = None
         self.period = period
+        return lost
 
     def line_end(self) -> float | None:
         """Time of the last tick on the fitted line (a jitter-free phase), if fitted."""
         if len(self._t) < 3 or self.period is None:
             return self._t[-1] if self._t else None
-        return self._fit(np.fromiter(self._t, dtype=np.float64, count=len(self._t)))[1]
+        n = len(self._t)
+        return self._fit(np.fromiter(self._t, dtype=np.float64, count=n),
+                         np.fromiter(self._x, dtype=np.float64, count=n))[1]
 
 
 class ClockFollower(Clock):
@@ -191,7 +226,9 @@ class ClockFollower(Clock):
     def _tick(self, t: float) -> None:
         emit = None
         with self._lock:
-            self.tempo.tick(t)
+            lost = self.tempo.tick(t)
+            if lost and self._playing and not self._pending:
+                self._pos += lost / PPQN  # ticks the transport dropped: the beat goes on
             self._last_t = t
             if self._pending:
                 emit, self._pending = self._pending, None
