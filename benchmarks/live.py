@@ -371,7 +371,14 @@ def run(args) -> dict:
 def run_start(args) -> dict:
     """The first-note and TUI scenarios (``live_start.py``), on a server of their own."""
     from jack import Probe, jack_server
-    from live_start import COLD, first_note, summarize_first, tui_lateness
+    from live_start import (
+        COLD,
+        NAV_KEYS,
+        STEER_KEYS,
+        first_note,
+        summarize_first,
+        tui_lateness,
+    )
 
     from notochord_rt.model.checkpoint import save_model
 
@@ -401,11 +408,14 @@ def run_start(args) -> dict:
                 from notochord_rt.apps.loading import load_sampler
 
                 model = load_sampler(args.checkpoint or "default", args.precision, 1)
-                for tui in (False, True, False, True):
-                    key = "tui" if tui else "tui_baseline_no_ui"
-                    got = tui_lateness(model, None, args.tui_seconds / 2, stats_ms, tui=tui)
-                    out.setdefault(key, []).append(got)
-                    print(f"{key} {got}", flush=True)  # noqa: T201
+                for _ in range(2):  # no UI; UI with steering keys; UI with moving keys
+                    for key, tui, keys in (("tui_baseline_no_ui", False, STEER_KEYS),
+                                           ("tui_steer_keys", True, STEER_KEYS),
+                                           ("tui_navigate_keys", True, NAV_KEYS)):
+                        got = tui_lateness(model, None, args.tui_seconds / 2, stats_ms,
+                                           tui=tui, keys=keys)
+                        out.setdefault(key, []).append(got)
+                        print(f"{key} {got}", flush=True)  # noqa: T201
         finally:
             probe.close()
     return out

@@ -88,8 +88,15 @@ COLD = ("import sys, notochord_rt.apps.live.player as p, notochord_rt.apps.live.
 collection at start (the comparison)."""
 
 
+STEER_KEYS = ("plus", "plus", "minus", "right", "left", "down", "plus", "up", "minus")
+"""Keys pressed in turn: steering (+/-, each re-plans the next event) and moving about."""
+NAV_KEYS = ("right", "left", "down", "up")
+"""Keys that only move the selection (the UI's own work, no re-plan)."""
+
+
 def tui_lateness(model, probe_in: str | None, seconds: float, stats_ms, preset: str = "band",
-                 keys_per_s: float = 25.0, tui: bool = True) -> dict:
+                 keys_per_s: float = 25.0, tui: bool = True,
+                 keys: tuple[str, ...] = STEER_KEYS) -> dict:
     """The play TUI in this process (headless, 80×24) around a real session playing into
     ``probe_in`` (None: a virtual output nobody reads, so that no probe thread of this
     process competes for the GIL; the lateness is the player's own). Keys are pressed
@@ -116,7 +123,6 @@ def tui_lateness(model, probe_in: str | None, seconds: float, stats_ms, preset: 
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.pause(1.0)
             session.player.stats.clear()
-            keys = ["plus", "plus", "minus", "right", "left", "down", "plus", "up", "minus"]
             end = time.monotonic() + seconds
             k = 0
             while time.monotonic() < end:
@@ -137,4 +143,5 @@ def tui_lateness(model, probe_in: str | None, seconds: float, stats_ms, preset: 
         late = session.player.stats.values("lateness")
         sample = session.player.stats.values("sample")
     return {"lateness": stats_ms(late), "sample": stats_ms(sample), "keys": pressed[0],
+            "key_kind": "steer" if "plus" in keys else "navigate",
             "seconds": seconds, "preset": preset, "ui": "80x24 headless" if tui else "none"}

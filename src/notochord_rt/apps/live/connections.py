@@ -64,10 +64,16 @@ class PortsMixin:
                 k += 1
                 base = f"{o.client_name}-{k}"
         self._base = base
-        self._watch = PortWatch(self._api, base, o.watch_interval, on_lost=self._on_lost,
-                                on_back=self._on_back, graph=graph,
-                                on_connect=self._on_connect, on_disconnect=self._on_disconnect,
-                                on_server_lost=self._on_server_lost)
+        try:
+            self._watch = PortWatch(self._api, base, o.watch_interval, on_lost=self._on_lost,
+                                    on_back=self._on_back, graph=graph,
+                                    on_connect=self._on_connect,
+                                    on_disconnect=self._on_disconnect,
+                                    on_server_lost=self._on_server_lost)
+        except BaseException:
+            if graph is not None:
+                graph.close()
+            raise
         self._outputs = open_ports("output", self._api, o.outputs, o.virtual_out, base,
                                    self._watch.listers["output"])
         own_out = [port_client(base, "output", k) for k in range(n_out)]
