@@ -107,6 +107,11 @@ def test_q_quits_and_releases_every_note(book):
             await pilot.pause(0.1)
             r.play(0, 60, 90)  # held: its answers sound until the player stops
             assert await until(pilot, lambda: len(r.sink.sounding()) == 3)
+            await pilot.press("i", "q")  # in the instrument picker's filter q is a letter
+            await pilot.pause(0.1)
+            assert pilot.app.is_running
+            await pilot.press("escape")
+            await pilot.pause(0.1)
             await pilot.press("q")
             await pilot.pause(0.1)
             assert not pilot.app.is_running
