@@ -145,6 +145,8 @@ class PortsMixin:
                   "waiting for it to come back" if wait else "exiting")
         if self.player is not None:
             self.player.panic()
+        for p in self._inputs + self._outputs:  # sends are dropped, libjack is left alone
+            p.abandon()
         if wait:
             threading.Thread(target=self._await_server, name="midi-server-wait",
                              daemon=True).start()
