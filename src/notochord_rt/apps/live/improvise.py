@@ -9,7 +9,8 @@ player). Steering controls (0..1, from the MIDI CCs of :mod:`.controls`):
 * ``steer_rate``: the time quantile window, centred on ``1 - value`` (higher = sooner);
 * ``steer_density``: the sampler's note-on/note-off balance (``Constraints.steer_density``).
 
-``mute`` toggles the voices (their notes are released at once); ``query`` (or ``replan``) re-samples.
+``mute`` toggles the voices (their notes are released at once); ``query`` (or ``replan``)
+re-samples.
 Model notes are released after ``max_duration`` and kept within ``max_polyphony`` by the
 sampler's guarantees, so nothing hangs.
 
