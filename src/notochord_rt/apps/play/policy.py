@@ -142,6 +142,8 @@ class VoicesPolicy(Policy):
                      ("muted" if self.rig.muted else "unmuted") if name == "mute"
                      else ("stopped" if self.rig.stopped else "playing"))
             self._release_silenced(ctx, self.rig)
+            if not (self.rig.muted or self.rig.stopped):
+                ctx.resume()
         elif name in QUERY:
             ctx.replan()
         else:
@@ -180,7 +182,7 @@ class VoicesPolicy(Policy):
         self._changed()
         if self.on_layout is not None:
             self.on_layout(new)
-        ctx.replan()
+        ctx.resume()
 
     # -- follow voices -----------------------------------------------------------------------
     def _answer(self, ctx: PlayerContext, channel: int, pitch: int, vel: int,
