@@ -32,6 +32,9 @@ Start-up and UI (``live_start.py``; ``--only first-note|tui``): the first played
 after ``harmonize --live`` starts against the steady notes after it (``--starts``), and
 the ``play`` TUI's scheduling lateness while keys are pressed at 80x24, interleaved with
 the same session without a UI (``--tui-seconds``; play's default model).
+
+Unmute (``live_unmute.py``; ``--only unmute``): the improviser muted for 1-12 s, then
+unmuted; seconds to its first note, with the player's resume window and without it.
 """
 
 from __future__ import annotations
@@ -434,7 +437,8 @@ def main() -> int:
     ap.add_argument("--checkpoint", default=None, help="a trained model (default: random)")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--json", default=None, help="also write the numbers here")
-    ap.add_argument("--only", default="all", choices=["all", "timing", "first-note", "tui"],
+    ap.add_argument("--only", default="all",
+                    choices=["all", "timing", "first-note", "tui", "unmute"],
                     help="run only some scenarios (timing = latency and jitter)")
     ap.add_argument("--starts", type=int, default=5,
                     help="first-note scenario: how many app starts")
@@ -457,6 +461,15 @@ def main() -> int:
     result = run(args) if args.only in ("all", "timing") else {"machine": machine_info()}
     if args.only in ("all", "first-note", "tui"):
         result.update(run_start(args))
+    if args.only in ("all", "unmute"):  # the default model (a random one has no density)
+        from live_unmute import run_unmute
+
+        from notochord_rt.apps.loading import load_sampler
+
+        model = load_sampler(args.checkpoint or "default", args.precision, 1)
+        result["unmute"] = run_unmute(model, (1.0, 3.0) if args.quick else
+                                      (1.0, 3.0, 5.0, 8.0, 12.0), 1 if args.quick else 2)
+        print(f"unmute {result['unmute']}", flush=True)  # noqa: T201
     print(json.dumps(result, indent=1))  # noqa: T201
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
