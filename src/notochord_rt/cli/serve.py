@@ -99,42 +99,13 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise UserError(f"{e.name or e} is needed to serve OSC: pip install "
                         "'notochord-rt[live]' (or python-osc)") from None
-    from ..apps.osc.files import FileRoot
-    from ..apps.osc.sessions import Sessions
-    from ..model.network import NotochordNet
-
-    _check(args)
-    files = None
-    if args.allow_files and args.no_files:
-        raise UserError("--allow-files and --no-files contradict each other")
-    if args.allow_files:
-        try:
-            files = FileRoot(args.allow_files,
-                             checkpoint_max_bytes=int(args.max_checkpoint_mb * (1 << 20)))
-        except InputError as e:
-            raise UserError(str(e)) from None
-    try:
-        from ..apps.loading import resolve_for_cli
-
-        model = NotochordNet.load(resolve_for_cli(args.checkpoint, download=args.download,
-                                                  must_exist=False))
-    except CheckpointError as e:
-        hint = " (--checkpoint PATH)" if args.checkpoint == "default" else ""
-        raise UserError(f"{e}{hint}") from None
-    sessions = Sessions(model, max_sessions=args.max_sessions, precision=args.precision,
-                        seed=args.seed, per_host=args.sessions_per_host)
-    sessions.checkpoint = args.checkpoint
     from ..apps.live.clock import clock_from_args
 
+    _check(args)
+    files = _file_root(args)
+    sessions = _sessions(args)
     clock, clock_out = clock_from_args(args, "notochord-rt-serve")
     sessions.clock = clock
-    if args.prompt:
-        try:
-            info = sessions.prompt(0, args.prompt)
-        except (MidiError, InputError, OSError) as e:
-            raise UserError(f"--prompt {args.prompt}: {e}") from None
-        sessions.base_prompt = sessions.get(0).prompt
-        log.info("prompted with %s: %d events", args.prompt, info["events"])
     try:
         server = OscServer(sessions, args.host, args.port, send_port=args.send_port,
                            allow_reply_port=args.allow_reply_port, rate=args.rate,
@@ -145,17 +116,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     server.parser.clocked = clock is not None
     server.parser.query_max_duration = args.query_max_duration
-    host, port = server.address
-    if not _loopback(host):
-        print(f"notochord-rt serve: WARNING: listening on {host}, not a loopback address: "  # noqa: T201
-              "anyone who can reach this port can use the model (use a trusted network or "
-              "a firewall)" + ("; --allow-files is ignored (files only on loopback)"
-                               if files else ""), file=sys.stderr, flush=True)
-        files = None
-    sessions.files = files
-    print(f"notochord-rt serve: listening on {host}:{port} (OSC over UDP); "  # noqa: T201
-          f"model {args.checkpoint}; files {'in ' + files.root if files else 'off'}; "
-          "Ctrl-C to stop", file=sys.stderr, flush=True)
+    sessions.files = _announce(server, args, files)
     try:
         if clock is not None:
             clock.start()
@@ -171,3 +132,59 @@ def run(args: argparse.Namespace) -> int:
         if clock is not None:
             clock.close()
     return 0
+
+
+def _file_root(args: argparse.Namespace):
+    """The ``--allow-files`` folder (checked), or None."""
+    from ..apps.osc.files import FileRoot
+
+    if args.allow_files and args.no_files:
+        raise UserError("--allow-files and --no-files contradict each other")
+    if not args.allow_files:
+        return None
+    try:
+        return FileRoot(args.allow_files,
+                        checkpoint_max_bytes=int(args.max_checkpoint_mb * (1 << 20)))
+    except InputError as e:
+        raise UserError(str(e)) from None
+
+
+def _sessions(args: argparse.Namespace):
+    """The model loaded (a one-line error if it cannot be) and its sessions, prompted."""
+    from ..apps.loading import resolve_for_cli
+    from ..apps.osc.sessions import Sessions
+    from ..model.network import NotochordNet
+
+    try:
+        model = NotochordNet.load(resolve_for_cli(args.checkpoint, download=args.download,
+                                                  must_exist=False))
+    except CheckpointError as e:
+        hint = " (--checkpoint PATH)" if args.checkpoint == "default" else ""
+        raise UserError(f"{e}{hint}") from None
+    sessions = Sessions(model, max_sessions=args.max_sessions, precision=args.precision,
+                        seed=args.seed, per_host=args.sessions_per_host)
+    sessions.checkpoint = args.checkpoint
+    if args.prompt:
+        try:
+            info = sessions.prompt(0, args.prompt)
+        except (MidiError, InputError, OSError) as e:
+            raise UserError(f"--prompt {args.prompt}: {e}") from None
+        sessions.base_prompt = sessions.get(0).prompt
+        log.info("prompted with %s: %d events", args.prompt, info["events"])
+    return sessions
+
+
+def _announce(server, args: argparse.Namespace, files):
+    """Say where the server listens (a warning off loopback, where files are refused);
+    returns the file root the sessions may use."""
+    host, port = server.address
+    if not _loopback(host):
+        print(f"notochord-rt serve: WARNING: listening on {host}, not a loopback address: "  # noqa: T201
+              "anyone who can reach this port can use the model (use a trusted network or "
+              "a firewall)" + ("; --allow-files is ignored (files only on loopback)"
+                               if files else ""), file=sys.stderr, flush=True)
+        files = None
+    print(f"notochord-rt serve: listening on {host}:{port} (OSC over UDP); "  # noqa: T201
+          f"model {args.checkpoint}; files {'in ' + files.root if files else 'off'}; "
+          "Ctrl-C to stop", file=sys.stderr, flush=True)
+    return files
