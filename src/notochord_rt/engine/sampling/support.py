@@ -27,6 +27,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -106,8 +107,29 @@ def compile_constraints(cons: Constraints) -> Compiled:
     :class:`NoPossibleEvents` when the hard constraints alone allow nothing.
     """
     cons.validate()
-    names: list[str] = []
-    # -- note maps and fixed instrument / pitch ------------------------------------------------
+    names: list[str] = []  # the hard constraints in play, named in errors
+    on, off = _note_masks(cons, names)
+    vlo, vhi, user_vel = _velocity(cons, on, off, names)
+    pieces, max_time, beat = _time_pieces(cons, names)
+    lw = _inst_log_weights(cons, on, off, names)
+    max_dur = per_inst(cons.max_duration, "max_duration", 0)
+    min_dur = per_inst(cons.min_duration, "min_duration", 0)
+    max_poly = per_inst(cons.max_polyphony, "max_polyphony", 0)
+    min_poly = per_inst(cons.min_polyphony, "min_polyphony", 0)
+    no_soft = bool(np.all(np.isinf(max_dur)) and np.all(min_dur <= MIN_GAP)
+                   and np.all(max_poly >= ev.NUM_PITCHES) and np.all(min_poly <= 0)
+                   and math.isinf(max_time))
+    return Compiled(
+        cons, on, on.any(1), off, vlo, vhi, user_vel, pieces,
+        float(pieces[0, 0]), names,
+        inst_mask(cons.external) if cons.external else np.zeros(N_I, dtype=bool),
+        max_dur, min_dur, max_poly, min_poly, lw, no_soft, uniform_velocity(vlo, vhi),
+        max_time, beat)
+
+
+def _note_masks(cons: Constraints, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Allowed note-ons and note-offs over instrument x pitch: the note maps, then a
+    fixed instrument or pitch."""
     if cons.note_on_map is None:
         on = DEFAULT_ON.copy()
         off = DEFAULT_ON.copy() if cons.note_off_map is None else note_mask(cons.note_off_map)
@@ -129,7 +151,13 @@ def compile_constraints(cons: Constraints) -> Compiled:
             on &= keep
             off &= keep
             names.append(name)
-    # -- velocity ----------------------------------------------------------------------------
+    return on, off
+
+
+def _velocity(cons: Constraints, on: np.ndarray, off: np.ndarray, names: list[str]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-instrument velocity bounds and the user's velocity intervals; removes from
+    ``on`` / ``off`` (in place) what no allowed velocity can play."""
     vlo = np.maximum(per_inst(cons.min_vel, "min_vel"), ev.NOTE_ON_MIN_VEL)
     vhi = np.minimum(per_inst(cons.max_vel, "max_vel"), ev.VEL_MAX)
     user_vel = _FULL_VEL if cons.vel_ranges is None else intervals(cons.vel_ranges,
@@ -158,7 +186,13 @@ def compile_constraints(cons: Constraints) -> Compiled:
               & (user_vel[None, :, 2] > 0)).any(1)
         if not ok.all():
             on &= ok[:, None]
-    # -- time ----------------------------------------------------------------------------------
+    return vlo, vhi, user_vel
+
+
+def _time_pieces(cons: Constraints, names: list[str]) -> tuple[np.ndarray, float, Any]:
+    """The allowed time pieces ``[lo, hi, weight]`` (hard: ``time``, ``min_time``,
+    ``time_ranges``, ``min_beats``), the soft ``max_time`` (with ``max_beats``) and the
+    beat grid when one shapes the time (None otherwise)."""
     min_time = float(cons.min_time)
     if min_time > 0:
         names.append("min_time")
@@ -184,39 +218,34 @@ def compile_constraints(cons: Constraints) -> Compiled:
             ok_t &= bool(np.any((r[:, 0] - _TOL <= t) & (t <= r[:, 1] + _TOL) & (r[:, 2] > 0)))
         if not ok_t:
             raise _fail(f"the fixed time {t} is outside min_time / time_ranges", names)
-    else:
-        base = _FULL_TIME if cons.time_ranges is None else intervals(cons.time_ranges,
-                                                                      "time_ranges")
-        if cons.time_ranges is not None:
-            names.append("time_ranges")
-        pieces = base.copy()
-        pieces[:, 0] = np.maximum(pieces[:, 0], min_time)
-        pieces[:, 1] = np.minimum(pieces[:, 1], ev.TIME_MAX)
-        pieces = pieces[(pieces[:, 0] <= pieces[:, 1]) & (pieces[:, 2] > 0)]
-        if len(pieces) == 0:
-            raise _fail(f"no time in [{ev.TIME_MIN}, {ev.TIME_MAX}] s is allowed", names)
-    lw = None
-    if cons.inst_weights:
-        lw = np.zeros(N_I)
-        for i, w in cons.inst_weights.items():
-            lw[int(i)] = math.log(w) if w > 0 else -math.inf
-        if np.isinf(lw).any():  # weight 0 removes the instrument (hard)
-            names.append("inst_weights")
-            on &= np.isfinite(lw)[:, None]
-            off &= np.isfinite(lw)[:, None]
-    max_dur = per_inst(cons.max_duration, "max_duration", 0)
-    min_dur = per_inst(cons.min_duration, "min_duration", 0)
-    max_poly = per_inst(cons.max_polyphony, "max_polyphony", 0)
-    min_poly = per_inst(cons.min_polyphony, "min_polyphony", 0)
-    no_soft = bool(np.all(np.isinf(max_dur)) and np.all(min_dur <= MIN_GAP)
-                   and np.all(max_poly >= ev.NUM_PITCHES) and np.all(min_poly <= 0)
-                   and math.isinf(max_time))
-    return Compiled(
-        cons, on, on.any(1), off, vlo, vhi, user_vel, pieces,
-        float(pieces[0, 0]), names,
-        inst_mask(cons.external) if cons.external else np.zeros(N_I, dtype=bool),
-        max_dur, min_dur, max_poly, min_poly, lw, no_soft, uniform_velocity(vlo, vhi),
-        max_time, beat)
+        return pieces, max_time, beat
+    base = _FULL_TIME if cons.time_ranges is None else intervals(cons.time_ranges,
+                                                                  "time_ranges")
+    if cons.time_ranges is not None:
+        names.append("time_ranges")
+    pieces = base.copy()
+    pieces[:, 0] = np.maximum(pieces[:, 0], min_time)
+    pieces[:, 1] = np.minimum(pieces[:, 1], ev.TIME_MAX)
+    pieces = pieces[(pieces[:, 0] <= pieces[:, 1]) & (pieces[:, 2] > 0)]
+    if len(pieces) == 0:
+        raise _fail(f"no time in [{ev.TIME_MIN}, {ev.TIME_MAX}] s is allowed", names)
+    return pieces, max_time, beat
+
+
+def _inst_log_weights(cons: Constraints, on: np.ndarray, off: np.ndarray,
+                      names: list[str]) -> np.ndarray | None:
+    """Log instrument weights (None without ``inst_weights``); a weight of 0 removes the
+    instrument from ``on`` / ``off`` (in place), a hard constraint."""
+    if not cons.inst_weights:
+        return None
+    lw = np.zeros(N_I)
+    for i, w in cons.inst_weights.items():
+        lw[int(i)] = math.log(w) if w > 0 else -math.inf
+    if np.isinf(lw).any():
+        names.append("inst_weights")
+        on &= np.isfinite(lw)[:, None]
+        off &= np.isfinite(lw)[:, None]
+    return lw
 
 
 def build_support(comp: Compiled, held: HeldNotes) -> Support:
