@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from aio import run_async
 
 from notochord_rt.apps.live.beat import BeatSync
 from notochord_rt.apps.live.clock import InternalClock
@@ -53,7 +54,6 @@ def test_auto_voices_playing_together_share_one_grid():
 
 @pytest.mark.slow
 def test_the_tui_shows_tempo_bar_beat_and_the_clock_source():
-    import asyncio
 
     from tiny import tiny_model
 
@@ -90,7 +90,7 @@ def test_the_tui_shows_tempo_bar_beat_and_the_clock_source():
             return app._next.shown_text
 
     try:
-        shown = asyncio.run(run())
+        shown = run_async(run())
     finally:
         player.stop()
         clock.close()

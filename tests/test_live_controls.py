@@ -14,6 +14,7 @@ import time
 
 import mido
 import pytest
+from aio import run_async
 from tiny import tiny_model
 
 from notochord_rt.apps.harmony import HarmonyPolicy, PedalHold, Voice
@@ -341,7 +342,6 @@ def test_improvise_voices_get_a_fair_share():
 # -- the TUI shows the map ------------------------------------------------------------------
 @pytest.mark.slow
 def test_play_tui_shows_the_action_ccs():
-    import asyncio
 
     from notochord_rt.apps.play.policy import PlayController
     from notochord_rt.apps.play.tui import PlayApp
@@ -358,7 +358,7 @@ def test_play_tui_shows_the_action_ccs():
             return str(pilot.app._controls.render())
 
     try:
-        shown = asyncio.run(go())
+        shown = run_async(go())
     finally:
         player.stop()
     assert re.search(r"steer_pitch .* cc ?20\b", shown)  # each control's CC beside it

@@ -5,7 +5,6 @@ real JACK MIDI ports (skipped where JACK is missing)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import time
 
 import mido
 import pytest
+from aio import run_async
 from jack import Probe, jack_or_skip, sounding_after
 from midifiles import simple_song
 from tiny import tiny_model
@@ -190,7 +190,7 @@ def test_keys_change_mode_and_instrument_and_the_player_is_told(book):
             assert await until(pilot, lambda: r.policy.rig.voices.get(12) is not None)
             assert r.policy.rig.voices[12].inst == 59 and label(app, 12, "inst") == "Tuba"
 
-    asyncio.run(go())
+    run_async(go())
     r.player.stop()
     assert r.player.error is None
 
@@ -214,7 +214,7 @@ def test_instrument_change_releases_the_old_notes_and_plays_the_new(book):
             assert await until(pilot, lambda: len(r.sink.note_ons(CELLO)) >= 2)
             assert r.sink.note_ons(VIOLIN, since=mark) == []
 
-    asyncio.run(go())
+    run_async(go())
     r.player.stop()
     assert r.sink.sounding() == set()
 
@@ -235,7 +235,7 @@ def test_taken_instrument_becomes_anonymous(book):
             text = "\n".join(str(line) for line in pilot.app._log.lines)
             assert "is taken" in text
 
-    asyncio.run(go())
+    run_async(go())
     r.player.stop()
 
 
@@ -265,7 +265,7 @@ def test_mute_stop_and_query_keys(book):
             await pilot.press("n")  # query: plan the next event again
             assert await until(pilot, lambda: len(planned) > n)
 
-    asyncio.run(go())
+    run_async(go())
     r.player.stop()
 
 
@@ -304,7 +304,7 @@ def test_control_keys_and_ccs_move_the_controls(book):
             assert f"{0.0:5.2f}" in panel.lines["steer_rate"]  # the UI shows the CC's value
             assert f"{0.0:5.2f}" in str(panel.render()).splitlines()[2]
 
-    asyncio.run(go())
+    run_async(go())
     r.player.stop()
 
 
@@ -324,7 +324,7 @@ def test_preset_keys_load_presets(book):
             assert "no preset 9" in "\n".join(str(line) for line in pilot.app._log.lines)
             assert r.policy.rig.voices == want
 
-    asyncio.run(go())
+    run_async(go())
     r.player.stop()
 
 
@@ -350,7 +350,7 @@ def test_follow_voices_answer_played_notes_and_end_with_them(book):
             assert await until(pilot, lambda: r.ctl.sounding == {})
             assert r.player.stats.summary()["latency"]["n"] >= 3
 
-    asyncio.run(go())
+    run_async(go())
     r.player.stop()
     assert r.model.held_notes == {}
 
@@ -377,7 +377,7 @@ def test_panic_and_reset_release_every_note(book, key):
                 assert await until(pilot, lambda: not any(
                     i != PIANO for i, _ in r.model.held_notes))
 
-    asyncio.run(go())
+    run_async(go())
     r.player.stop()
 
 
@@ -394,7 +394,7 @@ def test_quit_releases_every_note(book, key):
             await pilot.press(key)
             await pilot.pause(0.1)
 
-    asyncio.run(go())
+    run_async(go())
     assert not r.player.running
     assert r.sink.sounding() == set() and r.sink.panics >= 1
 
@@ -416,7 +416,7 @@ def test_player_error_ends_the_app_and_releases(book):
             assert await until(pilot, lambda: app.return_value == 1)
         return app
 
-    app = asyncio.run(go())
+    app = run_async(go())
     assert "synth on fire" in app.exit_message
     assert r.sink.sounding() == set()
 
@@ -444,7 +444,7 @@ def test_prompt_voices_start_and_reset_to_the_prompt(tmp_path, book, song_file, 
             assert await until(pilot, lambda: len(at_reset) == 1)
             assert at_reset[0] == steps  # reset returned to the prompt, not to nothing
 
-    asyncio.run(go())
+    run_async(go())
     r.player.stop()
 
 

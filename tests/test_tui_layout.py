@@ -6,11 +6,11 @@ work stays off the scheduler thread."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 
 import pytest
+from aio import run_async
 from test_tui import PIANO, Rig_, quiet_duet, until
 
 from notochord_rt.apps.play.presets import load_presets
@@ -54,7 +54,7 @@ def test_quick_presses_all_count_while_the_player_is_busy(book):
             await pilot.pause(0.1)
             assert f"{want - 0.1:5.2f}" in app._controls.lines["steer_rate"]
 
-    asyncio.run(go())
+    run_async(go())
     r.player.stop()
 
 
@@ -94,7 +94,7 @@ def test_everything_needed_is_readable_at_80x24(book):
             # the selected channel in full, never cut
             assert "Acoustic Grand Piano" in text
 
-    asyncio.run(go())
+    run_async(go())
     r.player.stop()
 
 
@@ -116,7 +116,7 @@ def test_q_quits_and_releases_every_note(book):
             await pilot.pause(0.1)
             assert not pilot.app.is_running
 
-    asyncio.run(go())
+    run_async(go())
     assert not r.player.running
     assert r.sink.sounding() == set() and r.sink.panics >= 1
 
@@ -138,7 +138,7 @@ def test_ui_work_stays_off_the_scheduler_thread(book):
             await pilot.press("right", "plus", "left")
             assert await until(pilot, lambda: r.ctl.counts["input"] >= 1)
 
-    asyncio.run(go())
+    run_async(go())
     r.player.stop()
     assert sys.getswitchinterval() == before
     assert all(i == PIANO for i, _ in r.model.held_notes)  # (only the played note remains)
@@ -166,5 +166,5 @@ def test_the_timing_panel_reads_a_bounded_recent_window(book):
             await pilot.pause(0.2)
             assert "late   p50   5.0" in str(pilot.app._timing.render())
 
-    asyncio.run(go())
+    run_async(go())
     r.player.stop()
