@@ -146,10 +146,15 @@ def forced_breaks(comp: Compiled, held: HeldNotes, i: int, p: int, t: float,
     it breaks is checked here on its final values (only forced events pay for this).
     ``held`` is the state before the event. Sorted field names of :class:`Constraints`.
     """
+    out = _hard_breaks(comp, i, p, t, v) | _soft_breaks(comp, held, i, p, t, v)
+    return tuple(sorted(out))
+
+
+def _hard_breaks(comp: Compiled, i: int, p: int, t: float, v: float) -> set[str]:
+    """The hard constraints the event ``(i, p, t, v)`` breaks."""
     cons = comp.cons
     on = v >= ev.NOTE_ON_MIN_VEL
     out: set[str] = set()
-    # -- hard ----------------------------------------------------------------------------------
     if cons.inst is not None and i != int(cons.inst):
         out.add("inst")
     if cons.pitch is not None and p != int(cons.pitch):
@@ -179,7 +184,14 @@ def forced_breaks(comp: Compiled, held: HeldNotes, i: int, p: int, t: float,
             out.add("note_off_map")
     elif cons.note_on_map is not None and not _in_map(cons.note_on_map, i, None):
         out.add("note_on_map")  # its instruments are the default note-off map
-    # -- soft ----------------------------------------------------------------------------------
+    return out
+
+
+def _soft_breaks(comp: Compiled, held: HeldNotes, i: int, p: int, t: float,
+                 v: float) -> set[str]:
+    """The soft constraints the event ``(i, p, t, v)`` breaks, given the held notes."""
+    on = v >= ev.NOTE_ON_MIN_VEL
+    out: set[str] = set()
     if t > comp.max_time + _TOL:
         out.add(Soft.MAX_TIME.value)
     if not comp.ext[i]:
@@ -198,7 +210,7 @@ def forced_breaks(comp: Compiled, held: HeldNotes, i: int, p: int, t: float,
         remaining = comp.max_dur[ii] - (held.elapsed - held.onset[ii, pp])
         if np.any(remaining[other] < t - _TOL):
             out.add(Soft.MAX_DUR.value)  # another note outlives its max_duration
-    return tuple(sorted(out))
+    return out
 
 
 def _inside(pieces: np.ndarray, x: float) -> bool:
