@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from random_core import RandomCore
 from tiny import tiny_model
 
 from notochord_rt.engine.sampling.constraints import Constraints
@@ -28,41 +28,6 @@ def model(seed: int = 0):
     _MODEL.use_core("module")
     _MODEL.reset(seed=seed)
     return _MODEL
-
-
-class WildTimeCore:
-    """Random, often extreme head outputs (as the sampler's property tests use): the grid
-    must hold whatever the network says."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.zero = torch.zeros(1, 1, 1)
-        self.ctx = torch.zeros(1)
-
-    def initial_state(self):
-        return self.zero
-
-    def feed(self, state, inst, pitch, time, vel):
-        return state.clone()
-
-    def context(self, state):
-        return self.ctx
-
-    def embed(self, sub, value):
-        return self.ctx
-
-    def head(self, sub, x):
-        r = self.rng
-        if sub in "ip":
-            return torch.from_numpy(r.normal(0, 3.0, 321 if sub == "i" else 129))
-        k, hi, sharp = (32, 10.0, (1e-4, 2e3)) if sub == "t" else (16, 127.0, (1e-3, 128.0))
-        logits = r.normal(0, r.choice([0.1, 5.0]), k)
-        loc = r.uniform(-0.1 * hi, 1.1 * hi, k)
-        s = np.exp(r.uniform(np.log(sharp[0]), np.log(sharp[1]), k))
-        return torch.from_numpy(np.stack((logits - np.logaddexp.reduce(logits), loc, s)))
-
-    def end_prob(self, state):
-        return 0.5
 
 
 def off_grid(beats: float, step: float, swing: float = 0.0) -> float:
@@ -139,7 +104,7 @@ def test_hard_grid_puts_every_onset_on_the_grid(bpm, grid, swing, prefix, seed, 
     if grid.endswith("t"):
         swing = 0.0
     m = model()
-    m.use_core(WildTimeCore(seed))
+    m.use_core(RandomCore(seed))
     cons = Constraints(bpm=bpm, grid=grid, swing=swing, note_on_map={1: range(60, 72)},
                        max_polyphony=3, max_duration=1.5, min_time=min_time,
                        max_time=max_time)
