@@ -280,6 +280,25 @@ def test_fine_tune_with_frozen_rnn(data, tmp_path):
         assert torch.equal(start[k], p) == frozen, k
 
 
+def test_init_from_can_add_pulse_components(data, tmp_path, caplog):
+    """``--init-from X --model time_pulse=K`` widens the time mixture of X's weights (and
+    says that other model options cannot change a trained architecture)."""
+    base = Trainer(config(data, tmp_path / "base", max_steps=2))
+    base.fit()
+    base.close()
+    with caplog.at_level("WARNING"):
+        tune = Trainer(config(data, tmp_path / "tune", max_steps=2,
+                              init_from=str(tmp_path / "base"),
+                              model={"time_pulse": 2, "emb_size": 999}))
+    assert "emb_size" in caplog.text
+    assert tune.model.config.time_pulse == 2
+    assert tune.model.config.emb_size == base.model.config.emb_size
+    tune.fit()
+    tune.close()
+    saved = sources.load_model(ck.latest_checkpoint(tmp_path / "tune" / ck.CHECKPOINTS))
+    assert saved.config.time_pulse == 2
+
+
 def test_init_from_takes_model_names(data, tmp_path, monkeypatch):
     """Trainer(init_from=NAME) resolves names as every --checkpoint does: "default" is the
     bundled model, a registry name not yet pulled is one clear line with the pull command."""

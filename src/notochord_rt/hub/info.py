@@ -33,7 +33,9 @@ def architecture(config: NotochordConfig) -> str:
     return (f"emb {config.emb_size}, GRU {config.rnn_hidden} x {config.rnn_layers} layer"
             f"{'s' if config.rnn_layers != 1 else ''}, {config.mlp_layers} GLU layer"
             f"{'s' if config.mlp_layers != 1 else ''} per head, time mixture of "
-            f"{config.time_components}, velocity mixture of {config.vel_components}, "
+            f"{config.time_components}"
+            + (f" + {3 * config.time_pulse} pulse" if config.time_pulse else "")
+            + f", velocity mixture of {config.vel_components}, "
             f"dropout {config.dropout:g}")
 
 

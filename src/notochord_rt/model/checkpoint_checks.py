@@ -135,7 +135,7 @@ def expected_shapes(config: NotochordConfig) -> dict[str, Shape]:
     E, H, L = config.emb_size, config.rnn_hidden, config.rnn_layers
     shapes: dict[str, Shape] = {
         "initial_state": (L, 1, H),
-        "time_dist.bias": (3 * config.time_components,),
+        "time_dist.bias": (3 * config.time_mixture_components,),
         "vel_dist.bias": (3 * config.vel_components,),
         "inst_emb.weight": (config.n_inst_classes, E),
         "pitch_emb.weight": (config.n_pitch_classes, E),
@@ -154,7 +154,7 @@ def expected_shapes(config: NotochordConfig) -> dict[str, Shape]:
     shapes.update(_mlp_shapes("h_proj", H, E, E, config))
     for name, n_out in (("inst_head", config.n_inst_classes),
                         ("pitch_head", config.n_pitch_classes),
-                        ("time_head", 3 * config.time_components),
+                        ("time_head", 3 * config.time_mixture_components),
                         ("vel_head", 3 * config.vel_components)):
         shapes.update(_mlp_shapes(name, E, E, n_out, config))
     shapes["end_head.weight"] = (2, H)

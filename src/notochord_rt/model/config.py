@@ -67,6 +67,7 @@ INT_LIMITS: dict[str, tuple[int, int]] = {
     "time_sines": (1, 4096),
     "vel_sines": (1, 4096),
     "time_components": (1, 1024),
+    "time_pulse": (0, 64),
     "vel_components": (1, 1024),
 }
 """Inclusive ``(min, max)`` of every integer hyper-parameter."""
@@ -102,7 +103,10 @@ class NotochordConfig:
     untrained network: each time component starts with a logistic scale of that fraction
     of its initial location (0: the reference's flat start, see
     :class:`~notochord_rt.model.distributions.CensoredLogisticMixture`); a trained model's
-    weights carry what was learned whatever it says.
+    weights carry what was learned whatever it says. ``time_pulse`` > 0 adds
+    ``3 * time_pulse`` *pulse components* to the time mixture, placed by the network on
+    the grids of the last ``time_pulse`` inter-onset intervals
+    (:mod:`~notochord_rt.model.pulse`).
     """
 
     emb_size: int = 512
@@ -122,6 +126,7 @@ class NotochordConfig:
     time_res: float = ev.TIME_RES
     time_sharp_bounds: tuple[float, float] = (1e-4, 2e3)
     time_sharp_init: float = 0.03
+    time_pulse: int = 0
     vel_bounds: tuple[float, float] = (ev.VEL_MIN, ev.VEL_MAX)
     vel_components: int = 16
     vel_res: float = ev.VEL_RES
@@ -177,6 +182,12 @@ class NotochordConfig:
     def n_inst_classes(self) -> int:
         """Instrument vocabulary including the start token 0."""
         return self.num_instruments + 1
+
+    @property
+    def time_mixture_components(self) -> int:
+        """Components of the time mixture: the free ones and the pulse components
+        (:mod:`~notochord_rt.model.pulse`)."""
+        return self.time_components + 3 * self.time_pulse
 
     @property
     def n_pitch_classes(self) -> int:
@@ -240,7 +251,7 @@ class NotochordConfig:
         """
         fixed = NotochordConfig()
         for name in ("time_wavelengths", "vel_wavelengths", "time_sharp_bounds",
-                     "vel_bounds", "vel_res", "vel_sharp_bounds"):
+                     "vel_bounds", "vel_res", "vel_sharp_bounds", "time_pulse"):
             if getattr(self, name) != getattr(fixed, name):
                 raise ValueError(f"the reference cannot express {name}={getattr(self, name)}")
         d = {name: getattr(self, name) for name in _REFERENCE_SAME_NAME}

@@ -11,14 +11,15 @@ An event is four sub-events (instrument, pitch, delta time, velocity). The netwo
 4. predicts "the event just fed was the last of the piece" with ``end_head`` on ``h_t``.
 
 Instrument and pitch are categoricals; time and velocity are censored discretised
-logistic mixtures (:mod:`.distributions`).
+logistic mixtures (:mod:`.distributions`); the time mixture may also hold pulse
+components, placed on the grids of recent onsets (:mod:`.pulse`).
 
 **Conditioning masks** are boolean ``[..., 4, 4]`` with ``cond[..., m, k]`` = "target
 ``m`` conditions on sub-event ``k``" in the canonical order i, p, t, v (the transpose of
 the reference's ``ar_mask``). The diagonal is ignored (a sub-event never sees itself).
 
 This module holds only the network and teacher-forced scoring; stateful inference
-(reset/feed/sample) lives in the engine, which subclasses :class:`NotochordNet`.
+(reset/feed/sample) lives in the engine, which holds a :class:`NotochordNet`.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from torch import Tensor, nn
 
 from .. import events as ev
 from ..errors import InputError
+from . import pulse
 from . import validate as V
 from .config import NotochordConfig
-from .distributions import CensoredLogisticMixture
+from .distributions import CensoredLogisticMixture, MixtureParams
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +145,8 @@ class NotochordNet(nn.Module):
         c = config
         E, H = c.emb_size, c.rnn_hidden
         self.time_dist = CensoredLogisticMixture(
-            c.time_components, *c.time_bounds, c.time_res, c.time_sharp_bounds, loc_init="log",
-            sharp_init=c.time_sharp_init)
+            c.time_mixture_components, *c.time_bounds, c.time_res, c.time_sharp_bounds,
+            loc_init="log", sharp_init=c.time_sharp_init)
         self.vel_dist = CensoredLogisticMixture(
             c.vel_components, *c.vel_bounds, c.vel_res, c.vel_sharp_bounds, loc_init="linear")
         self.inst_emb = nn.Embedding(c.n_inst_classes, E)
@@ -226,6 +228,26 @@ class NotochordNet(nn.Module):
         """``log [P(not end), P(end)]`` from a GRU output, ``Tensor[..., 2]``."""
         return torch.log_softmax(self.end_head(top), dim=-1)
 
+    # -- pulse components ---------------------------------------------------------------------
+    def pulse_inputs(self, inst: Tensor, time: Tensor, vel: Tensor
+                     ) -> tuple[Tensor, Tensor] | None:
+        """Pulse-component (locations, valid) ``[B, T-1, 3k]`` for the predictions of
+        events ``1..T-1`` of ``[B, T]`` sequences, or ``None`` without pulse components."""
+        k = self.config.time_pulse
+        if not k:
+            return None
+        loc, valid = pulse.sequence_candidates(
+            torch.as_tensor(inst, device=self.device), torch.as_tensor(time, device=self.device),
+            torch.as_tensor(vel, device=self.device), k)
+        return loc[:, :-1], valid[:, :-1]
+
+    def time_params(self, raw: Tensor, pulse_in: tuple[Tensor, Tensor] | None
+                    ) -> MixtureParams:
+        """The time mixture from the time head's raw output, with the pulse components
+        placed by ``pulse_in`` (from :meth:`pulse_inputs`; ``None`` without them)."""
+        p = self.time_dist.params(raw)
+        return p if pulse_in is None else pulse.fill_params(p, *pulse_in)
+
     # -- teacher-forced likelihood ----------------------------------------------------------
     def _cond(self, cond: str | Tensor, batch: int, steps: int) -> Tensor:
         if isinstance(cond, str):
@@ -276,7 +298,7 @@ class NotochordNet(nn.Module):
         pitch_t = pitch[:, 1:].to(self.device).long()
         time_t = time[:, 1:].to(self.device, ctx.dtype)
         vel_t = vel[:, 1:].to(self.device, ctx.dtype)
-        time_p = self.time_dist.params(time_raw)
+        time_p = self.time_params(time_raw, self.pulse_inputs(inst, time, vel))
         vel_p = self.vel_dist.params(vel_raw)
         out = {
             "inst": torch.log_softmax(inst_raw, -1).gather(-1, inst_t[..., None])[..., 0],

@@ -138,6 +138,7 @@ class PieceScorer:
         n_pos = len(piece) + 1
         h = m.initial_hidden(1)
         prev_top = None
+        pulse_in = m.pulse_inputs(seq["inst"][None], seq["time"][None], seq["vel"][None])
         for s in range(0, n_pos, self.chunk):
             sl = slice(s, min(s + self.chunk, n_pos))
             part = {k: v[sl][None] for k, v in seq.items()}
@@ -151,14 +152,18 @@ class PieceScorer:
             prev_top = top[:, -1:]
             if before.shape[1] == 0:
                 continue
+            rows = slice(max(s - 1, 0), sl.stop - 1)  # pulse inputs of the targets
             self._score_chunk(before, after, embs[:, targets],
-                              {k: v[:, targets] for k, v in part.items()}, totals)
+                              {k: v[:, targets] for k, v in part.items()}, totals,
+                              None if pulse_in is None else (pulse_in[0][:, rows],
+                                                             pulse_in[1][:, rows]))
         totals.events += len(piece)
         totals.seconds += float(piece.time[-1])
         totals.pieces += 1
 
     def _score_chunk(self, before: torch.Tensor, after: torch.Tensor, embs: torch.Tensor,
-                     tgt: dict[str, torch.Tensor], totals: Totals) -> None:
+                     tgt: dict[str, torch.Tensor], totals: Totals,
+                     pulse_in: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         m = self.model
         time_t = tgt["time"].clamp(*m.config.time_bounds)
         end = m.end_log_probs(after).gather(-1, tgt["end"][..., None])[..., 0]
@@ -166,7 +171,7 @@ class PieceScorer:
         for order, mask in self.masks.items():
             ctx = m.head_inputs(before, embs, mask)
             raw = [head(ctx[..., k, :]) for k, head in enumerate(m.heads)]
-            time_p = m.time_dist.params(raw[2].float())
+            time_p = m.time_params(raw[2].float(), pulse_in)
             ll = {
                 "inst": _categorical_ll(raw[0], tgt["inst"]),
                 "pitch": _categorical_ll(raw[1], tgt["pitch"]),

@@ -7,6 +7,7 @@ network is built or saved, or how crops are drawn.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from ..data.dataset import CropDataset
 from ..errors import CheckpointError, InputError, UserError
 from ..model.config import NotochordConfig
 from ..model.network import NotochordNet
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 
@@ -38,6 +41,28 @@ def new_model(overrides: dict[str, Any]) -> NotochordNet:
         return NotochordNet(NotochordConfig(**values))
     except (TypeError, ValueError) as e:
         raise UserError(f"bad model options: {e}") from None
+
+
+def grow_model(model: NotochordNet, overrides: dict[str, Any], source: str) -> NotochordNet:
+    """``model`` (loaded from ``source`` to start training from) with the model options
+    that can be added to trained weights applied: ``time_pulse`` adds pulse components
+    (:func:`~notochord_rt.model.pulse.widen_time_mixture`). Other options cannot change a
+    trained architecture; they are logged and ignored."""
+    from ..model.pulse import widen_time_mixture
+
+    rest = dict(overrides)
+    pulse = rest.pop("time_pulse", None)
+    if pulse is not None and int(pulse) != model.config.time_pulse:
+        try:
+            model = widen_time_mixture(model, int(pulse))
+        except (TypeError, ValueError) as e:
+            raise UserError(f"cannot add pulse components to {source}: {e}") from None
+        model.train()
+        log.info("added %d pulse components to %s", 3 * int(pulse), source)
+    if rest:
+        log.warning("model options %s ignored: the architecture comes from %s",
+                    sorted(rest), source)
+    return model
 
 
 def model_path(path: str | Path) -> Path:

@@ -100,11 +100,8 @@ class Trainer:
         if resume_dir is not None:
             self.model = sources.load_model(resume_dir)
         elif config.init_from:
-            self.model = sources.load_model(ck.resolve_checkpoint(
-                resolve_name(config.init_from)))  # a path, or a model name as everywhere
-            if config.model:
-                log.warning("model options %s ignored: the architecture comes from %s",
-                            sorted(config.model), config.init_from)
+            self.model = sources.grow_model(sources.load_model(ck.resolve_checkpoint(
+                resolve_name(config.init_from))), config.model, config.init_from)
         else:
             self.model = sources.new_model(config.model)
         self.model.to(self.device)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ... import events as ev
 from ...errors import InputError, NoPossibleEvents
+from ...model import pulse
 from ..cores.core import InferenceCore
 from .constraints import Constraints, check_order
 from .grid import place
@@ -112,10 +113,12 @@ class EventDraw:
     batched engine names the stream).
     """
 
-    __slots__ = ("sup", "comp", "order", "rng", "config", "done", "logp", "params", "where")
+    __slots__ = ("sup", "comp", "order", "rng", "config", "done", "logp", "params", "where",
+                 "pulse")
 
     def __init__(self, sup: Support, comp: Compiled, order: str, rng: np.random.Generator,
-                 config: Any, return_params: bool, where: str = "") -> None:
+                 config: Any, return_params: bool, where: str = "",
+                 pulse_in: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.sup = sup
         self.comp = comp
         self.order = order
@@ -125,6 +128,7 @@ class EventDraw:
         self.logp: dict[str, float] = {}
         self.params: dict[str, np.ndarray] | None = {} if return_params else None
         self.where = where
+        self.pulse = pulse_in
 
     @classmethod
     def start(cls, comp: Compiled, held: HeldNotes, order: str | None,
@@ -132,7 +136,8 @@ class EventDraw:
               where: str = "") -> EventDraw:
         """Resolve ``order`` (argument, else the constraints', else ``"vtip"``,
         :data:`~notochord_rt.events.SAMPLING_ORDER`;
-        ``"random"`` draws a permutation from ``rng``) and build the support."""
+        ``"random"`` draws a permutation from ``rng``), build the support and, for a
+        network with pulse components, place them from ``held``'s recent onsets."""
         order = check_order(order or comp.cons.order or ev.SAMPLING_ORDER)
         if order == "random":
             order = "".join(np.array(list(ev.CANONICAL_ORDER))[rng.permutation(4)])
@@ -140,7 +145,9 @@ class EventDraw:
             comp = place(comp, held.elapsed)  # the time pieces on the grid, for this event
         sup = build_support(comp, held)
         sup.autoset()
-        return cls(sup, comp, order, rng, config, return_params, where)
+        k = getattr(config, "time_pulse", 0)
+        pulse_in = pulse.candidates(held.onsets.onsets, held.elapsed, k) if k else None
+        return cls(sup, comp, order, rng, config, return_params, where, pulse_in)
 
     def pick(self) -> str:
         """The next sub-event (the first fixed one left in order, else the first left),
@@ -166,6 +173,8 @@ class EventDraw:
         sup = self.sup
         if not sup.atoms:
             raise NoPossibleEvents(f"{self.where}no possible event left while sampling")
+        if m == "t" and self.pulse is not None:
+            out = pulse.fill_rows(out, *self.pulse)
         if self.params is not None:
             self.params[m] = out
         value, self.logp[m] = draw_sub_event(m, out, sup, self.comp, self.rng, self.config)

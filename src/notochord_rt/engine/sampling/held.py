@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import InputError
+from ...model.pulse import OnsetHistory
 from .constraints import N_I, N_P
 
 MAX_CLOCK_STEP = 3600.0
@@ -23,9 +24,11 @@ MAX_CLOCK_STEP = 3600.0
 
 
 class HeldNotes:
-    """Which (instrument, pitch) cells sound, since when, and the stream's elapsed time."""
+    """Which (instrument, pitch) cells sound, since when, and the stream's elapsed time;
+    ``onsets`` keeps the recent distinct onsets the pulse components are placed from
+    (:mod:`~notochord_rt.model.pulse`)."""
 
-    __slots__ = ("onset", "held", "poly", "elapsed", "_cells")
+    __slots__ = ("onset", "held", "poly", "elapsed", "_cells", "onsets")
 
     def __init__(self) -> None:
         self.onset = np.full((N_I, N_P), np.nan)
@@ -33,6 +36,7 @@ class HeldNotes:
         self.poly = np.zeros(N_I, dtype=np.int64)
         self.elapsed = 0.0
         self._cells: dict[tuple[int, int], None] = {}
+        self.onsets = OnsetHistory()
 
     @property
     def count(self) -> int:
@@ -46,6 +50,7 @@ class HeldNotes:
         self.poly.fill(0)
         self.elapsed = 0.0
         self._cells.clear()
+        self.onsets.clear()
 
     def advance(self, dt: float) -> None:
         """Let ``dt >= 0`` seconds pass (ages every held note by ``dt``, at most
@@ -61,6 +66,7 @@ class HeldNotes:
         """Start (or restart) a note now; return True if it was already sounding."""
         was = self.is_held(inst, pitch)
         self.onset[inst, pitch] = self.elapsed
+        self.onsets.note_on(self.elapsed)
         if not was:
             self.held[inst, pitch] = True
             self.poly[inst] += 1
@@ -113,4 +119,5 @@ class HeldNotes:
         h.poly = self.poly.copy()
         h.elapsed = self.elapsed
         h._cells = dict(self._cells)
+        h.onsets = self.onsets.copy()
         return h
