@@ -60,7 +60,7 @@ def _compare(a, b, events=EVENTS) -> dict[str, float]:
     {},
     dict(rnn_layers=1, mlp_layers=0, norm=None),
     dict(rnn_layers=3, mlp_layers=1, emb_size=24, rnn_hidden=40),
-    dict(time_pulse=2),
+    dict(time_pulse=2, pitch_copy=2),
 ])
 def test_fp32_equals_module_core(kw):
     net = _net(**kw)

@@ -153,7 +153,7 @@ def expected_shapes(config: NotochordConfig) -> dict[str, Shape]:
         shapes[f"rnn.bias_hh_l{layer}"] = (3 * H,)
     shapes.update(_mlp_shapes("h_proj", H, E, E, config))
     for name, n_out in (("inst_head", config.n_inst_classes),
-                        ("pitch_head", config.n_pitch_classes),
+                        ("pitch_head", config.pitch_head_outputs),
                         ("time_head", 3 * config.time_mixture_components),
                         ("vel_head", 3 * config.vel_components)):
         shapes.update(_mlp_shapes(name, E, E, n_out, config))

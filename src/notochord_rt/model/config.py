@@ -68,6 +68,7 @@ INT_LIMITS: dict[str, tuple[int, int]] = {
     "vel_sines": (1, 4096),
     "time_components": (1, 1024),
     "time_pulse": (0, 64),
+    "pitch_copy": (0, 64),
     "vel_components": (1, 1024),
 }
 """Inclusive ``(min, max)`` of every integer hyper-parameter."""
@@ -106,7 +107,9 @@ class NotochordConfig:
     weights carry what was learned whatever it says. ``time_pulse`` > 0 adds
     ``3 * time_pulse`` *pulse components* to the time mixture, placed by the network on
     the grids of the last ``time_pulse`` inter-onset intervals
-    (:mod:`~notochord_rt.model.pulse`).
+    (:mod:`~notochord_rt.model.pulse`). ``pitch_copy`` > 0 gives the pitch head one gate
+    per motif-candidate kind (:mod:`~notochord_rt.model.motif`): ``pitch_copy`` recent
+    pitches and four induction candidates of the event's instrument.
     """
 
     emb_size: int = 512
@@ -127,6 +130,7 @@ class NotochordConfig:
     time_sharp_bounds: tuple[float, float] = (1e-4, 2e3)
     time_sharp_init: float = 0.03
     time_pulse: int = 0
+    pitch_copy: int = 0
     vel_bounds: tuple[float, float] = (ev.VEL_MIN, ev.VEL_MAX)
     vel_components: int = 16
     vel_res: float = ev.VEL_RES
@@ -190,6 +194,13 @@ class NotochordConfig:
         return self.time_components + 3 * self.time_pulse
 
     @property
+    def pitch_head_outputs(self) -> int:
+        """Outputs of the pitch head: the pitch logits and the motif gates."""
+        from .motif import n_candidates
+
+        return self.n_pitch_classes + n_candidates(self.pitch_copy)
+
+    @property
     def n_pitch_classes(self) -> int:
         """Pitch vocabulary including the start token ``num_pitches``."""
         return self.num_pitches + 1
@@ -251,7 +262,7 @@ class NotochordConfig:
         """
         fixed = NotochordConfig()
         for name in ("time_wavelengths", "vel_wavelengths", "time_sharp_bounds",
-                     "vel_bounds", "vel_res", "vel_sharp_bounds", "time_pulse"):
+                     "vel_bounds", "vel_res", "vel_sharp_bounds", "time_pulse", "pitch_copy"):
             if getattr(self, name) != getattr(fixed, name):
                 raise ValueError(f"the reference cannot express {name}={getattr(self, name)}")
         d = {name: getattr(self, name) for name in _REFERENCE_SAME_NAME}

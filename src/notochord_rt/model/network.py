@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from .. import events as ev
 from ..errors import InputError
-from . import pulse
+from . import motif, pulse
 from . import validate as V
 from .config import NotochordConfig
 from .distributions import CensoredLogisticMixture, MixtureParams
@@ -163,7 +163,7 @@ class NotochordNet(nn.Module):
         self.h_proj = mlp(H, E, 1e-2)
         # head outputs start ×1e-4 (the reference scales them ×0.01 twice)
         self.inst_head = mlp(E, c.n_inst_classes, 1e-4)
-        self.pitch_head = mlp(E, c.n_pitch_classes, 1e-4)
+        self.pitch_head = mlp(E, c.pitch_head_outputs, 1e-4)
         self.time_head = mlp(E, self.time_dist.n_params, 1e-4)
         self.vel_head = mlp(E, self.vel_dist.n_params, 1e-4)
         self.end_head = nn.Linear(H, 2)
@@ -248,6 +248,28 @@ class NotochordNet(nn.Module):
         p = self.time_dist.params(raw)
         return p if pulse_in is None else pulse.fill_params(p, *pulse_in)
 
+    def motif_inputs(self, inst: Tensor, pitch: Tensor, vel: Tensor
+                     ) -> tuple[Tensor, Tensor] | None:
+        """Motif candidates (pitches, valid) ``[B, T-1, C]`` for events ``1..T-1`` of
+        ``[B, T]`` sequences (:mod:`.motif`), or ``None`` without motif copying."""
+        if not self.config.pitch_copy:
+            return None
+        cand, valid = motif.sequence_candidates(
+            torch.as_tensor(inst), torch.as_tensor(pitch), torch.as_tensor(vel),
+            self.config.pitch_copy)
+        return cand.to(self.device), valid.to(self.device)
+
+    def pitch_logits(self, raw: Tensor, motif_in: tuple[Tensor, Tensor] | None,
+                     knows_inst: Tensor) -> Tensor:
+        """Pitch logits from the pitch head's raw output: with motif candidates
+        (``motif_in`` from :meth:`motif_inputs`), each valid candidate's gate is added to
+        its pitch where ``knows_inst`` (broadcasting to ``[B, T-1]``) says the
+        instrument is known."""
+        if motif_in is None:
+            return raw
+        cand, valid = motif_in
+        return motif.apply_logits(raw, cand, valid & knows_inst.expand(valid.shape[:-1])[..., None])
+
     # -- teacher-forced likelihood ----------------------------------------------------------
     def _cond(self, cond: str | Tensor, batch: int, steps: int) -> Tensor:
         if isinstance(cond, str):
@@ -299,6 +321,8 @@ class NotochordNet(nn.Module):
         time_t = time[:, 1:].to(self.device, ctx.dtype)
         vel_t = vel[:, 1:].to(self.device, ctx.dtype)
         time_p = self.time_params(time_raw, self.pulse_inputs(inst, time, vel))
+        pitch_raw = self.pitch_logits(pitch_raw, self.motif_inputs(inst, pitch, vel),
+                                      mask[..., 1, 0])
         vel_p = self.vel_dist.params(vel_raw)
         out = {
             "inst": torch.log_softmax(inst_raw, -1).gather(-1, inst_t[..., None])[..., 0],

@@ -139,6 +139,7 @@ class PieceScorer:
         h = m.initial_hidden(1)
         prev_top = None
         pulse_in = m.pulse_inputs(seq["inst"][None], seq["time"][None], seq["vel"][None])
+        motif_in = m.motif_inputs(seq["inst"][None], seq["pitch"][None], seq["vel"][None])
         for s in range(0, n_pos, self.chunk):
             sl = slice(s, min(s + self.chunk, n_pos))
             part = {k: v[sl][None] for k, v in seq.items()}
@@ -155,15 +156,15 @@ class PieceScorer:
             rows = slice(max(s - 1, 0), sl.stop - 1)  # pulse inputs of the targets
             self._score_chunk(before, after, embs[:, targets],
                               {k: v[:, targets] for k, v in part.items()}, totals,
-                              None if pulse_in is None else (pulse_in[0][:, rows],
-                                                             pulse_in[1][:, rows]))
+                              _rows(pulse_in, rows), _rows(motif_in, rows))
         totals.events += len(piece)
         totals.seconds += float(piece.time[-1])
         totals.pieces += 1
 
     def _score_chunk(self, before: torch.Tensor, after: torch.Tensor, embs: torch.Tensor,
                      tgt: dict[str, torch.Tensor], totals: Totals,
-                     pulse_in: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                     pulse_in: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     motif_in: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         m = self.model
         time_t = tgt["time"].clamp(*m.config.time_bounds)
         end = m.end_log_probs(after).gather(-1, tgt["end"][..., None])[..., 0]
@@ -172,9 +173,10 @@ class PieceScorer:
             ctx = m.head_inputs(before, embs, mask)
             raw = [head(ctx[..., k, :]) for k, head in enumerate(m.heads)]
             time_p = m.time_params(raw[2].float(), pulse_in)
+            pitch = m.pitch_logits(raw[1], motif_in, mask[1, 0])
             ll = {
                 "inst": _categorical_ll(raw[0], tgt["inst"]),
-                "pitch": _categorical_ll(raw[1], tgt["pitch"]),
+                "pitch": _categorical_ll(pitch, tgt["pitch"]),
                 "time": m.time_dist.log_prob(time_p, tgt["time"]),
                 "vel": m.vel_dist.log_prob(m.vel_dist.params(raw[3].float()), tgt["vel"]),
             }
@@ -183,6 +185,11 @@ class PieceScorer:
                 sums[k] += float(v.double().sum())
             if order == CANONICAL_ORDER:
                 totals.time_within += float(_within(m, time_p, time_t).double().sum())
+
+
+def _rows(pair: tuple[torch.Tensor, torch.Tensor] | None, rows: slice
+          ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    return None if pair is None else (pair[0][:, rows], pair[1][:, rows])
 
 
 def evaluate(model: NotochordNet, pieces: Iterable[EventArrays], *,

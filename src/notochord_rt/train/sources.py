@@ -46,19 +46,24 @@ def new_model(overrides: dict[str, Any]) -> NotochordNet:
 def grow_model(model: NotochordNet, overrides: dict[str, Any], source: str) -> NotochordNet:
     """``model`` (loaded from ``source`` to start training from) with the model options
     that can be added to trained weights applied: ``time_pulse`` adds pulse components
-    (:func:`~notochord_rt.model.pulse.widen_time_mixture`). Other options cannot change a
+    (:func:`~notochord_rt.model.pulse.widen_time_mixture`), ``pitch_copy`` motif copying
+    (:func:`~notochord_rt.model.motif.widen_pitch_head`). Other options cannot change a
     trained architecture; they are logged and ignored."""
+    from ..model.motif import widen_pitch_head
     from ..model.pulse import widen_time_mixture
 
     rest = dict(overrides)
-    pulse = rest.pop("time_pulse", None)
-    if pulse is not None and int(pulse) != model.config.time_pulse:
+    for name, widen, what in (("time_pulse", widen_time_mixture, "pulse components"),
+                              ("pitch_copy", widen_pitch_head, "motif copying")):
+        value = rest.pop(name, None)
+        if value is None or value == getattr(model.config, name):
+            continue
         try:
-            model = widen_time_mixture(model, int(pulse))
+            model = widen(model, int(value))
         except (TypeError, ValueError) as e:
-            raise UserError(f"cannot add pulse components to {source}: {e}") from None
+            raise UserError(f"cannot add {what} ({name}={value}) to {source}: {e}") from None
         model.train()
-        log.info("added %d pulse components to %s", 3 * int(pulse), source)
+        log.info("added %s (%s=%s) to %s", what, name, value, source)
     if rest:
         log.warning("model options %s ignored: the architecture comes from %s",
                     sorted(rest), source)

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ... import events as ev
 from ...errors import InputError, NoPossibleEvents
-from ...model import pulse
+from ...model import motif, pulse
 from ..cores.core import InferenceCore
 from .constraints import Constraints, check_order
 from .grid import place
@@ -114,11 +114,12 @@ class EventDraw:
     """
 
     __slots__ = ("sup", "comp", "order", "rng", "config", "done", "logp", "params", "where",
-                 "pulse")
+                 "pulse", "motifs")
 
     def __init__(self, sup: Support, comp: Compiled, order: str, rng: np.random.Generator,
                  config: Any, return_params: bool, where: str = "",
-                 pulse_in: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 pulse_in: tuple[np.ndarray, np.ndarray] | None = None,
+                 motifs: motif.MotifHistory | None = None) -> None:
         self.sup = sup
         self.comp = comp
         self.order = order
@@ -129,6 +130,7 @@ class EventDraw:
         self.params: dict[str, np.ndarray] | None = {} if return_params else None
         self.where = where
         self.pulse = pulse_in
+        self.motifs = motifs
 
     @classmethod
     def start(cls, comp: Compiled, held: HeldNotes, order: str | None,
@@ -137,7 +139,8 @@ class EventDraw:
         """Resolve ``order`` (argument, else the constraints', else ``"vtip"``,
         :data:`~notochord_rt.events.SAMPLING_ORDER`;
         ``"random"`` draws a permutation from ``rng``), build the support and, for a
-        network with pulse components, place them from ``held``'s recent onsets."""
+        network with pulse components, place them from ``held``'s recent onsets (motif
+        candidates are read from ``held`` when the pitch is drawn)."""
         order = check_order(order or comp.cons.order or ev.SAMPLING_ORDER)
         if order == "random":
             order = "".join(np.array(list(ev.CANONICAL_ORDER))[rng.permutation(4)])
@@ -147,7 +150,8 @@ class EventDraw:
         sup.autoset()
         k = getattr(config, "time_pulse", 0)
         pulse_in = pulse.candidates(held.onsets.onsets, held.elapsed, k) if k else None
-        return cls(sup, comp, order, rng, config, return_params, where, pulse_in)
+        motifs = held.motifs if getattr(config, "pitch_copy", 0) else None
+        return cls(sup, comp, order, rng, config, return_params, where, pulse_in, motifs)
 
     def pick(self) -> str:
         """The next sub-event (the first fixed one left in order, else the first left),
@@ -175,11 +179,22 @@ class EventDraw:
             raise NoPossibleEvents(f"{self.where}no possible event left while sampling")
         if m == "t" and self.pulse is not None:
             out = pulse.fill_rows(out, *self.pulse)
+        elif m == "p" and self.motifs is not None:
+            out = self._pitch_logits(out)
         if self.params is not None:
             self.params[m] = out
         value, self.logp[m] = draw_sub_event(m, out, sup, self.comp, self.rng, self.config)
         sup.fix(m, value)
         sup.autoset()
+
+    def _pitch_logits(self, out: np.ndarray) -> np.ndarray:
+        """The pitch logits with the motif gates added (only if the instrument is
+        already fixed: candidates are per instrument, as in training)."""
+        k = self.config.pitch_copy
+        inst = self.sup.fixed.get("i")
+        if inst is None:
+            return out[:len(out) - motif.n_candidates(k)]
+        return motif.apply(out, *self.motifs.candidates(int(inst), k))
 
     def embed_value(self, m: str) -> float:
         """The fixed value of ``m`` as the network takes it (time clamped to its support)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import InputError
+from ...model.motif import MotifHistory
 from ...model.pulse import OnsetHistory
 from .constraints import N_I, N_P
 
@@ -26,9 +27,10 @@ MAX_CLOCK_STEP = 3600.0
 class HeldNotes:
     """Which (instrument, pitch) cells sound, since when, and the stream's elapsed time;
     ``onsets`` keeps the recent distinct onsets the pulse components are placed from
-    (:mod:`~notochord_rt.model.pulse`)."""
+    (:mod:`~notochord_rt.model.pulse`), ``motifs`` each instrument's pitches for motif
+    copying (:mod:`~notochord_rt.model.motif`)."""
 
-    __slots__ = ("onset", "held", "poly", "elapsed", "_cells", "onsets")
+    __slots__ = ("onset", "held", "poly", "elapsed", "_cells", "onsets", "motifs")
 
     def __init__(self) -> None:
         self.onset = np.full((N_I, N_P), np.nan)
@@ -37,6 +39,7 @@ class HeldNotes:
         self.elapsed = 0.0
         self._cells: dict[tuple[int, int], None] = {}
         self.onsets = OnsetHistory()
+        self.motifs = MotifHistory()
 
     @property
     def count(self) -> int:
@@ -51,6 +54,7 @@ class HeldNotes:
         self.elapsed = 0.0
         self._cells.clear()
         self.onsets.clear()
+        self.motifs.clear()
 
     def advance(self, dt: float) -> None:
         """Let ``dt >= 0`` seconds pass (ages every held note by ``dt``, at most
@@ -67,6 +71,7 @@ class HeldNotes:
         was = self.is_held(inst, pitch)
         self.onset[inst, pitch] = self.elapsed
         self.onsets.note_on(self.elapsed)
+        self.motifs.note_on(inst, pitch)
         if not was:
             self.held[inst, pitch] = True
             self.poly[inst] += 1
@@ -120,4 +125,5 @@ class HeldNotes:
         h.elapsed = self.elapsed
         h._cells = dict(self._cells)
         h.onsets = self.onsets.copy()
+        h.motifs = self.motifs.copy()
         return h
