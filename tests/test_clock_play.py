@@ -95,3 +95,85 @@ def test_the_tui_shows_tempo_bar_beat_and_the_clock_source():
         player.stop()
         clock.close()
     assert "100.0 BPM" in shown and "internal" in shown, shown
+
+
+@pytest.mark.slow
+def test_grid_and_swing_keys_set_every_voice_and_the_onsets_follow():
+    """``g`` cycles the grid of the auto voices (free, 1/4, 1/8, ...), ``s`` the swing; the
+    policy gets them at once and, on a clock, the voice's onsets fall on the new grid."""
+    import threading
+
+    from tiny import tiny_model
+
+    from notochord_rt.apps.live.player import Player
+    from notochord_rt.apps.play.policy import GRIDS, PlayController, VoicesPolicy
+    from notochord_rt.apps.play.tui import PlayApp
+
+    rig = Rig(voices={0: VoiceConfig(0, 1, "input"),
+                      1: VoiceConfig(1, 41, "auto", duration=(0.0, 0.2))},
+              max_time=0.3).validate()
+    onsets: list[float] = []
+    got: list[float] = []  # beats of the onsets after the grid change
+    lock = threading.Lock()
+
+    class Sink:
+        def note(self, inst, pitch, vel):
+            pass
+
+        def panic(self):
+            pass
+
+    def heard(e) -> None:
+        if e.kind == "output" and e.vel:
+            with lock:
+                onsets.append(e.t)  # when the player sent it
+
+    clock = InternalClock(150.0)
+    policy = VoicesPolicy(rig)
+    player = Player(tiny_model(), Sink(), policy, beat_clock=clock)
+    player.add_listener(heard)
+    ctl = PlayController(player, policy, None)
+    player.start()
+    player.call(policy.start)
+    clock.start()
+
+    async def run() -> tuple[list[str], float]:
+        app = PlayApp(ctl, poll_interval=0.02)
+        seen = []
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("s")  # no grid yet: swing stays off, the app goes on
+            assert policy.rig.voices[1].swing == 0.0 and app.is_running
+            for _ in GRIDS[1:3]:  # -> 1/4 -> 1/8
+                await pilot.press("g")
+                seen.append(policy.rig.voices[1].grid)
+            await pilot.pause(0.1)
+            assert "grid 1/8" in str(app._status.render())
+            with lock:
+                onsets.clear()
+            t0 = time.perf_counter()
+            for _ in range(400):  # until 4 distinct onset times (a tiny model plays chords)
+                await pilot.pause(0.02)
+                with lock:
+                    if len(set(onsets)) >= 4:
+                        break
+            with lock:  # (the clock's beat of a time, read while it plays)
+                got.extend(clock.info(t).beat for t in sorted(set(onsets))[1:])
+            await pilot.press("s")
+            await pilot.pause(0.1)
+            seen.append(policy.rig.voices[1].swing)
+            for _ in GRIDS[3:] + GRIDS[:1]:  # round to free time
+                await pilot.press("g")
+            seen.append(policy.rig.voices[1].grid)
+        return seen
+
+    try:
+        seen = run_async(run())
+    finally:
+        player.stop()
+        clock.close()
+    assert seen[:2] == ["1/4", "1/8"] and seen[2] > 0 and seen[3] is None
+    assert len(got) >= 3
+    eighth = 60.0 / 150.0 / 2
+    beats = [(b * 2) % 1.0 for b in got]  # position within an eighth
+    off = [min(b, 1 - b) * eighth for b in beats]
+    assert max(off) < 1e-6, off  # planned on the eighths

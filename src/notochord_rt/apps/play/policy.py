@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 TOGGLES = ("mute", "stop")
 RECENT = 32  # autonomous note-ons counted for balancing the auto voices
 QUERY = ("query", "replan")
+GRIDS: tuple[str | None, ...] = (None, "1/4", "1/8", "1/8t", "1/16", "1/16t")
+"""The grids the ``g`` key cycles through (``None``: free time)."""
+SWINGS = (0.0, 0.15, 0.3, 0.5)
+"""The swing amounts the ``s`` key cycles through."""
 
 
 @dataclass(frozen=True)
@@ -335,6 +339,43 @@ class PlayController:
         v = self._ensure(channel)
         v.inst, v.program = int(inst), None
         self.push()
+
+    def beat_grid(self) -> tuple[str | None, float]:
+        """(grid, swing) of the auto voices (they share one), ``(None, 0)`` without any."""
+        autos = [v for v in self.rig.voices.values() if v.mode == "auto"]
+        return (autos[0].grid, autos[0].swing) if autos else (None, 0.0)
+
+    def cycle_grid(self) -> str | None:
+        """Give every voice the next grid of :data:`GRIDS` (auto voices share one; it
+        applies with a clock, ``--clock``); a triplet grid takes the swing off. Returns it."""
+        grid = GRIDS[(GRIDS.index(g) + 1) % len(GRIDS) if (g := self.beat_grid()[0]) in GRIDS
+                     else 0]
+        triplet = grid is not None and grid.endswith("t")
+        for v in self.rig.voices.values():
+            v.grid = grid
+            if triplet:
+                v.swing = 0.0
+        self.push()
+        self.say(f"grid {grid or 'off (free time)'}{self._clock_note()}")
+        return grid
+
+    def cycle_swing(self) -> float:
+        """Give every voice the next swing of :data:`SWINGS` (straight grids only: without
+        a grid or with a triplet one it stays 0 and says so); returns it."""
+        grid, now = self.beat_grid()
+        if grid is None or grid.endswith("t"):
+            self.say("swing needs a grid first (g)" if grid is None
+                     else f"swing applies to straight grids, not {grid}")
+            return now
+        swing = min((s for s in SWINGS if s > now + 1e-9), default=SWINGS[0])
+        for v in self.rig.voices.values():
+            v.swing = swing
+        self.push()
+        self.say(f"swing {swing:g}{self._clock_note()}")
+        return swing
+
+    def _clock_note(self) -> str:
+        return "" if self.player.beat_info() is not None else " (applies with --clock)"
 
     def push(self, controls: bool = False) -> None:
         """Hand a copy of the rig to the policy (on the scheduler thread)."""

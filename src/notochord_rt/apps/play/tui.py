@@ -77,9 +77,9 @@ InstrumentPicker { align: center middle; }
 """
 
 
-KEYS_HELP = ("q quit  \u2190\u2192 channel  \u2191\u2193 control  +/- move it  o mode  "
-             "i instrument  1-0 presets\n"
-             "space mute ch  m mute all  x stop/start  r reset  p panic  n query")
+KEYS_HELP = ("q quit  \u2190\u2192 channel  \u2191\u2193 control  +/- move  o mode  "
+             "i inst  1-0 presets  g grid\n"
+             "space mute ch  m mute all  x stop/start  r reset  p panic  n query  s swing")
 """The key lines at the bottom (they fit 80 columns)."""
 
 MIXER_LEGEND = ("NN<SS: NN follows SS \u00b7 * sounding \u00b7 struck out: muted \u00b7 "
@@ -124,6 +124,8 @@ class PlayApp(App[int]):
         Binding("n", "act('query')", "query"),
         Binding("q", "quit", "quit"),
         Binding("p", "act('panic')", "panic"),
+        Binding("g", "grid", "grid"),
+        Binding("s", "swing", "swing"),
         *[Binding(str((k + 1) % 10), f"preset({k})", show=False) for k in range(10)],
         Binding("ctrl+q", "quit", "quit", priority=True),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
@@ -212,8 +214,10 @@ class PlayApp(App[int]):
         about = "no voice" if v is None else (
             f"{v.state} {v.range[0]}-{v.range[1]}\n{ev.instrument_name(v.inst)}")
         preset = f" [{self.sub_title}]" if self.sub_title else ""
+        grid, swing = self.ctl.beat_grid()
+        beat = "" if grid is None else f"\ngrid {grid}" + (f" swing {swing:g}" if swing else "")
         set_text(self._status, f"ch {self.channel + 1} {' '.join(flags) or 'playing'}"
-                               f"{preset}: {about}")
+                               f"{preset}: {about}{beat}")
 
     def tick(self) -> None:
         """Poll the controller (player events, messages) and the exit conditions."""
@@ -321,6 +325,14 @@ class PlayApp(App[int]):
                 self.refresh_all()
 
         self.push_screen(InstrumentPicker(v.inst if v else None), chosen)
+
+    def action_grid(self) -> None:
+        self.ctl.cycle_grid()
+        self.refresh_all()
+
+    def action_swing(self) -> None:
+        self.ctl.cycle_swing()
+        self.refresh_all()
 
     def action_act(self, name: str) -> None:
         self.ctl.action(name)
