@@ -56,9 +56,9 @@ class _Voice:
         self.prev: list[int | None] = [None] * (INDUCTION + 1)  # previous ends of the last ones
 
     def add(self, pitch: int) -> None:
-        p = self.p
-        if len(p) >= KEEP:
+        if len(self.p) >= KEEP:
             self._rebase()
+        p = self.p
         p.append(pitch)
         n = len(p)
         keys: list[tuple] = [tuple(p[n - k:]) for k in range(1, INDUCTION + 1) if n >= k]
