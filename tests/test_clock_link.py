@@ -51,3 +51,41 @@ def test_link_bad_values():
         LinkClock(0)
     with pytest.raises(UserError, match="quantum"):
         LinkClock(120, quantum=0)
+
+
+@pytest.mark.slow
+def test_link_start_stop_sync_starts_and_stops_us():
+    """With start/stop sync a peer's transport drives ours: stop and start arrive as
+    clock events (the player releases its notes on stop and comes back on the bar)."""
+    ours = LinkClock(120, start_stop=True)
+    peer = LinkClock(120, start_stop=True)
+    events = []
+    ours.subscribe(events.append)
+    ours.start()
+    peer.start()
+    try:
+        assert events[-1].kind == "position" and "waiting" in events[-1].message
+        assert not ours.info().playing  # joining a stopped session does not start it
+        assert wait(lambda: ours.peers >= 1 and peer.peers >= 1), "the peers never met"
+        peer.set_playing(True)
+        assert wait(lambda: ours.info().playing)
+        assert wait(lambda: any(e.kind == "start" for e in events))
+        peer.set_playing(False)
+        assert wait(lambda: any(e.kind == "stop" for e in events))
+        assert not ours.info().playing
+    finally:
+        ours.close()
+        peer.close()
+    plain = LinkClock(120)
+    try:
+        with pytest.raises(UserError, match="link-start-stop"):
+            plain.set_playing(True)
+    finally:
+        plain.close()
+
+
+def test_link_start_stop_flag_needs_link():
+    from notochord_rt.apps.live.clock import make_clock
+
+    with pytest.raises(UserError, match="--link-start-stop needs --clock link"):
+        make_clock("internal", bpm=120, link_start_stop=True)

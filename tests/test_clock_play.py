@@ -150,7 +150,6 @@ def test_grid_and_swing_keys_set_every_voice_and_the_onsets_follow():
             assert "grid 1/8" in str(app._status.render())
             with lock:
                 onsets.clear()
-            t0 = time.perf_counter()
             for _ in range(400):  # until 4 distinct onset times (a tiny model plays chords)
                 await pilot.pause(0.02)
                 with lock:

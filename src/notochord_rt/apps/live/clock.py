@@ -205,16 +205,20 @@ class InternalClock(Clock):
 
 def make_clock(source: str | None, *, bpm: float | None = None, port: str | None = None,
                api: str | None = None, quantum: float = 4.0, per_bar: int = 4,
-               client_name: str = "notochord-rt-clock") -> Clock | None:
+               client_name: str = "notochord-rt-clock",
+               link_start_stop: bool = False) -> Clock | None:
     """The clock of a ``--clock`` choice (``None``: free time) — not started yet.
 
     ``internal`` needs ``bpm``; ``midi`` needs the input ``port`` (``api`` as the live apps'
     ``--midi-api``); ``link`` starts at ``bpm`` (default 120) unless the session has a
-    tempo, with ``quantum`` beats per phase cycle. Raises :class:`UserError` with one
-    clear line for anything missing or out of range.
+    tempo, with ``quantum`` beats per phase cycle (``link_start_stop``: the session's
+    transport starts and stops us). Raises :class:`UserError` with one clear line for
+    anything missing or out of range.
     """
     from ...errors import InputError
 
+    if link_start_stop and source != "link":
+        raise UserError("--link-start-stop needs --clock link")
     if source is None:
         if bpm is not None:
             raise UserError("--bpm needs --clock internal or --clock link")
@@ -238,7 +242,8 @@ def make_clock(source: str | None, *, bpm: float | None = None, port: str | None
         return MidiClock(port, api=api, per_bar=per_bar, client_name=client_name)
     from .clock_link import LinkClock
 
-    return LinkClock(bpm if bpm is not None else 120.0, quantum=quantum, per_bar=per_bar)
+    return LinkClock(bpm if bpm is not None else 120.0, quantum=quantum, per_bar=per_bar,
+                     start_stop=link_start_stop)
 
 
 def add_clock_arguments(parser: Any, grid: bool = True) -> None:
@@ -257,6 +262,9 @@ def add_clock_arguments(parser: Any, grid: bool = True) -> None:
                         "or link)")
     g.add_argument("--quantum", type=float, default=4.0,
                    help="Link quantum: beats of the phase cycle peers align (default 4)")
+    g.add_argument("--link-start-stop", action="store_true",
+                   help="Link start/stop sync: the session's transport starts and stops the "
+                        "voices (--clock link)")
     g.add_argument("--beats-per-bar", type=int, default=4, help="beats per bar (default 4)")
     if grid:
         g.add_argument("--grid", default="1/16", metavar="1/N[t]",
@@ -289,7 +297,8 @@ def clock_from_args(args: Any, client_name: str = "notochord-rt") -> tuple[Clock
     started. UserError for anything missing or out of range."""
     clock = make_clock(args.clock, bpm=args.bpm, port=args.clock_in,
                        api=getattr(args, "midi_api", None), quantum=args.quantum,
-                       per_bar=args.beats_per_bar, client_name=f"{client_name}-clock")
+                       per_bar=args.beats_per_bar, client_name=f"{client_name}-clock",
+                       link_start_stop=getattr(args, "link_start_stop", False))
     sender = None
     if args.clock_out:
         if clock is None or clock.source == "midi":

@@ -6,6 +6,12 @@ of beats of the phase cycle that peers align (4 = bars of 4/4). aalink needs an 
 loop; the clock runs one on a daemon thread of its own, so the live apps stay threaded.
 Peers joining and leaving are reported (``position`` events with the peer count); a
 session that drops keeps our own tempo running, so nothing stops or sticks.
+
+With ``start_stop`` (``--link-start-stop``) Link's start/stop sync is on: the session's
+transport is shared, so a peer pressing stop stops our voices (every model note is
+released) and start brings them back on the next bar; joining a stopped session does not
+start it (the voices wait and say so), and :meth:`LinkClock.set_playing` starts or stops
+the transport for every peer.
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ def _aalink() -> Any:
 class LinkClock(Clock):
     """A Link peer at ``bpm`` (adopts the session's tempo when there is one).
 
-    ``playing`` is always True (Link's start/stop sync is off unless ``start_stop``):
-    a Link session has a beat whenever it exists.
+    ``playing`` is always True unless ``start_stop`` (Link's start/stop sync, see the
+    module doc): a Link session has a beat whenever it exists.
     """
 
     source = "link"
@@ -61,6 +67,8 @@ class LinkClock(Clock):
             link = aalink.Link(bpm)
             link.quantum = self.quantum
             link.start_stop_sync_enabled = start_stop
+            if start_stop:
+                link.set_start_stop_callback(self._transport)
             return link
 
         self.link = asyncio.run_coroutine_threadsafe(make(), self._loop).result(10)
@@ -69,9 +77,28 @@ class LinkClock(Clock):
 
     def start(self) -> LinkClock:
         self.link.enabled = True
-        self._emit("start", "Link enabled")
+        if not self._start_stop:
+            self._emit("start", "Link enabled")
+        elif self.link.playing:
+            self._emit("start", "Link enabled: the session is playing")
+        else:
+            self._emit("position", "Link enabled: waiting for the session's transport to "
+                                   "start (start/stop sync)")
         asyncio.run_coroutine_threadsafe(self._watch(), self._loop)
         return self
+
+    def _transport(self, playing: bool) -> None:
+        """aalink's start/stop callback (on the Link thread): a peer started or stopped."""
+        if not self._closed:
+            self._emit("start" if playing else "stop",
+                       "the Link session started" if playing else "the Link session stopped")
+
+    def set_playing(self, playing: bool) -> None:
+        """Start or stop the shared transport (with ``start_stop``; every peer follows)."""
+        if not self._start_stop:
+            raise UserError("starting and stopping a Link session needs start/stop sync "
+                            "(--link-start-stop)")
+        self.link.playing = bool(playing)
 
     async def _watch(self, every: float = 0.5) -> None:
         """Report peers joining and leaving, on the Link thread, until closed."""
