@@ -147,6 +147,29 @@ def test_cli_on_prepared_data(tmp_path, checkpoint, capsys):
     assert json.loads((tmp_path / "r.json").read_text())["events"] == 90
 
 
+def test_cli_time_res_scores_times_in_other_bins(tmp_path, checkpoint, capsys):
+    """--time-res compares models trained with different time bins: only the time term
+    changes, and it equals the model scored with that bin width."""
+    pieces = [random_piece(s, 30) for s in range(2)]
+    write_split(tmp_path / "prep", "test", pieces, [{"source": str(s)} for s in range(2)])
+    args = ["eval", str(checkpoint), str(tmp_path / "prep"), "--json", "--no-progress",
+            "--orders", "canonical"]
+    assert cli_main(args) == 0
+    own = json.loads(capsys.readouterr().out)
+    assert cli_main([*args, "--time-res", "0.05"]) == 0
+    wide = json.loads(capsys.readouterr().out)
+    assert own["time_res"] == pytest.approx(0.01) and wide["time_res"] == pytest.approx(0.05)
+    assert wide["nll"]["time"] < own["nll"]["time"]  # wider bins hold more mass
+    for k in ("inst", "pitch", "vel"):
+        assert wide["nll"][k] == pytest.approx(own["nll"][k])
+    model = NotochordNet.load(checkpoint)
+    model.time_dist.res = 0.05
+    direct = evaluate(model, pieces, orders=("iptv",))
+    assert wide["nll"]["time"] == pytest.approx(direct["nll"]["time"], rel=1e-6)
+    assert cli_main([*args, "--time-res", "0"]) == 2
+    assert "--time-res" in capsys.readouterr().err
+
+
 def test_cli_on_midi_folder(tmp_path, checkpoint, capsys):
     folder = tmp_path / "midi"
     folder.mkdir()

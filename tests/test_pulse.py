@@ -36,6 +36,26 @@ def test_candidates_on_a_steady_pulse():
     assert loc[6] == pytest.approx(0.025)
 
 
+def test_fitted_grids_do_not_inherit_one_onsets_jitter():
+    # a humanised half-note pulse: every onset up to 15 ms off its line at k * 0.5 s
+    jitter = [0.0, 0.01, -0.01, 0.012, -0.008, 0.009, -0.011, 0.01, -0.015]
+    onsets = [0.5 * i + j for i, j in enumerate(jitter)]
+    now = onsets[-1]
+    true_next = 0.5 * len(jitter) - now  # the next line of the real grid
+    plain, _ = pulse.candidates(onsets, now, 2)
+    fitted, valid = pulse.candidates(onsets, now, 2, fit=8)
+    assert valid.all()
+    assert abs(plain[0] - true_next) > 0.02  # the last IOI was 476 ms
+    assert abs(fitted[0] - true_next) < 0.01
+    assert abs(fitted[2] - (true_next + 0.5)) < 0.012  # the line after
+    # without a pulse to fit (random onsets) the plain grid is kept
+    rng = np.random.default_rng(0)
+    rand = np.cumsum(rng.uniform(0.05, 1.0, size=12)).tolist()
+    a, _ = pulse.candidates(rand, rand[-1], 1, fit=8)
+    b, _ = pulse.candidates(rand, rand[-1], 1)
+    assert a[0] > 0 and np.isfinite(a).all() and np.isfinite(b).all()
+
+
 def test_candidates_validity():
     loc, valid = pulse.candidates([], 0.0, 4)
     assert not valid.any() and np.isfinite(loc).all()
@@ -68,12 +88,12 @@ def _sequence(seed: int, n: int):
             torch.tensor(vel, dtype=torch.float32))
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_training_and_live_candidates_agree(seed):
+@pytest.mark.parametrize("seed,fit", [(0, 0), (1, 0), (2, 0), (0, 8), (1, 8), (3, 5)])
+def test_training_and_live_candidates_agree(seed, fit):
     k = 4
     seqs = [_sequence(seed * 10 + j, 120) for j in range(3)]
     inst, time, vel = (torch.stack(x) for x in zip(*seqs))
-    loc, valid = pulse.sequence_candidates(inst, time, vel, k)
+    loc, valid = pulse.sequence_candidates(inst, time, vel, k, fit)
     assert loc.shape == valid.shape == (3, 120, 3 * k)
     assert valid.any()
     for b in range(3):
@@ -82,7 +102,7 @@ def test_training_and_live_candidates_agree(seed):
             now += float(time[b, i])
             if inst[b, i] > 0 and vel[b, i] >= 0.5:
                 h.note_on(now)
-            lv, vv = pulse.candidates(h.onsets, now, k)
+            lv, vv = pulse.candidates(h.onsets, now, k, fit)
             assert vv.tolist() == valid[b, i].tolist(), (b, i)
             np.testing.assert_allclose(lv[vv], loc[b, i].numpy()[vv], atol=1e-4)
             assert (lv[vv] > 0).all()

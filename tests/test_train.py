@@ -289,9 +289,12 @@ def test_init_from_can_add_pulse_components(data, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         tune = Trainer(config(data, tmp_path / "tune", max_steps=2,
                               init_from=str(tmp_path / "base"),
-                              model={"time_pulse": 2, "emb_size": 999}))
+                              model={"time_pulse": 2, "emb_size": 999, "time_pulse_fit": 4,
+                                     "time_res": 0.005}))
     assert "emb_size" in caplog.text
-    assert tune.model.config.time_pulse == 2
+    c = tune.model.config
+    assert (c.time_pulse, c.time_pulse_fit, c.time_res) == (2, 4, 0.005)
+    assert tune.model.time_dist.res == 0.005
     assert tune.model.config.emb_size == base.model.config.emb_size
     tune.fit()
     tune.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -35,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk", type=int, default=1024,
                         help="events per GRU chunk for long pieces (default 1024)")
     parser.add_argument("--limit", type=int, help="score only the first N pieces")
+    parser.add_argument("--time-res", type=float, default=None, metavar="SECONDS",
+                        help="score times in bins of this width instead of the model's own "
+                             "(e.g. 0.01, the reference's, to compare models trained with "
+                             "different bins)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--download", action="store_true",
@@ -122,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
     spec = resolve_for_cli(args.checkpoint, "checkpoint", download=args.download,
                            must_exist=False)
     model = load_model(resolve_checkpoint(spec)).to(device).eval()
+    if args.time_res is not None:
+        if not (math.isfinite(args.time_res) and 0 < args.time_res <= 1):
+            raise UserError(f"--time-res must be in (0, 1] seconds, got {args.time_res}")
+        model.time_dist.res = float(args.time_res)  # only how the likelihood bins times
     skipped: list = []
     count, pieces, source = open_pieces(args.data, args.split, skipped)
     if args.limit is not None:
@@ -132,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
                       progress=args.progress, total=count)
     result["data"] = source
     result["checkpoint"] = str(args.checkpoint)
+    result["time_res"] = float(model.time_dist.res)
     if skipped:
         result["skipped"] = [{"path": p, "reason": r} for p, r in skipped]
     if result["events"] == 0:

@@ -68,6 +68,7 @@ INT_LIMITS: dict[str, tuple[int, int]] = {
     "vel_sines": (1, 4096),
     "time_components": (1, 1024),
     "time_pulse": (0, 64),
+    "time_pulse_fit": (0, 32),
     "pitch_copy": (0, 64),
     "vel_components": (1, 1024),
 }
@@ -107,7 +108,8 @@ class NotochordConfig:
     weights carry what was learned whatever it says. ``time_pulse`` > 0 adds
     ``3 * time_pulse`` *pulse components* to the time mixture, placed by the network on
     the grids of the last ``time_pulse`` inter-onset intervals
-    (:mod:`~notochord_rt.model.pulse`). ``pitch_copy`` > 0 gives the pitch head one gate
+    (:mod:`~notochord_rt.model.pulse`; ``time_pulse_fit`` > 0 fits their grids to that
+    many recent onsets). ``pitch_copy`` > 0 gives the pitch head one gate
     per motif-candidate kind (:mod:`~notochord_rt.model.motif`): ``pitch_copy`` recent
     pitches and four induction candidates of the event's instrument.
     """
@@ -130,6 +132,7 @@ class NotochordConfig:
     time_sharp_bounds: tuple[float, float] = (1e-4, 2e3)
     time_sharp_init: float = 0.03
     time_pulse: int = 0
+    time_pulse_fit: int = 0
     pitch_copy: int = 0
     vel_bounds: tuple[float, float] = (ev.VEL_MIN, ev.VEL_MAX)
     vel_components: int = 16
@@ -262,7 +265,8 @@ class NotochordConfig:
         """
         fixed = NotochordConfig()
         for name in ("time_wavelengths", "vel_wavelengths", "time_sharp_bounds",
-                     "vel_bounds", "vel_res", "vel_sharp_bounds", "time_pulse", "pitch_copy"):
+                     "vel_bounds", "vel_res", "vel_sharp_bounds", "time_pulse", "time_pulse_fit",
+                     "pitch_copy"):
             if getattr(self, name) != getattr(fixed, name):
                 raise ValueError(f"the reference cannot express {name}={getattr(self, name)}")
         d = {name: getattr(self, name) for name in _REFERENCE_SAME_NAME}

@@ -24,6 +24,14 @@ Definitions (``k`` = ``time_pulse``; times in seconds):
   - component ``k + j``: ``next(g_j) + g_j`` (the line after that);
   - component ``2k + j``: ``next(g_j / 2)`` (the half grid).
 
+  With ``time_pulse_fit = F > 0`` each grid is *fitted* instead of anchored on ``o_1``
+  alone, so the jitter of one humanised onset does not shift (or, carried forward by a
+  model continuing its own music, drift) the pulse: the last ``F`` onsets within
+  ``FIT_TOL`` of a line of the grid ``(o_1, g_j)`` get their line's index ``m`` and a
+  least-squares line ``o ≈ o_1 + a + b m`` gives the phase ``o_1 + a`` and period ``b``
+  used above (kept at ``o_1``, ``g_j`` when fewer than two lines are hit or ``b`` moves
+  by more than 25 %); a line within ``FIT_EDGE`` of a period after ``now`` counts as now.
+
   A component is *valid* when ``o_{j+1}`` exists and ``MIN_IOI <= g_j <= MAX_IOI``;
   invalid ones get no weight (the mixture is renormalised over the rest), so at the
   start of a stream the mixture is the free components alone.
@@ -50,6 +58,12 @@ MAX_IOI = 4.0
 """Seconds: longer inter-onset intervals are not used as grid periods."""
 EDGE = 1e-3
 """Fraction of a period: a grid line this close after ``now`` counts as ``now`` itself."""
+FIT_EDGE = 0.1
+"""The same for fitted grids (whose lines may fall a little after the last onset)."""
+FIT_TOL = 0.2
+"""Fraction of a period: onsets this close to a line of a grid are fitted to it."""
+MAX_FIT = 32
+"""Most onsets a grid may be fitted to (``time_pulse_fit``)."""
 SHARP_INIT = 300.0
 """Initial sharpness (1 / logistic scale, about 3 ms) of new pulse components."""
 
@@ -65,7 +79,7 @@ class OnsetHistory:
 
     __slots__ = ("keep", "onsets", "last_on")
 
-    def __init__(self, keep: int = 17) -> None:
+    def __init__(self, keep: int = MAX_FIT + 1) -> None:
         self.keep = keep
         self.onsets: list[float] = []
         self.last_on = -math.inf
@@ -89,27 +103,57 @@ class OnsetHistory:
         return h
 
 
-def candidates(onsets: list[float], now: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+def candidates(onsets: list[float], now: float, k: int, fit: int = 0
+               ) -> tuple[np.ndarray, np.ndarray]:
     """(delta-time locations ``[3k]``, valid ``[3k]``) of the pulse components after an
-    event at ``now``, from ``onsets`` (ascending stream times; see the module docstring)."""
+    event at ``now``, from ``onsets`` (ascending stream times; see the module docstring;
+    ``fit`` > 0: grids fitted to the last ``fit`` onsets)."""
     loc = np.ones(3 * k)
     valid = np.zeros(3 * k, dtype=bool)
-    o = onsets[::-1][:k + 1]
-    if len(o) < 2:
+    n = max(k + 1, fit)
+    recent = onsets[::-1][:n]
+    if len(recent) < 2:
         return loc, valid
-    o1 = o[0]
-    since = now - o1
-    for j in range(min(k, len(o) - 1)):
-        g = o[j] - o[j + 1]
-        if not MIN_IOI <= g <= MAX_IOI:
-            continue
-        nxt = o1 + g * (math.floor(since / g + EDGE) + 1) - now
-        half = 0.5 * g
-        loc[j] = nxt
-        loc[k + j] = nxt + g
-        loc[2 * k + j] = o1 + half * (math.floor(since / half + EDGE) + 1) - now
-        valid[j] = valid[k + j] = valid[2 * k + j] = True
-    return loc, valid
+    o = np.zeros(n)
+    ok_o = np.zeros(n, dtype=bool)
+    o[:len(recent)] = recent
+    ok_o[:len(recent)] = True
+    g = o[:k] - o[1:k + 1]
+    ok = ok_o[1:k + 1] & (g >= MIN_IOI) & (g <= MAX_IOI)
+    g = np.where(ok, g, 1.0)
+    anchor, period = np.full(k, o[0]), g
+    if fit:
+        d = o[:fit] - o[0]  # [F]
+        q = d[None, :] / g[:, None]  # [k, F]
+        kk = np.round(q)
+        w = (ok_o[None, :fit] & (np.abs(q - kk) <= FIT_TOL)).astype(np.float64)
+        anchor, period = _fit_lines(w, kk, np.broadcast_to(d, w.shape), g, o[0])
+    edge = FIT_EDGE if fit else EDGE
+    since = now - anchor
+    nxt = anchor + period * (np.floor(since / period + edge) + 1) - now
+    half = 0.5 * period
+    hnx = anchor + half * (np.floor(since / half + edge) + 1) - now
+    loc = np.where(np.concatenate([ok, ok, ok]), np.concatenate([nxt, nxt + period, hnx]), 1.0)
+    return loc, np.concatenate([ok, ok, ok])
+
+
+def _fit_lines(w, kk, d, g, o1):
+    """Least-squares lines ``d ≈ a + b k`` over the weighted points of each row (numpy or
+    torch, broadcasting over leading axes): (anchor ``o1 + a``, period ``b``); rows with
+    fewer than two distinct grid indices, or a period off by more than 25 %, keep the last
+    onset and ``g``."""
+    n = w.sum(-1)
+    sk, sd = (w * kk).sum(-1), (w * d).sum(-1)
+    skk, skd = (w * kk * kk).sum(-1), (w * kk * d).sum(-1)
+    var = n * skk - sk * sk
+    safe = var > 0.5  # at least two distinct integer indices
+    den = var + (~safe) * 1.0
+    b = (n * skd - sk * sd) / den
+    a = (sd - b * sk) / (n + (n == 0) * 1.0)
+    good = safe & (b >= 0.8 * g) & (b <= 1.25 * g)
+    period = b * good + g * ~good
+    anchor = o1 + a * good
+    return anchor, period
 
 
 def fill_rows(rows: np.ndarray, loc: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -129,7 +173,7 @@ def fill_rows(rows: np.ndarray, loc: np.ndarray, valid: np.ndarray) -> np.ndarra
 
 
 # -- training sequences ------------------------------------------------------------------
-def sequence_candidates(inst: Tensor, time: Tensor, vel: Tensor, k: int
+def sequence_candidates(inst: Tensor, time: Tensor, vel: Tensor, k: int, fit: int = 0
                         ) -> tuple[Tensor, Tensor]:
     """(locations ``[B, T, 3k]``, valid ``[B, T, 3k]``) of the pulse components after
     each event of ``[B, T]`` sequences (``time`` = delta seconds; the history starts at
@@ -147,17 +191,28 @@ def sequence_candidates(inst: Tensor, time: Tensor, vel: Tensor, k: int
     table = torch.zeros(b, t + 1, dtype=dtype, device=inst.device)
     slot = torch.where(distinct, count - 1, t)
     table.scatter_(1, slot, abs_t)
-    js = torch.arange(k + 1, device=inst.device)
-    rank = count[..., None] - 1 - js  # [B, T, k+1]: index of o_{j+1} in the table
-    o = table.gather(1, rank.clamp(min=0).reshape(b, -1)).reshape(b, t, k + 1)
-    g = o[..., :-1] - o[..., 1:]
-    ok = (rank[..., 1:] >= 0) & (g >= MIN_IOI) & (g <= MAX_IOI)
+    n = max(k + 1, fit)
+    js = torch.arange(n, device=inst.device)
+    rank = count[..., None] - 1 - js  # [B, T, n]: index of o_{j+1} in the table
+    o = table.gather(1, rank.clamp(min=0).reshape(b, -1)).reshape(b, t, n)
+    ok_o = rank >= 0
+    g = o[..., :k] - o[..., 1:k + 1]
+    ok = ok_o[..., 1:k + 1] & (g >= MIN_IOI) & (g <= MAX_IOI)
     g = torch.where(ok, g, torch.ones_like(g))
-    since = (abs_t - o[..., 0])[..., None]
-    nxt = o[..., :1] + g * (torch.floor(since / g + EDGE) + 1) - abs_t[..., None]
-    half = 0.5 * g
-    hnx = o[..., :1] + half * (torch.floor(since / half + EDGE) + 1) - abs_t[..., None]
-    loc = torch.cat([nxt, nxt + g, hnx], -1)
+    anchor, period = o[..., :1].expand_as(g), g
+    if fit:
+        d = (o[..., :fit] - o[..., :1])[..., None, :]  # [B, T, 1, F]
+        q = d / g[..., None]  # [B, T, k, F]
+        kk = torch.round(q)
+        w = (ok_o[..., None, :fit] & ((q - kk).abs() <= FIT_TOL)).to(dtype)
+        anchor, period = _fit_lines(w, kk, d.expand_as(w), g, o[..., :1])
+    edge = FIT_EDGE if fit else EDGE
+    now = abs_t[..., None]
+    since = now - anchor
+    nxt = anchor + period * (torch.floor(since / period + edge) + 1) - now
+    half = 0.5 * period
+    hnx = anchor + half * (torch.floor(since / half + edge) + 1) - now
+    loc = torch.cat([nxt, nxt + period, hnx], -1)
     valid = torch.cat([ok, ok, ok], -1)
     return torch.where(valid, loc, torch.ones_like(loc)), valid
 

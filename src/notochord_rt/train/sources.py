@@ -43,11 +43,18 @@ def new_model(overrides: dict[str, Any]) -> NotochordNet:
         raise UserError(f"bad model options: {e}") from None
 
 
+SOFT_OPTIONS = ("time_pulse_fit", "time_res", "vel_res")
+"""Model options a trained network can take as they are: they change how the heads'
+outputs are placed or scored (pulse grids fitted to recent onsets, the likelihood's bin
+widths), not the weights."""
+
+
 def grow_model(model: NotochordNet, overrides: dict[str, Any], source: str) -> NotochordNet:
     """``model`` (loaded from ``source`` to start training from) with the model options
     that can be added to trained weights applied: ``time_pulse`` adds pulse components
     (:func:`~notochord_rt.model.pulse.widen_time_mixture`), ``pitch_copy`` motif copying
-    (:func:`~notochord_rt.model.motif.widen_pitch_head`). Other options cannot change a
+    (:func:`~notochord_rt.model.motif.widen_pitch_head`); the :data:`SOFT_OPTIONS` are
+    set as given. Other options cannot change a
     trained architecture; they are logged and ignored."""
     from ..model.motif import widen_pitch_head
     from ..model.pulse import widen_time_mixture
@@ -64,6 +71,19 @@ def grow_model(model: NotochordNet, overrides: dict[str, Any], source: str) -> N
             raise UserError(f"cannot add {what} ({name}={value}) to {source}: {e}") from None
         model.train()
         log.info("added %s (%s=%s) to %s", what, name, value, source)
+    # options that only change how outputs are read, not the weights' shapes
+    soft = {k: rest.pop(k) for k in SOFT_OPTIONS if k in rest}
+    soft = {k: v for k, v in soft.items() if v != getattr(model.config, k)}
+    if soft:
+        try:
+            config = dataclasses.replace(model.config, **soft)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"bad model option(s) {soft}: {e}") from None
+        state = model.state_dict()
+        model = NotochordNet(config)
+        model.load_state_dict(state)
+        model.train()
+        log.info("model options changed for %s: %s", source, soft)
     if rest:
         log.warning("model options %s ignored: the architecture comes from %s",
                     sorted(rest), source)

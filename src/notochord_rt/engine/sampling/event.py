@@ -149,7 +149,8 @@ class EventDraw:
         sup = build_support(comp, held)
         sup.autoset()
         k = getattr(config, "time_pulse", 0)
-        pulse_in = pulse.candidates(held.onsets.onsets, held.elapsed, k) if k else None
+        pulse_in = pulse.candidates(held.onsets.onsets, held.elapsed, k,
+                                    config.time_pulse_fit) if k else None
         motifs = held.motifs if getattr(config, "pitch_copy", 0) else None
         return cls(sup, comp, order, rng, config, return_params, where, pulse_in, motifs)
 
