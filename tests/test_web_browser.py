@@ -322,9 +322,15 @@ def test_voice_controls_in_the_page_change_the_sessions_voices(page, server) -> 
     while sess.policy.view.values.get("steer_pitch") != pytest.approx(0.8):
         assert time.monotonic() < end, "the control never reached the policy"
         time.sleep(0.02)
-    rig = sess.policy.rig  # the player's own copy of the voices
-    assert rig.voices[1].mode == "auto" and rig.voices[2].inst == 41
-    assert rig.voices[3].range == (40, 60)
+    def voices_arrived() -> bool:  # the player's own copy of the voices (its thread)
+        v = sess.policy.rig.voices
+        return (1 in v and v[1].mode == "auto" and 2 in v and v[2].inst == 41
+                and 3 in v and v[3].range == (40, 60))
+
+    end = time.monotonic() + 10  # voices and controls travel separately: wait for both
+    while not voices_arrived():
+        assert time.monotonic() < end, sess.policy.rig.voices
+        time.sleep(0.02)
     page.locator("#volume").fill("0.2")
     assert page.evaluate("() => nrt.synth.volume") == pytest.approx(0.2)
 
