@@ -22,7 +22,9 @@ Usage::
 
     python benchmarks/music.py --checkpoint default --data PREP [--raw] [--json OUT.json]
 
-Prints a table of the figures and the machine. Takes a few minutes on one core.
+Prints a table of the figures (± the half-width of a 95 % interval over the pieces for
+the free-running means: 30 pieces are few, and figures move between checkpoints by about
+that much) and the machine. Takes a few minutes on one core.
 """
 
 from __future__ import annotations
@@ -106,7 +108,15 @@ def free_running(model, args, test: SetStats, cfg: StatsConfig) -> dict:
         "test_drum_share_p10_p90": [float(lo), float(hi)],
         "mean_overlap": mean_overlap(rows),
         "overlap": {r["feature"]: r["overlap"] for r in rows},
+        "ci95": {k: _ci95(gen.values(k)) for k in ("grid_fit", "ngram_repetition", "in_scale")},
     }
+
+
+def _ci95(values) -> float:
+    """Half-width of a normal 95 % interval of the mean over the pieces: how far a figure
+    may move between runs of different seeds (30 pieces are few)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(1.96 * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
 
 
 def named_instruments(model, args) -> dict:
@@ -241,9 +251,13 @@ def main() -> int:
     print(f"checkpoint {args.checkpoint}, {'raw sampling' if args.raw else 'app defaults'}, "
           f"{args.pieces} pieces of {args.seconds:g} s; test split "
           f"{figures['test_split']['pieces']} pieces")
+    ci = {"onsets on the best 16th grid (8 s windows)": f["ci95"]["grid_fit"],
+          "repeated 4-note interval n-grams": f["ci95"]["ngram_repetition"],
+          "notes in the window's key scale": f["ci95"]["in_scale"]}
     for name, value, goal in lines:
         text = "n/a" if value is None else f"{value:.3f}"
-        print(f"  {name:<55} {text:>7}  {goal}")
+        pm = f" ±{ci[name]:.3f}" if name in ci else ""
+        print(f"  {name:<55} {text:>7}{pm:<8}  {goal}")
     print(f"test split itself: {json.dumps(figures['test_split'])}")
     print(f"machine: {json.dumps(figures['machine'])}; {figures['seconds']:.0f} s")
     if args.json:
