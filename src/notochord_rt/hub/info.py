@@ -35,6 +35,8 @@ def architecture(config: NotochordConfig) -> str:
             f"{'s' if config.mlp_layers != 1 else ''} per head, time mixture of "
             f"{config.time_components}"
             + (f" + {3 * config.time_pulse} pulse" if config.time_pulse else "")
+            + (f", motif copying ({config.pitch_copy} + 4 candidates)" if config.pitch_copy
+               else "")
             + f", velocity mixture of {config.vel_components}, "
             f"dropout {config.dropout:g}")
 
