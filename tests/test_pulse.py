@@ -216,3 +216,28 @@ def test_a_trained_pulse_puts_samples_on_the_grid():
 
     gaps = [model.sample(Constraints(min_time=0.01), seed=s).time for s in range(40)]
     assert np.median(np.abs(np.array(gaps) - 0.25)) < 0.01  # 1.55 -> next line 1.8
+
+
+@torch.no_grad()
+def test_exponential_widths_start_where_they_were_and_agree_live():
+    torch.manual_seed(2)
+    net = pulse.widen_time_mixture(NotochordNet(**tiny_config()), 2).eval()
+    with pytest.raises(ValueError, match="no pulse"):
+        pulse.exponential_widths(NotochordNet(**tiny_config()), 10.0)
+    exp = pulse.exponential_widths(net, 10.0).eval()
+    assert exp.config.time_pulse_gain == 10.0
+    raw = torch.zeros(exp.time_dist.n_params)  # the biases alone
+    before = net.time_params(raw, None).sharp[-6:]
+    after = exp.time_params(raw, (torch.ones(6), torch.ones(6, dtype=torch.bool))).sharp[-6:]
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-3)  # the same widths
+    # the numpy path (the sampler) reads them the same way
+    p = exp.time_dist.params(torch.randn(exp.time_dist.n_params))
+    rows = torch.stack(p).double().numpy()
+    loc, valid = np.array([0.2] * 6), np.array([True] * 5 + [False])
+    got = pulse.fill_rows(rows, loc, valid, 10.0)
+    want = pulse.fill_params(p, torch.tensor(loc), torch.tensor(valid), 10.0)
+    np.testing.assert_allclose(got[2], want.sharp.double().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(got[0], want.log_pi.double().numpy(), rtol=1e-5, atol=1e-6)
+    # a sampler of it works, and a changed decoded value changes the width by a factor
+    s = pulse.pulse_sharpness(torch.tensor([0.5, 0.6]), 10.0)
+    assert float(s[1] / s[0]) == pytest.approx(math.e)

@@ -109,8 +109,9 @@ class NotochordConfig:
     ``3 * time_pulse`` *pulse components* to the time mixture, placed by the network on
     the grids of the last ``time_pulse`` inter-onset intervals
     (:mod:`~notochord_rt.model.pulse`; ``time_pulse_fit`` > 0 fits their grids to that
-    many recent onsets). ``pitch_copy`` > 0 gives the pitch head one gate
-    per motif-candidate kind (:mod:`~notochord_rt.model.motif`): ``pitch_copy`` recent
+    many recent onsets; ``time_pulse_gain`` > 0 reads their sharpness exponentially, see
+    :func:`~notochord_rt.model.pulse.pulse_sharpness`). ``pitch_copy`` > 0 gives the pitch
+    head one gate per motif-candidate kind (:mod:`~notochord_rt.model.motif`): ``pitch_copy`` recent
     pitches and four induction candidates of the event's instrument.
     """
 
@@ -133,6 +134,7 @@ class NotochordConfig:
     time_sharp_init: float = 0.03
     time_pulse: int = 0
     time_pulse_fit: int = 0
+    time_pulse_gain: float = 0.0
     pitch_copy: int = 0
     vel_bounds: tuple[float, float] = (ev.VEL_MIN, ev.VEL_MAX)
     vel_components: int = 16
@@ -180,6 +182,15 @@ class NotochordConfig:
             raise ValueError(f"time_sharp_init must be in [0, 1], got "
                              f"{_short(self.time_sharp_init)}")
         object.__setattr__(self, "time_sharp_init", sharp_init)
+        try:
+            gain = float(self.time_pulse_gain)
+        except (TypeError, ValueError):
+            raise ValueError("time_pulse_gain must be a number, got "
+                             f"{_short(self.time_pulse_gain)}") from None
+        if not (math.isfinite(gain) and 0.0 <= gain <= 100.0):
+            raise ValueError(f"time_pulse_gain must be in [0, 100], got "
+                             f"{_short(self.time_pulse_gain)}")
+        object.__setattr__(self, "time_pulse_gain", gain)
         if not isinstance(self.extra, dict):
             raise ValueError(f"extra must be a dict, got {_short(self.extra)}")
         object.__setattr__(self, "dropout", dropout)
@@ -266,7 +277,7 @@ class NotochordConfig:
         fixed = NotochordConfig()
         for name in ("time_wavelengths", "vel_wavelengths", "time_sharp_bounds",
                      "vel_bounds", "vel_res", "vel_sharp_bounds", "time_pulse", "time_pulse_fit",
-                     "pitch_copy"):
+                     "time_pulse_gain", "pitch_copy"):
             if getattr(self, name) != getattr(fixed, name):
                 raise ValueError(f"the reference cannot express {name}={getattr(self, name)}")
         d = {name: getattr(self, name) for name in _REFERENCE_SAME_NAME}

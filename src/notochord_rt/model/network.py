@@ -246,7 +246,8 @@ class NotochordNet(nn.Module):
         """The time mixture from the time head's raw output, with the pulse components
         placed by ``pulse_in`` (from :meth:`pulse_inputs`; ``None`` without them)."""
         p = self.time_dist.params(raw)
-        return p if pulse_in is None else pulse.fill_params(p, *pulse_in)
+        return p if pulse_in is None else pulse.fill_params(p, *pulse_in,
+                                                            self.config.time_pulse_gain)
 
     def motif_inputs(self, inst: Tensor, pitch: Tensor, vel: Tensor
                      ) -> tuple[Tensor, Tensor] | None:

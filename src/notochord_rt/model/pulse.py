@@ -66,6 +66,8 @@ MAX_FIT = 32
 """Most onsets a grid may be fitted to (``time_pulse_fit``)."""
 SHARP_INIT = 300.0
 """Initial sharpness (1 / logistic scale, about 3 ms) of new pulse components."""
+SHARP_MAX = 2000.0
+"""Largest sharpness of a pulse component (a logistic scale of 0.5 ms)."""
 
 
 def n_components(time_pulse: int) -> int:
@@ -156,15 +158,19 @@ def _fit_lines(w, kk, d, g, o1):
     return anchor, period
 
 
-def fill_rows(rows: np.ndarray, loc: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def fill_rows(rows: np.ndarray, loc: np.ndarray, valid: np.ndarray, gain: float = 0.0
+              ) -> np.ndarray:
     """Decoded time-mixture rows ``(3, K)`` (log weights, locations, sharpness; the last
-    ``len(loc)`` columns are the pulse components) with the pulse locations put in and
-    the weights renormalised over the valid components. Returns a new array."""
+    ``len(loc)`` columns are the pulse components) with the pulse locations put in, their
+    sharpness read with ``gain`` (:func:`pulse_sharpness`) and the weights renormalised
+    over the valid components. Returns a new array."""
     out = rows.copy()
     n = len(loc)
     if n == 0:
         return out
     out[1, -n:] = loc
+    if gain:
+        out[2, -n:] = np.minimum(np.exp(np.minimum(gain * out[2, -n:], 50.0)), SHARP_MAX)
     lp = out[0]
     lp[-n:][~valid] = -np.inf
     top = lp.max()
@@ -217,9 +223,23 @@ def sequence_candidates(inst: Tensor, time: Tensor, vel: Tensor, k: int, fit: in
     return torch.where(valid, loc, torch.ones_like(loc)), valid
 
 
-def fill_params(p: MixtureParams, loc: Tensor, valid: Tensor) -> MixtureParams:
+def pulse_sharpness(decoded: Tensor, gain: float) -> Tensor:
+    """The pulse components' sharpness from the head's decoded value ``x`` (softplus of
+    its raw output): ``x`` itself with ``gain`` 0, else ``exp(gain * x)`` (at most
+    :data:`SHARP_MAX`). Why: softplus is nearly linear, so Adam moves a sharpness of a
+    few hundred by about the learning rate per step and a component started 3 ms wide
+    stays so for tens of thousands of steps; read exponentially, its width changes by a
+    factor per step and can follow the data (wider where onsets are humanised)."""
+    if not gain:
+        return decoded
+    return torch.exp((gain * decoded).clamp(max=50.0)).clamp(max=SHARP_MAX)
+
+
+def fill_params(p: MixtureParams, loc: Tensor, valid: Tensor, gain: float = 0.0
+                ) -> MixtureParams:
     """``p`` (the last ``loc.shape[-1]`` components are pulse components) with their
-    locations set to ``loc`` and the weights renormalised over the valid components."""
+    locations set to ``loc``, their sharpness read with ``gain`` and the weights
+    renormalised over the valid components."""
     n = loc.shape[-1]
     if n == 0:
         return p
@@ -228,7 +248,9 @@ def fill_params(p: MixtureParams, loc: Tensor, valid: Tensor) -> MixtureParams:
                      -1)
     log_pi = torch.log_softmax(p.log_pi.masked_fill(~mask, -math.inf), -1)
     new_loc = torch.cat([p.loc[..., :free], loc.to(p.loc.dtype)], -1)
-    return MixtureParams(log_pi, new_loc, p.sharp)
+    sharp = p.sharp if not gain else torch.cat(
+        [p.sharp[..., :free], pulse_sharpness(p.sharp[..., free:], gain)], -1)
+    return MixtureParams(log_pi, new_loc, sharp)
 
 
 # -- adding pulse components to a trained network ----------------------------------------
@@ -266,3 +288,33 @@ def widen_time_mixture(net, time_pulse: int):
     new.load_state_dict(state)
     return new
 
+
+
+def exponential_widths(net, gain: float):
+    """A copy of ``net`` (with pulse components) whose pulse components' sharpness is read
+    exponentially with ``gain`` (:func:`pulse_sharpness`), starting where they are on
+    average: their sharpness biases are set so that ``exp(gain * x)`` is the mean current
+    sharpness, and the head's context-dependent part of it restarts at zero."""
+    from dataclasses import replace
+
+    from .network import NotochordNet
+
+    c = net.config
+    if not c.time_pulse:
+        raise ValueError("the network has no pulse components (time_pulse=0)")
+    if not (math.isfinite(gain) and gain > 0):
+        raise ValueError(f"gain must be > 0, got {gain!r}")
+    new = NotochordNet(replace(c, time_pulse_gain=float(gain)))
+    k_all, n = c.time_mixture_components, n_components(c.time_pulse)
+    state = {name: v.clone() for name, v in net.state_dict().items()}
+    bias = state["time_dist.bias"].view(3, k_all)
+    now = torch.nn.functional.softplus(bias[2, -n:]).mean()
+    if c.time_pulse_gain:
+        now = pulse_sharpness(now, c.time_pulse_gain)
+    x = torch.log(now.clamp(1.0, SHARP_MAX)) / gain  # the decoded value giving that sharpness
+    bias[2, -n:] = x + torch.log(-torch.expm1(-x))  # inverse softplus
+    for suffix in ("weight", "bias"):
+        w = state[f"time_head.out.{suffix}"]
+        w.view(3, k_all, *w.shape[1:])[2, -n:] = 0.0
+    new.load_state_dict(state)
+    return new

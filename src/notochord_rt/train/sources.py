@@ -57,16 +57,17 @@ def grow_model(model: NotochordNet, overrides: dict[str, Any], source: str) -> N
     set as given. Other options cannot change a
     trained architecture; they are logged and ignored."""
     from ..model.motif import widen_pitch_head
-    from ..model.pulse import widen_time_mixture
+    from ..model.pulse import exponential_widths, widen_time_mixture
 
     rest = dict(overrides)
     for name, widen, what in (("time_pulse", widen_time_mixture, "pulse components"),
+                              ("time_pulse_gain", exponential_widths, "exponential pulse widths"),
                               ("pitch_copy", widen_pitch_head, "motif copying")):
         value = rest.pop(name, None)
         if value is None or value == getattr(model.config, name):
             continue
         try:
-            model = widen(model, int(value))
+            model = widen(model, value if name == "time_pulse_gain" else int(value))
         except (TypeError, ValueError) as e:
             raise UserError(f"cannot add {what} ({name}={value}) to {source}: {e}") from None
         model.train()

@@ -179,7 +179,7 @@ class EventDraw:
         if not sup.atoms:
             raise NoPossibleEvents(f"{self.where}no possible event left while sampling")
         if m == "t" and self.pulse is not None:
-            out = pulse.fill_rows(out, *self.pulse)
+            out = pulse.fill_rows(out, *self.pulse, self.config.time_pulse_gain)
         elif m == "p" and self.motifs is not None:
             out = self._pitch_logits(out)
         if self.params is not None:
