@@ -5,8 +5,9 @@
 #   WORK_DIR:   where the prepared data and the two training phases go
 # Three phases on one CPU thread each: 3,600 steps from a narrow time-head start (about an
 # hour), 7,000 s more at half the learning rate from those weights (about two hours), then
-# 4,800 s with pulse components (time_pulse=8, grids fitted to 16 onsets), motif copying
-# (pitch_copy=4) and 2 ms time bins added to those weights (80 minutes; docs/model-card.md).
+# 4,800 s with pulse components (time_pulse=8, grids fitted to 16 onsets, exponential
+# widths), motif copying (pitch_copy=4) and 2 ms time bins added to those weights (80
+# minutes; docs/model-card.md).
 set -euo pipefail
 corpus=${1:?corpus folder}; work=${2:?work folder}
 nr=${NOTOCHORD_RT:-notochord-rt}
@@ -21,7 +22,7 @@ common=(--batch-size 16 --batch-len 256 --balance ensemble --schedule cosine
     --lr 5e-4 --warmup-steps 100 --max-steps 7500 --time-limit 7000 --checkpoint-every 500 \
     --seed 1
 "$nr" train "$work/prep" -o "$work/phase3" "${common[@]}" --init-from "$work/phase2" \
-    --model time_pulse=8 --model time_pulse_fit=16 --model pitch_copy=4 \
-    --model time_res=0.002 --lr 3e-4 --warmup-steps 100 --max-steps 5000 \
+    --model time_pulse=8 --model time_pulse_fit=16 --model time_pulse_gain=10 \
+    --model pitch_copy=4 --model time_res=0.002 --lr 3e-4 --warmup-steps 100 --max-steps 5000 \
     --time-limit 4800 --checkpoint-every 500 --seed 3
 echo "the model: the last $work/phase3/checkpoints/step-*/model.safetensors"
