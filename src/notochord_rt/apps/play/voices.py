@@ -30,7 +30,7 @@ from ... import events as ev
 from ...errors import InputError
 from ...gm import DRUM_KIT_NAMES, FAMILY_NAMES
 from ..live.controls import DEFAULT_CCS, ControlMap, check_cc
-from ..musical import BALANCE_MARGIN, balance_weights  # noqa: F401 - re-exported
+from ..musical import BALANCE_MARGIN, DEFAULTS, balance_weights  # noqa: F401 - re-exported
 from ..steering import steering_fields
 
 MODES: tuple[str, ...] = ("auto", "input", "follow", "mute")
@@ -255,7 +255,7 @@ CONTROL_BOUNDS: dict[str, tuple[float, float]] = {
 
 CONTROL_START = {"steer_pitch": 0.5, "steer_density": 0.5, "steer_rate": 0.5,
                  "steer_velocity": 0.5, "timing_temp": 0.2, "rhythm_temp": 1.0,
-                 "pitch_temp": 0.9}
+                 "pitch_temp": DEFAULTS.pitch_temp}
 """Start values of the controls (ranges 0..1)."""
 
 
