@@ -241,3 +241,13 @@ def test_exponential_widths_start_where_they_were_and_agree_live():
     # a sampler of it works, and a changed decoded value changes the width by a factor
     s = pulse.pulse_sharpness(torch.tensor([0.5, 0.6]), 10.0)
     assert float(s[1] / s[0]) == pytest.approx(math.e)
+
+
+@pytest.mark.parametrize("gain", [0.0, 10.0])
+def test_a_new_network_starts_its_pulse_components_narrow(gain):
+    net = NotochordNet(**tiny_config(time_pulse=2, time_pulse_gain=gain)).eval()
+    with torch.no_grad():
+        p = net.time_params(torch.zeros(net.time_dist.n_params),
+                            (torch.ones(6), torch.ones(6, dtype=torch.bool)))
+    torch.testing.assert_close(p.sharp[-6:], torch.full((6,), pulse.SHARP_INIT), rtol=1e-4,
+                               atol=1e-3)

@@ -147,6 +147,8 @@ class NotochordNet(nn.Module):
         self.time_dist = CensoredLogisticMixture(
             c.time_mixture_components, *c.time_bounds, c.time_res, c.time_sharp_bounds,
             loc_init="log", sharp_init=c.time_sharp_init)
+        if c.time_pulse:  # pulse components start about 3 ms wide (their locations are computed)
+            pulse.init_bias(self.time_dist, pulse.n_components(c.time_pulse), c.time_pulse_gain)
         self.vel_dist = CensoredLogisticMixture(
             c.vel_components, *c.vel_bounds, c.vel_res, c.vel_sharp_bounds, loc_init="linear")
         self.inst_emb = nn.Embedding(c.n_inst_classes, E)

@@ -254,6 +254,22 @@ def fill_params(p: MixtureParams, loc: Tensor, valid: Tensor, gain: float = 0.0
 
 
 # -- adding pulse components to a trained network ----------------------------------------
+def _sharp_bias(gain: float, sharp: Tensor) -> Tensor:
+    """The raw bias whose decoded sharpness (softplus, then :func:`pulse_sharpness`) is
+    ``sharp``."""
+    x = torch.log(sharp) / gain if gain else sharp
+    return x + torch.log(-torch.expm1(-x))  # inverse softplus
+
+
+@torch.no_grad()
+def init_bias(dist, n: int, gain: float) -> None:
+    """Start the last ``n`` components of a new time mixture ``dist`` as pulse components:
+    weight bias 0, location 1 (ignored), sharpness :data:`SHARP_INIT`."""
+    bias = dist.bias.view(3, -1)
+    bias[0, -n:] = 0.0
+    bias[1, -n:] = 1.0
+    bias[2, -n:] = _sharp_bias(gain, torch.tensor(SHARP_INIT))
+
 def widen_time_mixture(net, time_pulse: int):
     """A copy of ``net`` (a ``NotochordNet`` without pulse components) with
     ``3 * time_pulse`` new pulse components: the time head's new outputs start at zero,
@@ -272,11 +288,11 @@ def widen_time_mixture(net, time_pulse: int):
     add = k_new - k_old
     state = {name: v.clone() for name, v in net.state_dict().items()}
     bias = state["time_dist.bias"].view(3, k_old)
-    sharp = torch.tensor(SHARP_INIT, dtype=bias.dtype)
+    sharp = _sharp_bias(0.0, torch.tensor(SHARP_INIT, dtype=bias.dtype))
     new_bias = torch.stack([
         torch.cat([bias[0], bias[0].mean().expand(add)]),
         torch.cat([bias[1], torch.ones(add, dtype=bias.dtype)]),
-        torch.cat([bias[2], (sharp + torch.log(-torch.expm1(-sharp))).expand(add)]),
+        torch.cat([bias[2], sharp.expand(add)]),
     ])
     state["time_dist.bias"] = new_bias.reshape(-1)
     last = "time_head.out"
@@ -311,8 +327,7 @@ def exponential_widths(net, gain: float):
     now = torch.nn.functional.softplus(bias[2, -n:]).mean()
     if c.time_pulse_gain:
         now = pulse_sharpness(now, c.time_pulse_gain)
-    x = torch.log(now.clamp(1.0, SHARP_MAX)) / gain  # the decoded value giving that sharpness
-    bias[2, -n:] = x + torch.log(-torch.expm1(-x))  # inverse softplus
+    bias[2, -n:] = _sharp_bias(gain, now.clamp(1.0, SHARP_MAX))
     for suffix in ("weight", "bias"):
         w = state[f"time_head.out.{suffix}"]
         w.view(3, k_all, *w.shape[1:])[2, -n:] = 0.0
