@@ -59,9 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parts", action="append", metavar="INSTS",
                         help="input instruments to harmonize (names or ids, comma separated "
                              "or repeated; default all)")
+    from ..apps.musical import DEFAULTS
+
     parser.add_argument("--pitch-temp", type=float, default=None,
                         help="pitch temperature of the voices (<= 1 nucleus, > 1 temperature; "
-                             "default 0.7, 1 with --raw)")
+                             f"default {DEFAULTS.harmony_pitch_temp:g}, 1 with --raw)")
     parser.add_argument("--raw", action="store_true",
                         help="sample the voices from the model as it is (pitch temperature 1)")
     add_output_arguments(parser, "harmonized.mid")

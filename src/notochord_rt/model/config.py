@@ -49,6 +49,16 @@ def _pair(value: Any, name: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _real(value: Any, name: str, lo: float, hi: float) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {_short(value)}") from None
+    if not (math.isfinite(x) and lo <= x <= hi):
+        raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {_short(value)}")
+    return x
+
+
 def _short(value: Any, limit: int = 80) -> str:
     return short_repr(value, limit)
 
@@ -83,6 +93,12 @@ PAIR_LIMITS: dict[str, tuple[float, float]] = {
     "vel_sharp_bounds": (1e-9, 1e9),
 }
 """Inclusive range that both ends of every ``(lo, hi)`` pair must lie in."""
+
+REAL_LIMITS: dict[str, tuple[float, float]] = {
+    "time_sharp_init": (0.0, 1.0),
+    "time_pulse_gain": (0.0, 100.0),
+}
+"""Inclusive range of every real-valued hyper-parameter (bounds and resolutions aside)."""
 
 MAX_BINS = 10_000_000
 """Most bins ``(hi - lo) / res`` a time or velocity distribution may have."""
@@ -173,24 +189,8 @@ class NotochordConfig:
                 raise ValueError(f"{name} must be a positive number giving at most {MAX_BINS:,} "
                                  f"bins over {bounds}, got {_short(getattr(self, name))}")
             object.__setattr__(self, name, value)
-        try:
-            sharp_init = float(self.time_sharp_init)
-        except (TypeError, ValueError):
-            raise ValueError("time_sharp_init must be a number, got "
-                             f"{_short(self.time_sharp_init)}") from None
-        if not (math.isfinite(sharp_init) and 0.0 <= sharp_init <= 1.0):
-            raise ValueError(f"time_sharp_init must be in [0, 1], got "
-                             f"{_short(self.time_sharp_init)}")
-        object.__setattr__(self, "time_sharp_init", sharp_init)
-        try:
-            gain = float(self.time_pulse_gain)
-        except (TypeError, ValueError):
-            raise ValueError("time_pulse_gain must be a number, got "
-                             f"{_short(self.time_pulse_gain)}") from None
-        if not (math.isfinite(gain) and 0.0 <= gain <= 100.0):
-            raise ValueError(f"time_pulse_gain must be in [0, 100], got "
-                             f"{_short(self.time_pulse_gain)}")
-        object.__setattr__(self, "time_pulse_gain", gain)
+        for name, (lo, hi) in REAL_LIMITS.items():
+            object.__setattr__(self, name, _real(getattr(self, name), name, lo, hi))
         if not isinstance(self.extra, dict):
             raise ValueError(f"extra must be a dict, got {_short(self.extra)}")
         object.__setattr__(self, "dropout", dropout)
