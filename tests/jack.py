@@ -239,11 +239,14 @@ class Probe:
         if self._stop.is_set():
             return
         self._stop.set()
-        self._thread.join(2)
-        self.inp.close_port()
-        self.out.close_port()
-        self.inp.delete()
+        self._thread.join(10)
+        time.sleep(0.05)  # let JACK's process cycle drain what was just sent (a segfault
+        self.out.close_port()  # in close_port was seen once right after a send)
         self.out.delete()
+        if self._thread.is_alive():  # still inside rtmidi (a loaded JACK server): closing
+            return  # its input now would free what that call uses; leak it, do not crash
+        self.inp.close_port()
+        self.inp.delete()
 
 
 def sounding_after(messages: list[tuple[float, list[int]]],
