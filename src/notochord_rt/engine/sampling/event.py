@@ -118,7 +118,7 @@ class EventDraw:
 
     def __init__(self, sup: Support, comp: Compiled, order: str, rng: np.random.Generator,
                  config: Any, return_params: bool, where: str = "",
-                 pulse_in: tuple[np.ndarray, np.ndarray] | None = None,
+                 held: HeldNotes | None = None,
                  motifs: motif.MotifHistory | None = None) -> None:
         self.sup = sup
         self.comp = comp
@@ -129,7 +129,7 @@ class EventDraw:
         self.logp: dict[str, float] = {}
         self.params: dict[str, np.ndarray] | None = {} if return_params else None
         self.where = where
-        self.pulse = pulse_in
+        self.pulse = held  # the stream's onsets, read only if the time is drawn
         self.motifs = motifs
 
     @classmethod
@@ -148,11 +148,9 @@ class EventDraw:
             comp = place(comp, held.elapsed)  # the time pieces on the grid, for this event
         sup = build_support(comp, held)
         sup.autoset()
-        k = getattr(config, "time_pulse", 0)
-        pulse_in = pulse.candidates(held.onsets.onsets, held.elapsed, k,
-                                    config.time_pulse_fit) if k else None
+        pulse_held = held if getattr(config, "time_pulse", 0) else None
         motifs = held.motifs if getattr(config, "pitch_copy", 0) else None
-        return cls(sup, comp, order, rng, config, return_params, where, pulse_in, motifs)
+        return cls(sup, comp, order, rng, config, return_params, where, pulse_held, motifs)
 
     def pick(self) -> str:
         """The next sub-event (the first fixed one left in order, else the first left),
@@ -179,7 +177,9 @@ class EventDraw:
         if not sup.atoms:
             raise NoPossibleEvents(f"{self.where}no possible event left while sampling")
         if m == "t" and self.pulse is not None:
-            out = pulse.fill_rows(out, *self.pulse, self.config.time_pulse_gain)
+            c, h = self.config, self.pulse
+            loc_valid = pulse.candidates(h.onsets.onsets, h.elapsed, c.time_pulse, c.time_pulse_fit)
+            out = pulse.fill_rows(out, *loc_valid, c.time_pulse_gain)
         elif m == "p" and self.motifs is not None:
             out = self._pitch_logits(out)
         if self.params is not None:
