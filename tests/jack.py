@@ -9,19 +9,24 @@ reads it), and stops it afterwards (SIGINT: a clean exit, see :func:`_stop`). If
 JACK API is missing (install ``jackd2``; see scripts/apt-packages.txt).
 
 :class:`Probe` is a test-side JACK MIDI client: a virtual output to play into the app
-and a virtual input that timestamps everything the app sends.
+and a virtual input that timestamps everything the app sends. Its ports live in a child
+process (:class:`JackChild`), so an rtmidi crash on closing them cannot end a test run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import queue
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 SERVER_VAR = "JACK_DEFAULT_SERVER"
 
@@ -153,48 +158,112 @@ def jack_or_skip(period: int = 1024):
         yield name
 
 
+class JackChild:
+    """JACK MIDI ports held by a child process (``jack_child.py``), for test-side clients.
+
+    The child opens the ports, sends on command and streams back what it receives; the
+    parent never loads rtmidi's JACK client. :meth:`close` ends the child without closing
+    its ports (the server removes a dead client's ports) and waits until they are gone:
+    closing an rtmidi JACK port in this process once crashed the whole test run.
+    """
+
+    def __init__(self, spec: dict, on_report=None) -> None:
+        self._on_report = on_report or (lambda obj: None)
+        self._ports = [f"{c}:{p}" for c, p in filter(None, (spec.get("out"), spec.get("inp")))]
+        self._replies: queue.Queue[dict] = queue.Queue()
+        self._err = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("jack_child.py")), json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True,
+            bufsize=1)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        try:
+            self._reply("ready", 20)
+        except RuntimeError:
+            self.close()
+            raise
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            obj = json.loads(line)
+            if "sent" in obj or "ready" in obj:
+                self._replies.put(obj)
+            else:
+                self._on_report(obj)
+        self._replies.put({"eof": 1})
+
+    def _reply(self, key: str, timeout: float) -> dict:
+        try:
+            obj = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            obj = {}
+        if key not in obj:
+            self._err.seek(0)
+            err = self._err.read().decode(errors="replace")[-800:]
+            raise RuntimeError(f"JACK test client gave no {key!r} (exit {self.proc.poll()}): "
+                               f"{err}")
+        return obj
+
+    def command(self, **cmd) -> None:
+        """Send a command that has no answer."""
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def send(self, data: list[int]) -> float:
+        """Send one MIDI message now; returns when it was sent (``perf_counter``)."""
+        self.command(send=data)
+        return self._reply("sent", 10)["sent"]
+
+    def close(self) -> None:
+        """End the child and wait until JACK has removed its ports; safe to call twice."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)
+        self._err.close()
+        name = os.environ.get(SERVER_VAR)
+        if not name or not shutil.which("jack_lsp"):
+            return
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            r = subprocess.run(["jack_lsp", "-s", name], capture_output=True, text=True,
+                               timeout=10)
+            if not set(self._ports) & set(r.stdout.split()):
+                return
+            time.sleep(0.02)
+
+
 class Probe:
     """A JACK MIDI client standing in for a keyboard and a synth.
 
     ``CLIENT-keys:to_app`` (virtual output; :attr:`out_port`) is what the app listens to
-    and ``CLIENT-synth:from_app`` (virtual input; :attr:`in_port`) where it plays.
-
-    Received messages are *polled* by a thread, not delivered by a Python callback: a
-    callback waiting for the GIL inside JACK's process cycle deadlocks any client
-    opened or closed meanwhile in this process (the app's, in tests). Arrival times come
-    from rtmidi's JACK timestamps (exact spacing), anchored to ``time.perf_counter`` by
-    the earliest poll — so they are exact up to one common offset of at most the poll
-    period, which never makes an arrival look earlier than it was polled.
+    and ``CLIENT-synth:from_app`` (virtual input; :attr:`in_port`) where it plays. Both
+    live in a child process (:class:`JackChild`). Arrival times come from rtmidi's JACK
+    timestamps (exact spacing), anchored to ``time.perf_counter`` by the earliest poll —
+    so they are exact up to one common offset of at most the poll period plus the pipe
+    from the child, which never makes an arrival look earlier than it was polled.
+    ``timing=True`` keeps MIDI clock messages (ignored by default).
     """
 
-    def __init__(self, client: str = "probe", poll: float = 0.0002) -> None:
-        import rtmidi
-
-        self.client = client  # one JACK client per rtmidi object: two names
-        self.out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=f"{client}-keys")
-        self.out.open_virtual_port("to_app")
-        self.inp = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=f"{client}-synth")
-        self.inp.ignore_types(sysex=True, timing=True, active_sense=True)
-        self.inp.open_virtual_port("from_app")
+    def __init__(self, client: str = "probe", timing: bool = False) -> None:
+        self.client = client
         self._rows: list[tuple[float, float, list[int]]] = []  # (poll time, jack time, msg)
-        self._jack_t = 0.0
         self._lock = threading.Lock()
-        self._poll = poll
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._child = JackChild({"out": [f"{client}-keys", "to_app"],
+                                 "inp": [f"{client}-synth", "from_app"], "timing": timing},
+                                self._report)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            got = self.inp.get_message()
-            if got is None:
-                time.sleep(self._poll)
-                continue
-            t = time.perf_counter()
-            msg, delta = got
+    def _report(self, obj: dict) -> None:
+        if "m" in obj:
+            t, tj, msg = obj["m"]
             with self._lock:
-                self._jack_t += delta if self._rows else 0.0
-                self._rows.append((t, self._jack_t, list(msg)))
+                self._rows.append((t, tj, msg))
 
     @property
     def in_port(self) -> str:
@@ -208,9 +277,7 @@ class Probe:
 
     def send(self, *data: int) -> float:
         """Send one MIDI message; returns the send time."""
-        t = time.perf_counter()
-        self.out.send_message(list(data))
-        return t
+        return self._child.send(list(data))
 
     def messages(self) -> list[tuple[float, list[int]]]:
         """``[(arrival time, message bytes)]`` so far."""
@@ -235,18 +302,8 @@ class Probe:
         return pred(self.messages())
 
     def close(self) -> None:
-        """Close both clients (their ports vanish); safe to call twice."""
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        self._thread.join(10)
-        time.sleep(0.05)  # let JACK's process cycle drain what was just sent (a segfault
-        self.out.close_port()  # in close_port was seen once right after a send)
-        self.out.delete()
-        if self._thread.is_alive():  # still inside rtmidi (a loaded JACK server): closing
-            return  # its input now would free what that call uses; leak it, do not crash
-        self.inp.close_port()
-        self.inp.delete()
+        """Remove both clients (their ports vanish); safe to call twice."""
+        self._child.close()
 
 
 def sounding_after(messages: list[tuple[float, list[int]]],

@@ -31,56 +31,47 @@ def jack():
 
 
 class DrumMachine:
-    """A virtual JACK output sending MIDI clock on absolute times from a thread."""
+    """A virtual JACK output sending MIDI clock on absolute times (from a child process,
+    :class:`jack.JackChild`); the send time of each step and tick comes back as it
+    happens."""
 
     def __init__(self) -> None:
-        import rtmidi
+        from jack import JackChild
 
-        self.out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="drum-machine")
-        self.out.open_virtual_port("clock")
         self.port = "drum-machine:clock"
-        self.halt = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def play(self, plan: list[tuple[str, float, float]]) -> threading.Thread:
-        """``plan``: ``("ticks", bpm, beats)``, ``("msg", byte, 0)`` or ``("rest", s, 0)``;
-        each step's start time is recorded in ``self.marks``."""
         self.marks: list[float] = []
         self.ticks: list[tuple[float, float]] = []  # (send time, bpm) of ticks while playing
-        playing = [False]
+        self._done = threading.Event()
+        self._done.set()
+        self._child = JackChild({"out": ["drum-machine", "clock"]}, self._report)
 
-        def run() -> None:
-            t = time.perf_counter()
-            for kind, a, b in plan:
-                if self.halt.is_set():
-                    return
-                self.marks.append(t)
-                if kind == "msg":
-                    self.out.send_message([int(a)])
-                    playing[0] = int(a) in (START, 0xFB)
-                elif kind == "rest":
-                    t += a
-                    time.sleep(max(0.0, t - time.perf_counter()))
-                else:
-                    for _ in range(int(b * 24)):
-                        if self.halt.wait(max(0.0, t - time.perf_counter())):
-                            return
-                        self.out.send_message([TICK])
-                        if playing[0]:
-                            self.ticks.append((t, a))
-                        t += 60.0 / (24 * a)
+    def _report(self, obj: dict) -> None:
+        if "mark" in obj:
+            self.marks.append(obj["mark"])
+        elif "tick" in obj:
+            self.ticks.append(tuple(obj["tick"]))
+        elif "done" in obj:
+            self._done.set()
 
-        th = self.thread = threading.Thread(target=run, daemon=True)
-        th.start()
-        return th
+    def play(self, plan: list[tuple[str, float, float]]) -> threading.Event:
+        """``plan``: ``("ticks", bpm, beats)``, ``("msg", byte, 0)`` or ``("rest", s, 0)``;
+        each step's start time is recorded in ``self.marks``. Returns an event set when
+        the plan has been played (``.wait(timeout)``)."""
+        self.stop()
+        self.marks, self.ticks = [], []
+        self._done.clear()
+        self._child.command(play=plan)
+        return self._done
+
+    def stop(self) -> None:
+        """End the plan being played (if any) and wait for it."""
+        if not self._done.is_set():
+            self._child.command(halt=1)
+            self._done.wait(5)
 
     def close(self) -> None:
-        """Stop sending first: a port deleted under a sending thread crashes rtmidi."""
-        self.halt.set()
-        if self.thread is not None:
-            self.thread.join(5)
-        self.out.close_port()
-        self.out.delete()
+        self.stop()
+        self._child.close()
 
 
 def wait_until(pred, timeout: float = 20.0) -> bool:
@@ -99,9 +90,7 @@ def test_midi_clock_followed_through_jack(jack):
         # JACK makes a connection effective some cycles later: ticks until they arrive
         drum.play([("ticks", 120, 8)])
         assert wait_until(lambda: clock.info().bpm is not None)
-        drum.halt.set()
-        drum.thread.join(5)
-        drum.halt.clear()
+        drum.stop()
         th = drum.play([("msg", START, 0), ("ticks", 120, 4), ("ticks", 90, 3),
                         ("msg", STOP, 0), ("rest", 0.3, 0), ("msg", START, 0),
                         ("ticks", 90, 1)])
@@ -127,7 +116,7 @@ def test_midi_clock_followed_through_jack(jack):
             time.sleep(0.005)
         time.sleep(0.1)
         assert not clock.info().playing  # stopped
-        th.join(10)
+        th.wait(10)
         time.sleep(60 / 90 * 2 + 0.4)  # the clock fell silent while playing: lost
         kinds = [e.kind for e in events]
         # (a machine so loaded that ticks stall for 2 beats reports lost before the stop)
@@ -140,35 +129,22 @@ def test_midi_clock_followed_through_jack(jack):
 
 
 def test_clock_out_leads_a_receiver(jack):
-    import rtmidi
+    from jack import Probe
 
-    recv = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="hardware")
-    recv.ignore_types(sysex=True, timing=False, active_sense=True)
-    recv.open_virtual_port("in")
+    recv = Probe("hardware", timing=True)
     internal = InternalClock(100)
-    sender = ClockSender(internal, "hardware:in", api="jack", client_name="leader")
-    got: list[tuple[float, list[int]]] = []
+    sender = ClockSender(internal, recv.in_port, api="jack", client_name="leader")
     try:
         time.sleep(0.3)
         internal.start()
         sender.start()
-        t, end = 0.0, time.monotonic() + 2.5
-        while time.monotonic() < end:
-            m = recv.get_message()
-            if m is None:
-                time.sleep(0.0005)
-                continue
-            t += m[1]
-            got.append((t, m[0]))
+        time.sleep(2.5)
         sender.close()
         internal.close()
         time.sleep(0.2)
-        while (m := recv.get_message()) is not None:
-            t += m[1]
-            got.append((t, m[0]))
+        got = recv.messages()
     finally:
-        recv.close_port()
-        recv.delete()
+        recv.close()
     kinds = [m[0] for _, m in got]
     assert kinds[0] == START and kinds[-1] == STOP
     ticks = np.array([ts for ts, m in got if m[0] == TICK])
@@ -201,12 +177,10 @@ def test_improviser_plays_on_the_clock_and_stops_with_it(jack):
             clock.start()
             drum.play([("ticks", 120, 8)])  # until the connection carries the ticks
             assert wait_until(lambda: clock.info().bpm is not None)
-            drum.halt.set()
-            drum.thread.join(5)
-            drum.halt.clear()
+            drum.stop()
             th = drum.play([("ticks", 120, 1), ("msg", START, 0), ("ticks", 120, 8),
                             ("ticks", 90, 6), ("msg", STOP, 0), ("ticks", 90, 2)])
-            th.join(20)
+            th.wait(20)
             time.sleep(0.3)
             msgs = probe.messages()
     finally:
