@@ -13,8 +13,10 @@ against the test split of a prepared corpus:
 3. harmonizer: two voices added to test-split pieces (first 30 s); share of voice notes in
    the key of the input piece;
 4. continuations: the first 20 s of test-split pieces continued for 10 s with their own
-   instruments; share of continuation onsets on the grid fitted to the prompt's last 8 s,
-   in the prompt's key, and played by the prompt's instruments;
+   instruments; share of continuation onsets on the grid fitted to the prompt's last 8 s
+   (least-squares refined, :func:`refine_grid`; the real piece's own next 10 s on the
+   same grid is printed beside it), in the prompt's key, and played by the prompt's
+   instruments;
 5. the teacher-forced rhythm test (model's sampled next onset on the piece's grid against
    the real next onset's rate).
 
@@ -50,6 +52,7 @@ from notochord_rt.analysis import (  # noqa: E402
     find_sources,
     fit_grid,
     piece_key,
+    refine_grid,
     rhythm_test,
 )
 from notochord_rt.analysis.compare import mean_overlap  # noqa: E402
@@ -156,7 +159,7 @@ def harmonizer(model, args, sources) -> dict:
 
 
 def continuations(model, args, sources) -> dict:
-    grid_share, key_share, inst_share = [], [], []
+    grid_share, real_share, key_share, inst_share = [], [], [], []
     for k, src in enumerate(sources[: args.continuations]):
         events = src.load()
         if events.duration < 25.0:
@@ -166,7 +169,11 @@ def continuations(model, args, sources) -> dict:
         last = onsets[onsets >= 12.0]
         if len(last) < 8:
             continue
-        grid = fit_grid(last)
+        # least-squares refined: fit_grid's period is only known to a band that drifts
+        # off the music within seconds of its window (real continuations scored 0.16)
+        grid = refine_grid(fit_grid(last), last)
+        real = distinct_onsets(notes_of(events).start)
+        real = real[(real >= 20.0) & (real < 30.0)]
         result = generate(model, options(args.raw, seconds=10.0, seed=k + 1), prompt=prompt)
         cont = ev.EventArrays(*(a[result.prompt_events:] for a in result.events))
         starts = distinct_onsets(notes_of(cont).start)
@@ -174,6 +181,8 @@ def continuations(model, args, sources) -> dict:
         if not len(starts):
             continue
         grid_share.append(float(grid.on_grid(starts).mean()))
+        if len(real):
+            real_share.append(float(grid.on_grid(real).mean()))
         key = piece_key(prompt)
         mel_p = melodic_pitches(cont)
         if key is not None and len(mel_p):
@@ -183,6 +192,7 @@ def continuations(model, args, sources) -> dict:
             inst_share.append(float(np.isin(ons, np.unique(prompt.inst)).mean()))
     return {"pieces": len(grid_share),
             "on_prompt_grid": float(np.mean(grid_share)) if grid_share else None,
+            "real_on_prompt_grid": float(np.mean(real_share)) if real_share else None,
             "in_prompt_key": float(np.mean(key_share)) if key_share else None,
             "prompt_instruments": float(np.mean(inst_share)) if inst_share else None}
 
@@ -243,6 +253,8 @@ def main() -> int:
          figures["named"]["pieces_all_at_least_5"], "1.0"),
         ("continuation onsets on the prompt's grid", figures["continuation"]["on_prompt_grid"],
          ">= 0.7"),
+        ("  the real music's own next 10 s on that grid",
+         figures["continuation"]["real_on_prompt_grid"], ""),
         ("continuation notes in the prompt's key", figures["continuation"]["in_prompt_key"], ""),
         ("continuation notes by the prompt's instruments",
          figures["continuation"]["prompt_instruments"], ""),

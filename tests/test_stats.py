@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 from tiny import tiny_model
 
-from notochord_rt.analysis import compare, describe, fit_grid, piece_key, rhythm_test
+from notochord_rt.analysis import (
+    compare,
+    describe,
+    fit_grid,
+    piece_key,
+    refine_grid,
+    rhythm_test,
+)
 from notochord_rt.analysis.compare import overlap_and_kl
 from notochord_rt.analysis.features import StatsConfig, polyphony
 from notochord_rt.analysis.notes import notes_of
@@ -152,6 +159,22 @@ def test_fit_grid_finds_tempo_and_phase():
     assert not g.on_grid(t + 0.5 * step).any()
     with pytest.raises(ValueError, match="at least one"):
         fit_grid([])
+
+
+def test_refined_grid_extrapolates_where_the_fitted_one_drifts():
+    """8 s of a humanised 16th pulse at 112 BPM: the count-maximising grid holds them all
+    but its period is only known to a band; the least-squares one keeps the next 10 s."""
+    rng = np.random.default_rng(5)
+    step = 15.0 / 112.0
+    lines = np.flatnonzero(rng.random(200) < 0.5)
+    t = 12.0 + step * lines + rng.normal(0, 0.004, len(lines))
+    window, later = t[t < 20.0], t[(t >= 20.0) & (t < 30.0)]
+    fitted = fit_grid(window)
+    refined = refine_grid(fitted, window)
+    assert refined.fraction >= fitted.fraction - 0.05
+    assert refined.period == pytest.approx(step, rel=5e-4)
+    assert refined.on_grid(later).mean() >= 0.95
+    assert refine_grid(fitted, window[:1]) == fitted._replace(fraction=1.0)  # one line: kept
 
 
 def test_describe_rejects_a_piece_without_notes():

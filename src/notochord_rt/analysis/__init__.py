@@ -16,10 +16,10 @@ See ``docs/stats.md`` for the definitions and the measured figures.
 
 from .compare import compare, overlap_and_kl
 from .features import FEATURES, StatsConfig, describe, piece_key
-from .grid import Grid, fit_grid
+from .grid import Grid, fit_grid, refine_grid
 from .rhythm import RhythmResult, rhythm_test
 from .sets import SetStats, Source, analyse, find_sources
 
 __all__ = ["FEATURES", "Grid", "RhythmResult", "SetStats", "Source", "StatsConfig",
            "analyse", "compare", "describe", "find_sources", "fit_grid", "overlap_and_kl",
-           "piece_key", "rhythm_test"]
+           "piece_key", "refine_grid", "rhythm_test"]

@@ -115,6 +115,36 @@ def fit_grid(onsets, tolerance: float = TOLERANCE,
     return Grid(period, phase + centre, tolerance, count / len(x))
 
 
+def refine_grid(grid: Grid, onsets) -> Grid:
+    """``grid`` with its period and phase fitted by least squares to the ``onsets`` that
+    lie on it (each given its line's index), for extrapolating it beyond them.
+
+    :func:`fit_grid` maximises the share of onsets on the grid, so any period in a band
+    holding the same onsets scores the same; across a window of ``W`` seconds that band is
+    about ``tolerance * period / W`` wide, and the grid drifts off the music within
+    seconds after the window. The least-squares line through the onsets on the grid
+    pins the period to the onsets' own jitter divided by their count. Two passes (lines
+    re-assigned after the first); a grid with fewer than two distinct lines hit is
+    returned as it is. ``fraction`` is re-measured on ``onsets``.
+    """
+    x = np.asarray(onsets, dtype=np.float64).ravel()
+    period, phase = grid.period, grid.phase
+    for _ in range(2):
+        q = (x - phase) / period
+        k = np.round(q)
+        on = np.abs(q - k) <= grid.tolerance + 1e-9
+        if np.unique(k[on]).size < 2:
+            break
+        kk = k[on] - k[on].mean()
+        b = float(np.dot(kk, x[on] - x[on].mean()) / np.dot(kk, kk))
+        if not 0.5 * grid.period < b < 2.0 * grid.period:
+            break
+        phase = float(x[on].mean() - b * k[on].mean())
+        period = b
+    out = Grid(period, phase, grid.tolerance, 0.0)
+    return out._replace(fraction=float(out.on_grid(x).mean()) if len(x) else 0.0)
+
+
 def chance_fit(n: int, lo: float, hi: float, rng: np.random.Generator,
                tolerance: float = TOLERANCE,
                bpm_range: tuple[float, float] = BPM_RANGE) -> float:
