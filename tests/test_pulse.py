@@ -56,6 +56,24 @@ def test_fitted_grids_do_not_inherit_one_onsets_jitter():
     assert a[0] > 0 and np.isfinite(a).all() and np.isfinite(b).all()
 
 
+def test_voted_grids_survive_an_off_grid_last_onset():
+    """A steady 0.5 s pulse whose last onset came 150 ms late (as a model's own spread
+    chord can): anchored on it, every grid moves with it; voted, the grids of the intact
+    periods keep the pulse (and the late onset's own IOI cannot outvote them)."""
+    onsets = [0.5 * i for i in range(10)] + [5.0 + 0.15]
+    now = onsets[-1] + 0.02
+    true_next = 5.5 - now
+    k = 3
+    last, _ = pulse.candidates(onsets, now, k, fit=16)
+    voted, valid = pulse.candidates(onsets, now, k, fit=16, vote=True)
+    assert valid.all()
+    assert all(abs(last[j] - true_next) > 0.1 for j in range(1, k))  # periods 0.5 s, moved
+    for j in range(1, k):  # the intact periods: next line, the line after, the half grid
+        assert voted[j] == pytest.approx(true_next, abs=1e-6)
+        assert voted[k + j] == pytest.approx(true_next + 0.5, abs=1e-6)
+        assert voted[2 * k + j] == pytest.approx(5.25 - now, abs=1e-6)
+
+
 def test_candidates_validity():
     loc, valid = pulse.candidates([], 0.0, 4)
     assert not valid.any() and np.isfinite(loc).all()
@@ -88,12 +106,14 @@ def _sequence(seed: int, n: int):
             torch.tensor(vel, dtype=torch.float32))
 
 
-@pytest.mark.parametrize("seed,fit", [(0, 0), (1, 0), (2, 0), (0, 8), (1, 8), (3, 5)])
-def test_training_and_live_candidates_agree(seed, fit):
+@pytest.mark.parametrize("seed,fit,vote", [(0, 0, False), (1, 0, False), (2, 0, False),
+                                           (0, 8, False), (1, 8, False), (3, 5, False),
+                                           (0, 8, True), (4, 16, True), (5, 3, True)])
+def test_training_and_live_candidates_agree(seed, fit, vote):
     k = 4
     seqs = [_sequence(seed * 10 + j, 120) for j in range(3)]
     inst, time, vel = (torch.stack(x) for x in zip(*seqs))
-    loc, valid = pulse.sequence_candidates(inst, time, vel, k, fit)
+    loc, valid = pulse.sequence_candidates(inst, time, vel, k, fit, vote)
     assert loc.shape == valid.shape == (3, 120, 3 * k)
     assert valid.any()
     for b in range(3):
@@ -102,7 +122,7 @@ def test_training_and_live_candidates_agree(seed, fit):
             now += float(time[b, i])
             if inst[b, i] > 0 and vel[b, i] >= 0.5:
                 h.note_on(now)
-            lv, vv = pulse.candidates(h.onsets, now, k, fit)
+            lv, vv = pulse.candidates(h.onsets, now, k, fit, vote)
             assert vv.tolist() == valid[b, i].tolist(), (b, i)
             np.testing.assert_allclose(lv[vv], loc[b, i].numpy()[vv], atol=1e-4)
             assert (lv[vv] > 0).all()

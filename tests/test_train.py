@@ -290,10 +290,10 @@ def test_init_from_can_add_pulse_components(data, tmp_path, caplog):
         tune = Trainer(config(data, tmp_path / "tune", max_steps=2,
                               init_from=str(tmp_path / "base"),
                               model={"time_pulse": 2, "emb_size": 999, "time_pulse_fit": 4,
-                                     "time_res": 0.005}))
+                                     "time_pulse_vote": 1, "time_res": 0.005}))
     assert "emb_size" in caplog.text
     c = tune.model.config
-    assert (c.time_pulse, c.time_pulse_fit, c.time_res) == (2, 4, 0.005)
+    assert (c.time_pulse, c.time_pulse_fit, c.time_pulse_vote, c.time_res) == (2, 4, 1, 0.005)
     assert tune.model.time_dist.res == 0.005
     assert tune.model.config.emb_size == base.model.config.emb_size
     tune.fit()

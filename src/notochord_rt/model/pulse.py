@@ -31,6 +31,10 @@ Definitions (``k`` = ``time_pulse``; times in seconds):
   least-squares line ``o ≈ o_1 + a + b m`` gives the phase ``o_1 + a`` and period ``b``
   used above (kept at ``o_1``, ``g_j`` when fewer than two lines are hit or ``b`` moves
   by more than 25 %); a line within ``FIT_EDGE`` of a period after ``now`` counts as now.
+  With ``time_pulse_vote`` the grid is anchored not on ``o_1`` but on the onset ``o_r``
+  (of the last ``F``) that most of the last ``F`` lie on a grid ``(o_r, g_j)`` with
+  (ties: the most recent): one late onset, such as a spread chord of the model's own,
+  then neither moves the grids of the intact periods nor wins the vote with its own.
 
   A component is *valid* when ``o_{j+1}`` exists and ``MIN_IOI <= g_j <= MAX_IOI``;
   invalid ones get no weight (the mixture is renormalised over the rest), so at the
@@ -105,11 +109,12 @@ class OnsetHistory:
         return h
 
 
-def candidates(onsets: list[float], now: float, k: int, fit: int = 0
+def candidates(onsets: list[float], now: float, k: int, fit: int = 0, vote: bool = False
                ) -> tuple[np.ndarray, np.ndarray]:
     """(delta-time locations ``[3k]``, valid ``[3k]``) of the pulse components after an
     event at ``now``, from ``onsets`` (ascending stream times; see the module docstring;
-    ``fit`` > 0: grids fitted to the last ``fit`` onsets)."""
+    ``fit`` > 0: grids fitted to the last ``fit`` onsets, from the last onset or, with
+    ``vote``, from the one most of them agree with)."""
     loc = np.ones(3 * k)
     valid = np.zeros(3 * k, dtype=bool)
     n = max(k + 1, fit)
@@ -125,11 +130,18 @@ def candidates(onsets: list[float], now: float, k: int, fit: int = 0
     g = np.where(ok, g, 1.0)
     anchor, period = np.full(k, o[0]), g
     if fit:
-        d = o[:fit] - o[0]  # [F]
-        q = d[None, :] / g[:, None]  # [k, F]
+        of, okf = o[:fit], ok_o[:fit]
+        ref = np.full(k, o[0])
+        if vote:  # the onset most of the last F lie on a grid with (each row's period)
+            q = (of[None, None, :] - of[None, :, None]) / g[:, None, None]  # [k, R, F]
+            on = okf[None, None, :] & (np.abs(q - np.round(q)) <= FIT_TOL)
+            votes = np.where(okf[None, :], on.sum(-1), -1)  # [k, R]
+            ref = of[np.argmax(votes, axis=1)]  # ties: the most recent
+        d = of[None, :] - ref[:, None]  # [k, F]
+        q = d / g[:, None]
         kk = np.round(q)
-        w = (ok_o[None, :fit] & (np.abs(q - kk) <= FIT_TOL)).astype(np.float64)
-        anchor, period = _fit_lines(w, kk, np.broadcast_to(d, w.shape), g, o[0])
+        w = (okf[None, :] & (np.abs(q - kk) <= FIT_TOL)).astype(np.float64)
+        anchor, period = _fit_lines(w, kk, d, g, ref)
     edge = FIT_EDGE if fit else EDGE
     since = now - anchor
     nxt = anchor + period * (np.floor(since / period + edge) + 1) - now
@@ -179,8 +191,8 @@ def fill_rows(rows: np.ndarray, loc: np.ndarray, valid: np.ndarray, gain: float 
 
 
 # -- training sequences ------------------------------------------------------------------
-def sequence_candidates(inst: Tensor, time: Tensor, vel: Tensor, k: int, fit: int = 0
-                        ) -> tuple[Tensor, Tensor]:
+def sequence_candidates(inst: Tensor, time: Tensor, vel: Tensor, k: int, fit: int = 0,
+                        vote: bool = False) -> tuple[Tensor, Tensor]:
     """(locations ``[B, T, 3k]``, valid ``[B, T, 3k]``) of the pulse components after
     each event of ``[B, T]`` sequences (``time`` = delta seconds; the history starts at
     the start of each sequence)."""
@@ -207,11 +219,19 @@ def sequence_candidates(inst: Tensor, time: Tensor, vel: Tensor, k: int, fit: in
     g = torch.where(ok, g, torch.ones_like(g))
     anchor, period = o[..., :1].expand_as(g), g
     if fit:
-        d = (o[..., :fit] - o[..., :1])[..., None, :]  # [B, T, 1, F]
-        q = d / g[..., None]  # [B, T, k, F]
+        of, okf = o[..., :fit], ok_o[..., :fit]  # [B, T, F]
+        ref = o[..., :1].expand_as(g)  # [B, T, k]
+        if vote:
+            q = (of[..., None, None, :] - of[..., None, :, None]) / g[..., :, None, None]
+            on = okf[..., None, None, :] & ((q - torch.round(q)).abs() <= FIT_TOL)
+            votes = torch.where(okf[..., None, :], on.sum(-1), -1)  # [B, T, k, R]
+            best = _first_argmax(votes)
+            ref = of.gather(-1, best)
+        d = of[..., None, :] - ref[..., None]  # [B, T, k, F]
+        q = d / g[..., None]
         kk = torch.round(q)
-        w = (ok_o[..., None, :fit] & ((q - kk).abs() <= FIT_TOL)).to(dtype)
-        anchor, period = _fit_lines(w, kk, d.expand_as(w), g, o[..., :1])
+        w = (okf[..., None, :] & ((q - kk).abs() <= FIT_TOL)).to(dtype)
+        anchor, period = _fit_lines(w, kk, d, g, ref)
     edge = FIT_EDGE if fit else EDGE
     now = abs_t[..., None]
     since = now - anchor
@@ -221,6 +241,15 @@ def sequence_candidates(inst: Tensor, time: Tensor, vel: Tensor, k: int, fit: in
     loc = torch.cat([nxt, nxt + period, hnx], -1)
     valid = torch.cat([ok, ok, ok], -1)
     return torch.where(valid, loc, torch.ones_like(loc)), valid
+
+
+def _first_argmax(x: Tensor) -> Tensor:
+    """Index of the first maximum along the last axis (``torch.argmax`` does not promise
+    which of equal maxima it returns)."""
+    n = x.shape[-1]
+    ar = torch.arange(n, device=x.device)
+    top = x.max(-1, keepdim=True).values
+    return torch.where(x == top, ar, n).min(-1).values
 
 
 def pulse_sharpness(decoded: Tensor, gain: float) -> Tensor:

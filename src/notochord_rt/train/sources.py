@@ -43,7 +43,7 @@ def new_model(overrides: dict[str, Any]) -> NotochordNet:
         raise UserError(f"bad model options: {e}") from None
 
 
-SOFT_OPTIONS = ("time_pulse_fit", "time_res", "vel_res")
+SOFT_OPTIONS = ("time_pulse_fit", "time_pulse_vote", "time_res", "vel_res")
 """Model options a trained network can take as they are: they change how the heads'
 outputs are placed or scored (pulse grids fitted to recent onsets, the likelihood's bin
 widths), not the weights."""

@@ -178,7 +178,8 @@ class EventDraw:
             raise NoPossibleEvents(f"{self.where}no possible event left while sampling")
         if m == "t" and self.pulse is not None:
             c, h = self.config, self.pulse
-            loc_valid = pulse.candidates(h.onsets.onsets, h.elapsed, c.time_pulse, c.time_pulse_fit)
+            loc_valid = pulse.candidates(h.onsets.onsets, h.elapsed, c.time_pulse, c.time_pulse_fit,
+                                         bool(c.time_pulse_vote))
             out = pulse.fill_rows(out, *loc_valid, c.time_pulse_gain)
         elif m == "p" and self.motifs is not None:
             out = self._pitch_logits(out)
