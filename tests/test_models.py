@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -379,6 +380,25 @@ def test_our_format_is_checked_and_kept(hub, tmp_path):
     result = pull(entry)
     assert not result.record["converted_from_reference"]
     assert (result.path.read_bytes() == (tmp_path / "ours.safetensors").read_bytes())
+
+
+def test_safetensors_whose_header_length_starts_like_a_pickle(tmp_path):
+    """A safetensors file starts with its header's length (8 bytes, little-endian); when
+    the first byte is 0x80 (one file in 256) it must not be taken for a pickle."""
+    from safetensors.numpy import save_file
+
+    from notochord_rt.hub.pull import _sniff
+
+    path = tmp_path / "m.safetensors"
+    for pad in range(300):
+        save_file({"w": np.zeros(3, dtype=np.float32)}, str(path), metadata={"x": "y" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert _sniff(path) == "safetensors"
+    torch_file = tmp_path / "m.ckpt"
+    torch.save({"a": 1}, torch_file)
+    assert _sniff(torch_file) == "torch"
 
 
 def _pull_in_subprocess(hub, name, extra_env=None, preexec=None):

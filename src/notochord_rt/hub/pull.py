@@ -126,10 +126,14 @@ def _sniff(path: Path) -> str:
     """``safetensors``, ``torch`` or ``other`` from the first bytes of a file."""
     with open(path, "rb") as f:
         head = f.read(9)
+    # safetensors first: its 8-byte header length may well start with 0x80 (a pickle's
+    # first byte), so it is recognised by the "{" after a length that fits the file
+    if len(head) == 9 and head[8:9] == b"{":
+        n = int.from_bytes(head[:8], "little")
+        if 0 < n <= path.stat().st_size - 8:
+            return "safetensors"
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return "torch"
-    if len(head) == 9 and head[8:9] == b"{":
-        return "safetensors"
     return "other"
 
 
