@@ -43,13 +43,70 @@ def test_bad_voice_grids_name_the_channel_and_field(voice, needle):
         VoiceConfig.from_dict(1, {"mode": "auto", "inst": "violin", **voice})
 
 
-def test_auto_voices_playing_together_share_one_grid():
-    rig = Rig(voices={1: VoiceConfig(1, 41, "auto", grid="1/16"),
-                      2: VoiceConfig(2, 42, "auto", grid="1/8t")}).validate()
-    with pytest.raises(InputError, match="share one grid"):
-        rig.constraints()
-    rig.voices[2].grid = "1/16"
-    assert rig.constraints().grid == "1/16"
+def test_auto_voices_with_different_grids_get_one_each():
+    rig = Rig(voices={1: VoiceConfig(1, 41, "auto", grid="1/16", swing=0.2),
+                      2: VoiceConfig(2, 42, "auto", grid="1/8t"),
+                      3: VoiceConfig(3, 43, "auto")}).validate()
+    cons = rig.constraints()
+    assert cons.grid is None and cons.inst_grid == {41: "1/16", 42: "1/8t"}
+    assert cons.inst_swing == {41: 0.2}
+    rig.voices[2].grid, rig.voices[2].swing = "1/16", 0.2
+    rig.voices[3].grid, rig.voices[3].swing = "1/16", 0.2
+    shared = rig.constraints()  # one grid for all: the shared field, as before
+    assert (shared.grid, shared.swing, shared.inst_grid) == ("1/16", 0.2, None)
+
+
+def test_voices_on_a_clock_play_on_their_own_grids():
+    """Two auto voices, quarter notes and eighth-note triplets, on a 180 BPM internal
+    clock: every onset the player sends lies on its own voice's grid."""
+    import threading
+
+    from tiny import tiny_model
+
+    from notochord_rt.apps.live.player import Player
+    from notochord_rt.apps.play.policy import VoicesPolicy
+
+    rig = Rig(voices={1: VoiceConfig(1, 41, "auto", grid="1/4", duration=(0.0, 0.2)),
+                      2: VoiceConfig(2, 33, "auto", grid="1/8t", duration=(0.0, 0.2))},
+              max_time=0.4).validate()
+    onsets: dict[int, list[float]] = {41: [], 33: []}
+    lock = threading.Lock()
+
+    class Sink:
+        def note(self, inst, pitch, vel):
+            pass
+
+        def panic(self):
+            pass
+
+    def heard(e) -> None:
+        if e.kind == "output" and e.vel:
+            with lock:
+                onsets[e.inst].append(e.t)
+
+    clock = InternalClock(180.0)
+    policy = VoicesPolicy(rig)
+    player = Player(tiny_model(), Sink(), policy, beat_clock=clock)
+    player.add_listener(heard)
+    player.start()
+    try:
+        player.call(policy.start)
+        clock.start()
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            with lock:
+                if min(len(set(v)) for v in onsets.values()) >= 4:
+                    break
+            time.sleep(0.02)
+        with lock:
+            beats = {i: [clock.info(t).beat for t in sorted(set(v))] for i, v in onsets.items()}
+    finally:
+        player.stop()
+        clock.close()
+    for inst, step in ((41, 1.0), (33, 1 / 3)):
+        assert len(beats[inst]) >= 4, beats
+        for b in beats[inst]:  # planned on the grid (the player's own times)
+            assert abs(b / step - round(b / step)) * step * 60 / 180 < 1e-6, (inst, b)
 
 
 @pytest.mark.slow

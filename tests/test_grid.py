@@ -55,6 +55,13 @@ def off_grid(beats: float, step: float, swing: float = 0.0) -> float:
     ({"bpm": 120, "next_bar": 1}, "next_bar"), ({"next_bar": True}, "next_bar"),
     ({"bpm": 120, "beats_per_bar": 0}, "beats_per_bar"),
     ({"bpm": 120, "beat": math.inf}, "beat"),
+    ({"inst_grid": {33: "1/8"}}, "inst_grid"),
+    ({"bpm": 120, "inst_grid": {33: "1/7"}}, "inst_grid[33]"),
+    ({"bpm": 120, "inst_grid": {999: "1/8"}}, "inst_grid key"),
+    ({"bpm": 120, "inst_grid": "1/8"}, "inst_grid"),
+    ({"bpm": 120, "inst_grid": {33: "1/8"}, "inst_swing": {41: 0.2}}, "inst_swing[41]"),
+    ({"bpm": 120, "inst_grid": {33: "1/8t"}, "inst_swing": {33: 0.2}}, "inst_swing[33]"),
+    ({"bpm": 120, "inst_grid": {33: "1/8"}, "inst_swing": {33: 1.2}}, "inst_swing"),
 ])
 def test_bad_beat_fields_name_the_field(kw, needle):
     with pytest.raises(InputError) as e:
@@ -183,6 +190,37 @@ def test_streams_share_the_grid():
             assert off_grid(t * 132 / 60, 0.25) < 1e-6
 
 
+@pytest.mark.parametrize("order", [None, "tivp", "pvti"])
+def test_each_instrument_keeps_its_own_grid(order):
+    """inst_grid: bass on swung eighths, piano on quarters, drums on the shared 1/16t grid;
+    every event of each (note-offs included) on its own grid, the instrument drawn before
+    the time whatever the order asked."""
+    m = model()
+    cons = Constraints(bpm=100, grid="1/16t", inst_grid={33: "1/8", 1: "1/4"},
+                       inst_swing={33: 0.4}, order=order, max_polyphony=3,
+                       note_on_map={33: range(30, 50), 1: range(55, 80), 129: range(35, 50)})
+    steps = {33: (0.5, 0.4), 1: (1.0, 0.0), 129: (1 / 6, 0.0)}
+    now, seen = 0.0, set()
+    for _ in range(150):
+        e = m.sample(cons)
+        m.feed(e.inst, e.pitch, e.time, e.vel)
+        now += e.time
+        assert e.order.index("i") < e.order.index("t"), e.order
+        step, swing = steps[e.inst]
+        assert off_grid(now * 100 / 60, step, swing) < 1e-6, (e, now)
+        seen.add((e.inst, e.is_note_on))
+    assert {33, 1, 129} <= {i for i, _ in seen} and (33, False) in seen
+    # without inst_grid the order is left alone
+    assert m.sample(Constraints(bpm=100, grid="1/16", order="tivp")).order == "tivp"
+
+
+def test_an_instrument_grid_with_no_point_in_the_allowed_times_is_named():
+    cons = Constraints(bpm=60, inst_grid={1: "1/1"}, note_on_map={1: range(60, 62)},
+                       time_ranges=[(0.1, 0.2)], beat=0.0)
+    with pytest.raises(NoPossibleEvents, match="instrument 1's grid"):
+        model().sample(cons)
+
+
 def test_beat_fields_through_the_osc_values():
     from notochord_rt.apps.osc.values import decode, sample_constraints
 
@@ -193,5 +231,10 @@ def test_beat_fields_through_the_osc_values():
         120.0, "1/8t", 0.5, True, 3)
     with pytest.raises(InputError, match="^grid"):
         sample_constraints({"bpm": 120, "grid": decode("1/5")})
+    c = sample_constraints({"bpm": 120, "inst_grid": {"33": "1/8", "violin": "1/4"},
+                            "inst_swing": {"33": 0.25}})
+    assert c.inst_grid == {33: "1/8", 41: "1/4"} and c.inst_swing == {33: 0.25}
+    with pytest.raises(InputError, match="inst_grid"):
+        sample_constraints({"bpm": 120, "inst_grid": {"33": "1/5"}})
     with pytest.raises(InputError, match="^bpm"):
         sample_constraints({"bpm": decode("0")})

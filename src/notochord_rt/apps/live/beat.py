@@ -31,14 +31,15 @@ log = logging.getLogger(__name__)
 REPLAN_TEMPO = 0.01
 """A plan is redone when the tempo moved by more than this (relative) since it was made."""
 _BEAT_FIELDS = {"grid": None, "swing": 0.0, "next_bar": False, "min_beats": 0.0,
-                "max_beats": math.inf, "bpm": None, "beat": None}
+                "max_beats": math.inf, "bpm": None, "beat": None, "inst_grid": None,
+                "inst_swing": None}
 
 
 def wants_beat(cons: Any) -> bool:
     """Whether ``cons`` (constraints from a policy) asks for the beat without a tempo."""
     return isinstance(cons, Constraints) and cons.bpm is None and (
         cons.grid is not None or cons.next_bar or cons.min_beats != 0.0
-        or cons.max_beats != math.inf)
+        or cons.max_beats != math.inf or bool(cons.inst_grid))
 
 
 def free_time(cons: Any) -> Any:

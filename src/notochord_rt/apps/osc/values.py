@@ -195,6 +195,7 @@ _WIRE = {
     "bool": _bool,
     "order": lambda v, n: v,
     "grid": lambda v, n: v,
+    "inst_grid": lambda v, n: _wire_map(v, n, lambda g, _: g),
 }
 
 

@@ -419,10 +419,12 @@ class Rig:
         if not autos:
             return None
         grids = {(v.grid, v.swing) for v in autos}
-        if len(grids) > 1:  # one event stream: its time sub-event has one grid
-            raise InputError("the auto voices playing together must share one grid and "
-                             f"swing (got {', '.join(sorted(f'{g} {s:g}' for g, s in grids))})")
-        grid, swing = grids.pop()
+        beat: dict[str, object] = {}
+        if len(grids) > 1:  # a grid per voice: the sampler draws the instrument first
+            beat = {"inst_grid": {v.inst: v.grid for v in autos if v.grid is not None},
+                    "inst_swing": {v.inst: v.swing for v in autos if v.grid and v.swing}}
+        elif (shared := grids.pop())[0] is not None:  # one grid: the fast path
+            beat = {"grid": shared[0], "swing": shared[1]}
         weights = balance_weights([v.inst for v in autos], recent or {})
         cons = Constraints(
             inst_weights=weights,
@@ -436,9 +438,9 @@ class Rig:
             max_time=self.max_time,
             external={v.inst for v in self.voices.values() if v.state != "auto"},
             **self.steering(),  # type: ignore[arg-type]
-            **({} if grid is None else {"grid": grid, "swing": swing}),
+            **beat,  # type: ignore[arg-type]
         )
-        if grid is None:
+        if not beat:
             return cons.validate()
         # the player's clock adds the tempo and beat (apps/live/beat.py); check the rest
         dataclasses.replace(cons, bpm=120.0).validate()

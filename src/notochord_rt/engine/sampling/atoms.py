@@ -10,9 +10,12 @@ or two full-grid reductions per sampled event.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ... import events as ev
+from ...errors import NoPossibleEvents
 from .constraints import N_I, N_P
 
 _TOL = 1e-9
@@ -106,6 +109,8 @@ class Support:
         self.broken = broken
         self.forced = forced
         self.r0, self.nr, self.c0, self.nc = 0, N_I, 0, N_P
+        self.retime: Callable[[int, np.ndarray], np.ndarray] | None = None
+        """``inst_grid``: puts the time pieces on the instrument's grid once it is fixed."""
 
     # -- marginals (local to the current window, then placed on the full axis) ----------------
     def _rows(self, which: str) -> np.ndarray | None:
@@ -190,6 +195,23 @@ class Support:
                 off_r=None if a._off_r is None else a._off_r[s]) for a in self.atoms])
         self.r0, self.nr = i, 1
         self.fixed["i"] = i
+        if self.retime is not None and self.atoms:
+            self._retime(i)
+
+    def _retime(self, i: int) -> None:
+        """The atoms' times put on instrument ``i``'s grid (``inst_grid``)."""
+        atoms = []
+        for a in self.atoms:
+            t = self.retime(i, a.time)  # type: ignore[misc]
+            if len(t):
+                atom = Atom(a.on, a.off, t, a._on_r, a._off_r, a._on_c, a._off_c)
+                atom._has_on, atom._has_off = a._has_on, a._has_off
+                atoms.append(atom)
+        if not atoms:
+            raise NoPossibleEvents(f"no possible event: no point of instrument {i}'s grid "
+                                   "lies in the allowed times (constraints involved: "
+                                   "inst_grid)")
+        self._keep(atoms)
 
     def fix_pitch(self, p: int) -> None:
         k = p - self.c0

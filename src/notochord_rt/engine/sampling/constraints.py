@@ -97,7 +97,11 @@ class Constraints:
     grid (``"1/16"``, ``"1/8t"``...) with ``swing``, pulled by ``grid_strength`` (1 =
     hard); ``min_beats`` / ``max_beats`` are ``min_time`` / ``max_time`` in beats;
     ``next_bar`` allows only the next bar line. ``beat`` is the beat position at the
-    stream's current time (``None``: the stream clock, beat 0 at reset).
+    stream's current time (``None``: the stream clock, beat 0 at reset). ``inst_grid``
+    gives instruments grids of their own (``{33: "1/8", 41: "1/16"}``, with
+    ``inst_swing``; instruments not named keep ``grid``, or free time): the sampler then
+    draws the instrument before the time (the order's ``i`` moves before its ``t``) and
+    places the time on that instrument's grid, note-offs included.
     """
 
     note_on_map: NoteMap | None = None
@@ -139,6 +143,8 @@ class Constraints:
     min_beats: float = 0.0
     max_beats: float = math.inf
     next_bar: bool = False
+    inst_grid: Mapping[int, str] | None = None
+    inst_swing: Mapping[int, float] | None = None
 
     # -- checking ---------------------------------------------------------------------------
     def validate(self) -> Constraints:
@@ -147,7 +153,8 @@ class Constraints:
         for f in FIELDS.values():
             f.convert(getattr(self, f.name))
         if (self.bpm is not None or self.grid is not None or self.next_bar or self.swing
-                or self.beat is not None or self.min_beats or self.max_beats != math.inf):
+                or self.beat is not None or self.min_beats or self.max_beats != math.inf
+                or self.inst_grid or self.inst_swing):
             from .grid import cross_check
 
             cross_check(self)
@@ -288,6 +295,16 @@ def _c_grid(v: Any, name: str, f: Field) -> str:
     return check_grid(v, name)
 
 
+def _c_inst_grid(v: Any, name: str, f: Field) -> dict[int, str]:
+    from .grid import check_grid
+
+    if not isinstance(v, Mapping):
+        raise InputError(f"{name} must be a dict {{inst: grid}} such as {{33: '1/8'}}, got "
+                         f"{show(v)}")
+    return {checks.inst(i, f"{name} key"): check_grid(g, f"{name}[{i!r}]")
+            for i, g in v.items()}
+
+
 def _c_bool(v: Any, name: str, f: Field) -> bool:
     if not isinstance(v, (bool, np.bool_)):
         raise InputError(f"{name} must be True or False, got {show(v)}")
@@ -309,6 +326,7 @@ KINDS: dict[str, str] = {
     "order": f"a permutation of {CANONICAL_ORDER!r}, or 'random'",
     "bpm": "float tempo in beats per minute, in [1, 999]",
     "grid": "str '1/N' or '1/Nt' (triplets), N in 1, 2, 4, 8, 16, 32, 64",
+    "inst_grid": "dict {inst: grid} (grids as for grid)",
     "bool": "True or False",
 }
 _CONVERTERS = {
@@ -316,6 +334,7 @@ _CONVERTERS = {
     "per_inst": _c_per_inst, "intervals": _c_intervals, "penalty": _c_penalty,
     "quantile": _c_quantile, "inst_weights": _c_inst_weights, "inst_set": _c_inst_set,
     "order": _c_order, "bpm": _c_bpm, "grid": _c_grid, "bool": _c_bool,
+    "inst_grid": _c_inst_grid,
 }
 _INF = math.inf
 FIELDS: dict[str, Field] = {f.name: f for f in (
@@ -369,6 +388,11 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     Field("max_beats", "real", 0.0, _INF, role="soft",
           doc="max_time in beats (the earlier of the two holds, soft like max_time)"),
     Field("next_bar", "bool", role="hard", doc="only the next bar line (a voice entering)"),
+    Field("inst_grid", "inst_grid", optional=True,
+          doc="a grid per instrument (instruments not named keep grid); needs bpm; the "
+              "instrument is then drawn before the time"),
+    Field("inst_swing", "inst_weights", 0.0, 1.0, optional=True,
+          doc="swing per instrument of inst_grid (each needs a straight grid there)"),
 )}
 """Every :class:`Constraints` field, in declaration order: how it is checked and converted.
 

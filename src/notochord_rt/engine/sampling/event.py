@@ -30,7 +30,7 @@ from ...errors import InputError, NoPossibleEvents
 from ...model import motif, pulse
 from ..cores.core import InferenceCore
 from .constraints import Constraints, check_order
-from .grid import place
+from .grid import inst_retimer, place
 from .guards import forced_breaks
 from .held import HeldNotes
 from .subevents import draw_sub_event
@@ -104,6 +104,15 @@ def as_compiled(c: Any, seen: dict[int, Compiled] | None = None) -> Compiled:
     return got
 
 
+def inst_before_time(order: str) -> str:
+    """``order`` with ``i`` moved just before ``t`` if it came after it."""
+    i, t = order.index("i"), order.index("t")
+    if i < t:
+        return order
+    rest = order.replace("i", "")
+    return rest.replace("t", "it")
+
+
 class EventDraw:
     """One stream's event being sampled: its support, order, generator and results.
 
@@ -144,9 +153,14 @@ class EventDraw:
         order = check_order(order or comp.cons.order or ev.SAMPLING_ORDER)
         if order == "random":
             order = "".join(np.array(list(ev.CANONICAL_ORDER))[rng.permutation(4)])
-        if comp.beat is not None:
+        per_inst = comp.inst_beats is not None and comp.cons.time is None
+        if per_inst:  # a grid per instrument: the instrument first, then its grid
+            order = inst_before_time(order)
+        elif comp.beat is not None:
             comp = place(comp, held.elapsed)  # the time pieces on the grid, for this event
         sup = build_support(comp, held)
+        if per_inst and sup.forced is None:
+            sup.retime = inst_retimer(comp, held.elapsed)
         sup.autoset()
         pulse_held = held if getattr(config, "time_pulse", 0) else None
         motifs = held.motifs if getattr(config, "pitch_copy", 0) else None

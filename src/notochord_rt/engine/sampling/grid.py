@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +117,17 @@ def cross_check(cons: Constraints) -> None:
         if cons.grid.endswith("t"):
             raise InputError(f"swing applies to straight grids, not the triplet grid "
                              f"{cons.grid!r}")
+    if cons.inst_grid or cons.inst_swing:
+        if cons.bpm is None:
+            raise InputError("inst_grid needs a tempo: set bpm")
+        grids = dict(cons.inst_grid or {})
+        for i in sorted(cons.inst_swing or {}):
+            if i not in grids:
+                raise InputError(f"inst_swing[{i}] needs a grid for instrument {i} in "
+                                 "inst_grid")
+            if (cons.inst_swing or {})[i] and grids[i].endswith("t"):
+                raise InputError(f"inst_swing[{i}] applies to straight grids, not the "
+                                 f"triplet grid {grids[i]!r}")
     if cons.max_beats < cons.min_beats:
         raise InputError(f"max_beats ({cons.max_beats:g}) must be >= min_beats "
                          f"({cons.min_beats:g})")
@@ -129,6 +141,16 @@ def beat_spec(cons: Constraints) -> BeatSpec | None:
                     int(cons.beats_per_bar),
                     None if cons.grid is None else grid_step(cons.grid),
                     float(cons.swing), float(cons.grid_strength), bool(cons.next_bar))
+
+
+def inst_specs(cons: Constraints) -> dict[int, BeatSpec] | None:
+    """``{inst: BeatSpec}`` of validated constraints' ``inst_grid`` (None without one)."""
+    base = beat_spec(cons)
+    if not cons.inst_grid or base is None:
+        return None
+    swing = cons.inst_swing or {}
+    return {int(i): dataclasses.replace(base, step=grid_step(g), swing=float(swing.get(i, 0.0)))
+            for i, g in cons.inst_grid.items()}
 
 
 def grid_points(beat_now: float, horizon: float, step: float, swing: float = 0.0
@@ -206,3 +228,20 @@ def place(comp: Compiled, elapsed: float) -> Compiled:
             f"{spec.bpm:g} BPM from beat {now:.3f} lies in the allowed times (constraints "
             f"involved: {', '.join([*comp.names, what])})")
     return dataclasses.replace(comp, pieces=pieces, t0=float(pieces[0, 0]))
+
+
+def inst_retimer(comp: Compiled, elapsed: float) -> Callable[[int, np.ndarray], np.ndarray]:
+    """For ``inst_grid``: ``retime(inst, pieces)``, the time pieces of one of the drawn
+    instrument's atoms put on its grid (its own, else the shared ``grid``, else left as
+    they are) for the next event of a stream at time ``elapsed`` (see
+    :meth:`~.atoms.Support.fix_inst`)."""
+    specs = comp.inst_beats or {}
+    shared = comp.beat if comp.beat is not None and comp.beat.active() else None
+
+    def retime(inst: int, pieces: np.ndarray) -> np.ndarray:
+        spec = specs.get(inst, shared)
+        if spec is None or not spec.active():
+            return pieces
+        return pieces_on_grid(pieces, spec, beat_now(spec, elapsed))
+
+    return retime

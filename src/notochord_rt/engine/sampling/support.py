@@ -45,7 +45,7 @@ from .constraints import (
     note_mask,
     per_inst,
 )
-from .grid import BeatSpec, beat_spec
+from .grid import BeatSpec, beat_spec, inst_specs
 from .held import HeldNotes
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,9 @@ class Compiled:
     beat: BeatSpec | None = None
     """The tempo context; when it has a grid or ``next_bar``, :func:`.grid.place` puts
     ``pieces`` on the grid before each event."""
+    inst_beats: dict[int, BeatSpec] | None = None
+    """``inst_grid``'s grids: the time goes on the drawn instrument's grid
+    (:func:`.grid.inst_retimer`)."""
 
 
 def compile_constraints(cons: Constraints) -> Compiled:
@@ -124,7 +127,7 @@ def compile_constraints(cons: Constraints) -> Compiled:
         float(pieces[0, 0]), names,
         inst_mask(cons.external) if cons.external else np.zeros(N_I, dtype=bool),
         max_dur, min_dur, max_poly, min_poly, lw, no_soft, uniform_velocity(vlo, vhi),
-        max_time, beat)
+        max_time, beat, inst_specs(cons))
 
 
 def _note_masks(cons: Constraints, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
