@@ -123,7 +123,7 @@ class EventDraw:
     """
 
     __slots__ = ("sup", "comp", "order", "rng", "config", "done", "logp", "params", "where",
-                 "pulse", "motifs")
+                 "onsets_of", "motifs")
 
     def __init__(self, sup: Support, comp: Compiled, order: str, rng: np.random.Generator,
                  config: Any, return_params: bool, where: str = "",
@@ -138,7 +138,7 @@ class EventDraw:
         self.logp: dict[str, float] = {}
         self.params: dict[str, np.ndarray] | None = {} if return_params else None
         self.where = where
-        self.pulse = held  # the stream's onsets, read only if the time is drawn
+        self.onsets_of = held  # the stream's held notes (its onsets: pulse components)
         self.motifs = motifs
 
     @classmethod
@@ -190,8 +190,8 @@ class EventDraw:
         sup = self.sup
         if not sup.atoms:
             raise NoPossibleEvents(f"{self.where}no possible event left while sampling")
-        if m == "t" and self.pulse is not None:
-            c, h = self.config, self.pulse
+        if m == "t" and self.onsets_of is not None:
+            c, h = self.config, self.onsets_of
             loc_valid = pulse.candidates(h.onsets.onsets, h.elapsed, c.time_pulse, c.time_pulse_fit,
                                          bool(c.time_pulse_vote))
             out = pulse.fill_rows(out, *loc_valid, c.time_pulse_gain)
