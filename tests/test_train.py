@@ -427,3 +427,28 @@ def test_torchrun_two_cpu_processes(data, tmp_path):
     # both ranks' crops counted: 16 steps x 2 ranks x 4 crops x up to 15 targets
     assert 16 * 2 * 4 * 5 < logs[0]["events"] <= 16 * 2 * 4 * 15
     assert ck.latest_checkpoint(tmp_path / "run" / ck.CHECKPOINTS).name == "step-00000016"
+
+
+def test_motif_candidates_come_from_the_loader_workers(data, tmp_path):
+    """With motif copying the data-loader (here one worker process) computes the motif
+    candidates with the batch; the training loss is the one the network computes itself."""
+    from notochord_rt.train import sources
+
+    tr = Trainer(config(data, tmp_path / "m", max_steps=2, num_workers=1,
+                        model={**TINY, "pitch_copy": 2}))
+    batch = next(tr._train_batches(0))
+    assert batch["motif_cand"].shape == (4, 15, 6) and batch["motif_valid"].any()
+    plain = sources.collate([tr.train_set[i] for i in range(4)])
+    assert "motif_cand" not in plain
+    own = tr.model.motif_inputs(batch["inst"], batch["pitch"], batch["vel"])
+    assert torch.equal(own[0], batch["motif_cand"]) and torch.equal(own[1], batch["motif_valid"])
+    tr.model.eval()
+    args = (batch["inst"], batch["pitch"], batch["time"], batch["vel"])
+    with torch.no_grad():
+        a = tr.model(*args, cond="vtip", motif_in=(batch["motif_cand"], batch["motif_valid"]))
+        b = tr.model(*args, cond="vtip")
+    for k in ("inst", "pitch", "time", "vel"):
+        torch.testing.assert_close(a[k], b[k])
+    tr.fit()
+    tr.close()
+    assert tr.step == 2

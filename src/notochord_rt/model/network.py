@@ -290,7 +290,8 @@ class NotochordNet(nn.Module):
 
     def forward(self, inst: Tensor, pitch: Tensor, time: Tensor, vel: Tensor, *,
                 end: Tensor | None = None, cond: str | Tensor = "random",
-                diagnostics: bool = False) -> dict[str, Tensor]:
+                diagnostics: bool = False,
+                motif_in: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
         """Teacher-forced log-likelihoods (nats) of events ``1..T-1`` given their past.
 
         Inputs are ``[B, T]`` (instrument and pitch ids, delta seconds, velocity) with
@@ -304,7 +305,10 @@ class NotochordNet(nn.Module):
         With ``end`` (``[B, T]``, 1 from the last real event of the piece on, else 0) the
         key ``end`` holds ``log P(end[:, t])`` from the state *after* feeding event ``t``:
         "was the event just fed the last one?". With ``diagnostics`` the time and velocity
-        mixtures' summaries are added as ``time_*`` / ``vel_*`` scalars.
+        mixtures' summaries are added as ``time_*`` / ``vel_*`` scalars. ``motif_in``:
+        the motif candidates of these sequences if already computed (:meth:`motif_inputs`,
+        e.g. by the trainer's data-loader workers: they are Python per event), else they
+        are computed here.
         """
         if inst.ndim != 2:
             raise InputError(f"inst must be [batch, time], got shape {tuple(inst.shape)}")
@@ -325,8 +329,11 @@ class NotochordNet(nn.Module):
         time_t = time[:, 1:].to(self.device, ctx.dtype)
         vel_t = vel[:, 1:].to(self.device, ctx.dtype)
         time_p = self.time_params(time_raw, self.pulse_inputs(inst, time, vel))
-        pitch_raw = self.pitch_logits(pitch_raw, self.motif_inputs(inst, pitch, vel),
-                                      mask[..., 1, 0])
+        if motif_in is None:
+            motif_in = self.motif_inputs(inst, pitch, vel)
+        else:
+            motif_in = (motif_in[0].to(self.device), motif_in[1].to(self.device))
+        pitch_raw = self.pitch_logits(pitch_raw, motif_in, mask[..., 1, 0])
         vel_p = self.vel_dist.params(vel_raw)
         out = {
             "inst": torch.log_softmax(inst_raw, -1).gather(-1, inst_t[..., None])[..., 0],

@@ -172,6 +172,16 @@ def open_dataset(root: str, split: str, length: int, aug: dict[str, Any], *,
     return ds
 
 
-def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack items into the ``(B, T)`` batch of docs/architecture.md."""
-    return default_collate(items)
+def collate(items: list[dict[str, torch.Tensor]], pitch_copy: int = 0
+            ) -> dict[str, torch.Tensor]:
+    """Stack items into the ``(B, T)`` batch of docs/architecture.md; with ``pitch_copy``
+    > 0 also the motif candidates ``motif_cand`` / ``motif_valid`` (``[B, T-1, C]``,
+    :func:`~notochord_rt.model.motif.sequence_candidates`), so that data-loader workers
+    compute them (Python per event) rather than the training loop."""
+    batch = default_collate(items)
+    if pitch_copy:
+        from ..model.motif import sequence_candidates
+
+        batch["motif_cand"], batch["motif_valid"] = sequence_candidates(
+            batch["inst"], batch["pitch"], batch["vel"], pitch_copy)
+    return batch

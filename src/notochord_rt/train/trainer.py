@@ -8,6 +8,7 @@ Use :class:`Trainer` from Python or ``notochord-rt train`` from the shell; under
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -42,6 +43,7 @@ from .schedule import lr_factor
 log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("inst", "pitch", "time", "vel", "end", "mask")
+MOTIF_KEYS = ("motif_cand", "motif_valid")  # with motif copying: computed by the loader
 
 
 class TrainingDiverged(NotochordError):
@@ -176,7 +178,8 @@ class Trainer:
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.info.rank, start_step))
         return iter(DataLoader(
             self.train_set, batch_sampler=self.indexer.iter_from(start_step),
-            num_workers=cfg.num_workers, collate_fn=sources.collate,
+            num_workers=cfg.num_workers,
+            collate_fn=functools.partial(sources.collate, pitch_copy=self.model.config.pitch_copy),
             pin_memory=self.device.type == "cuda", generator=gen,
             worker_init_fn=_worker_init if cfg.num_workers else None,
             persistent_workers=cfg.num_workers > 0,
@@ -184,7 +187,8 @@ class Trainer:
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         nb = self.device.type == "cuda"
-        return {k: batch[k].to(self.device, non_blocking=nb) for k in BATCH_KEYS}
+        return {k: batch[k].to(self.device, non_blocking=nb) for k in (*BATCH_KEYS, *MOTIF_KEYS)
+                if k in batch}
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -198,8 +202,9 @@ class Trainer:
         self.net.train()
         b = self._to_device(batch)
         with self._autocast():
+            motif_in = (b["motif_cand"], b["motif_valid"]) if "motif_cand" in b else None
             out = self.net(b["inst"], b["pitch"], b["time"], b["vel"], end=b["end"],
-                           cond="random")
+                           cond="random", motif_in=motif_in)
         mask = b["mask"][:, 1:]
         parts = masked_nll(out, mask)
         loss = sum(parts.values())
