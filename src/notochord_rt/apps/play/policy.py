@@ -341,13 +341,15 @@ class PlayController:
         self.push()
 
     def beat_grid(self) -> tuple[str | None, float]:
-        """(grid, swing) of the auto voices (they share one), ``(None, 0)`` without any."""
+        """(grid, swing) of the first auto voice (``g`` / ``s`` give every voice the same),
+        ``(None, 0)`` without any."""
         autos = [v for v in self.rig.voices.values() if v.mode == "auto"]
         return (autos[0].grid, autos[0].swing) if autos else (None, 0.0)
 
     def cycle_grid(self) -> str | None:
-        """Give every voice the next grid of :data:`GRIDS` (auto voices share one; it
-        applies with a clock, ``--clock``); a triplet grid takes the swing off. Returns it."""
+        """Give every voice the next grid of :data:`GRIDS` (presets may give voices grids of
+        their own; it applies with a clock, ``--clock``); a triplet grid takes the swing
+        off. Returns it."""
         grid = GRIDS[(GRIDS.index(g) + 1) % len(GRIDS) if (g := self.beat_grid()[0]) in GRIDS
                      else 0]
         triplet = grid is not None and grid.endswith("t")

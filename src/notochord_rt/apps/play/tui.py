@@ -214,7 +214,8 @@ class PlayApp(App[int]):
         about = "no voice" if v is None else (
             f"{v.state} {v.range[0]}-{v.range[1]}\n{ev.instrument_name(v.inst)}")
         preset = f" [{self.sub_title}]" if self.sub_title else ""
-        grid, swing = self.ctl.beat_grid()
+        grid, swing = ((v.grid, v.swing) if v is not None and v.state == "auto"
+                       else self.ctl.beat_grid())  # voices may each have their own
         beat = "" if grid is None else f"\ngrid {grid}" + (f" swing {swing:g}" if swing else "")
         set_text(self._status, f"ch {self.channel + 1} {' '.join(flags) or 'playing'}"
                                f"{preset}: {about}{beat}")
