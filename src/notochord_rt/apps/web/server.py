@@ -132,11 +132,15 @@ class WebApp:
     # -- lifespan: idle sessions ---------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        from ..live.warmup import settle_memory, unsettle_memory
+
+        settle_memory()  # the model and the server, loaded: out of later full collections
         task = asyncio.create_task(self._reap())
         try:
             yield
         finally:
             task.cancel()
+            unsettle_memory()
             await asyncio.get_running_loop().run_in_executor(None, self.manager.close_all)
 
     async def _reap(self) -> None:
