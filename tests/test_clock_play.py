@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -12,6 +13,54 @@ from notochord_rt.apps.live.clock import InternalClock
 from notochord_rt.apps.play.presets import parse_presets
 from notochord_rt.apps.play.voices import Rig, VoiceConfig
 from notochord_rt.errors import InputError
+
+
+class SilentSink:
+    """A player sink that drops the notes: the tests listen to the player's events."""
+
+    def note(self, inst, pitch, vel):
+        pass
+
+    def panic(self):
+        pass
+
+
+class Onsets:
+    """Collects the send times of a player's note-ons (thread-safe), per instrument."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.times: dict[int, list[float]] = {}
+
+    def __call__(self, e) -> None:
+        if e.kind == "output" and e.vel:
+            with self.lock:
+                self.times.setdefault(e.inst, []).append(e.t)  # planned send time
+
+    def distinct(self, inst: int) -> list[float]:
+        with self.lock:
+            return sorted(set(self.times.get(inst, [])))
+
+    def clear(self) -> None:
+        with self.lock:
+            self.times.clear()
+
+
+def clocked_player(rig: Rig, bpm: float):
+    """(player, policy, clock, onsets): a tiny model playing ``rig`` on an internal clock
+    at ``bpm``; nothing started yet."""
+    from tiny import tiny_model
+
+    from notochord_rt.apps.live.player import Player
+    from notochord_rt.apps.play.policy import VoicesPolicy
+
+    clock = InternalClock(bpm)
+    policy = VoicesPolicy(rig)
+    player = Player(tiny_model(), SilentSink(), policy, beat_clock=clock)
+    onsets = Onsets()
+    player.add_listener(onsets)
+    return player, policy, clock, onsets
+
 
 PRESETS = """
 [[preset]]
@@ -59,47 +108,18 @@ def test_auto_voices_with_different_grids_get_one_each():
 def test_voices_on_a_clock_play_on_their_own_grids():
     """Two auto voices, quarter notes and eighth-note triplets, on a 180 BPM internal
     clock: every onset the player sends lies on its own voice's grid."""
-    import threading
-
-    from tiny import tiny_model
-
-    from notochord_rt.apps.live.player import Player
-    from notochord_rt.apps.play.policy import VoicesPolicy
-
     rig = Rig(voices={1: VoiceConfig(1, 41, "auto", grid="1/4", duration=(0.0, 0.2)),
                       2: VoiceConfig(2, 33, "auto", grid="1/8t", duration=(0.0, 0.2))},
               max_time=0.4).validate()
-    onsets: dict[int, list[float]] = {41: [], 33: []}
-    lock = threading.Lock()
-
-    class Sink:
-        def note(self, inst, pitch, vel):
-            pass
-
-        def panic(self):
-            pass
-
-    def heard(e) -> None:
-        if e.kind == "output" and e.vel:
-            with lock:
-                onsets[e.inst].append(e.t)
-
-    clock = InternalClock(180.0)
-    policy = VoicesPolicy(rig)
-    player = Player(tiny_model(), Sink(), policy, beat_clock=clock)
-    player.add_listener(heard)
+    player, policy, clock, onsets = clocked_player(rig, 180.0)
     player.start()
     try:
         player.call(policy.start)
         clock.start()
         end = time.monotonic() + 20
-        while time.monotonic() < end:
-            with lock:
-                if min(len(set(v)) for v in onsets.values()) >= 4:
-                    break
+        while time.monotonic() < end and min(len(onsets.distinct(i)) for i in (41, 33)) < 4:
             time.sleep(0.02)
-        with lock:
-            beats = {i: [clock.info(t).beat for t in sorted(set(v))] for i, v in onsets.items()}
+        beats = {i: [clock.info(t).beat for t in onsets.distinct(i)] for i in (41, 33)}
     finally:
         player.stop()
         clock.close()
@@ -111,27 +131,14 @@ def test_voices_on_a_clock_play_on_their_own_grids():
 
 @pytest.mark.slow
 def test_the_tui_shows_tempo_bar_beat_and_the_clock_source():
-
-    from tiny import tiny_model
-
-    from notochord_rt.apps.live.player import Player
-    from notochord_rt.apps.play.policy import PlayController, VoicesPolicy
+    from notochord_rt.apps.play.policy import PlayController
     from notochord_rt.apps.play.tui import PlayApp
 
     rig = Rig(voices={0: VoiceConfig(0, 1, "input"),
                       1: VoiceConfig(1, 41, "auto", grid="1/8", duration=(0.0, 0.4))},
               max_time=0.3).validate()
 
-    class Sink:
-        def note(self, *a):
-            pass
-
-        def panic(self):
-            pass
-
-    clock = InternalClock(100.0)
-    policy = VoicesPolicy(rig)
-    player = Player(tiny_model(), Sink(), policy, beat_clock=clock)
+    player, policy, clock, _ = clocked_player(rig, 100.0)
     ctl = PlayController(player, policy, None)
     player.start()
     player.call(policy.start)
@@ -158,37 +165,14 @@ def test_the_tui_shows_tempo_bar_beat_and_the_clock_source():
 def test_grid_and_swing_keys_set_every_voice_and_the_onsets_follow():
     """``g`` cycles the grid of the auto voices (free, 1/4, 1/8, ...), ``s`` the swing; the
     policy gets them at once and, on a clock, the voice's onsets fall on the new grid."""
-    import threading
-
-    from tiny import tiny_model
-
-    from notochord_rt.apps.live.player import Player
-    from notochord_rt.apps.play.policy import GRIDS, PlayController, VoicesPolicy
+    from notochord_rt.apps.play.policy import GRIDS, PlayController
     from notochord_rt.apps.play.tui import PlayApp
 
     rig = Rig(voices={0: VoiceConfig(0, 1, "input"),
                       1: VoiceConfig(1, 41, "auto", duration=(0.0, 0.2))},
               max_time=0.3).validate()
-    onsets: list[float] = []
     got: list[float] = []  # beats of the onsets after the grid change
-    lock = threading.Lock()
-
-    class Sink:
-        def note(self, inst, pitch, vel):
-            pass
-
-        def panic(self):
-            pass
-
-    def heard(e) -> None:
-        if e.kind == "output" and e.vel:
-            with lock:
-                onsets.append(e.t)  # when the player sent it
-
-    clock = InternalClock(150.0)
-    policy = VoicesPolicy(rig)
-    player = Player(tiny_model(), Sink(), policy, beat_clock=clock)
-    player.add_listener(heard)
+    player, policy, clock, onsets = clocked_player(rig, 150.0)
     ctl = PlayController(player, policy, None)
     player.start()
     player.call(policy.start)
@@ -205,15 +189,13 @@ def test_grid_and_swing_keys_set_every_voice_and_the_onsets_follow():
                 seen.append(policy.rig.voices[1].grid)
             await pilot.pause(0.1)
             assert "grid 1/8" in str(app._status.render())
-            with lock:
-                onsets.clear()
+            onsets.clear()
             for _ in range(400):  # until 4 distinct onset times (a tiny model plays chords)
                 await pilot.pause(0.02)
-                with lock:
-                    if len(set(onsets)) >= 4:
-                        break
-            with lock:  # (the clock's beat of a time, read while it plays)
-                got.extend(clock.info(t).beat for t in sorted(set(onsets))[1:])
+                if len(onsets.distinct(41)) >= 4:
+                    break
+            # (the clock's beat of a time, read while it plays)
+            got.extend(clock.info(t).beat for t in onsets.distinct(41)[1:])
             await pilot.press("s")
             await pilot.pause(0.1)
             seen.append(policy.rig.voices[1].swing)
