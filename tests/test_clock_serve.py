@@ -49,6 +49,15 @@ def test_grid_requests_take_the_server_clock():
                                          0.5)]
             beat_at = [b + r["time"] * 100 / 60 for b in (before, after)]
             assert any(beat_at[0] - 1e-6 <= p <= beat_at[1] + 1e-6 for p in on), (r, beat_at)
+        for _ in range(3):  # a grid of the instrument's own, the server's clock again
+            before = clock.info().beat
+            addr, r = ask(sock, srv.address, "/notochord/sample", "inst", 1,
+                          "inst_grid", '{"1": "1/4"}', "feed", 1)
+            assert addr == "/return/notochord/sample", r
+            after = clock.info().beat
+            beat_at = [b + r["time"] * 100 / 60 for b in (before, after)]
+            on = grid_points(beat_at[0] - 1e-6, beat_at[1] - beat_at[0] + 2e-6, 1.0)
+            assert len(on), (r, beat_at)  # a quarter-note line at the onset
         _, st = ask(sock, srv.address, "/notochord/status")
         assert "100.0 BPM" in st["clock"] and "internal" in st["clock"]
     finally:

@@ -87,7 +87,7 @@ CONTROL_KEYS: dict[str, tuple[str, ...]] = {
 }
 SAMPLE_EXTRA = ("feed", "allow_end")
 #: constraint fields that ask for the beat (with ``serve --clock`` the clock gives the tempo)
-BEAT_KEYS = ("grid", "next_bar", "min_beats", "max_beats", "bpm")
+BEAT_KEYS = ("grid", "inst_grid", "next_bar", "min_beats", "max_beats", "bpm")
 
 class RequestError(InputError):
     """A message that cannot be served; ``handle`` and ``address`` go into the error reply."""
