@@ -7,9 +7,9 @@
 # more at half the learning rate from those weights, then up to 5,000 with pulse components
 # (time_pulse=8, grids fitted to 16 onsets, exponential widths), motif copying
 # (pitch_copy=4) and 2 ms time bins added to those weights. On a quiet 2-core machine a
-# step takes about 0.35 s (so about 1 h 35 min of steps); the time limits (2,400 + 4,200 +
-# 3,000 s) keep the whole run under 3 hours on a slower or busier one, at the cost of
-# fewer steps there (docs/model-card.md).
+# step takes about 0.43 s with validations (phase 1 measured: 26 min; about 2 h in all);
+# the time limits (2,400 + 4,200 + 3,000 s) keep the whole run under 3 hours on a slower
+# or busier one, at the cost of fewer steps there (docs/model-card.md).
 set -euo pipefail
 corpus=${1:?corpus folder}; work=${2:?work folder}
 nr=${NOTOCHORD_RT:-notochord-rt}
