@@ -17,8 +17,8 @@
 # (the test suite runs it that way on a tiny model). The bundled model's additions can be
 # asked for the same way: --model time_pulse=8 --model time_pulse_fit=16
 # --model time_pulse_gain=10 --model time_res=0.002 (pulse components) and
-# --model pitch_copy=4 (motif copying; its candidates are computed in Python on the CPU,
-# about 20 ms per 16 x 256 events, so with large batches it can hold a GPU back).
+# --model pitch_copy=4 (motif copying; its candidates are computed in Python, about 20 ms
+# per 16 x 256 events, by the data-loader workers with the batches).
 #
 # With the project's device tool: carry the prepared corpus and run
 #   bash scripts/train-gpu.sh PREP "$OUT" 8

@@ -240,8 +240,7 @@ class NotochordNet(nn.Module):
             return None
         loc, valid = pulse.sequence_candidates(
             torch.as_tensor(inst, device=self.device), torch.as_tensor(time, device=self.device),
-            torch.as_tensor(vel, device=self.device), k, self.config.time_pulse_fit,
-            bool(self.config.time_pulse_vote))
+            torch.as_tensor(vel, device=self.device), *pulse.grid_options(self.config))
         return loc[:, :-1], valid[:, :-1]
 
     def time_params(self, raw: Tensor, pulse_in: tuple[Tensor, Tensor] | None

@@ -79,6 +79,12 @@ def n_components(time_pulse: int) -> int:
     return 3 * int(time_pulse)
 
 
+def grid_options(config) -> tuple[int, int, bool]:
+    """``(k, fit, vote)`` of a ``NotochordConfig`` as :func:`candidates` and
+    :func:`sequence_candidates` take them (one reading for training and sampling)."""
+    return int(config.time_pulse), int(config.time_pulse_fit), bool(config.time_pulse_vote)
+
+
 # -- one live stream ---------------------------------------------------------------------
 class OnsetHistory:
     """The recent distinct onsets of one stream (most recent last), O(1) per event."""
@@ -298,6 +304,7 @@ def init_bias(dist, n: int, gain: float) -> None:
     bias[0, -n:] = 0.0
     bias[1, -n:] = 1.0
     bias[2, -n:] = _sharp_bias(gain, torch.tensor(SHARP_INIT))
+
 
 def widen_time_mixture(net, time_pulse: int):
     """A copy of ``net`` (a ``NotochordNet`` without pulse components) with

@@ -79,6 +79,12 @@ class Atom:
     def empty(self) -> bool:
         return not (self.has_on() or self.has_off())
 
+    def with_time(self, time: np.ndarray) -> Atom:
+        """The same cells (and cached reductions) at other time pieces."""
+        atom = Atom(self.on, self.off, time, self._on_r, self._off_r, self._on_c, self._off_c)
+        atom._has_on, atom._has_off = self._has_on, self._has_off
+        return atom
+
 
 def _or(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
     if a is None:
@@ -204,9 +210,7 @@ class Support:
         for a in self.atoms:
             t = self.retime(i, a.time)  # type: ignore[misc]
             if len(t):
-                atom = Atom(a.on, a.off, t, a._on_r, a._off_r, a._on_c, a._off_c)
-                atom._has_on, atom._has_off = a._has_on, a._has_off
-                atoms.append(atom)
+                atoms.append(a.with_time(t))
         if not atoms:
             raise NoPossibleEvents(f"no possible event: no point of instrument {i}'s grid "
                                    "lies in the allowed times (constraints involved: "
@@ -238,10 +242,7 @@ class Support:
                 inside = bool(sel.any())
                 w = float(tm[sel, 2][0]) if inside else 0.0
             if inside:
-                atom = Atom(a.on, a.off, np.array([[t, t, w]]),
-                            a._on_r, a._off_r, a._on_c, a._off_c)
-                atom._has_on, atom._has_off = a._has_on, a._has_off
-                atoms.append(atom)
+                atoms.append(a.with_time(np.array([[t, t, w]])))
         if len(atoms) == len(self.atoms):  # same cells: the cell marginals still hold
             self.atoms = atoms
             self._cache.pop("t", None)

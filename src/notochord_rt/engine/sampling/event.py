@@ -191,10 +191,10 @@ class EventDraw:
         if not sup.atoms:
             raise NoPossibleEvents(f"{self.where}no possible event left while sampling")
         if m == "t" and self.onsets_of is not None:
-            c, h = self.config, self.onsets_of
-            loc_valid = pulse.candidates(h.onsets.onsets, h.elapsed, c.time_pulse, c.time_pulse_fit,
-                                         bool(c.time_pulse_vote))
-            out = pulse.fill_rows(out, *loc_valid, c.time_pulse_gain)
+            h = self.onsets_of
+            loc_valid = pulse.candidates(h.onsets.onsets, h.elapsed,
+                                         *pulse.grid_options(self.config))
+            out = pulse.fill_rows(out, *loc_valid, self.config.time_pulse_gain)
         elif m == "p" and self.motifs is not None:
             out = self._pitch_logits(out)
         if self.params is not None:

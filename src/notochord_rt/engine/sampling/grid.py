@@ -120,12 +120,12 @@ def cross_check(cons: Constraints) -> None:
     if cons.inst_grid or cons.inst_swing:
         if cons.bpm is None:
             raise InputError("inst_grid needs a tempo: set bpm")
-        grids = dict(cons.inst_grid or {})
-        for i in sorted(cons.inst_swing or {}):
+        grids, swings = dict(cons.inst_grid or {}), dict(cons.inst_swing or {})
+        for i in sorted(swings):
             if i not in grids:
                 raise InputError(f"inst_swing[{i}] needs a grid for instrument {i} in "
                                  "inst_grid")
-            if (cons.inst_swing or {})[i] and grids[i].endswith("t"):
+            if swings[i] and grids[i].endswith("t"):
                 raise InputError(f"inst_swing[{i}] applies to straight grids, not the "
                                  f"triplet grid {grids[i]!r}")
     if cons.max_beats < cons.min_beats:
