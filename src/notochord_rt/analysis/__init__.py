@@ -14,9 +14,9 @@
 See ``docs/stats.md`` for the definitions and the measured figures.
 """
 
+from ..onset_grid import Grid, fit_grid, refine_grid
 from .compare import compare, overlap_and_kl
 from .features import FEATURES, StatsConfig, describe, piece_key
-from .grid import Grid, fit_grid, refine_grid
 from .rhythm import RhythmResult, rhythm_test
 from .sets import SetStats, Source, analyse, find_sources
 

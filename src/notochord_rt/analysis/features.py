@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import events as ev
-from . import grid as grid_mod
+from .. import onset_grid as grid_mod
 from . import patterns, tonal
 from .notes import Notes, distinct_onsets, notes_of, window_index
 

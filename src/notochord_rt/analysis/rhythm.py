@@ -38,8 +38,8 @@ import numpy as np
 
 from .. import events as ev
 from ..events import SAMPLING_ORDER
+from ..onset_grid import windowed_grids
 from .features import StatsConfig
-from .grid import windowed_grids
 from .notes import distinct_onsets
 from .sets import Source
 

@@ -80,6 +80,7 @@ INT_LIMITS: dict[str, tuple[int, int]] = {
     "time_pulse": (0, 64),
     "time_pulse_fit": (0, 32),
     "time_pulse_vote": (0, 1),
+    "time_pulse_grid": (0, 1),
     "pitch_copy": (0, 64),
     "vel_components": (1, 1024),
 }
@@ -127,7 +128,10 @@ class NotochordConfig:
     the grids of the last ``time_pulse`` inter-onset intervals
     (:mod:`~notochord_rt.model.pulse`; ``time_pulse_fit`` > 0 fits their grids to that
     many recent onsets, from the last onset or, with ``time_pulse_vote`` = 1, from the one
-    most of them agree with; ``time_pulse_gain`` > 0 reads their sharpness exponentially, see
+    most of them agree with; ``time_pulse_grid`` = 1 instead places them on the next
+    ``3 * time_pulse`` lines of one grid tracked through the stream,
+    :mod:`~notochord_rt.model.grid_track`; ``time_pulse_gain`` > 0 reads their sharpness
+    exponentially, see
     :func:`~notochord_rt.model.pulse.pulse_sharpness`). ``pitch_copy`` > 0 gives the pitch
     head one gate per motif-candidate kind (:mod:`~notochord_rt.model.motif`): ``pitch_copy`` recent
     pitches and four induction candidates of the event's instrument.
@@ -153,6 +157,7 @@ class NotochordConfig:
     time_pulse: int = 0
     time_pulse_fit: int = 0
     time_pulse_vote: int = 0
+    time_pulse_grid: int = 0
     time_pulse_gain: float = 0.0
     pitch_copy: int = 0
     vel_bounds: tuple[float, float] = (ev.VEL_MIN, ev.VEL_MAX)
@@ -280,7 +285,7 @@ class NotochordConfig:
         fixed = NotochordConfig()
         for name in ("time_wavelengths", "vel_wavelengths", "time_sharp_bounds",
                      "vel_bounds", "vel_res", "vel_sharp_bounds", "time_pulse", "time_pulse_fit",
-                     "time_pulse_vote", "time_pulse_gain", "pitch_copy"):
+                     "time_pulse_vote", "time_pulse_grid", "time_pulse_gain", "pitch_copy"):
             if getattr(self, name) != getattr(fixed, name):
                 raise ValueError(f"the reference cannot express {name}={getattr(self, name)}")
         d = {name: getattr(self, name) for name in _REFERENCE_SAME_NAME}

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from .. import events as ev
 from ..errors import InputError
-from . import motif, pulse
+from . import grid_track, motif, pulse
 from . import validate as V
 from .config import NotochordConfig
 from .distributions import CensoredLogisticMixture, MixtureParams
@@ -238,6 +238,11 @@ class NotochordNet(nn.Module):
         k = self.config.time_pulse
         if not k:
             return None
+        if self.config.time_pulse_grid:
+            loc, valid = (torch.as_tensor(a, device=self.device) for a in grid_track.sequence_lines(
+                *(torch.as_tensor(x).cpu().numpy() for x in (inst, time, vel)),
+                pulse.n_components(k)))
+            return loc[:, :-1], valid[:, :-1]
         loc, valid = pulse.sequence_candidates(
             torch.as_tensor(inst, device=self.device), torch.as_tensor(time, device=self.device),
             torch.as_tensor(vel, device=self.device), *pulse.grid_options(self.config))
@@ -290,7 +295,8 @@ class NotochordNet(nn.Module):
     def forward(self, inst: Tensor, pitch: Tensor, time: Tensor, vel: Tensor, *,
                 end: Tensor | None = None, cond: str | Tensor = "random",
                 diagnostics: bool = False,
-                motif_in: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+                motif_in: tuple[Tensor, Tensor] | None = None,
+                pulse_in: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
         """Teacher-forced log-likelihoods (nats) of events ``1..T-1`` given their past.
 
         Inputs are ``[B, T]`` (instrument and pitch ids, delta seconds, velocity) with
@@ -307,7 +313,8 @@ class NotochordNet(nn.Module):
         mixtures' summaries are added as ``time_*`` / ``vel_*`` scalars. ``motif_in``:
         the motif candidates of these sequences if already computed (:meth:`motif_inputs`,
         e.g. by the trainer's data-loader workers: they are Python per event), else they
-        are computed here.
+        are computed here. ``pulse_in``: the same for the pulse components
+        (:meth:`pulse_inputs`; with ``time_pulse_grid`` the loader computes them).
         """
         if inst.ndim != 2:
             raise InputError(f"inst must be [batch, time], got shape {tuple(inst.shape)}")
@@ -327,7 +334,11 @@ class NotochordNet(nn.Module):
         pitch_t = pitch[:, 1:].to(self.device).long()
         time_t = time[:, 1:].to(self.device, ctx.dtype)
         vel_t = vel[:, 1:].to(self.device, ctx.dtype)
-        time_p = self.time_params(time_raw, self.pulse_inputs(inst, time, vel))
+        if pulse_in is None:
+            pulse_in = self.pulse_inputs(inst, time, vel)
+        else:
+            pulse_in = (pulse_in[0].to(self.device), pulse_in[1].to(self.device))
+        time_p = self.time_params(time_raw, pulse_in)
         if motif_in is None:
             motif_in = self.motif_inputs(inst, pitch, vel)
         else:

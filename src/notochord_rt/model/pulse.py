@@ -55,6 +55,7 @@ from torch import Tensor
 
 from .. import events as ev
 from .distributions import MixtureParams
+from .grid_track import GridTracker
 
 MIN_IOI = 0.01
 """Seconds: note-ons closer than this to the previous one belong to the same onset."""
@@ -87,14 +88,17 @@ def grid_options(config) -> tuple[int, int, bool]:
 
 # -- one live stream ---------------------------------------------------------------------
 class OnsetHistory:
-    """The recent distinct onsets of one stream (most recent last), O(1) per event."""
+    """The recent distinct onsets of one stream (most recent last), O(1) per event; with
+    ``track`` also the stream's tracked grid (:mod:`.grid_track`, for models with
+    ``time_pulse_grid``)."""
 
-    __slots__ = ("keep", "onsets", "last_on")
+    __slots__ = ("keep", "onsets", "last_on", "tracker")
 
-    def __init__(self, keep: int = MAX_FIT + 1) -> None:
+    def __init__(self, keep: int = MAX_FIT + 1, track: bool = False) -> None:
         self.keep = keep
         self.onsets: list[float] = []
         self.last_on = -math.inf
+        self.tracker = GridTracker() if track else None
 
     def note_on(self, now: float) -> None:
         """Account for a note-on at stream time ``now``."""
@@ -102,16 +106,21 @@ class OnsetHistory:
             self.onsets.append(now)
             if len(self.onsets) > self.keep:
                 del self.onsets[0]
+            if self.tracker is not None:
+                self.tracker.add(now)
         self.last_on = now
 
     def clear(self) -> None:
         self.onsets.clear()
         self.last_on = -math.inf
+        if self.tracker is not None:
+            self.tracker.clear()
 
     def copy(self) -> OnsetHistory:
         h = OnsetHistory(self.keep)
         h.onsets = list(self.onsets)
         h.last_on = self.last_on
+        h.tracker = None if self.tracker is None else self.tracker.copy()
         return h
 
 

@@ -43,10 +43,10 @@ def new_model(overrides: dict[str, Any]) -> NotochordNet:
         raise UserError(f"bad model options: {e}") from None
 
 
-SOFT_OPTIONS = ("time_pulse_fit", "time_pulse_vote", "time_res", "vel_res")
+SOFT_OPTIONS = ("time_pulse_fit", "time_pulse_vote", "time_pulse_grid", "time_res", "vel_res")
 """Model options a trained network can take as they are: they change how the heads'
-outputs are placed or scored (pulse grids fitted to recent onsets, the likelihood's bin
-widths), not the weights."""
+outputs are placed or scored (pulse grids fitted to recent onsets or tracked, the
+likelihood's bin widths), not the weights."""
 
 
 def grow_model(model: NotochordNet, overrides: dict[str, Any], source: str) -> NotochordNet:
@@ -172,11 +172,13 @@ def open_dataset(root: str, split: str, length: int, aug: dict[str, Any], *,
     return ds
 
 
-def collate(items: list[dict[str, torch.Tensor]], pitch_copy: int = 0
-            ) -> dict[str, torch.Tensor]:
+def collate(items: list[dict[str, torch.Tensor]], pitch_copy: int = 0,
+            grid_lines: int = 0) -> dict[str, torch.Tensor]:
     """Stack items into the ``(B, T)`` batch of docs/architecture.md; with ``pitch_copy``
     > 0 also the motif candidates ``motif_cand`` / ``motif_valid`` (``[B, T-1, C]``,
-    :func:`~notochord_rt.model.motif.sequence_candidates`), so that data-loader workers
+    :func:`~notochord_rt.model.motif.sequence_candidates`), and with ``grid_lines`` > 0
+    the pulse components' grid lines ``pulse_loc`` / ``pulse_valid`` (``[B, T-1, n]``,
+    :func:`~notochord_rt.model.grid_track.sequence_lines`), so that data-loader workers
     compute them (Python per event) rather than the training loop."""
     batch = default_collate(items)
     if pitch_copy:
@@ -184,4 +186,11 @@ def collate(items: list[dict[str, torch.Tensor]], pitch_copy: int = 0
 
         batch["motif_cand"], batch["motif_valid"] = sequence_candidates(
             batch["inst"], batch["pitch"], batch["vel"], pitch_copy)
+    if grid_lines:
+        from ..model.grid_track import sequence_lines
+
+        loc, valid = sequence_lines(batch["inst"].numpy(), batch["time"].numpy(),
+                                    batch["vel"].numpy(), grid_lines)
+        batch["pulse_loc"] = torch.from_numpy(loc[:, :-1])
+        batch["pulse_valid"] = torch.from_numpy(valid[:, :-1])
     return batch

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("inst", "pitch", "time", "vel", "end", "mask")
 MOTIF_KEYS = ("motif_cand", "motif_valid")  # with motif copying: computed by the loader
+PULSE_KEYS = ("pulse_loc", "pulse_valid")  # with time_pulse_grid: computed by the loader
 
 
 class TrainingDiverged(NotochordError):
@@ -60,6 +61,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda" and not cuda_bf16:
         raise UserError("precision bf16 asked for, but this GPU does not support bfloat16")
     return torch.bfloat16
+
+
+def _grid_lines(config) -> int:
+    """Grid lines the loader computes for the pulse components (0: none, or the network
+    computes its own pulse candidates)."""
+    return 3 * config.time_pulse if config.time_pulse_grid else 0
 
 
 def _worker_init(worker_id: int) -> None:
@@ -179,7 +186,8 @@ class Trainer:
         return iter(DataLoader(
             self.train_set, batch_sampler=self.indexer.iter_from(start_step),
             num_workers=cfg.num_workers,
-            collate_fn=functools.partial(sources.collate, pitch_copy=self.model.config.pitch_copy),
+            collate_fn=functools.partial(sources.collate, pitch_copy=self.model.config.pitch_copy,
+                                         grid_lines=_grid_lines(self.model.config)),
             pin_memory=self.device.type == "cuda", generator=gen,
             worker_init_fn=_worker_init if cfg.num_workers else None,
             persistent_workers=cfg.num_workers > 0,
@@ -187,8 +195,8 @@ class Trainer:
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         nb = self.device.type == "cuda"
-        return {k: batch[k].to(self.device, non_blocking=nb) for k in (*BATCH_KEYS, *MOTIF_KEYS)
-                if k in batch}
+        keys = (*BATCH_KEYS, *MOTIF_KEYS, *PULSE_KEYS)
+        return {k: batch[k].to(self.device, non_blocking=nb) for k in keys if k in batch}
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -203,8 +211,9 @@ class Trainer:
         b = self._to_device(batch)
         with self._autocast():
             motif_in = (b["motif_cand"], b["motif_valid"]) if "motif_cand" in b else None
+            pulse_in = (b["pulse_loc"], b["pulse_valid"]) if "pulse_loc" in b else None
             out = self.net(b["inst"], b["pitch"], b["time"], b["vel"], end=b["end"],
-                           cond="random", motif_in=motif_in)
+                           cond="random", motif_in=motif_in, pulse_in=pulse_in)
         mask = b["mask"][:, 1:]
         parts = masked_nll(out, mask)
         loss = sum(parts.values())

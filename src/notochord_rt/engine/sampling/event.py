@@ -192,8 +192,12 @@ class EventDraw:
             raise NoPossibleEvents(f"{self.where}no possible event left while sampling")
         if m == "t" and self.onsets_of is not None:
             h = self.onsets_of
-            loc_valid = pulse.candidates(h.onsets.onsets, h.elapsed,
-                                         *pulse.grid_options(self.config))
+            if h.onsets.tracker is not None:
+                loc_valid = h.onsets.tracker.lines(
+                    h.elapsed, pulse.n_components(self.config.time_pulse))
+            else:
+                loc_valid = pulse.candidates(h.onsets.onsets, h.elapsed,
+                                             *pulse.grid_options(self.config))
             out = pulse.fill_rows(out, *loc_valid, self.config.time_pulse_gain)
         elif m == "p" and self.motifs is not None:
             out = self._pitch_logits(out)

@@ -32,13 +32,13 @@ class HeldNotes:
 
     __slots__ = ("onset", "held", "poly", "elapsed", "_cells", "onsets", "motifs")
 
-    def __init__(self) -> None:
+    def __init__(self, track_grid: bool = False) -> None:
         self.onset = np.full((N_I, N_P), np.nan)
         self.held = np.zeros((N_I, N_P), dtype=bool)
         self.poly = np.zeros(N_I, dtype=np.int64)
         self.elapsed = 0.0
         self._cells: dict[tuple[int, int], None] = {}
-        self.onsets = OnsetHistory()
+        self.onsets = OnsetHistory(track=track_grid)
         self.motifs = MotifHistory()
 
     @property

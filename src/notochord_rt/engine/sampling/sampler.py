@@ -75,7 +75,7 @@ class Notochord:
         elif config is not None or overrides:
             raise InputError("give a network or a configuration, not both")
         self.net = net
-        self._s = StreamState(np.random.default_rng(seed))
+        self._s = StreamState(np.random.default_rng(seed), bool(net.config.time_pulse_grid))
         self._core: InferenceCore | None = None
 
     @property

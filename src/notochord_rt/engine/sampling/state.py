@@ -100,8 +100,8 @@ class StreamState:
 
     __slots__ = ("held", "rng", "step", "rnn", "ctx", "ctx_of")
 
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.held = HeldNotes()
+    def __init__(self, rng: np.random.Generator, track_grid: bool = False) -> None:
+        self.held = HeldNotes(track_grid)
         self.rng = rng
         self.step = 0
         self.rnn: torch.Tensor | None = None

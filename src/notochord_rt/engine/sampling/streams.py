@@ -75,7 +75,8 @@ class Streams:
             model = model.net
         self.config = model.config
         self.core = core if core is not None else FastCore(model, precision=precision)
-        self._streams = [StreamState(g) for g in _rngs(seed, self.n)]
+        self._streams = [StreamState(g, bool(self.config.time_pulse_grid))
+                         for g in _rngs(seed, self.n)]
         with torch.inference_mode():
             # computed once, at batch 1, and copied into every stream that is (re)started:
             # a reset gives the same state whichever and however many streams are reset

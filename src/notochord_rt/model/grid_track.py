@@ -1,0 +1,133 @@
+"""Grid tracking: one 16th-note grid followed through a stream's onsets.
+
+The pulse components of :mod:`.pulse` are placed on the grids of the last few
+inter-onset intervals. Each of those grids is local: a model continuing its own music
+mixes them, and two incommensurate IOIs (0.30 s and 0.47 s, say) place its next onsets
+on no common grid; the piece loses its pulse within seconds (docs/model-card.md). With
+``time_pulse_grid`` the pulse components are instead the next ``3 * time_pulse`` lines
+of *one* grid, tracked through the stream the way the ``grid_fit`` statistic finds it
+(:mod:`notochord_rt.onset_grid`): onsets placed there all share one grid, so a pulse
+the model keeps is a pulse a listener hears.
+
+Definitions (times in seconds, onsets as in :mod:`.pulse`: distinct note-ons):
+
+* the tracker keeps the onsets of the last :data:`WINDOW` seconds; it has no grid while
+  it holds fewer than :data:`MIN_ONSETS`;
+* at each new onset the current grid is refined by least squares to the window's
+  onsets (:func:`~notochord_rt.onset_grid.refine_grid`), and kept if at least
+  :data:`KEEP_SHARE` of them lie on it; otherwise (and when there is none) the grid is
+  fitted afresh (:func:`~notochord_rt.onset_grid.fit_grid`, then refined), but at most
+  once every :data:`REFIT_EVERY` onsets (in between, the refined grid is kept). Refining
+  is cheap (about 0.1 ms) and keeps the phase continuous; a fresh fit (about 1 ms)
+  happens only when the music has left the grid;
+* after an event at ``now`` the candidate locations are the delta times to the grid's
+  next ``n`` lines, the first being the first line more than :data:`EDGE` periods after
+  ``now`` (a line that close counts as ``now``: the event just played on it).
+
+Training computes the same thing per sequence with :func:`sequence_lines` (numpy, in the
+data-loader workers), so training and live sampling agree exactly (tested).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import events as ev
+from ..onset_grid import Grid, fit_grid, refine_grid
+
+WINDOW = 8.0
+"""Seconds of recent onsets the grid is fitted to (as the ``grid_fit`` statistic)."""
+MIN_ONSETS = 6
+"""Fewest onsets in the window for a grid."""
+KEEP_SHARE = 0.75
+"""Share of the window's onsets that must lie on the current grid to keep it."""
+REFIT_EVERY = 4
+"""Onsets between fresh fits while the music is off its grid (bounds the cost)."""
+EDGE = 0.1
+"""Fraction of a period: a line this close after ``now`` counts as ``now``."""
+MIN_IOI = 0.01
+"""Seconds: note-ons closer than this to the previous one belong to the same onset
+(as :data:`notochord_rt.model.pulse.MIN_IOI`)."""
+
+
+class GridTracker:
+    """The tracked grid of one stream (see the module docstring)."""
+
+    __slots__ = ("onsets", "grid", "since_fit")
+
+    def __init__(self) -> None:
+        self.onsets: list[float] = []
+        self.grid: Grid | None = None
+        self.since_fit = 0
+
+    def add(self, t: float) -> None:
+        """Account for a distinct onset at stream time ``t`` (non-decreasing)."""
+        on = self.onsets
+        on.append(t)
+        cut = 0
+        while on[cut] < t - WINDOW:
+            cut += 1
+        if cut:
+            del on[:cut]
+        self.since_fit += 1
+        if len(on) < MIN_ONSETS:
+            self.grid = None
+            return
+        x = np.asarray(on)
+        g = self.grid
+        if g is not None:
+            g = refine_grid(g, x)
+            if self.since_fit < REFIT_EVERY or g.on_grid(x).mean() >= KEEP_SHARE:
+                self.grid = g
+                return
+        self.grid = refine_grid(fit_grid(x), x)
+        self.since_fit = 0
+
+    def lines(self, now: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(delta times to the next ``n`` grid lines after ``now`` ``[n]``, valid ``[n]``);
+        without a grid every location is 1 and none is valid."""
+        if self.grid is None or n == 0:
+            return np.ones(n), np.zeros(n, dtype=bool)
+        period, phase = self.grid.period, self.grid.phase
+        first = math.floor((now - phase) / period + EDGE) + 1
+        return phase + period * (first + np.arange(n)) - now, np.ones(n, dtype=bool)
+
+    def clear(self) -> None:
+        self.onsets.clear()
+        self.grid = None
+        self.since_fit = 0
+
+    def copy(self) -> GridTracker:
+        t = GridTracker()
+        t.onsets = list(self.onsets)
+        t.grid = self.grid
+        t.since_fit = self.since_fit
+        return t
+
+
+def sequence_lines(inst: np.ndarray, time: np.ndarray, vel: np.ndarray, n: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(locations ``[B, T, n]`` float64, valid ``[B, T, n]``) of the grid lines after
+    each event of ``[B, T]`` sequences (``time`` = delta seconds; each sequence's history
+    starts at its start), as a live stream fed the same events computes them."""
+    inst, time, vel = (np.asarray(a) for a in (inst, time, vel))
+    b, t = inst.shape
+    loc = np.ones((b, t, n))
+    valid = np.zeros((b, t, n), dtype=bool)
+    on = (inst > ev.START_INST) & (vel >= ev.NOTE_ON_MIN_VEL)
+    for row in range(b):
+        tracker = GridTracker()
+        now, last_on = 0.0, -math.inf
+        dts = time[row].astype(np.float64).tolist()
+        ons = on[row].tolist()
+        for i in range(t):
+            now += dts[i]
+            if ons[i]:
+                if now - last_on >= MIN_IOI:
+                    tracker.add(now)
+                last_on = now
+            if tracker.grid is not None:
+                loc[row, i], valid[row, i] = tracker.lines(now, n)
+    return loc, valid
