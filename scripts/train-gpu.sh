@@ -15,10 +15,11 @@
 # the budget, 8 data-loader workers. Any flag after MINUTES overrides these, e.g.
 #   --model rnn_hidden=768 --batch-size 256 --device cpu --precision fp32 --max-steps 3
 # (the test suite runs it that way on a tiny model). The bundled model's additions can be
-# asked for the same way: --model time_pulse=8 --model time_pulse_fit=16
-# --model time_pulse_gain=10 --model time_res=0.002 (pulse components) and
-# --model pitch_copy=4 (motif copying; its candidates are computed in Python, about 20 ms
-# per 16 x 256 events, by the data-loader workers with the batches).
+# asked for the same way: --model time_pulse=8 --model time_pulse_grid=1
+# --model time_pulse_gain=10 --model time_res=0.002 (pulse components on a tracked grid)
+# and --model pitch_copy=4 (motif copying). Motif candidates (about 20 ms per 16 x 256
+# events) and grid lines (0.1-0.25 s per 16 x 256 events) are computed in Python by the
+# data-loader workers with the batches.
 #
 # With the project's device tool: carry the prepared corpus and run
 #   bash scripts/train-gpu.sh PREP "$OUT" 8

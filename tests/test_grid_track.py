@@ -183,3 +183,27 @@ def test_pulse_module_uses_the_tracker_only_when_asked():
     c = h.copy()
     h.clear()
     assert c.tracker.grid is not None and h.tracker.grid is None
+
+
+def test_pulse_weight_reweights_the_models_own_pulse_components():
+    from notochord_rt.errors import InputError
+
+    model = tiny_model(5, time_pulse=2, time_pulse_grid=1)
+    free = model.config.time_components
+    model.reset()
+    for k in range(12):
+        model.feed(1, 60, 0.25 if k else 0.0, 80)
+        model.feed(1, 60, 0.0, 0)
+    # the time row is drawn after velocity in the default order: fix it (and the
+    # instrument), so that the three rows come from the same head output
+    rows = {w: model.sample(Constraints(pulse_weight=w, inst=1, vel=80.0),
+                            return_params=True).params["t"]
+            for w in (0.0, 1.0, 8.0)}
+    share = {w: np.exp(r[0, free:]).sum() for w, r in rows.items()}
+    assert share[0.0] == 0.0 and 0.0 < share[1.0] < share[8.0] < 1.0
+    # x8 on the odds of the pulse components against the free ones
+    odds = {w: s / (1 - s) for w, s in share.items() if w}
+    assert odds[8.0] / odds[1.0] == pytest.approx(8.0, rel=1e-6)
+    np.testing.assert_allclose(rows[8.0][1], rows[1.0][1])  # nothing moved
+    with pytest.raises(InputError, match="pulse_weight"):
+        Constraints(pulse_weight=-1.0).validate()

@@ -51,6 +51,9 @@ class MusicalDefaults:
     inst_temp: float = 0.95
     vel_temp: float = 0.5
     harmony_pitch_temp: float = 0.5
+    pulse_weight: float = 1.0
+    """Multiplies the weight of the model's pulse components (``Constraints.pulse_weight``:
+    the model keeps the pulse it tracks through the music more firmly)."""
     balance: bool = True
     """Steer instrument weights against the running share (:class:`InstrumentBalance`)."""
 
@@ -58,7 +61,7 @@ class MusicalDefaults:
     def raw(cls) -> MusicalDefaults:
         """The model as it is: no truncation, no minimum duration, no balance."""
         return cls(min_duration=0.0, pitch_temp=1.0, inst_temp=1.0, vel_temp=1.0,
-                   harmony_pitch_temp=1.0, balance=False)
+                   harmony_pitch_temp=1.0, pulse_weight=1.0, balance=False)
 
     def min_durations(self, insts: Iterable[int] | None = None) -> dict[int, float]:
         """``min_duration`` as a per-instrument map (see :func:`melodic_min_durations`)."""

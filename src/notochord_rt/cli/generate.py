@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             ("vel", "velocity component width", DEFAULTS.vel_temp)):
         temps.add_argument(f"--{name}-temp", type=float, default=None,
                            help=f"{what} (default {default}; 1 with --raw)")
+    temps.add_argument("--pulse-weight", type=float, default=None,
+                       help="weight of the model's pulse components, the lines of the grid "
+                            "it tracks through the music: above 1 it keeps its pulse more "
+                            f"firmly (default {DEFAULTS.pulse_weight:g}; 1 with --raw)")
     temps.add_argument("--min-duration", type=float, default=None,
                        help="seconds: avoid shorter melodic notes, a soft limit (default "
                             f"{DEFAULTS.min_duration}; 0 with --raw)")
@@ -112,8 +116,8 @@ def _options(args: argparse.Namespace, instruments):
     seconds = args.seconds if args.seconds is not None or args.events is not None else 30.0
     base = GenerateOptions.raw() if args.raw else GenerateOptions()
     chosen = {name: getattr(args, name) for name in (
-        "pitch_temp", "rhythm_temp", "timing_temp", "inst_temp", "vel_temp", "min_duration",
-        "balance")}
+        "pitch_temp", "rhythm_temp", "timing_temp", "inst_temp", "vel_temp", "pulse_weight",
+        "min_duration", "balance")}
     musical = {k: (getattr(base, k) if v is None else v) for k, v in chosen.items()}
     opts = GenerateOptions(
         seconds=seconds, events=args.events, seed=args.seed, instruments=instruments,

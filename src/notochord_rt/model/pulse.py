@@ -185,12 +185,13 @@ def _fit_lines(w, kk, d, g, o1):
     return anchor, period
 
 
-def fill_rows(rows: np.ndarray, loc: np.ndarray, valid: np.ndarray, gain: float = 0.0
-              ) -> np.ndarray:
+def fill_rows(rows: np.ndarray, loc: np.ndarray, valid: np.ndarray, gain: float = 0.0,
+              weight: float = 1.0) -> np.ndarray:
     """Decoded time-mixture rows ``(3, K)`` (log weights, locations, sharpness; the last
     ``len(loc)`` columns are the pulse components) with the pulse locations put in, their
-    sharpness read with ``gain`` (:func:`pulse_sharpness`) and the weights renormalised
-    over the valid components. Returns a new array."""
+    sharpness read with ``gain`` (:func:`pulse_sharpness`), their weights multiplied by
+    ``weight`` (a sampling setting, ``Constraints.pulse_weight``) and the weights
+    renormalised over the valid components. Returns a new array."""
     out = rows.copy()
     n = len(loc)
     if n == 0:
@@ -199,6 +200,8 @@ def fill_rows(rows: np.ndarray, loc: np.ndarray, valid: np.ndarray, gain: float 
     if gain:
         out[2, -n:] = np.minimum(np.exp(np.minimum(gain * out[2, -n:], 50.0)), SHARP_MAX)
     lp = out[0]
+    if weight != 1.0:
+        lp[-n:] += math.log(weight) if weight > 0 else -np.inf
     lp[-n:][~valid] = -np.inf
     top = lp.max()
     lp -= top + math.log(np.exp(lp - top).sum())

@@ -100,6 +100,7 @@ class GenerateOptions:
     timing_temp: float = 1.0
     inst_temp: float = DEFAULTS.inst_temp
     vel_temp: float = DEFAULTS.vel_temp
+    pulse_weight: float = DEFAULTS.pulse_weight
     min_duration: float = DEFAULTS.min_duration
     balance: bool = DEFAULTS.balance
     steer_density: float = 0.5
@@ -121,7 +122,8 @@ class GenerateOptions:
     def raw(cls, **values) -> GenerateOptions:
         """Options that sample the model as it is (no musical defaults), with ``values``."""
         base = dict(pitch_temp=RAW.pitch_temp, inst_temp=RAW.inst_temp,
-                    vel_temp=RAW.vel_temp, min_duration=RAW.min_duration, balance=RAW.balance)
+                    vel_temp=RAW.vel_temp, pulse_weight=RAW.pulse_weight,
+                    min_duration=RAW.min_duration, balance=RAW.balance)
         return cls(**{**base, **values})
 
     def validate(self) -> GenerateOptions:
@@ -216,6 +218,7 @@ def build_constraints(options: GenerateOptions, instruments: Iterable[int] | Non
         rhythm_temp=options.rhythm_temp,
         timing_temp=options.timing_temp,
         vel_temp=options.vel_temp,
+        pulse_weight=options.pulse_weight,
         steer_density=options.steer_density,
         **steering_fields(options.steer_pitch, options.steer_rate, options.steer_velocity),
         order=options.order,

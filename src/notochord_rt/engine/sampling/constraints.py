@@ -30,7 +30,12 @@ Temperatures follow the reference: a value ``<= 1`` is nucleus (top-p) filtering
 value ``> 1`` a temperature (probabilities raised to ``1/T``); 1 changes nothing. This
 holds for ``inst_temp``, ``pitch_temp`` and ``rhythm_temp`` (top-p over the time
 mixture's components). ``timing_temp`` and ``vel_temp`` scale the width of the chosen
-time / velocity component (0 = its location exactly).
+time / velocity component (0 = its location exactly). ``pulse_weight`` multiplies the
+weight of the model's pulse components in the time mixture before it is renormalised (for
+a model with ``time_pulse_grid``: the next lines of the grid it tracks through the
+stream, :mod:`~notochord_rt.model.grid_track`): above 1 the model stays closer to the
+pulse it has been playing. No grid is imposed and no time is moved: the lines are the
+model's own; 1 samples the model as it is, and a model without pulse components ignores it.
 """
 
 from __future__ import annotations
@@ -126,6 +131,7 @@ class Constraints:
     rhythm_temp: float = 1.0
     timing_temp: float = 1.0
     vel_temp: float = 1.0
+    pulse_weight: float = 1.0
     truncate_quantile_time: tuple[float, float] = (0.0, 1.0)
     truncate_quantile_pitch: tuple[float, float] = (0.0, 1.0)
     truncate_quantile_vel: tuple[float, float] = (0.0, 1.0)
@@ -363,6 +369,7 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     Field("rhythm_temp", "real", 0.0, _INF, finite=True),
     Field("timing_temp", "real", 0.0, _INF, finite=True),
     Field("vel_temp", "real", 0.0, _INF, finite=True),
+    Field("pulse_weight", "real", 0.0, _INF, finite=True),
     Field("truncate_quantile_time", "quantile", 0.0, 1.0),
     Field("truncate_quantile_pitch", "quantile", 0.0, 1.0),
     Field("truncate_quantile_vel", "quantile", 0.0, 1.0),

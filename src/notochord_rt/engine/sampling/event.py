@@ -198,7 +198,8 @@ class EventDraw:
             else:
                 loc_valid = pulse.candidates(h.onsets.onsets, h.elapsed,
                                              *pulse.grid_options(self.config))
-            out = pulse.fill_rows(out, *loc_valid, self.config.time_pulse_gain)
+            out = pulse.fill_rows(out, *loc_valid, self.config.time_pulse_gain,
+                                  self.comp.cons.pulse_weight)
         elif m == "p" and self.motifs is not None:
             out = self._pitch_logits(out)
         if self.params is not None:
