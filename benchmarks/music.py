@@ -229,7 +229,11 @@ def main() -> int:
         "named": named_instruments(model, args),
         "harmonizer": harmonizer(model, args, sources),
         "continuation": continuations(model, args, sources),
-        "rhythm": {k: v for k, v in rhythm_test(model, sources, pieces=args.rhythm_pieces)
+        # the next onset drawn as the apps draw it: with their pulse weight (the only
+        # app default that acts on the time of a draw)
+        "rhythm": {k: v for k, v in rhythm_test(
+            model, sources, pieces=args.rhythm_pieces,
+            fields={"pulse_weight": defaults_for(args.raw).pulse_weight})
                    .as_dict().items() if k not in ("per_piece", "skipped")},
     }
     figures["seconds"] = time.perf_counter() - t0

@@ -207,3 +207,28 @@ def test_pulse_weight_reweights_the_models_own_pulse_components():
     np.testing.assert_allclose(rows[8.0][1], rows[1.0][1])  # nothing moved
     with pytest.raises(InputError, match="pulse_weight"):
         Constraints(pulse_weight=-1.0).validate()
+
+
+def _one_period(x: np.ndarray, period: float, tol: float) -> tuple[int, float]:
+    """The exact best-phase search for one period, written plainly."""
+    theta = np.sort(np.mod(x / period, 1.0))
+    best = (-1, 0.0)
+    for start in theta:
+        inside = ((theta >= start) & (theta <= start + 2 * tol + 1e-12)).sum() + (
+            theta + 1.0 <= start + 2 * tol + 1e-12).sum()
+        if inside > best[0]:
+            best = (int(inside), float((start + tol) * period))
+    return best
+
+
+def test_the_batched_exact_search_matches_a_plain_one():
+    from notochord_rt.onset_grid import _exact_best_all
+
+    rng = np.random.default_rng(7)
+    for n in (1, 5, 30):
+        x = rng.uniform(-4, 4, n)
+        periods = np.exp(rng.uniform(np.log(0.075), np.log(0.3), 25))
+        counts, phases = _exact_best_all(x, periods, 0.1)
+        for p, c, ph in zip(periods, counts, phases):
+            want = _one_period(x, float(p), 0.1)
+            assert (int(c), float(ph)) == pytest.approx(want, abs=1e-12)

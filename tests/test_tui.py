@@ -553,8 +553,11 @@ def _connected(server: str, *ports: str, timeout: float = 30.0) -> bool:
     Messages sent before a connection is active are lost, so tests wait for this."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        lines = subprocess.run(["jack_lsp", "-c", "-s", server], capture_output=True,
-                               text=True, timeout=10).stdout.splitlines()
+        try:
+            lines = subprocess.run(["jack_lsp", "-c", "-s", server], capture_output=True,
+                                   text=True, timeout=10).stdout.splitlines()
+        except subprocess.TimeoutExpired:  # one slow listing on a loaded machine: ask again
+            continue
         linked = {a for a, b in zip(lines, lines[1:]) if b.startswith(" ")}
         if all(p in linked for p in ports):
             return True

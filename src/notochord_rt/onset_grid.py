@@ -58,21 +58,12 @@ def _ladder(lo: float, hi: float, rel: float) -> np.ndarray:
     return lo * np.exp(np.linspace(0.0, np.log(hi / lo), max(n, 2)))
 
 
-def _exact_best(x: np.ndarray, period: float, tolerance: float) -> tuple[int, float]:
-    """(count, phase of the grid line in units of x) of the best phase for one period."""
-    theta = np.sort(np.mod(x / period, 1.0))
-    wrapped = np.concatenate([theta, theta + 1.0])
-    ends = np.searchsorted(wrapped, theta + 2.0 * tolerance + 1e-12, side="right")
-    counts = ends - np.arange(len(theta))
-    i = int(np.argmax(counts))
-    return int(counts[i]), float((theta[i] + tolerance) * period)
-
-
 def _histogram_scores(x: np.ndarray, periods: np.ndarray, tolerance: float) -> np.ndarray:
     """Per period, the most onsets in any ``2 * tolerance`` wide phase interval (binned)."""
     n_bins = int(round(_BINS_PER_TOL / tolerance))
     width = 2 * _BINS_PER_TOL
-    b = np.floor(np.mod(x[None, :] / periods[:, None], 1.0) * n_bins).astype(np.int64)
+    q = x[None, :] / periods[:, None]
+    b = np.floor((q - np.floor(q)) * n_bins).astype(np.int64)  # faster than np.mod
     b = np.minimum(b, n_bins - 1) + n_bins * np.arange(len(periods))[:, None]
     hist = np.bincount(b.ravel(), minlength=len(periods) * n_bins).reshape(-1, n_bins)
     ext = np.concatenate([np.zeros((len(periods), 1), dtype=np.int64), hist,
@@ -105,14 +96,29 @@ def fit_grid(onsets, tolerance: float = TOLERANCE,
     step = np.log1p(max(tolerance / steps_to_edge, 1e-5))
     fine_n = 9
     offsets = np.linspace(-step, step, fine_n)
-    candidates = np.unique(np.clip(top[:, None] * np.exp(offsets)[None, :], lo, hi))
-    best = (-1, 0.0, 0.0)
-    for period in candidates[::-1].tolist():  # slowest first: ties keep the slower tempo
-        count, phase = _exact_best(x, period, tolerance)
-        if count > best[0]:
-            best = (count, period, phase)
-    count, period, phase = best
-    return Grid(period, phase + centre, tolerance, count / len(x))
+    candidates = np.unique(np.clip(top[:, None] * np.exp(offsets)[None, :], lo, hi))[::-1]
+    counts, phases = _exact_best_all(x, candidates, tolerance)
+    k = int(np.argmax(counts))  # the first maximum: slowest first, ties keep the slower tempo
+    return Grid(float(candidates[k]), float(phases[k]) + centre, tolerance,
+                int(counts[k]) / len(x))
+
+
+def _exact_best_all(x: np.ndarray, periods: np.ndarray, tolerance: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per period, the most onsets in any ``2 * tolerance`` wide phase interval, exactly,
+    and the phase of the grid line at its centre (in units of ``x``): the onsets' phases
+    sorted, each one taken as an interval's start; all periods at once, with one sort and
+    one search (rows are offset by 3 so one flat array stays sorted)."""
+    n, c = len(x), len(periods)
+    theta = np.sort(np.mod(x[None, :] / periods[:, None], 1.0), axis=1)
+    off = 3.0 * np.arange(c)[:, None]
+    wrapped = (np.concatenate([theta, theta + 1.0], axis=1) + off).ravel()
+    ends = np.searchsorted(wrapped, (theta + off + 2.0 * tolerance + 1e-12).ravel(),
+                           side="right").reshape(c, n)
+    counts = ends - (2 * n * np.arange(c)[:, None] + np.arange(n)[None, :])
+    i = np.argmax(counts, axis=1)
+    rows = np.arange(c)
+    return counts[rows, i], (theta[rows, i] + tolerance) * periods
 
 
 def refine_grid(grid: Grid, onsets) -> Grid:
