@@ -12,7 +12,6 @@ from notochord_rt.engine.sampling.constraints import Constraints
 from notochord_rt.model import grid_track, pulse
 from notochord_rt.model.network import NotochordNet
 from notochord_rt.onset_grid import fit_grid
-from notochord_rt.train.evaluate import evaluate
 from notochord_rt.train.sources import collate
 
 
@@ -125,22 +124,6 @@ def test_the_loader_and_the_network_compute_the_same_lines():
         b = net(batch["inst"], batch["pitch"], batch["time"], batch["vel"], cond="iptv",
                 pulse_in=(batch["pulse_loc"], batch["pulse_valid"]))
     torch.testing.assert_close(a["time"], b["time"])
-
-
-def test_chunked_evaluation_places_grid_lines_like_score():
-    from test_pulse import _piece
-
-    torch.manual_seed(1)
-    model = NotochordNet(**tiny_config(time_pulse=2, time_pulse_grid=1)).eval()
-    with torch.no_grad():
-        model.time_head.out.weight.mul_(300.0)
-    piece = _piece(4, 70)
-    ref = model.score(piece.inst, piece.pitch, piece.deltas(), piece.vel, order="iptv",
-                      end="last")
-    expected = -float(ref["time"].double().sum()) / len(piece)
-    for chunk in (2, 7, 1000):
-        got = evaluate(model, [piece], orders=("iptv",), chunk=chunk)["nll"]["time"]
-        assert got == pytest.approx(expected, rel=1e-5, abs=1e-6), chunk
 
 
 def test_a_model_trusting_its_grid_keeps_the_pulse_it_was_given():

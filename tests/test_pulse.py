@@ -184,9 +184,11 @@ def test_widening_keeps_everything_but_time(tmp_path):
     torch.testing.assert_close(b["time"], c["time"])
 
 
-def test_chunked_evaluation_places_pulse_components_like_score():
+@pytest.mark.parametrize("placed", [{}, {"time_pulse_grid": 1}])
+def test_chunked_evaluation_places_pulse_components_like_score(placed):
+    """On interval grids and on the tracked grid's lines (model/grid_track.py) alike."""
     torch.manual_seed(1)
-    model = NotochordNet(**tiny_config(time_pulse=2)).eval()
+    model = NotochordNet(**tiny_config(time_pulse=2, **placed)).eval()
     with torch.no_grad():
         model.time_head.out.weight.mul_(300.0)
     piece = _piece(4, 70)
