@@ -84,12 +84,12 @@ def _sequence(seed: int, n: int):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_training_and_live_grid_lines_agree(seed):
-    """The loader's lines (``sequence_lines``) equal a live sampler's pulse components
-    after feeding the same events (its onset history tracks the grid itself)."""
+    """The loader's lines (``pulse.sequence_grid_lines``) equal a live sampler's pulse
+    components after feeding the same events (its onset history tracks the grid itself)."""
     n, length = 6, 150
     seqs = [_sequence(seed * 10 + j, length) for j in range(2)]
     inst, time, vel = (torch.stack(x) for x in zip(*seqs))
-    loc, valid = grid_track.sequence_lines(inst.numpy(), time.numpy(), vel.numpy(), n)
+    loc, valid = pulse.sequence_grid_lines(inst.numpy(), time.numpy(), vel.numpy(), n)
     assert valid.any() and not valid.all()
     model = tiny_model(seed, time_pulse=2, time_pulse_grid=1)
     free = model.config.time_components

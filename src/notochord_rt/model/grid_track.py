@@ -24,8 +24,9 @@ Definitions (times in seconds, onsets as in :mod:`.pulse`: distinct note-ons):
   next ``n`` lines, the first being the first line more than :data:`EDGE` periods after
   ``now`` (a line that close counts as ``now``: the event just played on it).
 
-Training computes the same thing per sequence with :func:`sequence_lines` (numpy, in the
-data-loader workers), so training and live sampling agree exactly (tested).
+A stream's :class:`~notochord_rt.model.pulse.OnsetHistory` feeds its tracker; training
+feeds one per sequence the same way (:func:`~notochord_rt.model.pulse.sequence_grid_lines`,
+in the data-loader workers), so training and live sampling agree exactly (tested).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import math
 
 import numpy as np
 
-from .. import events as ev
 from ..onset_grid import Grid, fit_grid, refine_grid
 
 WINDOW = 8.0
@@ -47,9 +47,6 @@ REFIT_EVERY = 4
 """Onsets between fresh fits while the music is off its grid (bounds the cost)."""
 EDGE = 0.1
 """Fraction of a period: a line this close after ``now`` counts as ``now``."""
-MIN_IOI = 0.01
-"""Seconds: note-ons closer than this to the previous one belong to the same onset
-(as :data:`notochord_rt.model.pulse.MIN_IOI`)."""
 
 
 class GridTracker:
@@ -106,28 +103,3 @@ class GridTracker:
         t.since_fit = self.since_fit
         return t
 
-
-def sequence_lines(inst: np.ndarray, time: np.ndarray, vel: np.ndarray, n: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(locations ``[B, T, n]`` float64, valid ``[B, T, n]``) of the grid lines after
-    each event of ``[B, T]`` sequences (``time`` = delta seconds; each sequence's history
-    starts at its start), as a live stream fed the same events computes them."""
-    inst, time, vel = (np.asarray(a) for a in (inst, time, vel))
-    b, t = inst.shape
-    loc = np.ones((b, t, n))
-    valid = np.zeros((b, t, n), dtype=bool)
-    on = (inst > ev.START_INST) & (vel >= ev.NOTE_ON_MIN_VEL)
-    for row in range(b):
-        tracker = GridTracker()
-        now, last_on = 0.0, -math.inf
-        dts = time[row].astype(np.float64).tolist()
-        ons = on[row].tolist()
-        for i in range(t):
-            now += dts[i]
-            if ons[i]:
-                if now - last_on >= MIN_IOI:
-                    tracker.add(now)
-                last_on = now
-            if tracker.grid is not None:
-                loc[row, i], valid[row, i] = tracker.lines(now, n)
-    return loc, valid

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from .. import events as ev
 from ..errors import InputError
-from . import grid_track, motif, pulse
+from . import motif, pulse
 from . import validate as V
 from .config import NotochordConfig
 from .distributions import CensoredLogisticMixture, MixtureParams
@@ -239,7 +239,7 @@ class NotochordNet(nn.Module):
         if not k:
             return None
         if self.config.time_pulse_grid:
-            loc, valid = (torch.as_tensor(a, device=self.device) for a in grid_track.sequence_lines(
+            loc, valid = (torch.as_tensor(a, device=self.device) for a in pulse.sequence_grid_lines(
                 *(torch.as_tensor(x).cpu().numpy() for x in (inst, time, vel)),
                 pulse.n_components(k)))
             return loc[:, :-1], valid[:, :-1]

@@ -261,6 +261,32 @@ def sequence_candidates(inst: Tensor, time: Tensor, vel: Tensor, k: int, fit: in
     return torch.where(valid, loc, torch.ones_like(loc)), valid
 
 
+def sequence_grid_lines(inst: np.ndarray, time: np.ndarray, vel: np.ndarray, n: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(locations ``[B, T, n]`` float64, valid ``[B, T, n]``) of the tracked grid's next
+    ``n`` lines after each event of ``[B, T]`` sequences (``time`` = delta seconds; each
+    sequence's history starts at its start), for models with ``time_pulse_grid``
+    (:mod:`.grid_track`): each sequence is fed to an :class:`OnsetHistory` with a tracker
+    as a live stream's events are, so the two agree exactly."""
+    inst, time, vel = (np.asarray(a) for a in (inst, time, vel))
+    b, t = inst.shape
+    loc = np.ones((b, t, n))
+    valid = np.zeros((b, t, n), dtype=bool)
+    on = (inst > ev.START_INST) & (vel >= ev.NOTE_ON_MIN_VEL)
+    for row in range(b):
+        h = OnsetHistory(track=True)
+        now = 0.0
+        dts = time[row].astype(np.float64).tolist()
+        ons = on[row].tolist()
+        for i in range(t):
+            now += dts[i]
+            if ons[i]:
+                h.note_on(now)
+            if h.tracker.grid is not None:
+                loc[row, i], valid[row, i] = h.tracker.lines(now, n)
+    return loc, valid
+
+
 def _first_argmax(x: Tensor) -> Tensor:
     """Index of the first maximum along the last axis (``torch.argmax`` does not promise
     which of equal maxima it returns)."""

@@ -178,7 +178,7 @@ def collate(items: list[dict[str, torch.Tensor]], pitch_copy: int = 0,
     > 0 also the motif candidates ``motif_cand`` / ``motif_valid`` (``[B, T-1, C]``,
     :func:`~notochord_rt.model.motif.sequence_candidates`), and with ``grid_lines`` > 0
     the pulse components' grid lines ``pulse_loc`` / ``pulse_valid`` (``[B, T-1, n]``,
-    :func:`~notochord_rt.model.grid_track.sequence_lines`), so that data-loader workers
+    :func:`~notochord_rt.model.pulse.sequence_grid_lines`), so that data-loader workers
     compute them (Python per event) rather than the training loop."""
     batch = default_collate(items)
     if pitch_copy:
@@ -187,10 +187,10 @@ def collate(items: list[dict[str, torch.Tensor]], pitch_copy: int = 0,
         batch["motif_cand"], batch["motif_valid"] = sequence_candidates(
             batch["inst"], batch["pitch"], batch["vel"], pitch_copy)
     if grid_lines:
-        from ..model.grid_track import sequence_lines
+        from ..model.pulse import sequence_grid_lines
 
-        loc, valid = sequence_lines(batch["inst"].numpy(), batch["time"].numpy(),
-                                    batch["vel"].numpy(), grid_lines)
+        loc, valid = sequence_grid_lines(batch["inst"].numpy(), batch["time"].numpy(),
+                                         batch["vel"].numpy(), grid_lines)
         batch["pulse_loc"] = torch.from_numpy(loc[:, :-1])
         batch["pulse_valid"] = torch.from_numpy(valid[:, :-1])
     return batch

@@ -31,6 +31,7 @@ from ..model.checkpoint import (
     save_training_state,
     training_state_path,
 )
+from ..model.pulse import n_components
 from . import checkpoints as ck
 from . import distributed as dd
 from . import sources
@@ -66,7 +67,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def _grid_lines(config) -> int:
     """Grid lines the loader computes for the pulse components (0: none, or the network
     computes its own pulse candidates)."""
-    return 3 * config.time_pulse if config.time_pulse_grid else 0
+    return n_components(config.time_pulse) if config.time_pulse_grid else 0
 
 
 def _worker_init(worker_id: int) -> None:
