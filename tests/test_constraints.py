@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from tiny import tiny_model
 
 from notochord_rt import events as ev
 from notochord_rt.engine.sampling.atoms import integer_ranges
@@ -54,6 +55,8 @@ def held_notes(*cells, elapsed=0.0, ages=None):
     ({"min_duration": float("nan")}, "min_duration"),
     ({"pitch_temp": -1}, "pitch_temp"),
     ({"timing_temp": math.inf}, "timing_temp"),
+    ({"chord_spread": -0.5}, "chord_spread"),
+    ({"motif_weight": math.inf}, "motif_weight"),
     ({"truncate_quantile_pitch": (0.8, 0.2)}, "truncate_quantile_pitch"),
     ({"steer_density": 2}, "steer_density"),
     ({"inst_weights": {5: -1}}, "inst_weights"),
@@ -318,6 +321,32 @@ def test_mixture_sampling_in_far_tail_is_finite():
     # censored lower bin: P(x <= 5 ms) = sigmoid(0.005 * 2000)
     expected = -math.log1p(math.exp(-10.0))
     assert mixture_log_prob(mix, 0.0, 0.0, 10.0, 0.01) == pytest.approx(expected, rel=1e-9)
+
+
+def test_chord_spread_narrows_only_the_models_now():
+    from notochord_rt.engine.sampling.draw import TOGETHER, narrow_together
+
+    mix = np.stack((np.log([0.3, 0.3, 0.4]), np.array([0.002, TOGETHER, 0.25]),
+                    np.array([100.0, 2000.0, 60.0])))
+    out = narrow_together(mix, 0.25)
+    np.testing.assert_array_equal(out[:2], mix[:2])  # weights and locations kept
+    assert out[2].tolist() == [400.0, 2000.0, 60.0]  # only the component under 10 ms
+    assert mix[2, 0] == 100.0  # a new array
+    # 0: at the location itself (a finite, huge sharpness), still a valid mixture
+    rng = np.random.default_rng(0)
+    zero = narrow_together(mix, 0.0)
+    xs = [sample_mixture(zero, 0.0015, 0.0025, 0.0, 1.0, rng) for _ in range(20)]
+    assert all(abs(x - 0.002) < 1e-4 for x in xs)
+    # through the sampler: the time row it draws from carries the narrowed widths
+    model = tiny_model(3)
+    model.reset()
+    model.feed(1, 60, 0.0, 80)
+    rows = {s: model.sample(Constraints(chord_spread=s, inst=1, vel=80.0),
+                            return_params=True).params["t"] for s in (1.0, 0.5)}
+    now = rows[1.0][1] < TOGETHER
+    np.testing.assert_allclose(rows[0.5][2][now], 2.0 * rows[1.0][2][now])
+    np.testing.assert_allclose(rows[0.5][2][~now], rows[1.0][2][~now])
+    np.testing.assert_allclose(rows[0.5][:2], rows[1.0][:2])
 
 
 def test_timing_temperature_zero_returns_location():

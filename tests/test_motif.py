@@ -174,3 +174,37 @@ def test_sampler_copies_a_riff_when_the_gates_trust_it():
     model.feed(1, 61, 0.1, 80)
     model.set_state(state)
     assert model.sample(seed=9) == a
+
+
+def test_motif_weight_reweights_the_models_own_candidates():
+    from notochord_rt.errors import InputError
+
+    model = tiny_model(4, pitch_copy=1)
+    riff = [60, 67, 63, 72]
+    model.reset()
+    for p in riff * 3:
+        model.feed(1, p, 0.2, 90)
+        model.feed(1, p, 0.1, 0)
+    # instrument, velocity and time fixed: the pitch head sees the same inputs each time
+    rows = {w: np.asarray(model.sample(Constraints(motif_weight=w, inst=1, vel=90.0,
+                                                   time=0.2),
+                                       order="ivtp", return_params=True).params["p"])
+            for w in (0.0, 1.0, 8.0)}
+    # the last pitch (one back) and what followed it, its last 2 and 3 pitches and its
+    # last interval before (all 60): two distinct candidates
+    cand = [60, 72]
+    other = np.setdiff1d(np.arange(128), cand)
+
+    def share(w):
+        p = np.exp(rows[w] - rows[w].max())
+        p /= p.sum()
+        return p[cand].sum()
+
+    assert share(0.0) == 0.0 and 0.0 < share(1.0) < share(8.0) < 1.0
+    # x8 on the odds of each candidate pitch (once, however many kinds propose it)
+    odds = {w: share(w) / (1 - share(w)) for w in (1.0, 8.0)}
+    assert odds[8.0] / odds[1.0] == pytest.approx(8.0, rel=1e-6)
+    np.testing.assert_allclose(rows[8.0][other], rows[1.0][other])  # others unchanged
+    np.testing.assert_allclose(rows[8.0][cand] - rows[1.0][cand], np.log(8.0))
+    with pytest.raises(InputError, match="motif_weight"):
+        Constraints(motif_weight=float("nan")).validate()

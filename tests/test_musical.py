@@ -127,5 +127,25 @@ def test_osc_sample_fills_in_the_musical_defaults():
     assert cons.min_duration == DEFAULTS.min_durations()
     mine = sample_constraints({"pitch_temp": 1.0, "min_duration": 0.2}, DEFAULTS)
     assert mine.pitch_temp == 1.0 and mine.min_duration == 0.2  # the client's values win
+    assert cons.motif_weight == DEFAULTS.motif_weight != 1.0
+    assert cons.chord_spread == DEFAULTS.chord_spread != 1.0
+    assert cons.pulse_weight == DEFAULTS.pulse_weight != 1.0
     raw = sample_constraints({}, None)
     assert raw.pitch_temp == 1.0 and raw.min_duration == 0.0
+    assert raw.motif_weight == raw.chord_spread == raw.pulse_weight == 1.0
+
+
+def test_generate_cli_takes_the_sampling_weights_and_raw_resets_them():
+    import argparse
+
+    from notochord_rt.cli import generate as cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--motif-weight", "5", "--chord-spread", "0"])
+    opts = cli._options(args, None)
+    assert (opts.motif_weight, opts.chord_spread) == (5.0, 0.0)
+    assert opts.pulse_weight == DEFAULTS.pulse_weight
+    opts = cli._options(parser.parse_args(["--raw"]), None)
+    assert opts.motif_weight == opts.chord_spread == opts.pulse_weight == 1.0
+    assert GenerateOptions().max_total_polyphony == 12

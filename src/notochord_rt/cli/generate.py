@@ -64,6 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="weight of the model's pulse components, the lines of the grid "
                             "it tracks through the music: above 1 it keeps its pulse more "
                             f"firmly (default {DEFAULTS.pulse_weight:g}; 1 with --raw)")
+    temps.add_argument("--motif-weight", type=float, default=None,
+                       help="weight of the pitches the model's motif copying proposes (an "
+                            "instrument's recent pitches and what followed them before): "
+                            "above 1 its riffs and figures come back more often (default "
+                            f"{DEFAULTS.motif_weight:g}; 1 with --raw)")
+    temps.add_argument("--chord-spread", type=float, default=None,
+                       help="width of the model's time components for notes it plays "
+                            "together (within 10 ms): below 1 tighter chords, 0 exactly "
+                            f"together (default {DEFAULTS.chord_spread:g}; 1 with --raw)")
     temps.add_argument("--min-duration", type=float, default=None,
                        help="seconds: avoid shorter melodic notes, a soft limit (default "
                             f"{DEFAULTS.min_duration}; 0 with --raw)")
@@ -103,8 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "at most 1)")
     guards.add_argument("--max-polyphony", type=int, default=8,
                         help="most notes one instrument holds at once (default 8)")
-    guards.add_argument("--max-total-polyphony", type=int, default=24,
-                        help="most notes of all instruments at once (default 24)")
+    guards.add_argument("--max-total-polyphony", type=int, default=12,
+                        help="most notes of all instruments at once (default 12)")
     guards.add_argument("--max-gap", type=float, default=3.0,
                         help="soft limit on the seconds between events (default 3)")
 
@@ -117,7 +126,7 @@ def _options(args: argparse.Namespace, instruments):
     base = GenerateOptions.raw() if args.raw else GenerateOptions()
     chosen = {name: getattr(args, name) for name in (
         "pitch_temp", "rhythm_temp", "timing_temp", "inst_temp", "vel_temp", "pulse_weight",
-        "min_duration", "balance")}
+        "motif_weight", "chord_spread", "min_duration", "balance")}
     musical = {k: (getattr(base, k) if v is None else v) for k, v in chosen.items()}
     opts = GenerateOptions(
         seconds=seconds, events=args.events, seed=args.seed, instruments=instruments,

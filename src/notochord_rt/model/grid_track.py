@@ -16,10 +16,15 @@ Definitions (times in seconds, onsets as in :mod:`.pulse`: distinct note-ons):
 * at each new onset the current grid is refined by least squares to the window's
   onsets (:func:`~notochord_rt.onset_grid.refine_grid`), and kept if at least
   :data:`KEEP_SHARE` of them lie on it; otherwise (and when there is none) the grid is
-  fitted afresh (:func:`~notochord_rt.onset_grid.fit_grid`, then refined), but at most
+  fitted afresh (:func:`~notochord_rt.onset_grid.fit_grid`, then refined), at most
   once every :data:`REFIT_EVERY` onsets (in between, the refined grid is kept). Refining
   is cheap (about 0.1 ms) and keeps the phase continuous; a fresh fit (about 1 ms)
-  happens only when the music has left the grid;
+  happens only when the music has left the grid. Every onset (``REFIT_EVERY`` 1): at 4
+  (the value v10 was trained with) a continuation began up to three onsets late on a
+  grid that no longer held its prompt, and kept 0.65 of its onsets on the prompt's grid
+  against 0.73 at 1 (docs/model-card.md); on music that is on no grid at all (random
+  onsets, 10 a second) this costs 0.8 ms per onset at p50 instead of 0.07, the same
+  1.8 ms at p99;
 * after an event at ``now`` the candidate locations are the delta times to the grid's
   next ``n`` lines, the first being the first line more than :data:`EDGE` periods after
   ``now`` (a line that close counts as ``now``: the event just played on it).
@@ -43,8 +48,8 @@ MIN_ONSETS = 6
 """Fewest onsets in the window for a grid."""
 KEEP_SHARE = 0.75
 """Share of the window's onsets that must lie on the current grid to keep it."""
-REFIT_EVERY = 4
-"""Onsets between fresh fits while the music is off its grid (bounds the cost)."""
+REFIT_EVERY = 1
+"""Onsets between fresh fits while the music is off its grid (1: at every such onset)."""
 EDGE = 0.1
 """Fraction of a period: a line this close after ``now`` counts as ``now``."""
 

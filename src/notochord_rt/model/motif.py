@@ -28,6 +28,8 @@ The same class, :class:`MotifHistory`, computes candidates for the live sampler 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -128,13 +130,18 @@ class MotifHistory:
         return h
 
 
-def apply(out: np.ndarray, cand: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def apply(out: np.ndarray, cand: np.ndarray, valid: np.ndarray, weight: float = 1.0
+          ) -> np.ndarray:
     """The pitch logits: head output ``out`` (logits then one gate per candidate kind)
-    with each valid candidate's gate added to its pitch's logit."""
+    with each valid candidate's gate added to its pitch's logit, and the odds of every
+    distinct candidate pitch multiplied by ``weight`` (a sampling setting,
+    ``Constraints.motif_weight``; 1 = the model as it is, 0 = never a candidate)."""
     c = len(cand)
     logits = out[:len(out) - c].copy()
     if c:
         np.add.at(logits, cand[valid], out[len(out) - c:][valid])
+        if weight != 1.0 and valid.any():
+            logits[np.unique(cand[valid])] += math.log(weight) if weight > 0 else -np.inf
     return logits
 
 

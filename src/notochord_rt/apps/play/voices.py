@@ -397,6 +397,8 @@ class Rig:
             rhythm_temp=c["rhythm_temp"].value,
             timing_temp=c["timing_temp"].value,
             pulse_weight=DEFAULTS.pulse_weight,
+            motif_weight=DEFAULTS.motif_weight,
+            chord_spread=DEFAULTS.chord_spread,
         )
 
     def auto_voices(self) -> list[VoiceConfig]:

@@ -36,6 +36,15 @@ a model with ``time_pulse_grid``: the next lines of the grid it tracks through t
 stream, :mod:`~notochord_rt.model.grid_track`): above 1 the model stays closer to the
 pulse it has been playing. No grid is imposed and no time is moved: the lines are the
 model's own; 1 samples the model as it is, and a model without pulse components ignores it.
+``motif_weight`` does the same for pitch: it multiplies the odds of every pitch the
+model's motif copying proposes for the instrument (its recent pitches and what followed
+their earlier occurrences, :mod:`~notochord_rt.model.motif`); above 1 riffs and figures
+come back more often. Nothing is copied: the candidates are the model's own, and a model
+without motif copying (or a pitch drawn before its instrument) ignores it.
+``chord_spread`` multiplies the width of the time components the model places within
+10 ms of the previous event (its "now": the notes it means to play together, chord
+notes and a note-off with the next note-on): below 1 its chords are struck tighter, 0
+exactly together; the weights of "now" against a gap are unchanged.
 """
 
 from __future__ import annotations
@@ -132,6 +141,8 @@ class Constraints:
     timing_temp: float = 1.0
     vel_temp: float = 1.0
     pulse_weight: float = 1.0
+    motif_weight: float = 1.0
+    chord_spread: float = 1.0
     truncate_quantile_time: tuple[float, float] = (0.0, 1.0)
     truncate_quantile_pitch: tuple[float, float] = (0.0, 1.0)
     truncate_quantile_vel: tuple[float, float] = (0.0, 1.0)
@@ -370,6 +381,8 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     Field("timing_temp", "real", 0.0, _INF, finite=True),
     Field("vel_temp", "real", 0.0, _INF, finite=True),
     Field("pulse_weight", "real", 0.0, _INF, finite=True),
+    Field("motif_weight", "real", 0.0, _INF, finite=True),
+    Field("chord_spread", "real", 0.0, _INF, finite=True),
     Field("truncate_quantile_time", "quantile", 0.0, 1.0),
     Field("truncate_quantile_pitch", "quantile", 0.0, 1.0),
     Field("truncate_quantile_vel", "quantile", 0.0, 1.0),

@@ -137,6 +137,22 @@ def _masses(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.maximum(mass, 0.0), f, s
 
 
+TOGETHER = 0.01
+"""Seconds: time components located closer than this to the previous event are the
+model's "now" (notes it means to play together: chord notes, a note-off and the next
+note-on). The same threshold makes two note-ons distinct onsets in the pulse history."""
+
+
+def narrow_together(mix: np.ndarray, spread: float, below: float = TOGETHER) -> np.ndarray:
+    """The mixture with the widths of its components located under ``below`` seconds
+    multiplied by ``spread`` (``Constraints.chord_spread``); a new array. Weights and
+    locations are unchanged: only how far apart the model's "together" notes land."""
+    out = np.array(mix, dtype=np.float64, copy=True)
+    if spread != 1.0:
+        out[2, out[1] < below] /= max(spread, 1e-6)  # 0: at the location itself
+    return out
+
+
 def mixture_mass(mix: np.ndarray, a: float, b: float) -> float:
     """Probability of ``[a, b]`` (``-inf``/``inf`` allowed) under the mixture."""
     z = (np.array([[a], [b]]) - mix[1]) * mix[2]

@@ -30,6 +30,7 @@ from ...errors import InputError, NoPossibleEvents
 from ...model import motif, pulse
 from ..cores.core import InferenceCore
 from .constraints import Constraints, check_order
+from .draw import narrow_together
 from .grid import inst_retimer, place
 from .guards import forced_breaks
 from .held import HeldNotes
@@ -200,6 +201,8 @@ class EventDraw:
                                              *pulse.grid_options(self.config))
             out = pulse.fill_rows(out, *loc_valid, self.config.time_pulse_gain,
                                   self.comp.cons.pulse_weight)
+        if m == "t" and self.comp.cons.chord_spread != 1.0:
+            out = narrow_together(out, self.comp.cons.chord_spread)
         elif m == "p" and self.motifs is not None:
             out = self._pitch_logits(out)
         if self.params is not None:
@@ -215,7 +218,8 @@ class EventDraw:
         inst = self.sup.fixed.get("i")
         if inst is None:
             return out[:len(out) - motif.n_candidates(k)]
-        return motif.apply(out, *self.motifs.candidates(int(inst), k))
+        return motif.apply(out, *self.motifs.candidates(int(inst), k),
+                           self.comp.cons.motif_weight)
 
     def embed_value(self, m: str) -> float:
         """The fixed value of ``m`` as the network takes it (time clamped to its support)."""
