@@ -215,3 +215,25 @@ def test_the_batched_exact_search_matches_a_plain_one():
         for p, c, ph in zip(periods, counts, phases):
             want = _one_period(x, float(p), 0.1)
             assert (int(c), float(ph)) == pytest.approx(want, abs=1e-12)
+
+
+def test_trackers_fed_the_same_onsets_share_a_fresh_fit():
+    from notochord_rt.model import grid_track
+    from notochord_rt.onset_grid import fit_grid, refine_grid
+
+    rng = np.random.default_rng(3)
+    onsets = np.cumsum(rng.uniform(0.05, 0.3, 60))  # on no grid: refits at every onset
+    a, b = grid_track.GridTracker(), grid_track.GridTracker()
+    grid_track._RECENT.clear()
+    shared = 0
+    for t in onsets:
+        a.add(float(t))
+        b.add(float(t))
+        assert b.grid == a.grid
+        if a.grid is not None and a.since_fit == 0:  # just refitted
+            assert b.grid is a.grid  # the second tracker got the first one's fit
+            x = np.asarray(a.onsets)
+            assert a.grid == refine_grid(fit_grid(x), x)  # and it is the fit itself
+            shared += 1
+    assert shared > 20
+    assert len(grid_track._RECENT) <= grid_track._RECENT_MAX

@@ -24,7 +24,8 @@ Definitions (times in seconds, onsets as in :mod:`.pulse`: distinct note-ons):
   grid that no longer held its prompt, and kept 0.65 of its onsets on the prompt's grid
   against 0.73 at 1 (docs/model-card.md); on music that is on no grid at all (random
   onsets, 10 a second) this costs 0.8 ms per onset at p50 instead of 0.07, the same
-  1.8 ms at p99;
+  1.8 ms at p99, and the streams of one live session (fed the same events on the same
+  clock) share each fresh fit instead of repeating it;
 * after an event at ``now`` the candidate locations are the delta times to the grid's
   next ``n`` lines, the first being the first line more than :data:`EDGE` periods after
   ``now`` (a line that close counts as ``now``: the event just played on it).
@@ -52,6 +53,25 @@ REFIT_EVERY = 1
 """Onsets between fresh fits while the music is off its grid (1: at every such onset)."""
 EDGE = 0.1
 """Fraction of a period: a line this close after ``now`` counts as ``now``."""
+
+
+_RECENT: dict[bytes, Grid] = {}
+"""The last few fresh fits by their window's onsets: the voices of one live session are
+streams fed the same events on the same clock, so their trackers refit the same window
+one after the other (the result is a function of the onsets alone)."""
+_RECENT_MAX = 16
+
+
+def _fresh_grid(x: np.ndarray) -> Grid:
+    """``fit_grid`` then ``refine_grid`` on the window ``x``, remembered for a while."""
+    key = x.tobytes()
+    g = _RECENT.get(key)
+    if g is None:
+        g = refine_grid(fit_grid(x), x)
+        if len(_RECENT) >= _RECENT_MAX:
+            _RECENT.clear()  # one call, safe beside other threads' lookups
+        _RECENT[key] = g
+    return g
 
 
 class GridTracker:
@@ -84,7 +104,7 @@ class GridTracker:
             if self.since_fit < REFIT_EVERY or g.on_grid(x).mean() >= KEEP_SHARE:
                 self.grid = g
                 return
-        self.grid = refine_grid(fit_grid(x), x)
+        self.grid = _fresh_grid(x)
         self.since_fit = 0
 
     def lines(self, now: float, n: int) -> tuple[np.ndarray, np.ndarray]:
