@@ -29,9 +29,10 @@ def test_the_tracker_finds_and_keeps_a_humanised_pulse():
     onsets = _humanised(112.0, 30.0, seed=1)
     for t in onsets[:5]:
         tracker.add(float(t))
-    assert tracker.grid is None  # fewer than MIN_ONSETS
-    for t in onsets[5:]:
+    assert not tracker.ready and tracker.grid is None  # fewer than MIN_ONSETS
+    for t in onsets[5:]:  # read after every onset, as a sampler drawing times does
         tracker.add(float(t))
+        tracker.lines(float(t), 1)
     step = 15.0 / 112.0
     assert tracker.grid is not None
     # a 16th grid or one of its multiples, and its lines fall on the true ones
@@ -50,6 +51,7 @@ def test_the_tracker_follows_a_tempo_change():
     second = first[-1] + 0.3 + _humanised(140.0, 16.0, seed=3)
     for t in np.concatenate([first, second]):
         tracker.add(float(t))
+        tracker.lines(float(t), 1)
     window = second[second >= second[-1] - grid_track.WINDOW]
     assert tracker.grid.on_grid(window).mean() >= 0.9
     ratio = tracker.grid.period / (15.0 / 140.0)
@@ -65,7 +67,8 @@ def test_no_grid_until_enough_onsets_and_copies_are_independent():
     snap = tracker.copy()
     tracker.clear()
     assert tracker.grid is None and tracker.onsets == []
-    assert snap.grid is not None and len(snap.onsets) >= grid_track.MIN_ONSETS
+    assert snap.ready and len(snap.onsets) >= grid_track.MIN_ONSETS
+    assert snap.lines(6.0, 2)[1].all() and snap.grid is not None
 
 
 def _sequence(seed: int, n: int):
@@ -85,7 +88,9 @@ def _sequence(seed: int, n: int):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_training_and_live_grid_lines_agree(seed):
     """The loader's lines (``pulse.sequence_grid_lines``) equal a live sampler's pulse
-    components after feeding the same events (its onset history tracks the grid itself)."""
+    components after feeding the same events (its onset history tracks the grid itself),
+    when the sampler reads them after every event as training does (a fresh fit waits
+    for the next read: a stream fed several events between reads may differ)."""
     n, length = 6, 150
     seqs = [_sequence(seed * 10 + j, length) for j in range(2)]
     inst, time, vel = (torch.stack(x) for x in zip(*seqs))
@@ -98,9 +103,9 @@ def test_training_and_live_grid_lines_agree(seed):
         checked = 0
         for i in range(1, length):  # event 0 is the start event the reset feeds
             model.feed(int(inst[b, i]), 60, float(time[b, i]), float(vel[b, i]))
+            t = model.sample(return_params=True).params["t"]
             if i % 7:
                 continue
-            t = model.sample(return_params=True).params["t"]
             lv, on = t[1, free:], np.isfinite(t[0, free:])
             assert on.tolist() == valid[b, i].tolist(), (b, i)
             np.testing.assert_allclose(lv[on], loc[b, i][on], atol=1e-4)
@@ -165,7 +170,7 @@ def test_pulse_module_uses_the_tracker_only_when_asked():
     assert h.tracker.onsets == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
     c = h.copy()
     h.clear()
-    assert c.tracker.grid is not None and h.tracker.grid is None
+    assert c.tracker.ready and not h.tracker.ready
 
 
 def test_pulse_weight_reweights_the_models_own_pulse_components():
@@ -217,23 +222,31 @@ def test_the_batched_exact_search_matches_a_plain_one():
             assert (int(c), float(ph)) == pytest.approx(want, abs=1e-12)
 
 
-def test_trackers_fed_the_same_onsets_share_a_fresh_fit():
+def test_a_fresh_fit_waits_until_the_lines_are_read():
     from notochord_rt.model import grid_track
     from notochord_rt.onset_grid import fit_grid, refine_grid
 
     rng = np.random.default_rng(3)
-    onsets = np.cumsum(rng.uniform(0.05, 0.3, 60))  # on no grid: refits at every onset
-    a, b = grid_track.GridTracker(), grid_track.GridTracker()
-    grid_track._RECENT.clear()
-    shared = 0
-    for t in onsets:
-        a.add(float(t))
-        b.add(float(t))
-        assert b.grid == a.grid
-        if a.grid is not None and a.since_fit == 0:  # just refitted
-            assert b.grid is a.grid  # the second tracker got the first one's fit
-            x = np.asarray(a.onsets)
-            assert a.grid == refine_grid(fit_grid(x), x)  # and it is the fit itself
-            shared += 1
-    assert shared > 20
-    assert len(grid_track._RECENT) <= grid_track._RECENT_MAX
+    onsets = np.cumsum(rng.uniform(0.05, 0.3, 60)).tolist()  # on no grid: refits
+    eager, lazy = grid_track.GridTracker(), grid_track.GridTracker()
+    fits = 0
+    for t in onsets:  # read after every onset, as training and generation do
+        eager.add(t)
+        fits += eager.stale
+        x = np.asarray(eager.onsets)
+        want = refine_grid(fit_grid(x), x) if eager.stale else eager.grid
+        loc, valid = eager.lines(t, 4)
+        assert eager.grid == want and not eager.stale
+        if want is not None:
+            np.testing.assert_allclose(loc[0], want.phase + want.period * (
+                np.floor((t - want.phase) / want.period + grid_track.EDGE) + 1) - t)
+    assert fits > 20
+    for t in onsets:  # fed without reading (a prompt, or answers at fixed times)
+        lazy.add(t)
+    assert lazy.stale  # nothing fitted yet: one fit when the lines are first read
+    x = np.asarray(lazy.onsets)
+    lazy.lines(onsets[-1], 4)
+    assert lazy.grid == refine_grid(fit_grid(x), x) and not lazy.stale
+    c = lazy.copy()
+    c.add(onsets[-1] + 0.1)
+    assert c.onsets != lazy.onsets

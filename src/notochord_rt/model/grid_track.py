@@ -16,16 +16,16 @@ Definitions (times in seconds, onsets as in :mod:`.pulse`: distinct note-ons):
 * at each new onset the current grid is refined by least squares to the window's
   onsets (:func:`~notochord_rt.onset_grid.refine_grid`), and kept if at least
   :data:`KEEP_SHARE` of them lie on it; otherwise (and when there is none) the grid is
-  fitted afresh (:func:`~notochord_rt.onset_grid.fit_grid`, then refined), at most
-  once every :data:`REFIT_EVERY` onsets (in between, the refined grid is kept). Refining
-  is cheap (about 0.1 ms) and keeps the phase continuous; a fresh fit (about 1 ms)
-  happens only when the music has left the grid. Every onset (``REFIT_EVERY`` 1): at 4
-  (the value v10 was trained with) a continuation began up to three onsets late on a
-  grid that no longer held its prompt, and kept 0.65 of its onsets on the prompt's grid
-  against 0.73 at 1 (docs/model-card.md); on music that is on no grid at all (random
-  onsets, 10 a second) this costs 0.8 ms per onset at p50 instead of 0.07, the same
-  1.8 ms at p99, and the streams of one live session (fed the same events on the same
-  clock) share each fresh fit instead of repeating it;
+  fitted afresh (:func:`~notochord_rt.onset_grid.fit_grid`, then refined) when its
+  lines are next read. Refining is cheap (about 0.1 ms) and keeps the phase continuous;
+  a fresh fit (about 1 ms) happens only when the music has left the grid, and only where
+  the lines are used: a sampler reads them to draw a time, so an answer played at once
+  (its time fixed) and a prompt fed event by event cost one fit at most, at the next
+  drawn time. Training reads them after every event (each event's lines are an input),
+  as does a free-running sampler, so both refit at every onset off the grid. (v10 was
+  trained refitting at most every 4th onset; a continuation then began up to three
+  onsets late on a grid that no longer held its prompt and kept 0.65 of its onsets on
+  the prompt's grid, against 0.73 now: docs/model-card.md);
 * after an event at ``now`` the candidate locations are the delta times to the grid's
   next ``n`` lines, the first being the first line more than :data:`EDGE` periods after
   ``now`` (a line that close counts as ``now``: the event just played on it).
@@ -49,40 +49,19 @@ MIN_ONSETS = 6
 """Fewest onsets in the window for a grid."""
 KEEP_SHARE = 0.75
 """Share of the window's onsets that must lie on the current grid to keep it."""
-REFIT_EVERY = 1
-"""Onsets between fresh fits while the music is off its grid (1: at every such onset)."""
 EDGE = 0.1
 """Fraction of a period: a line this close after ``now`` counts as ``now``."""
-
-
-_RECENT: dict[bytes, Grid] = {}
-"""The last few fresh fits by their window's onsets: the voices of one live session are
-streams fed the same events on the same clock, so their trackers refit the same window
-one after the other (the result is a function of the onsets alone)."""
-_RECENT_MAX = 16
-
-
-def _fresh_grid(x: np.ndarray) -> Grid:
-    """``fit_grid`` then ``refine_grid`` on the window ``x``, remembered for a while."""
-    key = x.tobytes()
-    g = _RECENT.get(key)
-    if g is None:
-        g = refine_grid(fit_grid(x), x)
-        if len(_RECENT) >= _RECENT_MAX:
-            _RECENT.clear()  # one call, safe beside other threads' lookups
-        _RECENT[key] = g
-    return g
 
 
 class GridTracker:
     """The tracked grid of one stream (see the module docstring)."""
 
-    __slots__ = ("onsets", "grid", "since_fit")
+    __slots__ = ("onsets", "grid", "stale")
 
     def __init__(self) -> None:
         self.onsets: list[float] = []
         self.grid: Grid | None = None
-        self.since_fit = 0
+        self.stale = False  # the grid must be fitted afresh before its lines are read
 
     def add(self, t: float) -> None:
         """Account for a distinct onset at stream time ``t`` (non-decreasing)."""
@@ -93,23 +72,29 @@ class GridTracker:
             cut += 1
         if cut:
             del on[:cut]
-        self.since_fit += 1
         if len(on) < MIN_ONSETS:
-            self.grid = None
+            self.grid, self.stale = None, False
             return
         x = np.asarray(on)
-        g = self.grid
-        if g is not None:
-            g = refine_grid(g, x)
-            if self.since_fit < REFIT_EVERY or g.on_grid(x).mean() >= KEEP_SHARE:
-                self.grid = g
+        if self.grid is not None:
+            self.grid = refine_grid(self.grid, x)
+            if self.grid.on_grid(x).mean() >= KEEP_SHARE:
+                self.stale = False
                 return
-        self.grid = _fresh_grid(x)
-        self.since_fit = 0
+        self.stale = True
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`lines` has (or will fit) a grid."""
+        return self.grid is not None or self.stale
 
     def lines(self, now: float, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(delta times to the next ``n`` grid lines after ``now`` ``[n]``, valid ``[n]``);
-        without a grid every location is 1 and none is valid."""
+        without a grid every location is 1 and none is valid. A pending fresh fit is done
+        here, once, on the onsets of the window as they are now."""
+        if self.stale:
+            x = np.asarray(self.onsets)
+            self.grid, self.stale = refine_grid(fit_grid(x), x), False
         if self.grid is None or n == 0:
             return np.ones(n), np.zeros(n, dtype=bool)
         period, phase = self.grid.period, self.grid.phase
@@ -118,13 +103,10 @@ class GridTracker:
 
     def clear(self) -> None:
         self.onsets.clear()
-        self.grid = None
-        self.since_fit = 0
+        self.grid, self.stale = None, False
 
     def copy(self) -> GridTracker:
         t = GridTracker()
         t.onsets = list(self.onsets)
-        t.grid = self.grid
-        t.since_fit = self.since_fit
+        t.grid, t.stale = self.grid, self.stale
         return t
-

@@ -282,7 +282,7 @@ def sequence_grid_lines(inst: np.ndarray, time: np.ndarray, vel: np.ndarray, n: 
             now += dts[i]
             if ons[i]:
                 h.note_on(now)
-            if h.tracker.grid is not None:
+            if h.tracker.ready:
                 loc[row, i], valid[row, i] = h.tracker.lines(now, n)
     return loc, valid
 
