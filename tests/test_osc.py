@@ -670,7 +670,10 @@ def test_cli_serves_and_stops_on_ctrl_c(ckpt, tmp_path, song_file):
     proc = subprocess.Popen(
         [sys.executable, "-m", "notochord_rt", "serve", "--checkpoint", str(ckpt),
          "--port", "0", "--prompt", str(song), "--max-sessions", "2"],
-        stderr=subprocess.PIPE, text=True, env=env)
+        stderr=subprocess.PIPE, text=True, env=env,
+        # Ctrl-C must reach it even when the suite runs with SIGINT ignored (a background
+        # job of a non-interactive shell): an ignored signal is inherited
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         m, lines, deadline = None, [], time.monotonic() + 60
         while m is None and time.monotonic() < deadline:

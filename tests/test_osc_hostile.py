@@ -530,9 +530,13 @@ def test_the_cli_server_survives_the_issue_packets(ckpt):
     import subprocess
     import sys
 
+    # Ctrl-C must reach the server even when this suite runs with SIGINT ignored (a
+    # background job of a non-interactive shell, e.g. `nohup bash .ci/run &`): a child
+    # inherits an ignored signal, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "notochord_rt", "serve", "--checkpoint",
                              str(ckpt), "--port", "0"], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         m, deadline = None, time.monotonic() + 60
         while m is None and time.monotonic() < deadline:

@@ -25,7 +25,7 @@ Definitions (times in seconds, onsets as in :mod:`.pulse`: distinct note-ons):
   as does a free-running sampler, so both refit at every onset off the grid. (v10 was
   trained refitting at most every 4th onset; a continuation then began up to three
   onsets late on a grid that no longer held its prompt and kept 0.65 of its onsets on
-  the prompt's grid, against 0.73 now: docs/model-card.md);
+  the prompt's grid, against 0.77 now: docs/model-card.md);
 * after an event at ``now`` the candidate locations are the delta times to the grid's
   next ``n`` lines, the first being the first line more than :data:`EDGE` periods after
   ``now`` (a line that close counts as ``now``: the event just played on it).
