@@ -87,6 +87,12 @@ class MusicalDefaults:
                    harmony_pitch_temp=1.0, pulse_weight=1.0, motif_weight=1.0,
                    chord_spread=1.0, balance=False)
 
+    def reweighting(self) -> dict[str, float]:
+        """The :class:`Constraints` fields that re-weight the model's own pulse, motif
+        and "now" components, as keyword arguments (one place for every app)."""
+        return {"pulse_weight": self.pulse_weight, "motif_weight": self.motif_weight,
+                "chord_spread": self.chord_spread}
+
     def min_durations(self, insts: Iterable[int] | None = None) -> dict[int, float]:
         """``min_duration`` as a per-instrument map (see :func:`melodic_min_durations`)."""
         return melodic_min_durations(self.min_duration, insts)

@@ -126,8 +126,7 @@ class GenerateOptions:
     def raw(cls, **values) -> GenerateOptions:
         """Options that sample the model as it is (no musical defaults), with ``values``."""
         base = dict(pitch_temp=RAW.pitch_temp, inst_temp=RAW.inst_temp,
-                    vel_temp=RAW.vel_temp, pulse_weight=RAW.pulse_weight,
-                    motif_weight=RAW.motif_weight, chord_spread=RAW.chord_spread,
+                    vel_temp=RAW.vel_temp, **RAW.reweighting(),
                     min_duration=RAW.min_duration, balance=RAW.balance)
         return cls(**{**base, **values})
 

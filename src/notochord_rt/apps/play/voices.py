@@ -396,9 +396,7 @@ class Rig:
             pitch_temp=c["pitch_temp"].value,
             rhythm_temp=c["rhythm_temp"].value,
             timing_temp=c["timing_temp"].value,
-            pulse_weight=DEFAULTS.pulse_weight,
-            motif_weight=DEFAULTS.motif_weight,
-            chord_spread=DEFAULTS.chord_spread,
+            **DEFAULTS.reweighting(),
         )
 
     def auto_voices(self) -> list[VoiceConfig]:
