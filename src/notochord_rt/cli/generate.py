@@ -60,19 +60,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             ("vel", "velocity component width", DEFAULTS.vel_temp)):
         temps.add_argument(f"--{name}-temp", type=float, default=None,
                            help=f"{what} (default {default}; 1 with --raw)")
-    temps.add_argument("--pulse-weight", type=float, default=None,
-                       help="weight of the model's pulse components, the lines of the grid "
-                            "it tracks through the music: above 1 it keeps its pulse more "
-                            f"firmly (default {DEFAULTS.pulse_weight:g}; 1 with --raw)")
-    temps.add_argument("--motif-weight", type=float, default=None,
-                       help="weight of the pitches the model's motif copying proposes (an "
-                            "instrument's recent pitches and what followed them before): "
-                            "above 1 its riffs and figures come back more often (default "
-                            f"{DEFAULTS.motif_weight:g}; 1 with --raw)")
-    temps.add_argument("--chord-spread", type=float, default=None,
-                       help="width of the model's time components for notes it plays "
-                            "together (within 10 ms): below 1 tighter chords, 0 exactly "
-                            f"together (default {DEFAULTS.chord_spread:g}; 1 with --raw)")
+    for name, what in (
+            ("pulse_weight", "weight of the model's pulse components, the lines of the grid "
+                             "it tracks through the music: above 1 it keeps its pulse more "
+                             "firmly"),
+            ("motif_weight", "weight of the pitches the model's motif copying proposes (an "
+                             "instrument's recent pitches and what followed them before): "
+                             "above 1 its riffs and figures come back more often"),
+            ("chord_spread", "width of the model's time components for notes it plays "
+                             "together (within 10 ms): below 1 tighter chords, 0 exactly "
+                             "together")):
+        temps.add_argument("--" + name.replace("_", "-"), type=float, default=None,
+                           help=f"{what} (default {getattr(DEFAULTS, name):g}; 1 with --raw)")
     temps.add_argument("--min-duration", type=float, default=None,
                        help="seconds: avoid shorter melodic notes, a soft limit (default "
                             f"{DEFAULTS.min_duration}; 0 with --raw)")
