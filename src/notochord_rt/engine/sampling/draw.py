@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from ...model.pulse import MIN_IOI
+
 QUANTILE_K = 128
 
 
@@ -137,10 +139,10 @@ def _masses(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.maximum(mass, 0.0), f, s
 
 
-TOGETHER = 0.01
+TOGETHER = MIN_IOI
 """Seconds: time components located closer than this to the previous event are the
 model's "now" (notes it means to play together: chord notes, a note-off and the next
-note-on). The same threshold makes two note-ons distinct onsets in the pulse history."""
+note-on); the threshold that makes two note-ons distinct onsets in the pulse history."""
 
 
 def narrow_together(mix: np.ndarray, spread: float, below: float = TOGETHER) -> np.ndarray:

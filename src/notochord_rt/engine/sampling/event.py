@@ -191,18 +191,19 @@ class EventDraw:
         sup = self.sup
         if not sup.atoms:
             raise NoPossibleEvents(f"{self.where}no possible event left while sampling")
-        if m == "t" and self.onsets_of is not None:
-            h = self.onsets_of
-            if h.onsets.tracker is not None:
-                loc_valid = h.onsets.tracker.lines(
-                    h.elapsed, pulse.n_components(self.config.time_pulse))
-            else:
-                loc_valid = pulse.candidates(h.onsets.onsets, h.elapsed,
-                                             *pulse.grid_options(self.config))
-            out = pulse.fill_rows(out, *loc_valid, self.config.time_pulse_gain,
-                                  self.comp.cons.pulse_weight)
-        if m == "t" and self.comp.cons.chord_spread != 1.0:
-            out = narrow_together(out, self.comp.cons.chord_spread)
+        if m == "t":
+            if self.onsets_of is not None:
+                h = self.onsets_of
+                if h.onsets.tracker is not None:
+                    loc_valid = h.onsets.tracker.lines(
+                        h.elapsed, pulse.n_components(self.config.time_pulse))
+                else:
+                    loc_valid = pulse.candidates(h.onsets.onsets, h.elapsed,
+                                                 *pulse.grid_options(self.config))
+                out = pulse.fill_rows(out, *loc_valid, self.config.time_pulse_gain,
+                                      self.comp.cons.pulse_weight)
+            if self.comp.cons.chord_spread != 1.0:
+                out = narrow_together(out, self.comp.cons.chord_spread)
         elif m == "p" and self.motifs is not None:
             out = self._pitch_logits(out)
         if self.params is not None:
