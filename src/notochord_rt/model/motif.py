@@ -121,6 +121,12 @@ class MotifHistory:
                 cand[-1], valid[-1] = x, True
         return cand, valid
 
+    def pitches(self, inst: int) -> list[int]:
+        """The recent note-on pitches of ``inst``, oldest first (at least the last
+        ``KEEP // 2``; do not modify)."""
+        v = self.voices.get(inst)
+        return v.p if v is not None else []
+
     def clear(self) -> None:
         self.voices.clear()
 

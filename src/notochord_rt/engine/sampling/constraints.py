@@ -45,6 +45,9 @@ without motif copying (or a pitch drawn before its instrument) ignores it.
 10 ms of the previous event (its "now": the notes it means to play together, chord
 notes and a note-off with the next note-on): below 1 its chords are struck tighter, 0
 exactly together; the weights of "now" against a gap are unchanged.
+``max_stuck`` (0: off) keeps a melodic instrument from looping on a few pitches: at
+most that many note-ons in a row on one or two pitches, twice as many on three
+(:mod:`.variety`).
 """
 
 from __future__ import annotations
@@ -143,6 +146,7 @@ class Constraints:
     pulse_weight: float = 1.0
     motif_weight: float = 1.0
     chord_spread: float = 1.0
+    max_stuck: int = 0
     truncate_quantile_time: tuple[float, float] = (0.0, 1.0)
     truncate_quantile_pitch: tuple[float, float] = (0.0, 1.0)
     truncate_quantile_vel: tuple[float, float] = (0.0, 1.0)
@@ -383,6 +387,7 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     Field("pulse_weight", "real", 0.0, _INF, finite=True),
     Field("motif_weight", "real", 0.0, _INF, finite=True),
     Field("chord_spread", "real", 0.0, _INF, finite=True),
+    Field("max_stuck", "int", 0, 1 << 16),
     Field("truncate_quantile_time", "quantile", 0.0, 1.0),
     Field("truncate_quantile_pitch", "quantile", 0.0, 1.0),
     Field("truncate_quantile_vel", "quantile", 0.0, 1.0),

@@ -36,6 +36,7 @@ from .guards import forced_breaks
 from .held import HeldNotes
 from .subevents import draw_sub_event
 from .support import Compiled, Support, build_support, compile_constraints
+from .variety import stuck_pitches
 
 
 @dataclass
@@ -124,12 +125,13 @@ class EventDraw:
     """
 
     __slots__ = ("sup", "comp", "order", "rng", "config", "done", "logp", "params", "where",
-                 "onsets_of", "motifs")
+                 "onsets_of", "motifs", "history")
 
     def __init__(self, sup: Support, comp: Compiled, order: str, rng: np.random.Generator,
                  config: Any, return_params: bool, where: str = "",
                  held: HeldNotes | None = None,
-                 motifs: motif.MotifHistory | None = None) -> None:
+                 motifs: motif.MotifHistory | None = None,
+                 history: motif.MotifHistory | None = None) -> None:
         self.sup = sup
         self.comp = comp
         self.order = order
@@ -141,6 +143,7 @@ class EventDraw:
         self.where = where
         self.onsets_of = held  # the stream's held notes (its onsets: pulse components)
         self.motifs = motifs
+        self.history = history  # each instrument's pitches (the stuck-pitch guard)
 
     @classmethod
     def start(cls, comp: Compiled, held: HeldNotes, order: str | None,
@@ -165,7 +168,9 @@ class EventDraw:
         sup.autoset()
         pulse_held = held if getattr(config, "time_pulse", 0) else None
         motifs = held.motifs if getattr(config, "pitch_copy", 0) else None
-        return cls(sup, comp, order, rng, config, return_params, where, pulse_held, motifs)
+        history = held.motifs if comp.cons.max_stuck else None
+        return cls(sup, comp, order, rng, config, return_params, where, pulse_held, motifs,
+                   history)
 
     def pick(self) -> str:
         """The next sub-event (the first fixed one left in order, else the first left),
@@ -204,13 +209,30 @@ class EventDraw:
                                       self.comp.cons.pulse_weight)
             if self.comp.cons.chord_spread != 1.0:
                 out = narrow_together(out, self.comp.cons.chord_spread)
-        elif m == "p" and self.motifs is not None:
-            out = self._pitch_logits(out)
+        elif m == "p":
+            if self.history is not None:
+                out = self._unstick(out)
+            if self.motifs is not None:
+                out = self._pitch_logits(out)
         if self.params is not None:
             self.params[m] = out
         value, self.logp[m] = draw_sub_event(m, out, sup, self.comp, self.rng, self.config)
         sup.fix(m, value)
         sup.autoset()
+
+    def _unstick(self, out: np.ndarray) -> np.ndarray:
+        """The pitch head output with the pitches that would keep a melodic instrument
+        stuck removed (``Constraints.max_stuck``, :mod:`.variety`; the instrument must be
+        fixed already; if only those pitches are allowed, the draw falls back to them)."""
+        inst = self.sup.fixed.get("i")
+        if inst is None or ev.is_drum(int(inst)):
+            return out
+        bad = stuck_pitches(self.history.pitches(int(inst)), self.comp.cons.max_stuck)
+        if not bad:
+            return out
+        out = out.copy()
+        out[bad] = -np.inf
+        return out
 
     def _pitch_logits(self, out: np.ndarray) -> np.ndarray:
         """The pitch logits with the motif gates added (only if the instrument is
