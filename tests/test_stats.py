@@ -20,7 +20,7 @@ from notochord_rt.analysis import (
     rhythm_test,
 )
 from notochord_rt.analysis.compare import overlap_and_kl
-from notochord_rt.analysis.features import StatsConfig, polyphony
+from notochord_rt.analysis.features import RANGES, StatsConfig, polyphony
 from notochord_rt.analysis.notes import notes_of
 from notochord_rt.analysis.patterns import ngram_repetition
 from notochord_rt.analysis.rhythm import find_positions
@@ -210,6 +210,18 @@ def test_kde_measures_match_two_gaussians():
                     for rng in map(np.random.default_rng, range(4))]).mean(axis=0)
     assert est[0] == pytest.approx(0.617, abs=0.03)
     assert est[1] == pytest.approx(0.5, abs=0.1) and est[2] == pytest.approx(0.5, abs=0.1)
+
+
+def test_a_share_at_its_bound_in_both_sets_compares_as_alike():
+    # nearly every piece of both sets has no short notes; a few 1e-3 shares differ
+    a = np.zeros(30)
+    b = np.r_[np.zeros(130), 0.0015, 0.0008]
+    data_only = overlap_and_kl(a, b)[0]  # smoothed by 1 % of the data's own tiny spread
+    assert data_only < 0.8
+    assert overlap_and_kl(a, b, span=1.0)[0] > 0.95  # 1 % of a share's range: alike
+    # the floor never narrows: sets far apart stay apart
+    assert overlap_and_kl(np.full(30, 0.1), np.full(30, 0.9), span=1.0)[0] < 1e-6
+    assert RANGES["short_share"] == 1.0 and RANGES["pc_entropy"] == pytest.approx(3.585, 1e-3)
 
 
 # -- teacher-forced rhythm test -------------------------------------------------------------

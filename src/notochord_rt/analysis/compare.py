@@ -17,8 +17,11 @@ inter-set); here the feature values themselves are compared, which is what a rea
 
 Densities are evaluated on :data:`GRID_POINTS` points spanning both sets ±4 bandwidths.
 The bandwidth of each set is Silverman's rule, ``0.9 · min(σ, IQR/1.34) · n^(-1/5)``,
-floored at 1 % of the spread of both sets together (and at a tiny absolute value), so a
-set whose pieces all share one value still has a density. Pure numpy.
+floored at 1 % of the spread of both sets together, or of the feature's natural range
+where it has one and that is wider (:data:`~.features.RANGES`: shares, correlations,
+entropies), and at a tiny absolute value, so a set whose pieces all share one value
+still has a density, and two sets that both sit at a bound of the range (no short notes
+anywhere) compare as alike. Pure numpy.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .features import FEATURES
+from .features import FEATURES, RANGES
 from .sets import SetStats
 
 GRID_POINTS = 1024
@@ -55,14 +58,15 @@ def kde(values: np.ndarray, grid: np.ndarray, bw: float) -> np.ndarray:
     return d / area if area > 0 else d
 
 
-def densities(a: np.ndarray, b: np.ndarray, points: int = GRID_POINTS
+def densities(a: np.ndarray, b: np.ndarray, points: int = GRID_POINTS, span: float = 0.0
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(grid, density of a, density of b) on a common grid; both need values."""
+    """(grid, density of a, density of b) on a common grid; both need values. ``span``:
+    the feature's natural range (0: none), a floor on the spread the bandwidths use."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if not len(a) or not len(b):
         raise ValueError("both sets need at least one value")
     both = np.concatenate([a, b])
-    spread = float(both.max() - both.min())
+    spread = max(float(both.max() - both.min()), span)
     ba, bb = bandwidth(a, spread), bandwidth(b, spread)
     pad = 4.0 * max(ba, bb)
     grid = np.linspace(both.min() - pad, both.max() + pad, points)
@@ -73,9 +77,11 @@ def _integrate(y: np.ndarray, x: np.ndarray) -> float:
     return float(np.trapezoid(y, x) if hasattr(np, "trapezoid") else np.trapz(y, x))
 
 
-def overlap_and_kl(a, b, points: int = GRID_POINTS) -> tuple[float, float, float]:
-    """(overlap area, KL(a‖b), KL(b‖a)) of the KDEs of two samples of one feature."""
-    grid, p, q = densities(a, b, points)
+def overlap_and_kl(a, b, points: int = GRID_POINTS, span: float = 0.0
+                   ) -> tuple[float, float, float]:
+    """(overlap area, KL(a‖b), KL(b‖a)) of the KDEs of two samples of one feature
+    (``span``: its natural range, see :func:`densities`)."""
+    grid, p, q = densities(a, b, points, span)
     oa = min(max(_integrate(np.minimum(p, q), grid), 0.0), 1.0)
     return oa, _kl(p, q, grid), _kl(q, p, grid)
 
@@ -101,7 +107,7 @@ def compare(a: SetStats, b: SetStats, features: Iterable[str] | None = None,
                "mean_b": float(vb.mean()) if len(vb) else None,
                "overlap": None, "kl": None, "kl_reverse": None}
         if len(va) >= min_values and len(vb) >= min_values:
-            oa, kl, klr = overlap_and_kl(va, vb)
+            oa, kl, klr = overlap_and_kl(va, vb, span=RANGES.get(name, 0.0))
             row.update(overlap=oa, kl=kl, kl_reverse=klr)
         rows.append(row)
     return rows

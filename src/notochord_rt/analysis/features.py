@@ -15,6 +15,7 @@ Every statistic is defined in :data:`FEATURES` (name → unit and definition) an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,8 @@ from .. import events as ev
 from .. import onset_grid as grid_mod
 from . import patterns, tonal
 from .notes import Notes, distinct_onsets, notes_of, window_index
+
+IOI_BIN, IOI_MAX = 0.01, 2.0
 
 FEATURES: dict[str, tuple[str, str]] = {
     "duration": ("s", "first onset to last event"),
@@ -62,7 +65,17 @@ FEATURES: dict[str, tuple[str, str]] = {
 }
 """Name → (unit, definition) of every per-piece statistic, in report order."""
 
-IOI_BIN, IOI_MAX = 0.01, 2.0
+RANGES: dict[str, float] = {
+    **{name: 1.0 for name, (unit, _) in FEATURES.items() if unit in ("share", "r")},
+    "pc_entropy": math.log2(12),
+    "ioi_entropy": math.log2(IOI_MAX / IOI_BIN + 1),
+}
+"""Width of a feature's natural range, where it has one (shares and correlations: 1;
+entropies: their maximum). Set comparisons (:mod:`.compare`) smooth each feature at
+least 1 % of it: a share that every piece of both sets has at about 0 (no short notes)
+then compares as equal, rather than as two needles whose overlap depends on a few
+1e-4 differences (two halves of the test split overlapped 0.2 on short notes)."""
+
 MIN_AUDIBLE = 0.1  # seconds a note counts as sounding for silences (drum hits are short)
 
 
