@@ -96,14 +96,28 @@ def test_same_seed_same_piece_other_seed_differs(model):
 
 
 def test_free_choice_named_instruments_and_instrument_cap(model):
-    g = generate(model, GenerateOptions(seconds=None, events=150, seed=3, max_instruments=3))
+    g = generate(model, GenerateOptions(seconds=None, events=150, seed=3, max_instruments=3,
+                                        allow_anonymous=False))
     on = g.events.inst[g.events.vel > 0]
     assert not ev.is_anonymous(on).any()
     assert len(set(on.tolist())) == 3 and sorted(set(on.tolist())) == g.instruments
-    g = generate(model, GenerateOptions(seconds=None, events=150, seed=3, max_instruments=None,
-                                        allow_anonymous=True))
-    on = g.events.inst[g.events.vel > 0]
+    g = generate(model, GenerateOptions(seconds=None, events=150, seed=3, max_instruments=None))
+    on = g.events.inst[g.events.vel > 0]  # anonymous instruments may play by default
     assert ev.is_anonymous(on).any() and len(set(on.tolist())) > 3
+
+
+def test_cli_named_only_and_the_old_anonymous_flag(tmp_path):
+    import argparse
+
+    from notochord_rt.cli.generate import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args([]).allow_anonymous is True
+    assert parser.parse_args(["--named-only"]).allow_anonymous is False
+    assert parser.parse_args(["--allow-anonymous"]).allow_anonymous is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--named-only", "--allow-anonymous"])
 
 
 def test_instruments_restriction_with_a_drum_kit(model):

@@ -8,7 +8,7 @@ from tiny import tiny_model
 
 from notochord_rt import events as ev
 from notochord_rt.apps.musical import DEFAULTS, RAW, InstrumentBalance, defaults_for
-from notochord_rt.apps.offline.generate import GenerateOptions, generate
+from notochord_rt.apps.offline.generate import GenerateOptions, build_constraints, generate
 from notochord_rt.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -130,9 +130,11 @@ def test_osc_sample_fills_in_the_musical_defaults():
     assert cons.motif_weight == DEFAULTS.motif_weight != 1.0
     assert cons.chord_spread == DEFAULTS.chord_spread != 1.0
     assert cons.pulse_weight == DEFAULTS.pulse_weight != 1.0
+    assert cons.max_stuck == DEFAULTS.max_stuck == 16
     raw = sample_constraints({}, None)
     assert raw.pitch_temp == 1.0 and raw.min_duration == 0.0
     assert raw.motif_weight == raw.chord_spread == raw.pulse_weight == 1.0
+    assert raw.max_stuck == 0
 
 
 def test_generate_cli_takes_the_sampling_weights_and_raw_resets_them():
@@ -142,10 +144,12 @@ def test_generate_cli_takes_the_sampling_weights_and_raw_resets_them():
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    args = parser.parse_args(["--motif-weight", "5", "--chord-spread", "0"])
+    args = parser.parse_args(["--motif-weight", "5", "--chord-spread", "0", "--max-stuck", "4"])
     opts = cli._options(args, None)
-    assert (opts.motif_weight, opts.chord_spread) == (5.0, 0.0)
+    assert (opts.motif_weight, opts.chord_spread, opts.max_stuck) == (5.0, 0.0, 4)
     assert opts.pulse_weight == DEFAULTS.pulse_weight
+    assert build_constraints(opts, None).max_stuck == 4
     opts = cli._options(parser.parse_args(["--raw"]), None)
     assert opts.motif_weight == opts.chord_spread == opts.pulse_weight == 1.0
+    assert opts.max_stuck == 0 and cli._options(parser.parse_args([]), None).max_stuck == 16
     assert GenerateOptions().max_total_polyphony == 12

@@ -77,6 +77,9 @@ class MusicalDefaults:
     chord_spread: float = 0.1
     """Multiplies the width of the model's time components for notes it plays together
     (``Constraints.chord_spread``: chords struck together rather than smeared)."""
+    max_stuck: int = 16
+    """Note-ons a melodic instrument may play in a row on one or two pitches (twice as
+    many on three: ``Constraints.max_stuck``, the stuck-pitch guard)."""
     balance: bool = True
     """Steer instrument weights against the running share (:class:`InstrumentBalance`)."""
 
@@ -85,13 +88,14 @@ class MusicalDefaults:
         """The model as it is: no truncation, no minimum duration, no balance."""
         return cls(min_duration=0.0, pitch_temp=1.0, inst_temp=1.0, vel_temp=1.0,
                    harmony_pitch_temp=1.0, pulse_weight=1.0, motif_weight=1.0,
-                   chord_spread=1.0, balance=False)
+                   chord_spread=1.0, max_stuck=0, balance=False)
 
-    def reweighting(self) -> dict[str, float]:
+    def shaping(self) -> dict[str, float]:
         """The :class:`Constraints` fields that re-weight the model's own pulse, motif
-        and "now" components, as keyword arguments (one place for every app)."""
+        and "now" components and guard against stuck pitches, as keyword arguments (one
+        place for every app)."""
         return {"pulse_weight": self.pulse_weight, "motif_weight": self.motif_weight,
-                "chord_spread": self.chord_spread}
+                "chord_spread": self.chord_spread, "max_stuck": self.max_stuck}
 
     def min_durations(self, insts: Iterable[int] | None = None) -> dict[int, float]:
         """``min_duration`` as a per-instrument map (see :func:`melodic_min_durations`)."""

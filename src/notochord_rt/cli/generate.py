@@ -36,9 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instruments that may play: GM names or ids 1..320, comma "
                              "separated or repeated ('violin,cello', 'drums', 'jazz kit', "
                              "'anon2'); default: any (or the prompt's instruments)")
-    parser.add_argument("--allow-anonymous", action="store_true",
-                        help="without --instruments, let anonymous instruments (ids 257..320, "
-                             "no GM sound of their own) play too")
+    anon = parser.add_mutually_exclusive_group()
+    anon.add_argument("--named-only", dest="allow_anonymous", action="store_false",
+                      default=True,
+                      help="without --instruments: only named instruments (GM programs and "
+                           "kits) may play. By default anonymous ones (ids 257..320, the "
+                           "corpus's scores without a GM program; a GM synth plays them as "
+                           "piano) may too")
+    anon.add_argument("--allow-anonymous", dest="allow_anonymous", action="store_true",
+                      help=argparse.SUPPRESS)  # now the default; kept for old scripts
     parser.add_argument("--max-instruments", type=int, default=6,
                         help="without --instruments or --prompt: how many different "
                              "instruments the model may bring in (default 6; 0 = no limit)")
@@ -72,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "together")):
         temps.add_argument("--" + name.replace("_", "-"), type=float, default=None,
                            help=f"{what} (default {getattr(DEFAULTS, name):g}; 1 with --raw)")
+    temps.add_argument("--max-stuck", type=int, default=None,
+                       help="note-ons a melodic instrument may play in a row on one or two "
+                            "pitches, twice as many on three: the stuck-pitch guard (default "
+                            f"{DEFAULTS.max_stuck}; 0 = off, 0 with --raw)")
     temps.add_argument("--min-duration", type=float, default=None,
                        help="seconds: avoid shorter melodic notes, a soft limit (default "
                             f"{DEFAULTS.min_duration}; 0 with --raw)")
@@ -125,7 +135,7 @@ def _options(args: argparse.Namespace, instruments):
     base = GenerateOptions.raw() if args.raw else GenerateOptions()
     chosen = {name: getattr(args, name) for name in (
         "pitch_temp", "rhythm_temp", "timing_temp", "inst_temp", "vel_temp", "pulse_weight",
-        "motif_weight", "chord_spread", "min_duration", "balance")}
+        "motif_weight", "chord_spread", "max_stuck", "min_duration", "balance")}
     musical = {k: (getattr(base, k) if v is None else v) for k, v in chosen.items()}
     opts = GenerateOptions(
         seconds=seconds, events=args.events, seed=args.seed, instruments=instruments,

@@ -94,7 +94,7 @@ class ImprovisePolicy(Policy):
                 **steering_fields(pitch=self.steer.pitch, rate=self.steer.rate),
                 steer_density=min(1.0, max(0.0, self.steer.density)),
                 pitch_temp=self.temps[0], rhythm_temp=self.temps[1], timing_temp=self.temps[2],
-                vel_temp=self.musical.vel_temp, **self.musical.reweighting(),
+                vel_temp=self.musical.vel_temp, **self.musical.shaping(),
                 min_duration=self.musical.min_durations(self.model_insts), **self.grid)
         return self._cons
 

@@ -17,11 +17,14 @@ seconds at a time. Notes still
 sounding when generation stops are released at the end, so the output never has a stuck
 note.
 
-Instruments: without a prompt or an explicit list, any *named* instrument may play
-(GM programs and drum kits; anonymous ids only with ``allow_anonymous``, since they have
-no sound of their own), and once ``max_instruments`` different instruments have played,
-only those may start notes — a weak model otherwise spreads a piece over dozens of
-instruments.
+Instruments: without a prompt or an explicit list, any instrument may play: the named
+ones (GM programs and drum kits) and the anonymous ones (``allow_anonymous``, the
+default). Anonymous ids carry the corpus's scores without a GM program (folk tunes,
+chorales: most of its pieces); leaving them out left the model only its band music and
+pieces far busier than the test split (docs/model-card.md). They have no sound of their
+own: written without a program change, a GM synth plays them as piano. Once
+``max_instruments`` different instruments have played, only those may start notes — a
+weak model otherwise spreads a piece over dozens of instruments.
 
 Prompting: the prompt (events from :func:`notochord_rt.midi.ingest.load_midi`) is fed
 event by event, then sampling continues from the prompt's last event, by default with the
@@ -73,7 +76,7 @@ class GenerateOptions:
     Length: ``seconds`` of music after the prompt, or ``events`` generated events (if
     both are given, whichever comes first). ``instruments`` restricts which instruments
     may start notes (``None``: the prompt's instruments if there is a prompt, else every
-    named instrument, and the anonymous ones too if ``allow_anonymous``);
+    instrument, the anonymous ones only if ``allow_anonymous``, the default);
     ``max_instruments`` caps how many different instruments that free choice uses.
     Temperatures follow :class:`~notochord_rt.engine.sampling.constraints.Constraints`
     (``<= 1`` nucleus, ``> 1`` temperature). Steering values are in [0, 1] (0.5 = none):
@@ -95,7 +98,7 @@ class GenerateOptions:
     events: int | None = None
     seed: int | None = None
     instruments: list[int] | None = None
-    allow_anonymous: bool = False
+    allow_anonymous: bool = True
     max_instruments: int | None = 6
     pitch_temp: float = DEFAULTS.pitch_temp
     rhythm_temp: float = 1.0
@@ -105,6 +108,7 @@ class GenerateOptions:
     pulse_weight: float = DEFAULTS.pulse_weight
     motif_weight: float = DEFAULTS.motif_weight
     chord_spread: float = DEFAULTS.chord_spread
+    max_stuck: int = DEFAULTS.max_stuck
     min_duration: float = DEFAULTS.min_duration
     balance: bool = DEFAULTS.balance
     steer_density: float = 0.5
@@ -126,7 +130,7 @@ class GenerateOptions:
     def raw(cls, **values) -> GenerateOptions:
         """Options that sample the model as it is (no musical defaults), with ``values``."""
         base = dict(pitch_temp=RAW.pitch_temp, inst_temp=RAW.inst_temp,
-                    vel_temp=RAW.vel_temp, **RAW.reweighting(),
+                    vel_temp=RAW.vel_temp, **RAW.shaping(),
                     min_duration=RAW.min_duration, balance=RAW.balance)
         return cls(**{**base, **values})
 
@@ -225,6 +229,7 @@ def build_constraints(options: GenerateOptions, instruments: Iterable[int] | Non
         pulse_weight=options.pulse_weight,
         motif_weight=options.motif_weight,
         chord_spread=options.chord_spread,
+        max_stuck=int(options.max_stuck),
         steer_density=options.steer_density,
         **steering_fields(options.steer_pitch, options.steer_rate, options.steer_velocity),
         order=options.order,

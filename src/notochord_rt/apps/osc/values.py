@@ -225,7 +225,7 @@ def sample_constraints(kw: Mapping[str, Any],
     values = {k: constraint_value(k, v) for k, v in kw.items()}
     if defaults is not None:
         filled = {"pitch_temp": defaults.pitch_temp, "inst_temp": defaults.inst_temp,
-                  "vel_temp": defaults.vel_temp, **defaults.reweighting(),
+                  "vel_temp": defaults.vel_temp, **defaults.shaping(),
                   "min_duration": defaults.min_durations()}
         values = {**{k: v for k, v in filled.items() if k not in values}, **values}
     return Constraints(**values).validate()

@@ -396,7 +396,7 @@ class Rig:
             pitch_temp=c["pitch_temp"].value,
             rhythm_temp=c["rhythm_temp"].value,
             timing_temp=c["timing_temp"].value,
-            **DEFAULTS.reweighting(),
+            **DEFAULTS.shaping(),
         )
 
     def auto_voices(self) -> list[VoiceConfig]:
