@@ -208,3 +208,37 @@ def test_motif_weight_reweights_the_models_own_candidates():
     np.testing.assert_allclose(rows[8.0][cand] - rows[1.0][cand], np.log(8.0))
     with pytest.raises(InputError, match="motif_weight"):
         Constraints(motif_weight=float("nan")).validate()
+
+
+def test_motif_weight_acts_inside_the_nucleus_of_the_models_own_pitches():
+    from notochord_rt.engine.sampling.draw import nucleus
+
+    model = tiny_model(1, pitch_copy=1)
+    riff = [60, 67, 63, 72]
+    model.reset()
+    for p in riff * 3:
+        model.feed(1, p, 0.2, 90)
+        model.feed(1, p, 0.1, 0)
+    state = model.get_state()
+    fixed = dict(inst=1, vel=90.0, time=0.2, pitch_temp=0.6)
+    rows = {}
+    for w in (1.0, 8.0):
+        model.set_state(state)
+        rows[w] = np.asarray(model.sample(Constraints(motif_weight=w, **fixed), order="ivtp",
+                                          return_params=True).params["p"])
+    everything = np.ones(len(rows[1.0]), dtype=bool)
+    plausible = set(np.flatnonzero(nucleus(rows[1.0], everything, 0.6)).tolist())
+    narrowed = set(np.flatnonzero(nucleus(rows[8.0], everything, 0.6)).tolist())
+    assert 72 in plausible and len(narrowed) < len(plausible)  # the case this is about
+    drawn = {}
+    for w in (1.0, 8.0):
+        drawn[w] = []
+        for seed in range(80):
+            model.set_state(state)
+            drawn[w].append(model.sample(Constraints(motif_weight=w, **fixed), seed=seed,
+                                         order="ivtp").pitch)
+    # the nucleus is the model's own: the weight adds no pitch outside it, and does not
+    # narrow it to the weighted distribution's nucleus ...
+    assert set(drawn[8.0]) <= plausible and set(drawn[8.0]) - narrowed
+    # ... it makes the candidate more likely inside it
+    assert np.mean(np.equal(drawn[8.0], 72)) > np.mean(np.equal(drawn[1.0], 72))

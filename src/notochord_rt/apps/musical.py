@@ -35,6 +35,12 @@ test split of the project corpus (``docs/model-card.md`` has the table and the c
   the motif weight and ``generate``'s cap of 12 notes sounding at once
   (docs/model-card.md).
 
+* ``max_stuck``: the stuck-pitch guard (:mod:`~notochord_rt.engine.sampling.variety`):
+  a melodic instrument plays at most 16 note-ons in a row on one or two pitches, 32 on
+  three. With the truncation and the motif weight, solo lines otherwise fell into
+  two-pitch loops of hundreds of notes; 95 % of the training split's melodic parts never
+  reach these limits (docs/model-card.md).
+
 Every app takes ``--raw`` to sample the model as it is (all of these at 1 / 0, and no
 instrument balance), which is what evaluations of the model itself should use.
 
@@ -73,7 +79,8 @@ class MusicalDefaults:
     the model keeps the pulse it tracks through the music more firmly)."""
     motif_weight: float = 3.0
     """Multiplies the odds of the pitches the model's motif copying proposes
-    (``Constraints.motif_weight``: its riffs and figures come back more often)."""
+    (``Constraints.motif_weight``: its riffs and figures come back more often), inside
+    the pitch top-p's nucleus of the model's own distribution."""
     chord_spread: float = 0.1
     """Multiplies the width of the model's time components for notes it plays together
     (``Constraints.chord_spread``: chords struck together rather than smeared)."""

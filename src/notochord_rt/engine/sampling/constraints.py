@@ -40,7 +40,10 @@ model's own; 1 samples the model as it is, and a model without pulse components 
 model's motif copying proposes for the instrument (its recent pitches and what followed
 their earlier occurrences, :mod:`~notochord_rt.model.motif`); above 1 riffs and figures
 come back more often. Nothing is copied: the candidates are the model's own, and a model
-without motif copying (or a pitch drawn before its instrument) ignores it.
+without motif copying (or a pitch drawn before its instrument) ignores it. With a pitch
+top-p, the nucleus is taken from the model's own pitch distribution and the weight acts
+inside it: it favours the candidates among the pitches the model finds plausible, and
+does not shrink those to the candidates.
 ``chord_spread`` multiplies the width of the time components the model places within
 10 ms of the previous event (its "now": the notes it means to play together, chord
 notes and a note-off with the next note-on): below 1 its chords are struck tighter, 0

@@ -61,6 +61,15 @@ def reweight(probs: np.ndarray, top_p: float) -> np.ndarray:
     return out
 
 
+def nucleus(logits: np.ndarray, allowed: np.ndarray, top_p: float) -> np.ndarray | None:
+    """Boolean mask of the classes that top-p ``top_p`` (< 1) keeps of ``logits`` among
+    ``allowed``; None when no allowed class has a finite logit."""
+    x = np.where(allowed, logits, -np.inf)
+    if not np.isfinite(x).any():
+        return None
+    return reweight(np.exp(x - x.max()), top_p) > 0
+
+
 def truncate_quantile(probs: np.ndarray, q_lo: float, q_hi: float) -> np.ndarray:
     """Keep only the mass between the ``q_lo`` and ``q_hi`` quantiles (ordinal classes)."""
     total = probs.sum()

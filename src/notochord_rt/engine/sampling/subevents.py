@@ -107,8 +107,13 @@ def draw_vel(mix: np.ndarray, sup: Support, cons: Constraints, rng: np.random.Ge
 
 
 def draw_sub_event(m: str, out: np.ndarray, sup: Support, comp: Compiled,
-                   rng: np.random.Generator, config) -> tuple[float, float]:
-    """``(value, model log-probability of the value)`` for sub-event ``m``."""
+                   rng: np.random.Generator, config,
+                   pitch_keep: np.ndarray | None = None) -> tuple[float, float]:
+    """``(value, model log-probability of the value)`` for sub-event ``m``.
+
+    ``pitch_keep``: the pitches a nucleus already chose (the sampler's motif weight acts
+    inside the nucleus of the model's own distribution); the pitch is then drawn among
+    them without a second top-p."""
     cons = comp.cons
     if m == "i":
         i = categorical(out, sup.marginal_inst(), rng, log_weights=comp.inst_log_weights,
@@ -117,7 +122,10 @@ def draw_sub_event(m: str, out: np.ndarray, sup: Support, comp: Compiled,
     if m == "p":
         inst = sup.fixed.get("i")
         steer = _steerable(sup, cons) and not (inst is not None and ev.is_drum(int(inst)))
-        p = categorical(out, sup.marginal_pitch(), rng, top_p=cons.pitch_temp,
+        allowed, top_p = sup.marginal_pitch(), cons.pitch_temp
+        if pitch_keep is not None:
+            allowed, top_p = allowed & pitch_keep, 1.0
+        p = categorical(out, allowed, rng, top_p=top_p,
                         quantile=_quantile(cons.truncate_quantile_pitch, steer),
                         index=cons.index_pitch)
         return p, log_softmax_at(out, p)
