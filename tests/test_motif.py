@@ -176,15 +176,20 @@ def test_sampler_copies_a_riff_when_the_gates_trust_it():
     assert model.sample(seed=9) == a
 
 
+def _riff_played(seed: int):
+    """A tiny motif-copying model that has played a 4-note piano riff three times."""
+    model = tiny_model(seed, pitch_copy=1)
+    model.reset()
+    for p in [60, 67, 63, 72] * 3:
+        model.feed(1, p, 0.2, 90)
+        model.feed(1, p, 0.1, 0)
+    return model
+
+
 def test_motif_weight_reweights_the_models_own_candidates():
     from notochord_rt.errors import InputError
 
-    model = tiny_model(4, pitch_copy=1)
-    riff = [60, 67, 63, 72]
-    model.reset()
-    for p in riff * 3:
-        model.feed(1, p, 0.2, 90)
-        model.feed(1, p, 0.1, 0)
+    model = _riff_played(4)
     # instrument, velocity and time fixed: the pitch head sees the same inputs each time
     rows = {w: np.asarray(model.sample(Constraints(motif_weight=w, inst=1, vel=90.0,
                                                    time=0.2),
@@ -213,12 +218,7 @@ def test_motif_weight_reweights_the_models_own_candidates():
 def test_motif_weight_acts_inside_the_nucleus_of_the_models_own_pitches():
     from notochord_rt.engine.sampling.draw import nucleus
 
-    model = tiny_model(1, pitch_copy=1)
-    riff = [60, 67, 63, 72]
-    model.reset()
-    for p in riff * 3:
-        model.feed(1, p, 0.2, 90)
-        model.feed(1, p, 0.1, 0)
+    model = _riff_played(1)
     state = model.get_state()
     fixed = dict(inst=1, vel=90.0, time=0.2, pitch_temp=0.6)
     rows = {}
