@@ -146,9 +146,19 @@ def apply(out: np.ndarray, cand: np.ndarray, valid: np.ndarray, weight: float = 
     logits = out[:len(out) - c].copy()
     if c:
         np.add.at(logits, cand[valid], out[len(out) - c:][valid])
-        if weight != 1.0 and valid.any():
-            logits[np.unique(cand[valid])] += math.log(weight) if weight > 0 else -np.inf
-    return logits
+    return weigh(logits, cand, valid, weight)
+
+
+def weigh(logits: np.ndarray, cand: np.ndarray, valid: np.ndarray, weight: float
+          ) -> np.ndarray:
+    """``logits`` (pitch logits, gates already added) with the odds of every distinct
+    valid candidate pitch multiplied by ``weight``; ``logits`` itself when there is
+    nothing to change, else a new array."""
+    if weight == 1.0 or not valid.any():
+        return logits
+    out = logits.copy()
+    out[np.unique(cand[valid])] += math.log(weight) if weight > 0 else -np.inf
+    return out
 
 
 # -- training sequences ------------------------------------------------------------------

@@ -30,7 +30,7 @@ from ...errors import InputError, NoPossibleEvents
 from ...model import motif, pulse
 from ..cores.core import InferenceCore
 from .constraints import Constraints, check_order
-from .draw import narrow_together, nucleus
+from .draw import narrow_together
 from .grid import inst_retimer, place
 from .guards import forced_breaks
 from .held import HeldNotes
@@ -209,16 +209,16 @@ class EventDraw:
                                       self.comp.cons.pulse_weight)
             if self.comp.cons.chord_spread != 1.0:
                 out = narrow_together(out, self.comp.cons.chord_spread)
-        keep = None
+        own = None
         if m == "p":
             if self.history is not None:
                 out = self._unstick(out)
             if self.motifs is not None:
-                out, keep = self._pitch_logits(out)
+                out, own = self._pitch_logits(out)
         if self.params is not None:
             self.params[m] = out
         value, self.logp[m] = draw_sub_event(m, out, sup, self.comp, self.rng, self.config,
-                                             keep)
+                                             own)
         sup.fix(m, value)
         sup.autoset()
 
@@ -238,22 +238,21 @@ class EventDraw:
 
     def _pitch_logits(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(The pitch logits with the motif gates added and the motif weight applied,
-        the pitches to draw among or None). Candidates need the instrument fixed (they
-        are per instrument, as in training). With a weight and a pitch top-p, the
-        nucleus is that of the model's own logits (weight 1): the weight chooses among
-        the pitches the model finds plausible rather than narrowing them to its
-        candidates (which looped solo lines on two pitches, docs/model-card.md)."""
+        the model's own logits where a pitch top-p must take its nucleus from them, or
+        None). Candidates need the instrument fixed (they are per instrument, as in
+        training). The nucleus is the model's own so that the weight chooses among the
+        pitches the model finds plausible rather than narrowing them to its candidates
+        (which looped solo lines on two pitches, docs/model-card.md); with weight 0 (no
+        candidate at all) it is the nucleus of the rest."""
         k = self.config.pitch_copy
         inst = self.sup.fixed.get("i")
         if inst is None:
             return out[:len(out) - motif.n_candidates(k)], None
         cand, valid = self.motifs.candidates(int(inst), k)
-        cons = self.comp.cons
-        logits = motif.apply(out, cand, valid, cons.motif_weight)
-        if cons.motif_weight in (0.0, 1.0) or not cons.pitch_temp < 1.0 or not valid.any():
-            return logits, None  # (weight 0: no candidate at all, the nucleus of the rest)
-        return logits, nucleus(motif.apply(out, cand, valid), self.sup.marginal_pitch(),
-                               cons.pitch_temp)
+        own = motif.apply(out, cand, valid)
+        weight = self.comp.cons.motif_weight
+        logits = motif.weigh(own, cand, valid, weight)
+        return logits, (own if logits is not own and weight > 0 else None)
 
     def embed_value(self, m: str) -> float:
         """The fixed value of ``m`` as the network takes it (time clamped to its support)."""

@@ -23,6 +23,7 @@ from .draw import (
     categorical,
     log_softmax_at,
     mixture_log_prob,
+    nucleus,
     sample_mixture,
     sample_pieces,
 )
@@ -108,12 +109,13 @@ def draw_vel(mix: np.ndarray, sup: Support, cons: Constraints, rng: np.random.Ge
 
 def draw_sub_event(m: str, out: np.ndarray, sup: Support, comp: Compiled,
                    rng: np.random.Generator, config,
-                   pitch_keep: np.ndarray | None = None) -> tuple[float, float]:
+                   pitch_own: np.ndarray | None = None) -> tuple[float, float]:
     """``(value, model log-probability of the value)`` for sub-event ``m``.
 
-    ``pitch_keep``: the pitches a nucleus already chose (the sampler's motif weight acts
-    inside the nucleus of the model's own distribution); the pitch is then drawn among
-    them without a second top-p."""
+    ``pitch_own``: the model's own pitch logits when ``out`` re-weights them (the
+    sampler's motif weight): a pitch top-p then takes its nucleus from them, and the
+    pitch is drawn from ``out`` inside it, so the weight chooses among the pitches the
+    model finds plausible."""
     cons = comp.cons
     if m == "i":
         i = categorical(out, sup.marginal_inst(), rng, log_weights=comp.inst_log_weights,
@@ -123,8 +125,10 @@ def draw_sub_event(m: str, out: np.ndarray, sup: Support, comp: Compiled,
         inst = sup.fixed.get("i")
         steer = _steerable(sup, cons) and not (inst is not None and ev.is_drum(int(inst)))
         allowed, top_p = sup.marginal_pitch(), cons.pitch_temp
-        if pitch_keep is not None:
-            allowed, top_p = allowed & pitch_keep, 1.0
+        if pitch_own is not None and top_p < 1.0:
+            keep = nucleus(pitch_own, allowed, top_p)
+            if keep is not None:
+                allowed, top_p = allowed & keep, 1.0
         p = categorical(out, allowed, rng, top_p=top_p,
                         quantile=_quantile(cons.truncate_quantile_pitch, steer),
                         index=cons.index_pitch)
