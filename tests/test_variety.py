@@ -94,3 +94,11 @@ def test_drums_are_exempt():
 def test_bad_max_stuck_is_named(bad):
     with pytest.raises(InputError, match="max_stuck"):
         Constraints(max_stuck=bad).validate()
+
+
+def test_generate_passes_max_stuck_unrounded_so_a_bad_value_is_named():
+    from notochord_rt.apps.offline.generate import GenerateOptions, build_constraints
+
+    assert build_constraints(GenerateOptions(max_stuck=5), None).max_stuck == 5
+    with pytest.raises(InputError, match="max_stuck"):
+        build_constraints(GenerateOptions(max_stuck=1.5), None)

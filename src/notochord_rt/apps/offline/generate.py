@@ -229,7 +229,7 @@ def build_constraints(options: GenerateOptions, instruments: Iterable[int] | Non
         pulse_weight=options.pulse_weight,
         motif_weight=options.motif_weight,
         chord_spread=options.chord_spread,
-        max_stuck=int(options.max_stuck),
+        max_stuck=options.max_stuck,
         steer_density=options.steer_density,
         **steering_fields(options.steer_pitch, options.steer_rate, options.steer_velocity),
         order=options.order,
