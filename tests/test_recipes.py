@@ -1,8 +1,11 @@
-"""scripts/train-gpu.sh, the large-model recipe, run end to end on the CPU for a few steps.
+"""The training recipes in scripts/, run end to end on the CPU for a few steps.
 
-The script is meant for a lent CUDA device; here it runs with a tiny model, fp32 and three
-steps, so what is tested is its plumbing: prep (or a prepared folder), training under a
-time limit, the last checkpoint and its evaluation copied to the output folder.
+``train-gpu.sh`` (the large-model recipe) is meant for a lent CUDA device; here it runs
+with a tiny model, fp32 and three steps, so what is tested is its plumbing: prep (or a
+prepared folder), training under a time limit, the last checkpoint and its evaluation
+copied to the output folder. ``train-default-model.sh`` (the bundled model's recipe) runs
+its four phases with the real network at two steps each on small batches: each phase
+starts from the last one's weights and adds its options.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train-gpu.sh"
+DEFAULT_SCRIPT = ROOT / "scripts" / "train-default-model.sh"
 TINY_FLAGS = ["--device", "cpu", "--precision", "fp32",
               *[a for k, v in tiny_config().items() for a in ("--model", f"{k}={v}")],
               "--batch-size", "4", "--batch-len", "32", "--max-steps", "3", "--num-workers", "0",
@@ -55,11 +59,12 @@ def prepared(tmp_path: Path) -> Path:
     return root
 
 
-def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+def _run(args: list[str], tmp_path: Path, script: Path = SCRIPT,
+         ) -> subprocess.CompletedProcess:
     env = {**os.environ, "WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1",
            "NOTOCHORD_RT": str(Path(sys.executable).with_name("notochord-rt"))}
-    return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(["bash", str(script), *args], env=env, capture_output=True,
+                          text=True, timeout=600)
 
 
 @pytest.mark.slow
@@ -82,3 +87,24 @@ def test_recipe_rejects_a_zero_budget(prepared: Path, tmp_path: Path):
     result = _run([str(prepared), str(tmp_path / "out"), "0", *TINY_FLAGS], tmp_path)
     assert result.returncode != 0
     assert "MINUTES must be > 0" in result.stderr
+
+
+@pytest.mark.slow
+def test_default_recipe_runs_its_four_phases(prepared: Path, tmp_path: Path):
+    work = tmp_path / "default"
+    short = ["--batch-size", "2", "--batch-len", "32", "--max-steps", "2", "--warmup-steps", "1",
+             "--valid-batches", "1", "--valid-len", "64", "--checkpoint-every", "1",
+             "--threads", "1"]
+    result = _run([str(prepared), str(work), *short], tmp_path, DEFAULT_SCRIPT)
+    assert result.returncode == 0, result.stderr + result.stdout
+    times = (work / "times.txt").read_text().split("\n")
+    assert [line.split()[0] for line in times if line] == [f"phase{k}" for k in (1, 2, 3, 4)]
+    model = load_model(NotochordNet, work / "model.safetensors")
+    config = model.config
+    # phase 1's size, phase 3's time additions and phase 4's motif copying, all kept
+    assert (config.emb_size, config.rnn_hidden) == (192, 384)
+    assert (config.time_pulse, config.time_pulse_grid, config.pitch_copy) == (8, 1, 4)
+    assert config.time_res == pytest.approx(0.002)
+    for k in (2, 3, 4):
+        run = json.loads((work / f"phase{k}" / "config.json").read_text())
+        assert run["init_from"] == str(work / f"phase{k - 1}") and run["max_steps"] == 2
