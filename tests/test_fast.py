@@ -247,3 +247,55 @@ def test_sampler_with_fast_core_matches_module_core():
         assert abs(ea.time - eb.time) < 1e-4
         a.feed(**ea.as_dict())
         b.feed(**ea.as_dict())
+
+
+def _run_sequence(core, events, out: list) -> None:
+    s = core.initial_state()
+    for e in events:
+        s = core.feed(s, *e)
+        c = core.context(s)
+        out.append((s.clone(), *(core.head(sub, c) for sub in "iptv")))
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_twin_shares_the_weights_and_runs_beside_its_core(precision):
+    import threading
+
+    if precision not in available_precisions():
+        pytest.skip(f"{precision} kernels not in this torch build")
+    fast = FastCore(_net(scale=0.1), precision, min_reduced=0)
+    twin = fast.twin()
+    assert twin._phase is not fast._phase and twin._phase_t.data_ptr() == twin._phase.data_ptr()
+    for a, b in ((fast._hid[0], twin._hid[0]), (fast._in0, twin._in0),
+                 (fast._heads["p"].final, twin._heads["p"].final)):
+        if getattr(a, "_q_buf", None) is None:
+            assert a is b  # nothing to keep apart: the very same packed layer
+        else:  # the compiled int8 kernel: same weights, own quantised-input buffer
+            assert a._q is b._q and a._q_buf.data_ptr() != b._q_buf.data_ptr()
+            assert b._call.__self__ is b
+    assert max(_compare(twin, fast).values()) < 1e-6
+    # two threads, one core each, different inputs at once: each gets what it gets alone
+    rng = torch.Generator().manual_seed(0)
+    seqs = [[(int(torch.randint(0, 300, (1,), generator=rng)),
+              int(torch.randint(0, 128, (1,), generator=rng)),
+              float(torch.rand(1, generator=rng)), float(torch.rand(1, generator=rng)) * 127)
+             for _ in range(300)] for _ in range(2)]
+    alone: list[list] = [[], []]
+    for k, core in enumerate((fast, twin)):
+        _run_sequence(core, seqs[k], alone[k])
+    together: list[list] = [[], []]
+    start = threading.Barrier(2)
+
+    def go(k, core):
+        start.wait()
+        _run_sequence(core, seqs[k], together[k])
+
+    threads = [threading.Thread(target=go, args=(k, c)) for k, c in enumerate((fast, twin))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(2):
+        for x, y in zip(alone[k], together[k], strict=True):
+            for a, b in zip(x, y):
+                assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -214,6 +214,9 @@ def test_tab_samplers_share_the_weights_not_the_stream() -> None:
         assert p.data_ptr() == base[name].data_ptr()  # the same tensors: no copy
         assert p.data_ptr() == dict(b.named_parameters())[name].data_ptr()
     assert a.core is not b.core  # a core reuses scratch buffers: one per tab's thread
+    # ... but the packed weights are packed once and shared (twins of one core)
+    assert a.core._hid[0]._wt.data_ptr() == b.core._hid[0]._wt.data_ptr()
+    assert a.core._phase.data_ptr() != b.core._phase.data_ptr()
     a.reset()
     b.reset()
     a.feed(1, 60, 0.0, 100)

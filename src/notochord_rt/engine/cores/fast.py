@@ -31,6 +31,7 @@ silently giving different numbers.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -148,6 +149,15 @@ def _run_mlp1(spec: _MlpSpec, x: Tensor, kernels) -> Tensor:
     y = torch.empty(1, spec.final.out_features)
     gemv(*final[0], x.data_ptr(), y.data_ptr(), *final[1])
     return y
+
+
+def _twin_mlp(spec: _MlpSpec) -> _MlpSpec:
+    """``spec`` over the same packed weights with its own scratch (see FastCore.twin)."""
+    twin = _MlpSpec([(lin.twin(), w, b, eps) for lin, w, b, eps in spec.layers],
+                    spec.final.twin())
+    if spec.fused is not None:
+        _fuse(twin)
+    return twin
 
 
 @dataclass
@@ -278,6 +288,26 @@ class FastCore:
         ew, eb = end.weight.detach().float(), end.bias.detach().float()
         self._end_w = (ew[1] - ew[0]).contiguous()  # softmax of 2 logits = sigmoid of diff
         self._end_b = float(eb[1] - eb[0])
+
+    def twin(self) -> FastCore:
+        """A core over this one's packed weights with its own scratch buffers.
+
+        A core is not thread-safe because of its few scratch buffers; its packed weights
+        are read-only. A twin shares them (no copy, no packing, no check: microseconds) and
+        can run on another thread beside this core, so many streams on many threads read
+        one copy of the weights, which stays in the CPU's caches (the web playground's
+        tabs). Its numbers are this core's."""
+        t = copy.copy(self)
+        t._phase = torch.zeros_like(self._phase)
+        t._phase_t, t._phase_v = t._phase[0, : self._n_t], t._phase[0, self._n_t:]
+        t._emb_t, t._emb_v, t._in0 = self._emb_t.twin(), self._emb_v.twin(), self._in0.twin()
+        t._in = [None] + [lin.twin() for lin in self._in[1:]]
+        t._hid = [lin.twin() for lin in self._hid]
+        t._proj = _twin_mlp(self._proj)
+        t._heads = {sub: _twin_mlp(spec) for sub, spec in self._heads.items()}
+        if self._tanh_buf is not None:
+            t._tanh_buf = torch.empty_like(self._tanh_buf)
+        return t
 
     @staticmethod
     def _gate_bias(b_ih: Tensor, b_hh: Tensor, H: int) -> Tensor:

@@ -29,6 +29,7 @@ what works here, and asking for one that does not raises :class:`~notochord_rt.e
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import logging
 import mmap
@@ -180,6 +181,19 @@ class PackedLinear:
         if self._call != self._int8_vnni:
             return None
         return self._q_args, (*self._q_sizes, 1)
+
+    def twin(self) -> PackedLinear:
+        """This layer over the same packed weights with its own scratch, for another thread.
+
+        Only the compiled int8 kernel has scratch (its quantised input); every other layer
+        is read-only once packed and is returned as it is."""
+        if getattr(self, "_q_buf", None) is None:
+            return self
+        t = copy.copy(self)
+        t._q_buf = torch.zeros_like(self._q_buf)
+        t._q_sizes = (t._q_buf.data_ptr(), *self._q_sizes[1:])
+        t._call = getattr(t, self._call.__name__)  # bound to the twin, not to this layer
+        return t
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the layer; with ``out`` the result is written there (and returned)."""
