@@ -132,6 +132,13 @@ def test_websocket_origin_is_checked(serve) -> None:
         assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
 
 
+def test_messages_are_not_compressed(serve) -> None:
+    srv = serve()
+    with connect(srv) as ws:  # the client offers permessage-deflate, as browsers do
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
+
+
 def _garbage(rng: random.Random) -> str:
     """One message the protocol must refuse."""
     kind = rng.randrange(8)
