@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 ENGINES = ("per-tab", "batched")
 """How the tabs' samplers are made: ``per-tab`` (the default: :class:`SamplerFactory`) or
 ``batched`` (one ``Streams`` for every tab, calls combined into batched steps:
-:mod:`.batched`). A batch of one costs more than a single stream's call, so one tab is
-answered faster per tab; with 16 busy sessions batched answered about 5x faster
+:mod:`.batched`). A batch of one costs more than a single stream's call, so a lone tab
+is answered sooner by per-tab; with 16 busy sessions batched answered about 5x faster
 (measured in docs/web.md). Per-tab is the default, the one-tab case being the common
 one."""
 
