@@ -127,6 +127,26 @@ def test_close_releases_every_model_note(open_session) -> None:
     s.close()  # idempotent
 
 
+def test_a_second_close_waits_for_the_first(open_session) -> None:
+    """The idle check and the socket's own close can race: whichever returns second must
+    also find the player stopped (a closed session that still sounds is a stuck note)."""
+    s, _ = open_session("band")
+    real_stop, stopping = s.player.stop, threading.Event()
+
+    def slow_stop(*a, **k) -> None:
+        stopping.set()
+        time.sleep(0.3)
+        real_stop(*a, **k)
+
+    s.player.stop = slow_stop  # type: ignore[method-assign]
+    first = threading.Thread(target=s.close)
+    first.start()
+    assert stopping.wait(10)
+    s.close()
+    assert not s.player.running and s.sink.sounding == set()
+    first.join(10)
+
+
 @pytest.mark.slow
 def test_voice_and_control_changes(open_session) -> None:
     s, inbox = open_session("follows")

@@ -135,12 +135,14 @@ class WebSession:
         self.player.call(self.policy.start)
 
     def close(self) -> None:
-        """Stop the player: every model note is released (idempotent)."""
-        if self.closed:
-            return
+        """Stop the player: every model note is released (idempotent). A second caller
+        (the idle check racing the socket's own close) also waits for the player to stop,
+        so that when any call returns, the session is silent."""
+        first = not self.closed
         self.closed = True
         self.player.stop()
-        log.info("session %s closed", self.id)
+        if first:
+            log.info("session %s closed", self.id)
 
     def welcome(self) -> dict[str, Any]:
         """The first message: protocol version, presets, instruments, the current rig."""
