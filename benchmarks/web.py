@@ -49,6 +49,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_line  # noqa: E402
 
+from notochord_rt.engine.cores.precisions import PRECISIONS  # noqa: E402
+
 RUN = """(n) => {
   window.__bench = { done: false, lat: [] };
   const wait = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -144,13 +146,13 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def run(tabs: int, presses: int, base, chromium: str, background: bool = False,
-        engine: str = "per-tab", clients: bool = False) -> dict:
+        engine: str = "per-tab", clients: bool = False, precision: str = "fp32") -> dict:
     from playwright.sync_api import sync_playwright
 
     from notochord_rt.apps.web.serve import ServerThread, make_web_app
 
     web = make_web_app(base, soundfont=None, preset="follows", rate=5000, max_sessions=tabs,
-                       engine=engine)
+                       engine=engine, precision=precision)
     with ServerThread(web) as srv, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=[
             "--autoplay-policy=no-user-gesture-required", "--no-sandbox", "--mute-audio"])
@@ -201,7 +203,7 @@ def run(tabs: int, presses: int, base, chromium: str, background: bool = False,
         driver.wait(10)  # it has printed its figures: it is finishing
     missing = (len(pages) * presses - len(lat)) + (
         (tabs - 1) * presses - len(client_lat) if driver is not None else 0)
-    return {"tabs": tabs, "engine": engine, "background": background,
+    return {"tabs": tabs, "engine": engine, "precision": precision, "background": background,
             "clients": tabs - 1 if driver is not None else 0, "presses": len(lat),
             "client_presses": len(client_lat),
             "client_p50_ms": round(pct(client_lat, 50), 2),
@@ -223,6 +225,8 @@ def main() -> int:
     ap.add_argument("--checkpoint", default="default")
     ap.add_argument("--engine", default="per-tab", choices=("per-tab", "batched"),
                     help="how the tabs' samplers are made (notochord-rt web --engine)")
+    ap.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                    help="the sessions' core (notochord-rt web --precision)")
     ap.add_argument("--background", action="store_true",
                     help="also run each tab count with every tab but the first not drawing "
                          "its piano roll (browsers run no animation frames in background "
@@ -249,7 +253,7 @@ def main() -> int:
     fast_thread_switching()  # as notochord-rt web does
     base = load_sampler(args.checkpoint, "module")
     print(f"machine: {machine_line()}")
-    print(f"model {args.checkpoint}, engine {args.engine}, preset follows, "
+    print(f"model {args.checkpoint}, engine {args.engine}, {args.precision}, preset follows, "
           f"{args.presses} presses per tab, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"{'tabs':>4} {'presses':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
@@ -259,7 +263,7 @@ def main() -> int:
     if args.background:
         runs += [(n, True) for n in args.tabs if n > 1]
     for n, bg in runs:
-        r = run(n, args.presses, base, chromium, bg, args.engine, args.clients)
+        r = run(n, args.presses, base, chromium, bg, args.engine, args.clients, args.precision)
         results.append(r)
         print(f"{n:>4}{'*' if bg else ' '}{r['presses']:>7} {r['page_p50_ms']:>7.2f} "
               f"{r['page_p99_ms']:>7.2f} "
