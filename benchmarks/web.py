@@ -28,7 +28,11 @@ in one separate process (asyncio, the page's protocol and press pattern: note-on
 id, wait for the first answering note naming it, note-off, 80-160 ms, next), as other
 people's browsers on other machines would be. On a 2-core machine 16 headless renderers
 take the cores the server needs; this mode measures the server under 16 sessions.
-The clients' own press-to-answer times are printed too.
+The clients' own press-to-answer times are printed too. ``--workers N`` serves from N
+processes on one port (``notochord-rt web --workers``); ``--precision`` picks the
+sessions' core.
+
+    python benchmarks/web.py --tabs 1 16 --clients --precision int8 --workers 2
 """
 
 from __future__ import annotations
@@ -145,15 +149,60 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
+class WorkerServer:
+    """``--workers N``: the server as ``notochord-rt web --workers N`` runs it (N processes
+    on one port; their players' statistics stay in them, so no server-side figures)."""
+
+    def __init__(self, checkpoint: str, tabs: int, engine: str, precision: str,
+                 workers: int) -> None:
+        from notochord_rt.apps.loading import resolve_for_cli
+        from notochord_rt.apps.web.serve import bind
+        from notochord_rt.apps.web.workers import WebSettings, Workers
+
+        self.sock = bind("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        settings = WebSettings(checkpoint=str(resolve_for_cli(checkpoint)), preset="follows",
+                               rate=5000, max_sessions=tabs, engine=engine,
+                               precision=precision)
+        self.workers = Workers(settings, self.sock, workers)
+        self.web = None
+
+    def __enter__(self) -> WorkerServer:
+        import urllib.request
+
+        self.workers.start()
+        end = time.monotonic() + 120
+        while True:  # every worker loaded: each answers /api/info once it serves
+            try:
+                with urllib.request.urlopen(self.url + "/api/info", timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > end:
+                    raise RuntimeError("the web workers did not start") from None
+                time.sleep(0.2)
+        time.sleep(3.0)  # the other workers finish loading too
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.workers.shutdown()
+        self.sock.close()
+
+
 def run(tabs: int, presses: int, base, chromium: str, background: bool = False,
-        engine: str = "per-tab", clients: bool = False, precision: str = "fp32") -> dict:
+        engine: str = "per-tab", clients: bool = False, precision: str = "fp32",
+        workers: int = 1, checkpoint: str = "default") -> dict:
     from playwright.sync_api import sync_playwright
 
     from notochord_rt.apps.web.serve import ServerThread, make_web_app
 
-    web = make_web_app(base, soundfont=None, preset="follows", rate=5000, max_sessions=tabs,
-                       engine=engine, precision=precision)
-    with ServerThread(web) as srv, sync_playwright() as p:
+    if workers > 1:
+        serving = WorkerServer(checkpoint, tabs, engine, precision, workers)
+    else:
+        serving = ServerThread(make_web_app(base, soundfont=None, preset="follows", rate=5000,
+                                           max_sessions=tabs, engine=engine,
+                                           precision=precision))
+    web = serving.web
+    with serving as srv, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=[
             "--autoplay-policy=no-user-gesture-required", "--no-sandbox", "--mute-audio"])
         pages, driver = [], None
@@ -175,7 +224,7 @@ def run(tabs: int, presses: int, base, chromium: str, background: bool = False,
             time.sleep(0.25)
         if driver is not None and driver.stdout.readline().strip() != "ready":
             raise RuntimeError("the protocol clients did not start")
-        sessions = list(web.manager.sessions.values())
+        sessions = list(web.manager.sessions.values()) if web is not None else []
         if background:  # every tab but the first stops drawing, as a background tab does
             for page in pages[1:]:
                 page.evaluate("() => { nrt.roll.frame = () => {}; }")
@@ -203,7 +252,8 @@ def run(tabs: int, presses: int, base, chromium: str, background: bool = False,
         driver.wait(10)  # it has printed its figures: it is finishing
     missing = (len(pages) * presses - len(lat)) + (
         (tabs - 1) * presses - len(client_lat) if driver is not None else 0)
-    return {"tabs": tabs, "engine": engine, "precision": precision, "background": background,
+    return {"tabs": tabs, "engine": engine, "precision": precision, "workers": workers,
+            "background": background,
             "clients": tabs - 1 if driver is not None else 0, "presses": len(lat),
             "client_presses": len(client_lat),
             "client_p50_ms": round(pct(client_lat, 50), 2),
@@ -227,6 +277,9 @@ def main() -> int:
                     help="how the tabs' samplers are made (notochord-rt web --engine)")
     ap.add_argument("--precision", default="fp32", choices=PRECISIONS,
                     help="the sessions' core (notochord-rt web --precision)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="server processes (notochord-rt web --workers; with more than one "
+                         "the server-side figures are not collected)")
     ap.add_argument("--background", action="store_true",
                     help="also run each tab count with every tab but the first not drawing "
                          "its piano roll (browsers run no animation frames in background "
@@ -253,7 +306,8 @@ def main() -> int:
     fast_thread_switching()  # as notochord-rt web does
     base = load_sampler(args.checkpoint, "module")
     print(f"machine: {machine_line()}")
-    print(f"model {args.checkpoint}, engine {args.engine}, {args.precision}, preset follows, "
+    print(f"model {args.checkpoint}, engine {args.engine}, {args.precision}, "
+          f"{args.workers} server process{'es' if args.workers > 1 else ''}, preset follows, "
           f"{args.presses} presses per tab, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"{'tabs':>4} {'presses':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
@@ -263,7 +317,8 @@ def main() -> int:
     if args.background:
         runs += [(n, True) for n in args.tabs if n > 1]
     for n, bg in runs:
-        r = run(n, args.presses, base, chromium, bg, args.engine, args.clients, args.precision)
+        r = run(n, args.presses, base, chromium, bg, args.engine, args.clients, args.precision,
+                args.workers, args.checkpoint)
         results.append(r)
         print(f"{n:>4}{'*' if bg else ' '}{r['presses']:>7} {r['page_p50_ms']:>7.2f} "
               f"{r['page_p99_ms']:>7.2f} "

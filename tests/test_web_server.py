@@ -9,6 +9,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from tiny import tiny_model
@@ -326,3 +327,80 @@ def _sf(tmp_path):
     sf = tmp_path / "mini.sf2"
     sf.write_bytes(b"RIFF" + bytes(64))
     return sf
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The spawned worker processes of ``pid`` (not multiprocessing's resource tracker)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat = (p / "stat").read_text()
+            cmd = (p / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmd:
+            out.append(int(p.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_workers_serve_restart_and_stop(tmp_path) -> None:
+    """``--workers 2``: two processes serve the port (each session answered), a worker that
+    dies is started again, SIGTERM to the parent stops every worker."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from tiny import tiny_net
+
+    ckpt = tmp_path / "tiny.safetensors"
+    tiny_net(0).save(ckpt)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "notochord_rt", "web", "--port", "0",
+                             "--workers", "2", "--checkpoint", str(ckpt), "--preset",
+                             "follows"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        text = ""
+        while "Ctrl-C" not in text:
+            line = proc.stderr.readline()
+            assert line, text
+            text += line
+        assert "2 worker processes" in text
+        port = int(re.search(r":(\d+)/", text).group(1))
+        url = f"http://127.0.0.1:{port}"
+        assert _eventually(lambda: len(_workers_of(proc.pid)) == 2, timeout=60)
+
+        def play(k: int) -> None:
+            deadline = time.monotonic() + 60
+            while True:  # the workers may still be loading: connection refused until then
+                try:
+                    ws = ws_client.connect(f"ws://127.0.0.1:{port}/ws", origin=url,
+                                           open_timeout=10)
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+            with ws:
+                recv_until(ws, lambda m: m["type"] == "welcome", timeout=30)
+                ws.send(json.dumps({"type": "note", "pitch": 60, "vel": 100, "id": k}))
+                recv_until(ws, lambda m: m.get("reply") == k and m["type"] == "note",
+                           timeout=30)
+
+        for k in range(4):
+            play(k)
+        first = _workers_of(proc.pid)
+        os.kill(first[0], signal.SIGKILL)
+        assert _eventually(lambda: len(set(_workers_of(proc.pid)) - set(first)) == 1,
+                           timeout=60)
+        assert _eventually(lambda: len(_workers_of(proc.pid)) == 2, timeout=60)
+        for k in range(4, 8):
+            play(k)
+        workers = _workers_of(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()]

@@ -41,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-tab: each tab its own sampler over the shared weights (the "
                              "default); batched: every tab a stream of one batched engine, "
                              "concurrent calls combined into one step")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes sharing the port (default 1): one process "
+                             "runs Python on about one core; with more tabs than it keeps "
+                             "up with, 2 or more use more cores (--max-sessions is per "
+                             "worker)")
     parser.add_argument("--soundfont", metavar="PATH",
                         help="General MIDI SoundFont (.sf2/.sf3) the page plays with "
                              "(default: Debian's FluidR3_GM from fluid-soundfont-gm)")
@@ -65,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
     if args.max_sessions < 1:
         raise UserError(f"--max-sessions must be >= 1, got {args.max_sessions}")
     if args.session_timeout < 0:
@@ -80,10 +87,11 @@ def run(args: argparse.Namespace) -> int:
         import websockets  # noqa: F401
     except ImportError as e:
         raise UserError(f"{e.name or e} is needed for the web playground: {EXTRA_HINT}") from None
-    from ..apps.loading import load_sampler
+    from ..apps.loading import load_sampler, resolve_for_cli
     from ..apps.play.presets import load_presets
     from ..apps.web import serve as srv
     from ..apps.web.soundfont import HOW_TO_GET, find_soundfont
+    from ..apps.web.workers import WebSettings, build_app, serve_one, serve_workers
 
     _check(args)
     book = load_presets(args.presets)
@@ -93,12 +101,12 @@ def run(args: argparse.Namespace) -> int:
                        else args.preset or 0).name
     soundfont = find_soundfont(args.soundfont)
     base = load_sampler(args.checkpoint, "module", download=args.download)
-    web = srv.make_web_app(base, book, soundfont=soundfont, precision=args.precision,
-                           engine=args.engine, max_sessions=args.max_sessions,
-                           idle_timeout=args.session_timeout or None, preset=preset,
-                           seed=args.seed, rate=args.rate, host=args.host,
-                           allow_origins=tuple(args.allow_origin),
-                           info={"model": str(args.checkpoint)})
+    settings = WebSettings(
+        checkpoint=str(resolve_for_cli(args.checkpoint)), soundfont=soundfont,
+        presets=args.presets, preset=preset, precision=args.precision, engine=args.engine,
+        max_sessions=args.max_sessions, idle_timeout=args.session_timeout or None,
+        seed=args.seed, rate=args.rate, host=args.host, allow_origins=tuple(args.allow_origin),
+        info={"model": str(args.checkpoint)})
     local = srv.loopback(args.host)
     sock = srv.bind(args.host, args.port)
     port = sock.getsockname()[1]
@@ -108,20 +116,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"notochord-rt web: WARNING: listening on {args.host}, not a loopback address: "  # noqa: T201
               "anyone who can reach this port can play with the model and use this "
               "machine's CPU (use a trusted network or a firewall)", file=sys.stderr, flush=True)
-    print(f"notochord-rt web: {url} (model {args.checkpoint}, preset {preset}, SoundFont "  # noqa: T201
-          f"{soundfont or 'none: ' + HOW_TO_GET}); Ctrl-C to stop", file=sys.stderr, flush=True)
-    uv = srv.uvicorn_server(web)
-    srv.fast_thread_switching()
+    workers = f", {args.workers} worker processes" if args.workers > 1 else ""
+    print(f"notochord-rt web: {url} (model {args.checkpoint}, preset {preset}{workers}, "  # noqa: T201
+          f"SoundFont {soundfont or 'none: ' + HOW_TO_GET}); Ctrl-C to stop",
+          file=sys.stderr, flush=True)
     if args.open:
         import threading
         import webbrowser
 
         threading.Timer(0.5, webbrowser.open, (url,)).start()
     try:
-        uv.run(sockets=[sock])
-    except KeyboardInterrupt:
-        pass
+        if args.workers > 1:
+            del base  # each worker loads its own
+            serve_workers(settings, sock, args.workers)
+        else:
+            serve_one(build_app(settings, base), sock)
     finally:
-        web.manager.close_all()
         sock.close()
     return 0
