@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             del base  # each worker loads its own
             serve_workers(settings, sock, args.workers)
         else:
-            serve_one(build_app(settings, base), sock)
+            serve_one(build_app(settings, base, book), sock)
     finally:
         sock.close()
     return 0

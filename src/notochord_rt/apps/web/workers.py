@@ -51,16 +51,18 @@ class WebSettings:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def build_app(settings: WebSettings, base: Any = None) -> Any:
-    """The :class:`~.server.WebApp` for ``settings`` (``base``: the loaded model, loaded
-    from ``settings.checkpoint`` when not given)."""
+def build_app(settings: WebSettings, base: Any = None, book: Any = None) -> Any:
+    """The :class:`~.server.WebApp` for ``settings`` (``base``: the loaded model and
+    ``book``: the loaded presets, each loaded from ``settings`` when not given)."""
     from ..loading import load_sampler
     from ..play.presets import load_presets
     from .serve import make_web_app
 
     if base is None:
         base = load_sampler(settings.checkpoint, "module")
-    return make_web_app(base, load_presets(settings.presets), soundfont=settings.soundfont,
+    if book is None:
+        book = load_presets(settings.presets)
+    return make_web_app(base, book, soundfont=settings.soundfont,
                         precision=settings.precision, engine=settings.engine,
                         max_sessions=settings.max_sessions,
                         idle_timeout=settings.idle_timeout, preset=settings.preset,
