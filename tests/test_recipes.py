@@ -4,7 +4,7 @@
 with a tiny model, fp32 and three steps, so what is tested is its plumbing: prep (or a
 prepared folder), training under a time limit, the last checkpoint and its evaluation
 copied to the output folder. ``train-default-model.sh`` (the bundled model's recipe) runs
-its four phases with the real network at two steps each on small batches: each phase
+its five phases with the real network at two steps each on small batches: each phase
 starts from the last one's weights and adds its options.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,7 +91,7 @@ def test_recipe_rejects_a_zero_budget(prepared: Path, tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_default_recipe_runs_its_four_phases(prepared: Path, tmp_path: Path):
+def test_default_recipe_runs_its_five_phases_and_resumes(prepared: Path, tmp_path: Path):
     work = tmp_path / "default"
     short = ["--batch-size", "2", "--batch-len", "32", "--max-steps", "2", "--warmup-steps", "1",
              "--valid-batches", "1", "--valid-len", "64", "--checkpoint-every", "1",
@@ -98,13 +99,28 @@ def test_default_recipe_runs_its_four_phases(prepared: Path, tmp_path: Path):
     result = _run([str(prepared), str(work), *short], tmp_path, DEFAULT_SCRIPT)
     assert result.returncode == 0, result.stderr + result.stdout
     times = (work / "times.txt").read_text().split("\n")
-    assert [line.split()[0] for line in times if line] == [f"phase{k}" for k in (1, 2, 3, 4)]
+    assert [line.split()[0] for line in times if line] == [f"phase{k}" for k in range(1, 6)]
     model = load_model(NotochordNet, work / "model.safetensors")
     config = model.config
     # phase 1's size, phase 3's time additions and phase 4's motif copying, all kept
     assert (config.emb_size, config.rnn_hidden) == (192, 384)
     assert (config.time_pulse, config.time_pulse_grid, config.pitch_copy) == (8, 1, 4)
     assert config.time_res == pytest.approx(0.002)
-    for k in (2, 3, 4):
+    for k in range(2, 6):
         run = json.loads((work / f"phase{k}" / "config.json").read_text())
         assert run["init_from"] == str(work / f"phase{k - 1}") and run["max_steps"] == 2
+    assert json.loads((work / "phase5" / "config.json").read_text())["lr"] == pytest.approx(1.5e-4)
+
+    # started again after phase 3: phases 1-3 (listed in times.txt) are skipped, phase 4
+    # (cut short: its folder is there, unlisted) starts over, then phase 5
+    (work / "times.txt").write_text("".join(line + "\n" for line in times[:3]))
+    shutil.rmtree(work / "phase5")
+    written = (work / "phase2" / "config.json").stat().st_mtime_ns
+    result = _run([str(prepared), str(work), *short], tmp_path, DEFAULT_SCRIPT)
+    assert result.returncode == 0, result.stderr + result.stdout
+    for k in (1, 2, 3):
+        assert f"phase{k}: listed in" in result.stdout
+    assert (work / "phase2" / "config.json").stat().st_mtime_ns == written  # not rerun
+    times = (work / "times.txt").read_text().split("\n")
+    assert [line.split()[0] for line in times if line] == [f"phase{k}" for k in range(1, 6)]
+    assert load_model(NotochordNet, work / "model.safetensors").config.pitch_copy == 4
