@@ -35,7 +35,8 @@ def test_valid_messages_are_parsed() -> None:
                        inst="violin")).args == {"channel": 2, "mode": "follow", "source": 1,
                                                 "range": (30, 60), "inst": 41}
     assert P.parse(msg(type="action", name="panic")).args == {"name": "panic"}
-    assert P.parse(msg(type="hello", version=P.VERSION)).type == "hello"
+    assert P.parse(msg(type="hello", version=P.VERSION)).args == {"version": 1, "batch": False}
+    assert P.parse(msg(type="hello", version=1, batch=True)).args["batch"] is True
     data = base64.b64encode(b"MThd").decode()
     assert P.parse(msg(type="prompt", name="a.mid", data=data)).args["data"] == b"MThd"
 
@@ -70,12 +71,25 @@ def test_valid_messages_are_parsed() -> None:
     (msg(type="prompt", name="a.mid", data="not base64!"), "not valid base64"),
     (msg(type="prompt", name="a.mid", data=""), "MIDI file in base64"),
     (msg(type="hello", version=99), "speaks version 1"),
+    (msg(type="hello", version=1, batch=1), "batch must be true or false"),
     (msg(type="note", pitch=60, vel=1, id=-1), "id must be in"),
 ])
 def test_bad_messages_are_refused_with_a_reason(text: str, says: str) -> None:
     with pytest.raises(P.ProtocolError, match=None) as e:
         P.parse(text)
     assert says in str(e.value)
+
+
+def test_frames_pack_waiting_messages_only_when_asked() -> None:
+    msgs = [{"type": "pong", "id": k} for k in range(P.MAX_BATCH + 3)]
+    plain = P.frames(msgs, batch=False)
+    assert [json.loads(f) for f in plain] == msgs  # one object per frame
+    packed = P.frames(msgs, batch=True)
+    assert len(packed) == 2  # at most MAX_BATCH per frame, in order
+    first, second = (json.loads(f) for f in packed)
+    assert first == msgs[:P.MAX_BATCH] and second == msgs[P.MAX_BATCH:]
+    assert json.loads(P.frames(msgs[:1], batch=True)[0]) == msgs[0]  # alone: an object
+    assert P.frames([], batch=True) == []
 
 
 def test_size_limits() -> None:

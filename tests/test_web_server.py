@@ -21,8 +21,9 @@ ws_client = pytest.importorskip("websockets.sync.client")
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 
 from notochord_rt.apps.web.protocol import MAX_FRAME  # noqa: E402
-from notochord_rt.apps.web.serve import ServerThread, make_web_app  # noqa: E402
+from notochord_rt.apps.web.serve import ServerThread, check_loop, make_web_app  # noqa: E402
 from notochord_rt.apps.web.soundfont import HOW_TO_GET  # noqa: E402
+from notochord_rt.errors import UserError  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -34,10 +35,11 @@ def serve() -> Iterator[Callable[..., ServerThread]]:
     def start(**kw) -> ServerThread:
         kw.setdefault("preset", "follows")
         idle_check = kw.pop("idle_check", None)
+        loop = kw.pop("loop", "auto")
         web = make_web_app(tiny_model(0), **kw)
         if idle_check is not None:
             web.config.idle_check = idle_check
-        srv = ServerThread(web).start()
+        srv = ServerThread(web, loop=loop).start()
         servers.append(srv)
         return srv
 
@@ -214,6 +216,38 @@ def test_two_tabs_are_isolated(serve, engine) -> None:
         assert all(m["ch"] == 1 and m["inst"] == 1 for m in seen_b if m["type"] == "note")
         a.send(json.dumps({"type": "hello", "version": 1}))
         assert recv_until(a, lambda m: m["type"] == "welcome")[-1]["rig"]["preset"] == "follows"
+
+
+def test_the_event_loop_is_uvloop_where_installed(serve) -> None:
+    pytest.importorskip("uvloop")  # the web extra installs it (not on Windows)
+    assert json.loads(get(serve(), "/api/info")[1])["loop"] == "uvloop"
+    assert json.loads(get(serve(loop="asyncio"), "/api/info")[1])["loop"] == "asyncio"
+    with pytest.raises(UserError, match="unknown event loop 'trio'"):
+        check_loop("trio")
+
+
+def test_batches_only_for_a_client_that_asks(serve) -> None:
+    srv = serve()
+    with connect(srv) as plain, connect(srv) as batched:
+        recv_until(plain, lambda m: m["type"] == "welcome")
+        recv_until(batched, lambda m: m["type"] == "welcome")
+        batched.send(json.dumps({"type": "hello", "version": 1, "batch": True}))
+        recv_until(batched, lambda m: m["type"] == "welcome")
+        for ws in (plain, batched):
+            for k in range(200):  # a burst: replies wait together for the sender
+                ws.send(json.dumps({"type": "ping", "id": k}))
+        frames = {}
+        for name, ws in (("plain", plain), ("batched", batched)):
+            got, end = [], time.monotonic() + 20
+            while sum(len(f) if isinstance(f, list) else 1 for f in got) < 200:
+                got.append(json.loads(ws.recv(timeout=end - time.monotonic())))
+            frames[name] = got
+        assert all(isinstance(f, dict) for f in frames["plain"])
+        assert [f["id"] for f in frames["plain"]] == list(range(200))
+        flat = [m for f in frames["batched"] for m in (f if isinstance(f, list) else [f])]
+        assert [m["id"] for m in flat] == list(range(200))  # every reply, in order
+        assert all(len(f) >= 2 for f in frames["batched"] if isinstance(f, list))
+        assert len(frames["batched"]) < 200  # the burst's replies were packed
 
 
 def test_session_count_is_bounded(serve) -> None:

@@ -1,5 +1,6 @@
 // The WebSocket client of the protocol in docs/web.md: JSON messages; the page decides
-// whether to open it again after a loss (main.js).
+// whether to open it again after a loss (main.js). It asks for batches: a busy server may
+// then pack the messages waiting for the page into one frame (a JSON array, in order).
 export const PROTOCOL_VERSION = 1;
 
 export class Connection {
@@ -16,17 +17,21 @@ export class Connection {
     const ws = new WebSocket(this.url);
     this.ws = ws;
     ws.onopen = () => {
-      this.send({ type: "hello", version: PROTOCOL_VERSION });
+      this.send({ type: "hello", version: PROTOCOL_VERSION, batch: true });
       this.handlers.open?.();
     };
     ws.onmessage = (ev) => {
-      let msg;
-      try { msg = JSON.parse(ev.data); } catch { return; }
-      if (msg.type === "closing") this.closedByServer = true;
-      if (msg.type === "error" && msg.message.includes("sessions are open")) this.closedByServer = true;
-      this.handlers.message(msg);
+      let data;
+      try { data = JSON.parse(ev.data); } catch { return; }
+      for (const msg of Array.isArray(data) ? data : [data]) this.receive(msg);
     };
     ws.onclose = (ev) => this.handlers.close?.(ev.reason || `connection closed (${ev.code})`);
+  }
+
+  receive(msg) {
+    if (msg.type === "closing") this.closedByServer = true;
+    if (msg.type === "error" && msg.message.includes("sessions are open")) this.closedByServer = true;
+    this.handlers.message(msg);
   }
 
   get ready() { return this.ws !== null && this.ws.readyState === WebSocket.OPEN; }

@@ -1,12 +1,13 @@
 """The web playground's WebSocket protocol: versioned JSON messages and their checks.
 
-Every message is one JSON object with a ``"type"``. :func:`parse` turns a received text
-frame into a checked :class:`Message` or raises :class:`ProtocolError` with a message
-the server sends back (``{"type": "error", ...}``) — the session stays open and no other
-session is affected. Numbers must be numbers (no text, no booleans, no NaN) and inside
-their ranges; unknown keys are refused so that a typo is not silently ignored. The
-messages are documented in docs/web.md; :data:`VERSION` changes when they change
-incompatibly.
+Every message is one JSON object with a ``"type"``; a client that says ``batch`` in its
+``hello`` may get several server messages in one frame, as a JSON array in order
+(:func:`frames`). :func:`parse` turns a received text frame into a checked
+:class:`Message` or raises :class:`ProtocolError` with a message the server sends back
+(``{"type": "error", ...}``) — the session stays open and no other session is affected.
+Numbers must be numbers (no text, no booleans, no NaN) and inside their ranges; unknown
+keys are refused so that a typo is not silently ignored. The messages are documented in
+docs/web.md; :data:`VERSION` changes when they change incompatibly.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ MAX_TEXT = 4096
 
 MAX_PROMPT_BYTES = 256 * 1024
 """Largest MIDI file accepted as a prompt (bytes, before base64)."""
+
+MAX_BATCH = 64
+"""Most server messages sent in one frame to a client that asked for batches."""
 
 MAX_FRAME = MAX_PROMPT_BYTES * 4 // 3 + 4096
 """Largest frame at all (a prompt's base64 plus its envelope); larger frames close the
@@ -199,11 +203,14 @@ def _ping(d: dict, t: str) -> dict[str, Any]:
 
 
 def _hello(d: dict, t: str) -> dict[str, Any]:
-    _keys(d, ("version",), t)
+    _keys(d, ("version", "batch"), t)
     v = _int(d, "version", 0, 1 << 30, t)
     if v != VERSION:
         raise ProtocolError(f"hello: this server speaks version {VERSION}, not {v}", t)
-    return {"version": v}
+    batch = d.get("batch", False)
+    if not isinstance(batch, bool):
+        raise ProtocolError(f"{t}: batch must be true or false", t)
+    return {"version": v, "batch": batch}
 
 
 CHECKS = {
@@ -238,6 +245,20 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def dumps(msg: dict[str, Any]) -> str:
-    """A server message as compact JSON text."""
+def dumps(msg: dict[str, Any] | list[dict[str, Any]]) -> str:
+    """A server message (or a batch of them) as compact JSON text."""
     return json.dumps(msg, separators=(",", ":"), allow_nan=False)
+
+
+def frames(msgs: list[dict[str, Any]], batch: bool) -> list[str]:
+    """The text frames that carry ``msgs`` (in order): one per message, or with ``batch``
+    one JSON array of up to :data:`MAX_BATCH` messages per frame (a single message stays
+    a plain object). Batching only packs messages that are already waiting, so it saves
+    the per-frame work of a busy server without holding any message back."""
+    if not batch:
+        return [dumps(m) for m in msgs]
+    out = []
+    for i in range(0, len(msgs), MAX_BATCH):
+        part = msgs[i:i + MAX_BATCH]
+        out.append(dumps(part[0] if len(part) == 1 else part))
+    return out

@@ -33,7 +33,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .limits import TokenBucket
-from .protocol import VERSION, ProtocolError, dumps, parse
+from .protocol import MAX_BATCH, VERSION, ProtocolError, dumps, frames, parse
 from .sessions import SessionManager, SessionsFull
 from .soundfont import HOW_TO_GET
 from .static import StaticFile, load_static
@@ -52,6 +52,14 @@ SECURITY_HEADERS = {
                                 "script-src 'self' 'wasm-unsafe-eval'; "
                                 "object-src 'none'; frame-ancestors 'none'"),
 }
+
+
+@dataclass
+class Framing:
+    """How one connection's messages are framed: ``batch`` (asked for in ``hello``) lets
+    the sender pack the messages waiting for it into one frame."""
+
+    batch: bool = False
 
 
 @dataclass
@@ -125,6 +133,7 @@ class WebApp:
     async def info(self, request: Request) -> Response:
         return JSONResponse({
             "version": VERSION, "sessions": len(self.manager),
+            "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "max_sessions": self.manager.max_sessions,
             "soundfont": self.soundfont.name if self.soundfont else None,
             "soundfont_help": None if self.soundfont else HOW_TO_GET, **self.config.info})
@@ -183,10 +192,11 @@ class WebApp:
             await ws.close(code=1013, reason="too many sessions")
             return
         self.sockets[sess.id] = ws
-        sender = asyncio.create_task(self._send_loop(ws, sess, outbox))
+        framing = Framing()
+        sender = asyncio.create_task(self._send_loop(ws, sess, outbox, framing))
         try:
             await ws.send_text(dumps(sess.welcome()))
-            await self._receive_loop(ws, sess, send, overflow)
+            await self._receive_loop(ws, sess, send, overflow, framing)
         except WebSocketDisconnect:
             pass
         except Exception:  # noqa: BLE001 - one session's failure closes only it
@@ -198,16 +208,21 @@ class WebApp:
             with contextlib.suppress(Exception):
                 await ws.close()
 
-    async def _send_loop(self, ws: WebSocket, sess: Any, outbox: asyncio.Queue) -> None:
+    async def _send_loop(self, ws: WebSocket, sess: Any, outbox: asyncio.Queue,
+                         framing: Framing) -> None:
         with contextlib.suppress(Exception):
             while True:
-                msg = await outbox.get()
-                if msg.get("type") == "prompted":
-                    sess.adopt_prompt_rig()
-                await ws.send_text(dumps(msg))
+                msgs = [await outbox.get()]
+                while framing.batch and len(msgs) < MAX_BATCH and not outbox.empty():
+                    msgs.append(outbox.get_nowait())  # what is already waiting, no more
+                for msg in msgs:
+                    if msg.get("type") == "prompted":
+                        sess.adopt_prompt_rig()
+                for text in frames(msgs, framing.batch):
+                    await ws.send_text(text)
 
     async def _receive_loop(self, ws: WebSocket, sess: Any, send: Any,
-                            overflow: asyncio.Event) -> None:
+                            overflow: asyncio.Event, framing: Framing) -> None:
         bucket = TokenBucket(self.config.rate, self.config.burst)
         last_warned = 0.0
         while True:
@@ -229,7 +244,10 @@ class WebApp:
             try:
                 if text is None:
                     raise ProtocolError("binary frames are not part of the protocol")
-                for reply in sess.handle(parse(text)):
+                msg = parse(text)
+                if msg.type == "hello":
+                    framing.batch = msg.args["batch"]
+                for reply in sess.handle(msg):
                     send(reply)
             except ProtocolError as e:
                 send({"type": "error", "message": str(e), "about": e.about})
