@@ -31,7 +31,7 @@ machine 16 headless renderers take the cores the server needs; this mode measure
 server under 16 sessions.
 The clients' own press-to-answer times are printed too. ``--workers N`` serves from N
 processes on one port (``notochord-rt web --workers``); ``--precision`` picks the
-sessions' core, ``--loop`` the server's event loop (``auto``: uvloop where installed).
+sessions' core.
 
     python benchmarks/web.py --tabs 1 16 --clients --precision int8 --workers 2
 """
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import shutil
@@ -164,7 +163,7 @@ class WorkerServer:
     on one port; their players' statistics stay in them, so no server-side figures)."""
 
     def __init__(self, checkpoint: str, tabs: int, engine: str, precision: str,
-                 workers: int, loop: str = "auto") -> None:
+                 workers: int) -> None:
         from notochord_rt.apps.loading import resolve_for_cli
         from notochord_rt.apps.web.serve import bind
         from notochord_rt.apps.web.workers import WebSettings, Workers
@@ -173,7 +172,7 @@ class WorkerServer:
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         settings = WebSettings(checkpoint=str(resolve_for_cli(checkpoint)), preset="follows",
                                rate=5000, max_sessions=tabs, engine=engine,
-                               precision=precision, loop=loop)
+                               precision=precision)
         self.workers = Workers(settings, self.sock, workers)
         self.web = None
 
@@ -200,17 +199,17 @@ class WorkerServer:
 
 def run(tabs: int, presses: int, base, chromium: str, background: bool = False,
         engine: str = "per-tab", clients: bool = False, precision: str = "fp32",
-        workers: int = 1, checkpoint: str = "default", loop: str = "auto") -> dict:
+        workers: int = 1, checkpoint: str = "default") -> dict:
     from playwright.sync_api import sync_playwright
 
     from notochord_rt.apps.web.serve import ServerThread, make_web_app
 
     if workers > 1:
-        serving = WorkerServer(checkpoint, tabs, engine, precision, workers, loop)
+        serving = WorkerServer(checkpoint, tabs, engine, precision, workers)
     else:
         serving = ServerThread(make_web_app(base, soundfont=None, preset="follows", rate=5000,
                                            max_sessions=tabs, engine=engine,
-                                           precision=precision), loop=loop)
+                                           precision=precision))
     web = serving.web
     with serving as srv, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=[
@@ -263,7 +262,7 @@ def run(tabs: int, presses: int, base, chromium: str, background: bool = False,
     missing = (len(pages) * presses - len(lat)) + (
         (tabs - 1) * presses - len(client_lat) if driver is not None else 0)
     return {"tabs": tabs, "engine": engine, "precision": precision, "workers": workers,
-            "loop": loop, "background": background,
+            "background": background,
             "clients": tabs - 1 if driver is not None else 0, "presses": len(lat),
             "client_presses": len(client_lat),
             "client_p50_ms": round(pct(client_lat, 50), 2),
@@ -290,8 +289,6 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1,
                     help="server processes (notochord-rt web --workers; with more than one "
                          "the server-side figures are not collected)")
-    ap.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"),
-                    help="the server's event loop (notochord-rt web --loop)")
     ap.add_argument("--background", action="store_true",
                     help="also run each tab count with every tab but the first not drawing "
                          "its piano roll (browsers run no animation frames in background "
@@ -318,14 +315,8 @@ def main() -> int:
     fast_thread_switching()  # as notochord-rt web does
     base = load_sampler(args.checkpoint, "module")
     print(f"machine: {machine_line()}")
-    from notochord_rt.apps.web.serve import check_loop
-
-    loop = check_loop(args.loop)
-    if loop == "auto":
-        loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     print(f"model {args.checkpoint}, engine {args.engine}, {args.precision}, "
-          f"{args.workers} server process{'es' if args.workers > 1 else ''}, {loop} loop, "
-          "preset follows, "
+          f"{args.workers} server process{'es' if args.workers > 1 else ''}, preset follows, "
           f"{args.presses} presses per tab, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"{'tabs':>4} {'presses':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
@@ -336,7 +327,7 @@ def main() -> int:
         runs += [(n, True) for n in args.tabs if n > 1]
     for n, bg in runs:
         r = run(n, args.presses, base, chromium, bg, args.engine, args.clients, args.precision,
-                args.workers, args.checkpoint, loop)
+                args.workers, args.checkpoint)
         results.append(r)
         print(f"{n:>4}{'*' if bg else ' '}{r['presses']:>7} {r['page_p50_ms']:>7.2f} "
               f"{r['page_p99_ms']:>7.2f} "

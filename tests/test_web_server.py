@@ -21,9 +21,8 @@ ws_client = pytest.importorskip("websockets.sync.client")
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 
 from notochord_rt.apps.web.protocol import MAX_FRAME  # noqa: E402
-from notochord_rt.apps.web.serve import ServerThread, check_loop, make_web_app  # noqa: E402
+from notochord_rt.apps.web.serve import ServerThread, make_web_app  # noqa: E402
 from notochord_rt.apps.web.soundfont import HOW_TO_GET  # noqa: E402
-from notochord_rt.errors import UserError  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -35,11 +34,10 @@ def serve() -> Iterator[Callable[..., ServerThread]]:
     def start(**kw) -> ServerThread:
         kw.setdefault("preset", "follows")
         idle_check = kw.pop("idle_check", None)
-        loop = kw.pop("loop", "auto")
         web = make_web_app(tiny_model(0), **kw)
         if idle_check is not None:
             web.config.idle_check = idle_check
-        srv = ServerThread(web, loop=loop).start()
+        srv = ServerThread(web).start()
         servers.append(srv)
         return srv
 
@@ -216,14 +214,6 @@ def test_two_tabs_are_isolated(serve, engine) -> None:
         assert all(m["ch"] == 1 and m["inst"] == 1 for m in seen_b if m["type"] == "note")
         a.send(json.dumps({"type": "hello", "version": 1}))
         assert recv_until(a, lambda m: m["type"] == "welcome")[-1]["rig"]["preset"] == "follows"
-
-
-def test_the_event_loop_is_uvloop_where_installed(serve) -> None:
-    pytest.importorskip("uvloop")  # the web extra installs it (not on Windows)
-    assert json.loads(get(serve(), "/api/info")[1])["loop"] == "uvloop"
-    assert json.loads(get(serve(loop="asyncio"), "/api/info")[1])["loop"] == "asyncio"
-    with pytest.raises(UserError, match="unknown event loop 'trio'"):
-        check_loop("trio")
 
 
 def test_batches_only_for_a_client_that_asks(serve) -> None:

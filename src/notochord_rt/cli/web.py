@@ -46,9 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "runs Python on about one core; with more tabs than it keeps "
                              "up with, 2 or more use more cores (--max-sessions is per "
                              "worker)")
-    parser.add_argument("--loop", default="auto", choices=("auto", "uvloop", "asyncio"),
-                        help="the server's event loop (default auto: uvloop where installed, "
-                             "as the web extra does except on Windows; else asyncio's)")
     parser.add_argument("--soundfont", metavar="PATH",
                         help="General MIDI SoundFont (.sf2/.sf3) the page plays with "
                              "(default: Debian's FluidR3_GM from fluid-soundfont-gm)")
@@ -97,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
     from ..apps.web.workers import WebSettings, build_app, serve_one, serve_workers
 
     _check(args)
-    srv.check_loop(args.loop)
     book = load_presets(args.presets)
     if not book.presets:
         raise UserError(f"{book.source} has no presets")
@@ -110,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         presets=args.presets, preset=preset, precision=args.precision, engine=args.engine,
         max_sessions=args.max_sessions, idle_timeout=args.session_timeout or None,
         seed=args.seed, rate=args.rate, host=args.host, allow_origins=tuple(args.allow_origin),
-        info={"model": str(args.checkpoint)}, loop=args.loop)
+        info={"model": str(args.checkpoint)})
     local = srv.loopback(args.host)
     sock = srv.bind(args.host, args.port)
     port = sock.getsockname()[1]
@@ -134,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             del base  # each worker loads its own
             serve_workers(settings, sock, args.workers)
         else:
-            serve_one(build_app(settings, base, book), sock, args.loop)
+            serve_one(build_app(settings, base, book), sock)
     finally:
         sock.close()
     return 0

@@ -80,27 +80,8 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-LOOPS = ("auto", "uvloop", "asyncio")
-"""Event loops the server can run on: ``auto`` is uvloop where it is installed (the ``web``
-extra installs it except on Windows), else asyncio's own."""
-
-
-def check_loop(loop: str) -> str:
-    """``loop`` if it is one of :data:`LOOPS` and can be used here, else UserError."""
-    if loop not in LOOPS:
-        raise UserError(f"unknown event loop {loop!r} (known: {', '.join(LOOPS)})")
-    if loop == "uvloop":
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
-            raise UserError("the uvloop event loop is not installed: pip install uvloop "
-                            "(not available on Windows)") from None
-    return loop
-
-
-def uvicorn_server(web: WebApp, loop: str = "auto") -> Any:
-    """A uvicorn server for the app on event loop ``loop`` (see :data:`LOOPS`; frame size
-    limit of the protocol, lifespan on).
+def uvicorn_server(web: WebApp) -> Any:
+    """A uvicorn server for the app (frame size limit of the protocol, lifespan on).
 
     Per-message compression is off: the messages are JSON of a few hundred bytes, and
     deflating each one cost CPU on every answer's path (1.5 % of the server's profile with
@@ -109,8 +90,7 @@ def uvicorn_server(web: WebApp, loop: str = "auto") -> Any:
 
     return uvicorn.Server(uvicorn.Config(web.app, log_level="warning", ws_max_size=MAX_FRAME,
                                          lifespan="on", ws_ping_interval=20.0,
-                                         ws_per_message_deflate=False,
-                                         loop=check_loop(loop)))
+                                         ws_per_message_deflate=False))
 
 
 class ServerThread:
@@ -119,23 +99,17 @@ class ServerThread:
     ``url`` is ``http://host:port``; :meth:`stop` shuts the server down (closing every
     session, so every model note is released)."""
 
-    def __init__(self, web: WebApp, host: str = "127.0.0.1", port: int = 0,
-                 loop: str = "auto") -> None:
+    def __init__(self, web: WebApp, host: str = "127.0.0.1", port: int = 0) -> None:
         self.web = web
         self.sock = bind(host, port)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self.server = uvicorn_server(web, loop)
+        self.server = uvicorn_server(web)
         self.server.config.install_signal_handlers = False  # not the main thread
         self._thread = threading.Thread(target=self._run, name="notochord-web", daemon=True)
 
     def _run(self) -> None:
-        serving = self.server.serve(sockets=[self.sock])
-        if sys.version_info >= (3, 11):  # the event loop the command would run
-            with asyncio.Runner(loop_factory=self.server.config.get_loop_factory()) as runner:
-                runner.run(serving)
-        else:  # pragma: no cover - Python 3.10: asyncio's own loop
-            asyncio.run(serving)
+        asyncio.run(self.server.serve(sockets=[self.sock]))
 
     def start(self, timeout: float = 20.0) -> ServerThread:
         self._thread.start()

@@ -133,7 +133,6 @@ class WebApp:
     async def info(self, request: Request) -> Response:
         return JSONResponse({
             "version": VERSION, "sessions": len(self.manager),
-            "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "max_sessions": self.manager.max_sessions,
             "soundfont": self.soundfont.name if self.soundfont else None,
             "soundfont_help": None if self.soundfont else HOW_TO_GET, **self.config.info})

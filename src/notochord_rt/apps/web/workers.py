@@ -49,7 +49,6 @@ class WebSettings:
     host: str = "127.0.0.1"
     allow_origins: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
-    loop: str = "auto"
 
 
 def build_app(settings: WebSettings, base: Any = None, book: Any = None) -> Any:
@@ -71,15 +70,14 @@ def build_app(settings: WebSettings, base: Any = None, book: Any = None) -> Any:
                         allow_origins=settings.allow_origins, info=settings.info)
 
 
-def serve_one(web: Any, sock: socket.socket, loop: str = "auto") -> None:
-    """Serve ``web`` on ``sock`` in this process on event loop ``loop`` (see
-    :data:`.serve.LOOPS`) until SIGINT / SIGTERM, then close every session (every model
-    note released)."""
+def serve_one(web: Any, sock: socket.socket) -> None:
+    """Serve ``web`` on ``sock`` in this process until SIGINT / SIGTERM, then close every
+    session (every model note released)."""
     from .serve import fast_thread_switching, uvicorn_server
 
     fast_thread_switching()
     try:
-        uvicorn_server(web, loop).run(sockets=[sock])
+        uvicorn_server(web).run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:
@@ -91,7 +89,7 @@ def _worker(settings: WebSettings, sock: socket.socket, seed_offset: int) -> Non
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if settings.seed is not None:  # each worker its own sessions' seeds
         settings = replace(settings, seed=settings.seed + seed_offset)
-    serve_one(build_app(settings), sock, settings.loop)
+    serve_one(build_app(settings), sock)
 
 
 class Workers:
