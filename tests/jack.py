@@ -142,6 +142,15 @@ def jack_server(period: int = 64, rate: int = 48000) -> Iterator[str]:
         _stop(proc)
 
 
+def wait_until(pred, timeout: float = 20.0) -> bool:
+    """Whether ``pred()`` comes true within ``timeout`` seconds (polled every 2 ms): for
+    what a JACK client's own threads do a little after the event a test caused."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not pred():
+        time.sleep(0.002)
+    return pred()
+
+
 def jack_or_skip(period: int = 1024):
     """For a pytest fixture: ``yield from jack_or_skip()``.
 

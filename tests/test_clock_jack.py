@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from jack import jack_or_skip
+from jack import jack_or_skip, wait_until
 
 from notochord_rt.apps.live.clock import InternalClock
 from notochord_rt.apps.live.clock_midi import (
@@ -72,13 +72,6 @@ class DrumMachine:
     def close(self) -> None:
         self.stop()
         self._child.close()
-
-
-def wait_until(pred, timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and not pred():
-        time.sleep(0.002)
-    return pred()
 
 
 def test_midi_clock_followed_through_jack(jack):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from jack import Probe, jack_or_skip, sounding_after
+from jack import Probe, jack_or_skip, sounding_after, wait_until
 from tiny import tiny_model
 
 from notochord_rt import Notochord
@@ -54,16 +54,6 @@ def tiny(seed: int = 0) -> Notochord:
 def notes_on(msgs, channel=None):
     return [(m[0] & 0x0F, m[1], m[2]) for _, m in msgs
             if m[0] & 0xF0 == NOTE_ON and m[2] > 0 and (channel is None or m[0] & 0x0F == channel)]
-
-
-def until(pred, timeout: float = 5.0) -> bool:
-    """Whether ``pred()`` comes true within ``timeout`` seconds (polled)."""
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def settle(synth: Probe) -> None:
@@ -172,7 +162,7 @@ def test_lost_input_port_is_reported_and_the_app_keeps_running(jack):
             assert synth.wait_for(lambda m: sounding_after(m, all_notes_off=False) == set())
             # the notes go on the connection's loss; the port's own loss is seen by the
             # watch thread's next look (every watch_interval), maybe a little later
-            assert until(lambda: s.lost_ports == [(keys.out_port, "input")])
+            assert wait_until(lambda: s.lost_ports == [(keys.out_port, "input")], 5.0)
             assert s.player.running
             keys = Probe("keys")  # plugged back in: reconnected
             time.sleep(0.4)
@@ -294,7 +284,7 @@ def test_replugged_output_gets_programs_again(jack):
                          ChannelMap({1: VIOLIN}), opt) as s:
             settle(synth)
             synth.close()  # the synth is unplugged ...
-            assert until(lambda: s.lost_ports == [(synth.in_port, "output")])
+            assert wait_until(lambda: s.lost_ports == [(synth.in_port, "output")], 5.0)
             synth = Probe("synth3")  # ... and plugged back in
             assert synth.wait_for(lambda m: [0xC1, VIOLIN - 1] in [x for _, x in m],
                                   timeout=5)
