@@ -152,7 +152,8 @@ def melodic_pitches(events: ev.EventArrays) -> np.ndarray:
 
 
 def harmonizer(model, args, sources) -> dict:
-    temp = args.harmony_pitch_temp or defaults_for(args.raw).harmony_pitch_temp
+    temp = (args.harmony_pitch_temp if args.harmony_pitch_temp is not None
+            else defaults_for(args.raw).harmony_pitch_temp)
     in_key, counted = [], 0
     voice_ids = {v.inst for v in VOICES}
     for src in sources[: args.harmony_pieces]:
