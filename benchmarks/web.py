@@ -168,7 +168,7 @@ class WorkerServer:
         from notochord_rt.apps.web.serve import bind
         from notochord_rt.apps.web.workers import WebSettings, Workers
 
-        self.sock = bind("127.0.0.1", 0)
+        self.sock = bind("127.0.0.1", 0, reuse_port=True)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         settings = WebSettings(checkpoint=str(resolve_for_cli(checkpoint)), preset="follows",
                                rate=5000, max_sessions=tabs, engine=engine,

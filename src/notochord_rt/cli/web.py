@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, rate=args.rate, host=args.host, allow_origins=tuple(args.allow_origin),
         info={"model": str(args.checkpoint)})
     local = srv.loopback(args.host)
-    sock = srv.bind(args.host, args.port)
+    sock = srv.bind(args.host, args.port, reuse_port=args.workers > 1)
     port = sock.getsockname()[1]
     shown = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{shown}:{port}/"

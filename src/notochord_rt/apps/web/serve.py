@@ -65,12 +65,18 @@ def make_web_app(base: Any, book: Any = None, *, soundfont: Path | None = None,
     return WebApp(manager, soundfont, config)
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A listening TCP socket, so the real port is known before serving (``port`` 0 =
-    any free port). UserError when the address cannot be used."""
+    any free port). UserError when the address cannot be used.
+
+    ``reuse_port``: set ``SO_REUSEPORT`` (where the system has it) so that more sockets
+    can listen on the same port and the kernel spreads new connections over them (the
+    worker processes of ``--workers``: :func:`.workers.worker_sockets`)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host.strip("[]"), port))
     except OSError as e:

@@ -5,8 +5,13 @@ player thread take turns holding the interpreter lock, so a busy server uses abo
 core however many the machine has (docs/web.md has the measurements). Sessions share
 nothing but the weights, so they can live in separate processes: the parent binds the
 listening socket, then starts ``N`` worker processes (``spawn``: no threads or torch state
-forked) that each load the model, build the app and serve connections accepted from the
-same socket; the kernel hands each new connection to whichever worker accepts it first.
+forked) that each load the model, build the app and serve connections. Where the system
+spreads connections over sockets that share a port (Linux's ``SO_REUSEPORT``: the CLI
+binds with it), each worker listens on its own socket of that port, made by the parent
+(:func:`worker_sockets`), and the kernel deals new connections out over them by a hash
+of their addresses. Elsewhere they share the one socket and whichever accepts first
+gets the connection, which on Linux gave one worker 15 of 16 sessions while the other
+idled (docs/web.md).
 
 The workers run in their own process group, so a Ctrl-C in the terminal reaches only the
 parent, which then asks each worker once (SIGTERM) to shut down the way a single server
@@ -21,6 +26,7 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -92,13 +98,30 @@ def _worker(settings: WebSettings, sock: socket.socket, seed_offset: int) -> Non
     serve_one(build_app(settings), sock)
 
 
+def worker_sockets(sock: socket.socket, n: int) -> list[socket.socket]:
+    """``n`` listening sockets for ``n`` workers: ``sock`` and ``n - 1`` more on its port
+    when ``sock`` has ``SO_REUSEPORT`` set on Linux (the kernel then balances new
+    connections over them), else ``sock`` ``n`` times (shared)."""
+    from .serve import bind
+
+    shared = [sock] * n
+    if n < 2 or not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
+        return shared
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+        return shared
+    host, port = sock.getsockname()[:2]
+    return [sock] + [bind(host, port, reuse_port=True) for _ in range(n - 1)]
+
+
 class Workers:
-    """``n`` worker processes serving ``settings`` on the bound ``sock``."""
+    """``n`` worker processes serving ``settings`` on the bound ``sock`` (each on its own
+    socket of the same port where :func:`worker_sockets` can make them)."""
 
     def __init__(self, settings: WebSettings, sock: socket.socket, n: int) -> None:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         self.settings, self.sock, self.n = settings, sock, n
+        self.socks = worker_sockets(sock, n)
         self._ctx = mp.get_context("spawn")
         self.procs: list[Any] = [None] * n
         self._started = [0.0] * n
@@ -106,7 +129,7 @@ class Workers:
 
     def _start(self, k: int) -> None:
         p = self._ctx.Process(target=_worker, name=f"notochord-web-{k}",
-                              args=(self.settings, self.sock, 100_000 * k), daemon=False)
+                              args=(self.settings, self.socks[k], 100_000 * k), daemon=False)
         p.start()
         self.procs[k], self._started[k] = p, time.monotonic()
 
@@ -148,6 +171,9 @@ class Workers:
                               timeout)
                     p.kill()
                     p.join(5)
+        for extra in self.socks[1:]:  # the sockets made here (not the caller's)
+            if extra is not self.sock:
+                extra.close()
 
 
 def serve_workers(settings: WebSettings, sock: socket.socket, n: int) -> None:
