@@ -31,9 +31,10 @@ machine 16 headless renderers take the cores the server needs; this mode measure
 server under 16 sessions.
 The clients' own press-to-answer times are printed too. ``--workers N`` serves from N
 processes on one port (``notochord-rt web --workers``); ``--precision`` picks the
-sessions' core.
+sessions' core (default ``auto``, as the server's: int8 for ``--engine batched`` where the
+compiled int8 kernel runs, else fp32).
 
-    python benchmarks/web.py --tabs 1 16 --clients --precision int8 --workers 2
+    python benchmarks/web.py --tabs 16 --clients --engine batched --workers 2
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_line  # noqa: E402
 
+from notochord_rt.apps.web.engine import AUTO, resolve_precision  # noqa: E402
 from notochord_rt.engine.cores.precisions import PRECISIONS  # noqa: E402
 
 RUN = """(n) => {
@@ -284,8 +286,9 @@ def main() -> int:
     ap.add_argument("--checkpoint", default="default")
     ap.add_argument("--engine", default="per-tab", choices=("per-tab", "batched"),
                     help="how the tabs' samplers are made (notochord-rt web --engine)")
-    ap.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                    help="the sessions' core (notochord-rt web --precision)")
+    ap.add_argument("--precision", default=AUTO, choices=(AUTO, *PRECISIONS),
+                    help="the sessions' core (notochord-rt web --precision; default auto, "
+                         "as the server's)")
     ap.add_argument("--workers", type=int, default=1,
                     help="server processes (notochord-rt web --workers; with more than one "
                          "the server-side figures are not collected)")
@@ -308,6 +311,7 @@ def main() -> int:
         return 2
     import torch
 
+    args.precision = resolve_precision(args.precision, args.engine)
     torch.set_num_threads(1)
     from notochord_rt.apps.loading import load_sampler
     from notochord_rt.apps.web.serve import fast_thread_switching

@@ -226,6 +226,26 @@ def test_a_midi_file_prompt_sets_the_voices(open_session) -> None:
     assert "bad.mid" in err["message"] and "/tmp" not in err["message"]
 
 
+def test_auto_precision_is_int8_for_batched_sessions_with_the_kernel(monkeypatch) -> None:
+    from notochord_rt.apps.web.engine import resolve_precision
+    from notochord_rt.engine.cores.quant import c_kernels
+
+    for engine in ENGINES:
+        assert resolve_precision("fp32", engine) == "fp32"
+        assert resolve_precision("module", engine) == "module"
+    assert resolve_precision("auto", "per-tab") == "fp32"
+    want = "int8" if c_kernels() is not None else "fp32"
+    assert resolve_precision("auto", "batched") == want
+    monkeypatch.setenv("NOTOCHORD_RT_INT8_KERNEL", "fbgemm")  # as on a CPU without VNNI
+    c_kernels.cache_clear()
+    try:
+        assert resolve_precision("auto", "batched") == "fp32"
+    finally:
+        monkeypatch.delenv("NOTOCHORD_RT_INT8_KERNEL")
+        c_kernels.cache_clear()
+    assert resolve_precision("auto", "batched") == want
+
+
 def test_tab_samplers_share_the_weights_not_the_stream() -> None:
     factory = SamplerFactory(tiny_model(0), "fp32")
     a, b = factory.new(1), factory.new(2)

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from ..apps.live.args import add_download_argument
-from ..engine.cores.precisions import DEFAULT_PRECISION, PRECISIONS
+from ..engine.cores.precisions import PRECISIONS
 from ..errors import UserError
 
 NAME = "web"
@@ -34,9 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model: a .safetensors file, a model name (`notochord-rt models "
                              "list`) or 'default' (the bundled model; the default)")
     add_download_argument(parser)
-    parser.add_argument("--precision", default=DEFAULT_PRECISION,
-                        choices=(*PRECISIONS, "module"),
-                        help="core of each tab's sampler (default fp32)")
+    parser.add_argument("--precision", default="auto",
+                        choices=("auto", *PRECISIONS, "module"),
+                        help="core of each tab's sampler (default auto: int8 with --engine "
+                             "batched where this CPU runs the compiled int8 kernel, "
+                             "AVX-512 VNNI; else fp32)")
     parser.add_argument("--engine", default="per-tab", choices=("per-tab", "batched"),
                         help="per-tab: each tab its own sampler over the shared weights (the "
                              "default); batched: every tab a stream of one batched engine, "
@@ -90,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from ..apps.loading import load_sampler, resolve_for_cli
     from ..apps.play.presets import load_presets
     from ..apps.web import serve as srv
+    from ..apps.web.engine import resolve_precision
     from ..apps.web.soundfont import HOW_TO_GET, find_soundfont
     from ..apps.web.workers import WebSettings, build_app, serve_one, serve_workers
 
@@ -101,12 +104,13 @@ def run(args: argparse.Namespace) -> int:
                        else args.preset or 0).name
     soundfont = find_soundfont(args.soundfont)
     base = load_sampler(args.checkpoint, "module", download=args.download)
+    precision = resolve_precision(args.precision, args.engine)
     settings = WebSettings(
         checkpoint=str(resolve_for_cli(args.checkpoint)), soundfont=soundfont,
-        presets=args.presets, preset=preset, precision=args.precision, engine=args.engine,
+        presets=args.presets, preset=preset, precision=precision, engine=args.engine,
         max_sessions=args.max_sessions, idle_timeout=args.session_timeout or None,
         seed=args.seed, rate=args.rate, host=args.host, allow_origins=tuple(args.allow_origin),
-        info={"model": str(args.checkpoint)})
+        info={"model": str(args.checkpoint), "precision": precision})
     local = srv.loopback(args.host)
     sock = srv.bind(args.host, args.port, reuse_port=args.workers > 1)
     port = sock.getsockname()[1]

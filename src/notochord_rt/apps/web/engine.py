@@ -25,6 +25,29 @@ from ...engine.cores.precisions import MODULE_CORE
 
 log = logging.getLogger(__name__)
 
+AUTO = "auto"
+"""The web server's default ``--precision``: see :func:`resolve_precision`."""
+
+
+def resolve_precision(choice: str, engine: str) -> str:
+    """The sessions' core for ``--precision choice`` with ``engine``: ``auto`` is
+    ``int8`` for the ``batched`` engine where this CPU runs the compiled int8 kernel
+    (AVX-512 VNNI; :func:`~notochord_rt.engine.cores.quant.c_kernels`), else ``fp32``.
+    Measured with ``benchmarks/web.py`` (docs/web.md), p50 / p99 of key press to first
+    answer: 16 sessions on the batched engine and two workers 4.40 / 15.1 and 4.95 / 18.1
+    ms in int8 against 6.85 / 25.4 and 8.15 / 34.3 in fp32; one tab on the per-tab
+    engine 4.75 / 22.2 and 4.80 / 22.1 ms in int8 against 3.80 / 8.01 and 3.60 / 7.90 in
+    fp32. int8 adds 0.004 nats/event of test NLL. Without the kernel int8 runs on
+    FBGEMM, slower than fp32 at batch 1. Anything else is returned as is."""
+    if choice != AUTO:
+        return choice
+    if engine != "batched":
+        return "fp32"
+    from ...engine.cores.quant import c_kernels
+
+    return "int8" if c_kernels() is not None else "fp32"
+
+
 ENGINES = ("per-tab", "batched")
 """How the tabs' samplers are made: ``per-tab`` (the default: :class:`SamplerFactory`) or
 ``batched`` (one ``Streams`` for every tab, calls combined into batched steps:
