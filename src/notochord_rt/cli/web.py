@@ -13,6 +13,7 @@ import logging
 import sys
 
 from ..apps.live.args import add_download_argument
+from ..apps.web.engine import AUTO, resolve_precision
 from ..engine.cores.precisions import PRECISIONS
 from ..errors import UserError
 
@@ -34,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model: a .safetensors file, a model name (`notochord-rt models "
                              "list`) or 'default' (the bundled model; the default)")
     add_download_argument(parser)
-    parser.add_argument("--precision", default="auto",
-                        choices=("auto", *PRECISIONS, "module"),
+    parser.add_argument("--precision", default=AUTO,
+                        choices=(AUTO, *PRECISIONS, "module"),
                         help="core of each tab's sampler (default auto: int8 with --engine "
                              "batched where this CPU runs the compiled int8 kernel, "
                              "AVX-512 VNNI; else fp32)")
@@ -92,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
     from ..apps.loading import load_sampler, resolve_for_cli
     from ..apps.play.presets import load_presets
     from ..apps.web import serve as srv
-    from ..apps.web.engine import resolve_precision
     from ..apps.web.soundfont import HOW_TO_GET, find_soundfont
     from ..apps.web.workers import WebSettings, build_app, serve_one, serve_workers
 
