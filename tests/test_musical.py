@@ -20,6 +20,9 @@ def test_raw_switches_everything_off():
     assert RAW.min_duration == 0 and not RAW.balance and RAW.min_durations() == {}
     mins = DEFAULTS.min_durations()
     assert mins[1] == DEFAULTS.min_duration and ev.STANDARD_KIT not in mins
+    # generate ends notes sooner by default; raw sampling leaves the model's balance
+    assert RAW.density == 0.5 and GenerateOptions.raw().steer_density == 0.5
+    assert GenerateOptions().steer_density == DEFAULTS.density < 0.5
 
 
 def test_balance_pulls_named_instruments_toward_equal_shares():
@@ -45,7 +48,38 @@ def test_balance_caps_drums_in_free_choice():
     fair = InstrumentBalance(drum_share=0.3)
     for k in range(40):
         fair.played([1, 33, 41, ev.STANDARD_KIT][k % 4])
-    assert fair.log_weights() is None  # 25 % drums, no melodic hog: nothing to do
+    lw = fair.log_weights()  # 25 % drums, no melodic hog: the band is left alone
+    assert np.all(lw[[1, 33, 41, ev.STANDARD_KIT]] == 0)
+
+
+def test_balance_keeps_the_opening_band_in_free_choice():
+    bal = InstrumentBalance(newcomer_weight=0.01, opening=12)
+    for k in range(11):
+        bal.played([1, 33][k % 2])
+    before = bal.log_weights()
+    assert before is None or before[41] == 0  # newcomers are welcome in the opening
+    bal.played(1)
+    lw = bal.log_weights()
+    assert lw[41] == pytest.approx(np.log(0.01)) and lw[ev.STANDARD_KIT] < 0
+    assert lw[1] == lw[33] == 0 and lw[0] == 0  # the band, and the start token
+    bal.played(41)  # a newcomer that came in anyway is part of the band from then on
+    assert bal.log_weights()[41] == 0
+    off = InstrumentBalance(newcomer_weight=1.0, opening=0)
+    for _ in range(20):
+        off.played(1)
+    assert off.log_weights() is None  # a solo is not pushed into an ensemble
+
+
+def test_balance_lets_a_solo_stay_a_solo_but_no_one_hogs_an_ensemble():
+    solo = InstrumentBalance(newcomer_weight=1.0)
+    for _ in range(40):
+        solo.played(74)
+    assert solo.log_weights() is None
+    band = InstrumentBalance(newcomer_weight=1.0)
+    for k in range(40):
+        band.played(74 if k % 10 else 41)  # 90 % flute
+    lw = band.log_weights()
+    assert lw[74] < 0 and lw[41] == 0
 
 
 def test_balance_keeps_a_prompt_like_mix():
@@ -59,6 +93,8 @@ def test_balance_keeps_a_prompt_like_mix():
 
 @pytest.mark.parametrize("kwargs", [dict(drum_share=0), dict(drum_share=1.5),
                                     dict(memory=0), dict(max_weight=0.5),
+                                    dict(newcomer_weight=0), dict(newcomer_weight=2.0),
+                                    dict(opening=-1), dict(opening=1.5),
                                     dict(targets=[0]), dict(targets={1: -1.0})])
 def test_balance_rejects_bad_settings(kwargs):
     with pytest.raises(InputError):
@@ -152,4 +188,8 @@ def test_generate_cli_takes_the_sampling_weights_and_raw_resets_them():
     opts = cli._options(parser.parse_args(["--raw"]), None)
     assert opts.motif_weight == opts.chord_spread == opts.pulse_weight == 1.0
     assert opts.max_stuck == 0 and cli._options(parser.parse_args([]), None).max_stuck == 16
+    assert opts.steer_density == 0.5
+    assert cli._options(parser.parse_args([]), None).steer_density == DEFAULTS.density
+    dense = cli._options(parser.parse_args(["--raw", "--steer-density", "0.8"]), None)
+    assert dense.steer_density == 0.8  # an explicit flag wins over --raw
     assert GenerateOptions().max_total_polyphony == 12

@@ -93,8 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="sample the model as it is: no truncation, no minimum duration, "
                             "no instrument balance (explicit flags still apply)")
     steer = parser.add_argument_group("steering (0..1, 0.5 = neutral)")
-    steer.add_argument("--steer-density", type=float, default=0.5,
-                       help="more note-ons than note-offs above 0.5 (thicker texture)")
+    steer.add_argument("--steer-density", type=float, default=None,
+                       help="more note-ons than note-offs above 0.5 (thicker texture); "
+                            f"default {DEFAULTS.density}: notes end as soon as in the "
+                            "training music (0.5 with --raw)")
     steer.add_argument("--steer-pitch", type=float, default=None,
                        help="higher pitches above 0.5, lower below")
     steer.add_argument("--steer-rate", type=float, default=None,
@@ -135,13 +137,14 @@ def _options(args: argparse.Namespace, instruments):
     base = GenerateOptions.raw() if args.raw else GenerateOptions()
     chosen = {name: getattr(args, name) for name in (
         "pitch_temp", "rhythm_temp", "timing_temp", "inst_temp", "vel_temp", "pulse_weight",
-        "motif_weight", "chord_spread", "max_stuck", "min_duration", "balance")}
+        "motif_weight", "chord_spread", "max_stuck", "min_duration", "balance",
+        "steer_density")}
     musical = {k: (getattr(base, k) if v is None else v) for k, v in chosen.items()}
     opts = GenerateOptions(
         seconds=seconds, events=args.events, seed=args.seed, instruments=instruments,
         allow_anonymous=args.allow_anonymous, max_instruments=args.max_instruments or None,
         **musical,
-        steer_density=args.steer_density, steer_pitch=args.steer_pitch,
+        steer_pitch=args.steer_pitch,
         steer_rate=args.steer_rate, steer_velocity=args.steer_velocity,
         max_note_seconds=args.max_note_seconds, max_polyphony=args.max_polyphony,
         max_total_polyphony=args.max_total_polyphony, max_gap=args.max_gap,

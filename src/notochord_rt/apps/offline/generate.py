@@ -84,7 +84,8 @@ class GenerateOptions:
     events), ``steer_velocity`` high → louder, ``steer_density`` high → more note-ons
     relative to note-offs (more simultaneous notes).
 
-    Musical defaults (:mod:`.musical`): temperatures, ``min_duration`` (seconds, melodic
+    Musical defaults (:mod:`.musical`): temperatures, ``steer_density`` (notes end a little
+    sooner than the raw model ends them), ``min_duration`` (seconds, melodic
     notes; a soft limit) and ``balance`` (instrument weights steered against the running
     share of note-ons, so that no instrument takes over and every named one is heard)
     default to :data:`~.musical.DEFAULTS`; :meth:`raw` samples the model as it is.
@@ -111,7 +112,7 @@ class GenerateOptions:
     max_stuck: int = DEFAULTS.max_stuck
     min_duration: float = DEFAULTS.min_duration
     balance: bool = DEFAULTS.balance
-    steer_density: float = 0.5
+    steer_density: float = DEFAULTS.density
     steer_pitch: float | None = None
     steer_rate: float | None = None
     steer_velocity: float | None = None
@@ -131,7 +132,8 @@ class GenerateOptions:
         """Options that sample the model as it is (no musical defaults), with ``values``."""
         base = dict(pitch_temp=RAW.pitch_temp, inst_temp=RAW.inst_temp,
                     vel_temp=RAW.vel_temp, **RAW.shaping(),
-                    min_duration=RAW.min_duration, balance=RAW.balance)
+                    min_duration=RAW.min_duration, balance=RAW.balance,
+                    steer_density=RAW.density)
         return cls(**{**base, **values})
 
     def validate(self) -> GenerateOptions:
