@@ -127,8 +127,12 @@ SOLO_SHARE = 0.05
 ensemble that :class:`InstrumentBalance` keeps from being taken over."""
 
 _IDS = np.arange(ev.N_INST_CLASSES)
-_DRUMS = ev.is_drum(_IDS) & (_IDS > 0)
+_REAL = _IDS > 0
+"""Instrument ids, not the start token, as a ``(321,)`` mask."""
+_DRUMS = ev.is_drum(_IDS) & _REAL
 """Drum-kit instrument ids (named and anonymous), as a ``(321,)`` mask."""
+_MELODIC = _REAL & ~_DRUMS
+"""Melodic instrument ids (named and anonymous), as a ``(321,)`` mask."""
 
 
 def melodic_min_durations(seconds: float, insts: Iterable[int] | None = None
@@ -242,12 +246,11 @@ class InstrumentBalance:
             drum_total = float(share[_DRUMS].sum())
             if drum_total > self.drum_share:
                 lw[_DRUMS] = self.strength * math.log(self.drum_share / drum_total)
-            melodic = ~_DRUMS & (_IDS > 0)
-            if np.count_nonzero(melodic & (share >= SOLO_SHARE)) >= 2:  # an ensemble
-                over = melodic & (share > self.max_share)
+            if np.count_nonzero(_MELODIC & (share >= SOLO_SHARE)) >= 2:  # an ensemble
+                over = _MELODIC & (share > self.max_share)
                 lw[over] = self.strength * np.log(self.max_share / share[over])
             if self.note_ons >= self.opening and self.newcomer_weight < 1.0:
-                lw[~self.heard & (_IDS > 0)] += math.log(self.newcomer_weight)
+                lw[~self.heard & _REAL] += math.log(self.newcomer_weight)
         np.clip(lw, -cap, cap, out=lw)
         return lw if np.any(lw) else None
 
